@@ -1,0 +1,232 @@
+"""One backend process (``llama-server``) serving one model on a loopback port.
+
+A :class:`Backend` is started once and stopped once; a reload makes a new one (with a new
+``generation``), which is how the router tells "the backend that just failed" from "the one
+that replaced it" when several requests report the same crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from ..errors import ModelLoadError
+from . import process
+from .catalog import ModelSpec
+from .engines.llamacpp import LlamaCppEngine
+from .options import LoadOptions
+
+log = logging.getLogger(__name__)
+_generations = itertools.count(1)
+
+
+class BackendState(enum.Enum):
+    """Lifecycle of one process; only :meth:`Backend._set_state` writes it."""
+
+    NEW = "new"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the backend retries if it is taken)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Backend:
+    """A ``llama-server`` child: spawn, readiness probe, stop, exit notification.
+
+    Owned by the router's event loop. ``exited`` resolves with the return code when the
+    process ends for any reason; ``stop()`` is idempotent.
+    """
+
+    def __init__(
+        self,
+        engine: LlamaCppEngine,
+        spec: ModelSpec,
+        options: LoadOptions,
+        *,
+        http: httpx.AsyncClient,
+        log_dir: Path,
+        ready_timeout_s: float = 120.0,
+        stop_grace_s: float = 5.0,
+    ) -> None:
+        self.spec = spec
+        self.options = options
+        self.generation = next(_generations)
+        self.api_key = secrets.token_urlsafe(24)
+        self.port = 0
+        self.state = BackendState.NEW
+        self.started_at = 0.0
+        self.load_duration_ms = 0.0
+        self._engine = engine
+        self._http = http
+        self._log_path = log_dir / f"{spec.name.replace('/', '_')}.{self.generation}.log"
+        self._ready_timeout_s = ready_timeout_s
+        self._stop_grace_s = stop_grace_s
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reaper: asyncio.Task[int] | None = None
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._stop_requested = False
+
+    # -- read-only views ------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the router asked this backend to stop (an exit is then not a crash)."""
+        return self._stop_requested
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the process and its children (blocking; call off the loop)."""
+        pid = self.pid
+        if pid is None or self.exited.done():
+            return None
+        try:
+            proc = psutil.Process(pid)
+            total = proc.memory_info().rss
+            for child in proc.children(recursive=True):
+                total += child.memory_info().rss
+            return int(total)
+        except psutil.Error:
+            return None
+
+    def log_tail(self, lines: int = 12) -> str:
+        """The last lines the backend printed, for error messages."""
+        try:
+            with open(self._log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 16384))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _set_state(self, state: BackendState) -> None:
+        self.state = state
+
+    async def start(self) -> None:
+        """Spawn the process and return once ``GET /health`` answers 200.
+
+        Retries on a fresh port when the chosen one was taken meanwhile. Raises ModelLoadError
+        with the engine's own last words when the process exits or does not get ready in time.
+        """
+        if self.state is not BackendState.NEW:
+            raise RuntimeError("A Backend is started once; make a new one to reload")
+        self._set_state(BackendState.STARTING)
+        started = time.monotonic()
+        self.started_at = time.time()
+        for attempt in range(3):
+            self.port = free_port()
+            argv = self._engine.argv(self.spec, self.options, port=self.port)
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._log_path, "ab") as log_file:
+                self._proc = await process.spawn(
+                    argv, env=self._engine.env(self.api_key), log=log_file
+                )
+            self._reaper = asyncio.ensure_future(self._proc.wait())
+            try:
+                await self._wait_ready(started + self._ready_timeout_s)
+            except ModelLoadError:
+                await self._kill_quietly()
+                if attempt < 2 and "bind" in self.log_tail(6).lower():
+                    log.info("Port %s was taken; retrying %s", self.port, self.spec.name)
+                    continue
+                self._set_state(BackendState.STOPPED)
+                self._resolve_exit()
+                raise
+            break
+        self.load_duration_ms = (time.monotonic() - started) * 1000
+        self._set_state(BackendState.READY)
+        assert self._reaper is not None
+        self._reaper.add_done_callback(lambda _t: self._resolve_exit())
+
+    async def _wait_ready(self, deadline: float) -> None:
+        """Poll ``/health`` with a short, growing interval; fail fast when the child exits."""
+        assert self._proc is not None and self._reaper is not None
+        delay = 0.005
+        url = f"{self.url}/health"
+        while True:
+            if self._reaper.done():
+                raise ModelLoadError(
+                    f"llama-server for '{self.spec.name}' exited with code "
+                    f"{self._proc.returncode} while loading: {self._reason()}"
+                )
+            try:
+                resp = await self._http.get(url, timeout=2.0)
+                if resp.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            now = time.monotonic()
+            if now >= deadline:
+                raise ModelLoadError(
+                    f"llama-server for '{self.spec.name}' was not ready after "
+                    f"{self._ready_timeout_s:.0f} s: {self._reason()}"
+                )
+            # Wake early if the process exits; never sleep past the deadline.
+            await asyncio.wait({self._reaper}, timeout=min(delay, deadline - now))
+            delay = min(delay * 1.6, 0.1)
+
+    def _reason(self) -> str:
+        tail = self.log_tail(8)
+        interesting = [
+            ln for ln in tail.splitlines()
+            if any(w in ln.lower() for w in ("error", "fail", "invalid", "unable", "cannot"))
+        ]
+        return ("\n".join(interesting[-3:]) or tail or "no output").strip()
+
+    async def _kill_quietly(self) -> None:
+        if self._proc is not None:
+            await process.terminate(self._proc, 0.5)
+
+    def _resolve_exit(self) -> None:
+        if not self.exited.done():
+            code = self._proc.returncode if self._proc else -1
+            self.exited.set_result(code if code is not None else -1)
+        if self.state is not BackendState.STOPPING:
+            self._set_state(BackendState.STOPPED)
+
+    async def stop(self) -> None:
+        """Stop the process (SIGTERM to its group, SIGKILL after the grace) and reap it."""
+        self._stop_requested = True
+        if self._proc is None or self.state is BackendState.STOPPED and self.exited.done():
+            self._set_state(BackendState.STOPPED)
+            self._resolve_exit()
+            return
+        self._set_state(BackendState.STOPPING)
+        await process.terminate(self._proc, self._stop_grace_s)
+        self._set_state(BackendState.STOPPED)
+        self._resolve_exit()
+
+    async def probe(self, timeout_s: float) -> bool:
+        """One liveness check: True when ``/health`` answers (any status) within the timeout."""
+        try:
+            await self._http.get(f"{self.url}/health", timeout=timeout_s)
+            return True
+        except httpx.HTTPError:
+            return False

@@ -1,0 +1,122 @@
+"""Per-model load options, parsed and validated once at the API boundary.
+
+Options fall in two groups: *process* options change the backend's command line (a change
+reloads the model, keeping its pin) and *eviction* options only change how the eviction engine
+treats the model (a change applies in place).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from ..errors import InvalidRequestError
+
+# Flags the router sets itself; a user may not override them through ``llamacpp_args``.
+RESERVED_FLAGS = frozenset(
+    {
+        "-m", "--model", "--port", "--host", "--api-key", "--api-key-file", "-c",
+        "--ctx-size", "--embeddings", "--embedding", "--sleep-idle-seconds", "-hf",
+        "--hf-repo", "-mu", "--model-url", "--path", "--ssl-key-file", "--ssl-cert-file",
+    }
+)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a ``/load`` may set for one model; ``None`` means "the default"."""
+
+    ctx_size: int | None = None
+    llamacpp_args: str = ""
+    auto_evict: bool | None = None
+    downsize_idle_timeout: float | None = None
+    evict_idle_timeout: float | None = None
+    evict_weight_factor: float | None = None
+
+    PROCESS_KEYS = ("ctx_size", "llamacpp_args")
+
+    def process_key(self) -> tuple[Any, ...]:
+        """The part that, when it changes, requires a new backend process."""
+        return (self.ctx_size, self.llamacpp_args)
+
+    def merged(self, other: LoadOptions, given: frozenset[str]) -> LoadOptions:
+        """``self`` with the fields named in ``given`` taken from ``other``."""
+        return replace(self, **{k: getattr(other, k) for k in given})
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+
+
+def _number(key: str, value: Any, *, minimum: float, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequestError(f"Parameter '{key}' must be a number", param=key)
+    if integer and not isinstance(value, int):
+        raise InvalidRequestError(f"Parameter '{key}' must be an integer", param=key)
+    if not math.isfinite(value) or value < minimum:
+        raise InvalidRequestError(f"Parameter '{key}' must be >= {minimum}", param=key)
+    return value
+
+
+def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[str]]:
+    """Validate the option keys of a ``/load`` body; return the options and which were given.
+
+    Keys that are not options (``model_name``, ``model``, ``pinned``) are ignored here; an
+    unknown key is a 400 so that typos do not silently do nothing.
+    """
+    known = {f for f in LoadOptions.__dataclass_fields__}
+    ignored = {"model_name", "model", "pinned"}
+    given: set[str] = set()
+    values: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in ignored:
+            continue
+        if key not in known:
+            raise InvalidRequestError(f"Unknown load option '{key}'", param=key)
+        given.add(key)
+        if value is None:
+            values[key] = "" if key == "llamacpp_args" else None
+            continue
+        if key == "ctx_size":
+            values[key] = int(_number(key, value, minimum=64, integer=True))
+            if values[key] > 1 << 20:
+                raise InvalidRequestError("Parameter 'ctx_size' is too large", param=key)
+        elif key == "llamacpp_args":
+            values[key] = _check_user_args(value)
+        elif key == "auto_evict":
+            if not isinstance(value, bool):
+                raise InvalidRequestError("Parameter 'auto_evict' must be a boolean", param=key)
+            values[key] = value
+        elif key == "evict_weight_factor":
+            values[key] = float(_number(key, value, minimum=0))
+            if values[key] == 0:
+                raise InvalidRequestError(
+                    "Parameter 'evict_weight_factor' must be > 0", param=key
+                )
+        else:
+            values[key] = float(_number(key, value, minimum=0))
+    return LoadOptions(**values), frozenset(given)
+
+
+def _check_user_args(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 4096:
+        raise InvalidRequestError(
+            "Parameter 'llamacpp_args' must be a string of llama-server flags",
+            param="llamacpp_args",
+        )
+    try:
+        tokens = shlex.split(value)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"Parameter 'llamacpp_args' cannot be parsed: {exc}", param="llamacpp_args"
+        ) from exc
+    for token in tokens:
+        flag = token.split("=", 1)[0]
+        if flag in RESERVED_FLAGS:
+            raise InvalidRequestError(
+                f"Flag '{flag}' is set by the router and cannot be given in llamacpp_args",
+                param="llamacpp_args",
+            )
+    return value
