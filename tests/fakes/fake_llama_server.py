@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""A stand-in for ``llama-server`` for router logic and fault-injection tests (stdlib only).
+
+It takes llama-server's command line as the router builds it (``--model F --port P --host H
+--ctx-size N --no-webui [--embeddings] [--threads N]``; unknown flags are ignored) and the API
+key from ``$LLAMA_API_KEY``. ``GET /health`` is public (503 while "loading", then 200); the API
+routes need ``Authorization: Bearer KEY``: ``POST /v1/chat/completions`` (JSON or SSE with
+``"stream": true``), ``/v1/completions``, ``/v1/embeddings`` and ``GET /props``.
+
+Fault knobs, read from the environment (a router's children inherit the router's environment):
+
+``FAKE_LLAMA_READY_AFTER``            seconds before ``/health`` turns 200
+``FAKE_LLAMA_FAIL_START=1``           print an error line and exit 1 at start
+``FAKE_LLAMA_CRASH_AFTER_REQUESTS=N`` answer N API requests, then exit 1 on the next one
+``FAKE_LLAMA_IGNORE_SIGTERM=1``       ignore SIGTERM (the router must SIGKILL it)
+``FAKE_LLAMA_TOKEN_DELAY``            seconds between SSE chunks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+TOKENS = ["Hello", " from", " the", " fake", " llama", "."]
+
+
+def _env_float(name: str) -> float:
+    return float(os.environ.get(name) or 0)
+
+
+class _State:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.api_key = os.environ.get("LLAMA_API_KEY", "")
+        self.ready_at = time.monotonic() + _env_float("FAKE_LLAMA_READY_AFTER")
+        crash = os.environ.get("FAKE_LLAMA_CRASH_AFTER_REQUESTS")
+        self.crash_after = int(crash) if crash else None
+        self.token_delay = _env_float("FAKE_LLAMA_TOKEN_DELAY")
+        self.requests = 0
+        self.lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: _State
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        sys.stdout.write("request: " + format % args + "\n")
+        sys.stdout.flush()
+
+    def _json(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        """Check the key and count the request; may exit the process (the crash knob)."""
+        if self.headers.get("Authorization") != f"Bearer {self.state.api_key}":
+            self._json(401, {"error": {"code": 401, "message": "Invalid API Key",
+                                       "type": "authentication_error"}})
+            return False
+        with self.state.lock:
+            self.state.requests += 1
+            if self.state.crash_after is not None and self.state.requests > self.state.crash_after:
+                print("fake crash: FAKE_LLAMA_CRASH_AFTER_REQUESTS reached", flush=True)
+                os._exit(1)
+        return True
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        if self.path == "/health":
+            if time.monotonic() < self.state.ready_at:
+                self._json(503, {"error": {"code": 503, "message": "Loading model"}})
+            else:
+                self._json(200, {"status": "ok"})
+        elif self.path == "/props":
+            if self._authorized():
+                self._json(200, {"model_path": self.state.args.model, "is_sleeping": False,
+                                 "default_generation_settings": {"n_ctx": self.state.args.ctx_size}})
+        else:
+            self._json(404, {"error": {"code": 404, "message": "File Not Found"}})
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            self._json(400, {"error": {"code": 400, "message": "bad json"}})
+            return
+        if self.path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+            self._json(404, {"error": {"code": 404, "message": "File Not Found"}})
+            return
+        if not self._authorized():
+            return
+        model = self.state.args.model
+        if self.path == "/v1/embeddings":
+            if not self.state.args.embeddings:
+                self._json(501, {"error": {"code": 501, "message": "embeddings not enabled"}})
+                return
+            self._json(200, {"object": "list", "model": model, "data": [
+                {"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3, 0.4]}]})
+            return
+        chat = self.path == "/v1/chat/completions"
+        if body.get("stream"):
+            self._stream(chat, model)
+            return
+        text = "".join(TOKENS)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text},
+                   "finish_reason": "stop"} if chat else
+                  {"index": 0, "text": text, "finish_reason": "stop"})
+        self._json(200, {"object": "chat.completion" if chat else "text_completion",
+                         "model": model, "pid": os.getpid(), "choices": [choice]})
+
+    def _stream(self, chat: bool, model: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for token in TOKENS:
+            delta = {"delta": {"content": token}} if chat else {"text": token}
+            chunk = {"object": "chat.completion.chunk" if chat else "text_completion",
+                     "model": model, "choices": [{"index": 0, **delta, "finish_reason": None}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+            if self.state.token_delay:
+                time.sleep(self.state.token_delay)
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--model", "-m", default="")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--ctx-size", "-c", type=int, default=4096)
+    parser.add_argument("--embeddings", "--embedding", action="store_true")
+    args, _unknown = parser.parse_known_args()
+    if os.environ.get("FAKE_LLAMA_IGNORE_SIGTERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.environ.get("FAKE_LLAMA_FAIL_START") == "1":
+        print("error: failed to load model (FAKE_LLAMA_FAIL_START)", flush=True)
+        sys.exit(1)
+    try:
+        with open(args.model, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise OSError("bad magic")
+    except OSError as exc:
+        print(f"error: failed to load model '{args.model}': {exc}", flush=True)
+        sys.exit(1)
+    Handler.state = _State(args)
+    try:
+        server = ThreadingHTTPServer((args.host, args.port), Handler)
+    except OSError as exc:
+        print(f"error: couldn't bind HTTP server socket: {exc}", flush=True)
+        sys.exit(1)
+    server.daemon_threads = True
+    print(f"main: server is listening on http://{args.host}:{args.port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
