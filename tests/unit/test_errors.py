@@ -1,0 +1,97 @@
+"""The exception tree: every error knows its HTTP status and type; bodies match SPEC §6."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+
+from lemonade_jupyter import errors
+from lemonade_jupyter.errors import (
+    ClientError,
+    CoolingDownError,
+    LemonadeError,
+    SlotsPinnedError,
+    error_body,
+)
+
+CLASSES = [obj for name in errors.__all__
+           if inspect.isclass(obj := getattr(errors, name)) and issubclass(obj, LemonadeError)]
+
+EXPECTED_STATUS = {
+    "LemonadeError": 500, "InvalidRequestError": 400, "ModelNotFoundError": 404,
+    "SlotsPinnedError": 409, "CoolingDownError": 503, "EngineMissingError": 503,
+    "ModelLoadError": 500, "BackendShutdownError": 503, "UpstreamError": 502,
+}
+
+
+def make(cls):
+    if cls is SlotsPinnedError:
+        return cls("llm", "user.x")
+    if cls is CoolingDownError:
+        return cls("user.x", 4.2, "boom")
+    if cls is ClientError:
+        return cls(418, {"error": {"type": "teapot", "code": "tea"}}, "short and stout")
+    return cls("something went wrong", param="p")
+
+
+def test_every_error_is_listed():
+    assert {c.__name__ for c in CLASSES} == set(EXPECTED_STATUS) | {"ClientError"}
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_every_error_has_status_and_type(cls):
+    exc = make(cls)
+    assert isinstance(exc.status_code, int) and 400 <= exc.status_code <= 599
+    assert isinstance(exc.error_type, str) and exc.error_type
+    if cls.__name__ in EXPECTED_STATUS:
+        assert exc.status_code == EXPECTED_STATUS[cls.__name__]
+    body = exc.to_body()
+    json.dumps(body)  # always serialisable
+    assert body["error"]["message"] == exc.message
+    assert body["error"]["type"] == exc.error_type
+    assert isinstance(exc.headers(), dict)
+
+
+def test_400s_are_invalid_request_errors():
+    for cls in CLASSES:
+        exc = make(cls)
+        if exc.status_code == 400:
+            assert exc.error_type == "invalid_request_error"
+
+
+def test_slots_pinned_body_matches_spec_exactly():
+    exc = SlotsPinnedError("llm", "user.third")
+    assert exc.status_code == 409
+    assert exc.to_body() == {"error": {
+        "message": "All loaded models of type llm are pinned. Unload a model first.",
+        "type": "slots_pinned_error",
+        "code": "slots_pinned_error",
+        "param": "model",
+        "requested_model": "user.third",
+    }}
+
+
+def test_model_not_found_code():
+    exc = errors.ModelNotFoundError("nope", param="model")
+    assert exc.to_body()["error"]["code"] == "model_not_found"
+
+
+def test_cooling_down_has_retry_after():
+    exc = CoolingDownError("m", 0.01)
+    assert exc.retry_after_s == 1
+    assert exc.headers() == {"Retry-After": "1"}
+    assert exc.to_body()["error"]["code"] == "model_cooling_down"
+
+
+def test_client_error_reads_the_envelope():
+    exc = ClientError(409, SlotsPinnedError("llm", "x").to_body(), "pinned")
+    assert (exc.status_code, exc.error_type, exc.code) == (409, "slots_pinned_error",
+                                                          "slots_pinned_error")
+    bare = ClientError(502, None, "bad gateway")
+    assert bare.status_code == 502 and bare.body == {}
+
+
+def test_error_body_omits_missing_code_and_param():
+    assert error_body("m", "t") == {"error": {"message": "m", "type": "t"}}
