@@ -49,6 +49,7 @@ class LiveModel:
     load_duration_ms: float = 0.0
     memory_bytes: int | None = None
     memory_freed_bytes: int | None = None
+    device: str = "cpu"
 
     @property
     def name(self) -> str:

@@ -48,6 +48,7 @@ from .decisions import admission, pool, shrink_victims
 from .engines.llamacpp import LlamaCppEngine, find_llama_server
 from .events import EventLog
 from .live_model import SERVING, LiveModel, ModelState
+from .memory import MemoryMonitor, MemorySample
 from .options import LoadOptions
 from .persistence import RouterStateStore
 from .settings import RouterSettings
@@ -108,6 +109,8 @@ class Router:
         self._started = False
         self._closing = False
         self._watchdog: asyncio.Task[None] | None = None
+        self.memory = MemoryMonitor(self._backend_pids)
+        self.memory.add_listener(self._apply_memory_sample)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -173,6 +176,7 @@ class Router:
         if self._http is not None:
             await self._http.aclose()
         self._store.close()
+        self.memory.close()
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -655,6 +659,19 @@ class Router:
                 m.name, pinned=None, options=m.options,
                 given=frozenset(LoadOptions.PROCESS_KEYS), reason="crash", count_use=False,
             )))
+
+    # ------------------------------------------------------------------ memory
+    def _backend_pids(self) -> list[int]:
+        return [m.backend.pid for m in self._models.values()
+                if m.backend is not None and m.backend.pid is not None]
+
+    def _apply_memory_sample(self, sample: MemorySample) -> None:
+        """Attribute a memory sample to the live models by backend pid."""
+        for m in self._models.values():
+            pid = m.backend.pid if m.backend is not None else None
+            if pid is not None and pid in sample.per_pid:
+                m.memory_bytes = sample.per_pid[pid]
+                m.device = sample.device_of_pid.get(pid, "cpu")
 
     # ------------------------------------------------------------------ helpers
     def _check_open(self) -> None:

@@ -1,0 +1,1 @@
+"""The server layer: the Jupyter extension app, REST and proxy handlers, the embedded server."""

@@ -1,0 +1,109 @@
+"""The base handler: Jupyter auth, JSON bodies, and the one place errors are rendered.
+
+Handlers raise; only :meth:`LemonadeHandler.write_error` turns an exception into the OpenAI-style
+envelope ``{"error": {"message", "type", "code"?, "param"?}}``. A :class:`LemonadeError` brings
+its own status, type and code; tornado's ``HTTPError`` (protocol errors: 403 without login,
+405, 413) gets a type from its status; anything else is a 500 with a constant message and no
+traceback (the traceback goes to the server log).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from ..core.router import Router
+from ..errors import InvalidRequestError, LemonadeError, error_body
+
+#: Request bodies larger than this are refused with 413 before we parse them.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class LemonadeHandler(APIHandler):
+    """Base of every lemonade route: authenticated, authorized as ``lemonade``, JSON errors."""
+
+    auth_resource = "lemonade"
+
+    @property
+    def router(self) -> Router:
+        return self.settings["lemonade_router"]  # type: ignore[no-any-return]
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        length = self.request.headers.get("Content-Length")
+        if (length and length.isdigit() and int(length) > MAX_BODY_BYTES) or len(
+            self.request.body or b""
+        ) > MAX_BODY_BYTES:
+            raise web.HTTPError(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object; raise InvalidRequestError (400) otherwise."""
+        raw = self.request.body or b""
+        if not raw.strip():
+            raise InvalidRequestError("Invalid JSON body: the request body is empty")
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequestError(f"Invalid JSON body: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidRequestError("Invalid JSON body: expected a JSON object")
+        return data
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Expected errors get one log line; only unexpected ones get a traceback."""
+        if isinstance(value, LemonadeError):
+            level = self.log.warning if value.status_code >= 500 else self.log.info
+            level("%s %s -> %s %s", self.request.method, self.request.path,
+                  value.status_code, value.message.splitlines()[0] if value.message else "")
+            return
+        super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Render any exception as the JSON error envelope (never a traceback)."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, LemonadeError):
+            self.set_status(exc.status_code)
+            for name, value in exc.headers().items():
+                self.set_header(name, value)
+            body = exc.to_body()
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message or self._reason or "HTTP error"
+            if exc.args:
+                try:
+                    message = message % exc.args
+                except (TypeError, ValueError):
+                    pass
+            body = error_body(message, _TYPE_BY_STATUS.get(status_code, "server_error"))
+        else:
+            if exc is not None:
+                self.log.error("Unhandled error in %s", self.request.path, exc_info=kwargs["exc_info"])
+            body = error_body(
+                "Internal error in the lemonade router; see the Jupyter server log",
+                "server_error", code="internal_error",
+            )
+        self.clear_header("Content-Type")
+        self.finish(json.dumps(body))
+
+
+class PolledHandler(LemonadeHandler):
+    """A GET that dashboards poll: it must not keep an idle Jupyter server alive."""
+
+    _track_activity = False

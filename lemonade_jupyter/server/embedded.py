@@ -1,0 +1,129 @@
+"""The embedded server: the same handlers and router, without a Jupyter server.
+
+Used by the kernel when it runs outside Jupyter (plain IPython, nbclient) or finds no server.
+It runs a tornado application with exactly the routes of the extension, protected by a random
+token through jupyter_server's own ``IdentityProvider``, on 127.0.0.1, on a thread of its own
+with its own asyncio loop (never the kernel's). The kernel talks to it over HTTP like to any
+server, so there is one code path for everything. The thread lives as long as the router, which
+matters: backends get a parent-death signal tied to the thread that spawned them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import threading
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.auth.authorizer import AllowAllAuthorizer
+from jupyter_server.auth.identity import IdentityProvider
+from tornado.httpserver import HTTPServer
+from tornado.web import Application
+
+from ..core.catalog import Catalog
+from ..core.router import Router
+from ..core.settings import RouterSettings
+from .proxy import DEFAULT_PING_INTERVAL_S
+from .routes import handlers
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedServer:
+    """A router plus its HTTP API on a private thread; ``start()`` blocks until it serves."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path | None = None,
+        settings: RouterSettings | None = None,
+        llama_server_path: str | None = None,
+        port: int = 0,
+    ) -> None:
+        self.token = secrets.token_urlsafe(24)
+        self.url = ""
+        self._data_dir = data_dir or Path(jupyter_data_dir()) / "lemonade"
+        self._settings = settings
+        self._llama_server_path = llama_server_path
+        self._port = port
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stopped: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self.router: Router | None = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start the thread and wait until the API answers; raise what stopped it."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="lemonade-embedded", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError("The embedded lemonade router did not start in time")
+        if self._error is not None:
+            raise RuntimeError(f"The embedded lemonade router failed: {self._error}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop every backend and the thread (idempotent)."""
+        loop, stopped = self._loop, self._stopped
+        if loop is None or stopped is None or self._thread is None:
+            return
+        if loop.is_running():
+            loop.call_soon_threadsafe(stopped.set)
+        self._thread.join(timeout_s)
+        self._thread = None
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start(); the thread must not die silently
+            self._error = exc
+            log.exception("Embedded lemonade router failed")
+        finally:
+            self._ready.set()
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._stopped = asyncio.Event()
+        self.router = Router(
+            Catalog(self._data_dir),
+            self._settings or RouterSettings(),
+            llama_server_path=self._llama_server_path,
+            data_dir=self._data_dir,
+        )
+        identity = IdentityProvider(token=self.token)
+        app = Application(
+            handlers("/"),
+            base_url="/",
+            identity_provider=identity,
+            authorizer=AllowAllAuthorizer(identity_provider=identity),
+            lemonade_router=self.router,
+            lemonade_ping_interval_s=DEFAULT_PING_INTERVAL_S,
+            serverapp=None,
+            xsrf_cookies=False,
+            cookie_secret=secrets.token_bytes(32),
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self._port))
+        sock.listen(128)
+        sock.setblocking(False)
+        server = HTTPServer(app, max_body_size=64 * 1024 * 1024)
+        server.add_sockets([sock])
+        port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/"
+        await self.router.start()
+        self._ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            server.stop()
+            await self.router.stop()
+            await server.close_all_connections()

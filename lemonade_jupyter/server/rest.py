@@ -1,0 +1,170 @@
+"""REST routes of the router: health, load/unload, pin, config, catalog (pull/delete/models).
+
+Each handler validates its body completely before touching the router, so a rejected request
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from ..core.options import parse_load_options
+from ..errors import InvalidRequestError, ModelNotFoundError
+from .base import LemonadeHandler, PolledHandler
+from .views import config_view, health_view, models_view
+
+#: How old a memory sample ``/health`` may show before it takes a new one.
+HEALTH_MEMORY_MAX_AGE_S = 1.0
+
+
+def model_name_param(body: dict[str, Any], *, required: bool = True) -> str | None:
+    """``model_name`` or ``model`` from a body; 400 when missing (if required) or not a string."""
+    name = body.get("model_name", body.get("model"))
+    if name is None:
+        if required:
+            raise InvalidRequestError(
+                "Parameter 'model' or 'model_name' is required", param="model_name"
+            )
+        return None
+    if not isinstance(name, str) or not name or len(name) > 256:
+        raise InvalidRequestError(
+            "Parameter 'model_name' must be a non-empty string", param="model_name"
+        )
+    return name
+
+
+class HealthHandler(PolledHandler):
+    """``GET lemonade/api/v1/health``: what is loaded, slots, pins and memory."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        memory = await self.router.memory.fresh(HEALTH_MEMORY_MAX_AGE_S)
+        self.write_json(health_view(self.router, memory))
+
+
+class ModelsHandler(PolledHandler):
+    """``GET lemonade/api/v1/models``: the catalog as an OpenAI model list."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.write_json(models_view(self.router))
+
+
+class LoadHandler(LemonadeHandler):
+    """``POST lemonade/api/v1/load``: load (or touch, re-pin, reload) a model."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        name = model_name_param(body)
+        assert name is not None
+        pinned = body.get("pinned")
+        if pinned is not None and not isinstance(pinned, bool):
+            raise InvalidRequestError("Parameter 'pinned' must be a boolean", param="pinned")
+        options, given = parse_load_options(body)
+        m = await self.router.load(name, pinned=pinned, options=options, given=given)
+        self.write_json(
+            {
+                "status": "success",
+                "model_name": m.name,
+                "checkpoint": m.spec.checkpoint,
+                "recipe": m.spec.recipe,
+                "pinned": m.pinned,
+            }
+        )
+
+
+class UnloadHandler(LemonadeHandler):
+    """``POST lemonade/api/v1/unload``: ``{model_name}`` unloads one, ``{}`` all (pins too)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        name = model_name_param(body, required=False)
+        await self.router.unload(name)
+        self.write_json({"status": "success"})
+
+
+class PinHandler(LemonadeHandler):
+    """``POST lemonade/internal/pin``: ``{model_name|model, pinned: bool}`` on a loaded model."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        name = model_name_param(body)
+        assert name is not None
+        pinned = body.get("pinned")
+        if not isinstance(pinned, bool):
+            raise InvalidRequestError(
+                "Parameter 'pinned' is required and must be a boolean", param="pinned"
+            )
+        m = await self.router.set_pinned(name, pinned)
+        self.write_json({"status": "success", "model_name": m.name, "pinned": m.pinned})
+
+
+class ConfigHandler(PolledHandler):
+    """``GET lemonade/internal/config``: the runtime-settable settings."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.write_json(config_view(self.router))
+
+
+class SetHandler(LemonadeHandler):
+    """``POST lemonade/internal/set``: change settings; one bad value changes nothing."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        if not body:
+            raise InvalidRequestError("Give at least one setting, e.g. {\"max_loaded_models\": 2}")
+        await self.router.update_settings(body)
+        self.write_json(config_view(self.router))
+
+
+class PullHandler(LemonadeHandler):
+    """``POST lemonade/api/v1/pull``: register a user model from a local GGUF file."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        unknown = set(body) - {"model_name", "checkpoint", "recipe", "labels"}
+        if unknown:
+            raise InvalidRequestError(f"Unknown parameter '{sorted(unknown)[0]}'")
+        spec = self.router.catalog.add_user_model(
+            body.get("model_name"), body.get("checkpoint"), body.get("recipe"), body.get("labels")
+        )
+        self.write_json({"status": "success", **spec.to_json(), "type": spec.type})
+
+
+class DeleteHandler(LemonadeHandler):
+    """``POST lemonade/api/v1/delete``: remove a user model, unloading it first."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        name = model_name_param(body)
+        assert name is not None
+        spec = self.router.catalog.get(name)
+        if spec.builtin:
+            raise InvalidRequestError(f"Model '{name}' is built in and cannot be deleted",
+                                      param="model_name")
+        if self.router.get_live(name) is not None:
+            try:
+                await self.router.unload(name)
+            except ModelNotFoundError:
+                pass  # unloaded meanwhile
+        self.router.catalog.remove_user_model(name)
+        self.write_json({"status": "success", "model_name": name})

@@ -1,0 +1,32 @@
+"""The route table: every URL of the extension, relative to ``{base_url}lemonade/``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_server.utils import url_path_join
+
+from . import rest
+from .proxy import OpenAIProxyHandler
+
+#: (path under lemonade/, handler, init kwargs). Every handler here requires Jupyter auth;
+#: ``tests/server/test_security.py`` walks this table to prove it.
+ROUTES: list[tuple[str, type, dict[str, Any]]] = [
+    ("api/v1/health", rest.HealthHandler, {}),
+    ("api/v1/models", rest.ModelsHandler, {}),
+    ("api/v1/load", rest.LoadHandler, {}),
+    ("api/v1/unload", rest.UnloadHandler, {}),
+    ("api/v1/pull", rest.PullHandler, {}),
+    ("api/v1/delete", rest.DeleteHandler, {}),
+    ("internal/pin", rest.PinHandler, {}),
+    ("internal/config", rest.ConfigHandler, {}),
+    ("internal/set", rest.SetHandler, {}),
+    ("api/v1/chat/completions", OpenAIProxyHandler, {"upstream_path": "/v1/chat/completions"}),
+    ("api/v1/completions", OpenAIProxyHandler, {"upstream_path": "/v1/completions"}),
+    ("api/v1/embeddings", OpenAIProxyHandler, {"upstream_path": "/v1/embeddings"}),
+]
+
+
+def handlers(base_url: str = "/") -> list[tuple[str, type, dict[str, Any]]]:
+    """Tornado handler specs with absolute paths under ``base_url``."""
+    return [(url_path_join(base_url, "lemonade", path), cls, kw) for path, cls, kw in ROUTES]

@@ -1,0 +1,81 @@
+"""JSON views of router state for ``/health``, ``/models`` and ``/internal/config``.
+
+Pure functions over snapshots: they never change the router and never count as use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.live_model import LiveModel
+from ..core.memory import MemorySample
+from ..core.router import Router
+from ..core.settings import RUNTIME_KEYS
+
+
+def model_view(m: LiveModel) -> dict[str, Any]:
+    """One entry of ``all_models_loaded``. The backend's API key is never included."""
+    backend = m.backend
+    return {
+        "model_name": m.name,
+        "checkpoint": m.spec.checkpoint,
+        "type": m.type,
+        "recipe": m.spec.recipe,
+        "recipe_options": m.options.to_json(),
+        "pinned": m.pinned,
+        "status": m.state.value,
+        "pid": backend.pid if backend else None,
+        "backend_url": backend.url if backend else None,
+        "last_use": round(m.last_use_wall * 1000),
+        "idle_s": round(m.idle_s(), 3),
+        "load_duration_ms": round(m.load_duration_ms, 1),
+        "memory_bytes": m.memory_bytes,
+        "memory_freed_bytes": m.memory_freed_bytes,
+        "is_busy": m.in_flight > 0,
+        "in_flight": m.in_flight,
+        "device": m.device,
+    }
+
+
+def health_view(router: Router, memory: MemorySample | None) -> dict[str, Any]:
+    models = sorted(router.live_models(), key=lambda m: m.name)
+    types = router.model_types()
+    slots = router.slots()
+    return {
+        "status": "ok",
+        "all_models_loaded": [model_view(m) for m in models],
+        "max_models": {t: slots for t in types},
+        "pinned_models": {t: sum(1 for m in models if m.type == t and m.pinned) for t in types},
+        "loaded_models": {t: sum(1 for m in models if m.type == t) for t in types},
+        "memory": memory.to_json() if memory else {"source": "unknown", "devices": []},
+    }
+
+
+def models_view(router: Router) -> dict[str, Any]:
+    """The OpenAI model list, with our catalog fields on each entry."""
+    data = []
+    for spec in router.catalog.all():
+        live = router.get_live(spec.name)
+        data.append(
+            {
+                "id": spec.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "lemonade",
+                "checkpoint": spec.checkpoint,
+                "recipe": spec.recipe,
+                "labels": list(spec.labels),
+                "type": spec.type,
+                "builtin": spec.builtin,
+                "loaded": live is not None,
+                "pinned": bool(live and live.pinned),
+            }
+        )
+    return {"object": "list", "data": data}
+
+
+def config_view(router: Router) -> dict[str, Any]:
+    settings = router.settings.to_json()
+    view = {k: settings[k] for k in RUNTIME_KEYS}
+    view["settable_keys"] = list(RUNTIME_KEYS)
+    return view
