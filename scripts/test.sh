@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One command: install the test needs (venv, package, default model, llama-server, Debian
+# chromium for the browser test) and run the whole test suite plus a benchmark smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh test
+VENV="${LEMONADE_VENV:-.venv}"
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install Debian chromium; the browser test will fail"
+fi
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+if [ -f benchmarks/__main__.py ]; then
+  "$VENV/bin/python" -m benchmarks --smoke
+fi
