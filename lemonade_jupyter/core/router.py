@@ -47,6 +47,8 @@ from .cooldown import CrashLoopGuard
 from .decisions import admission, pool, shrink_victims
 from .engines.llamacpp import LlamaCppEngine, find_llama_server
 from .events import EventLog
+from .eviction import EvictionEngine
+from .metrics import RouterMetrics
 from .live_model import SERVING, LiveModel, ModelState
 from .memory import MemoryMonitor, MemorySample
 from .options import LoadOptions
@@ -110,6 +112,9 @@ class Router:
         self._closing = False
         self._watchdog: asyncio.Task[None] | None = None
         self.memory = MemoryMonitor(self._backend_pids)
+        self.eviction = EvictionEngine(self)
+        self.metrics = RouterMetrics(self)
+        self._eviction_task: asyncio.Task[None] | None = None
         self.memory.add_listener(self._apply_memory_sample)
 
     # ------------------------------------------------------------------ lifecycle
@@ -137,6 +142,7 @@ class Router:
         from .watchdog import Watchdog  # local: the watchdog imports Router for typing
 
         self._watchdog = asyncio.ensure_future(Watchdog(self).run())
+        self._eviction_task = asyncio.ensure_future(self.eviction.run())
         loaded = state.get("loaded")
         if self.settings.restore_on_start and isinstance(loaded, list):
             names = [n for n in loaded if isinstance(n, str) and n in self.catalog]
@@ -167,9 +173,10 @@ class Router:
             *(t for _k, t in self._transitions.values()), *self._background,
             return_exceptions=True,
         )
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.gather(self._watchdog, return_exceptions=True)
+        for loop_task in (self._watchdog, self._eviction_task):
+            if loop_task is not None:
+                loop_task.cancel()
+                await asyncio.gather(loop_task, return_exceptions=True)
         for m in self._models.values():
             m.state = ModelState.UNLOADED
         self._models.clear()
@@ -319,7 +326,7 @@ class Router:
         """Validate and apply runtime settings; a lower limit shrinks pools at once."""
         new = self.settings.with_updates(updates)
         self.settings = new
-        self.events.emit("config", detail_keys=sorted(updates))
+        self.events.emit("config", None, "manual", keys=sorted(updates))
         self._persist()
         await self._shrink_pools()
         self._notify()
@@ -458,6 +465,9 @@ class Router:
     # ------------------------------------------------------------------ transitions
     async def _load_task(self, m: LiveModel, reason: str) -> None:
         try:
+            # Checked before admission: a load that cannot even start must not cost another
+            # model its slot (a missing file used to evict the pool's LRU model first).
+            self._check_weights(m)
             await self._admit(m)
             backend = await self._start_with_retry(m)
         except BaseException as exc:
@@ -502,9 +512,9 @@ class Router:
         if m.pinned or m.is_busy or m.backend is None or m.state is not ModelState.READY:
             return
         m.state = ModelState.DOWNSIZING
-        before = m.memory_bytes
-        if before is None:
-            before = await asyncio.to_thread(m.backend.rss_bytes)
+        pid = m.backend.pid
+        sample = await self.memory.sample()  # measure right before: report what is really freed
+        before = sample.per_pid.get(pid) if pid is not None else None
         old, m.backend = m.backend, None
         await old.stop()
         m.state = ModelState.DOWNSIZED
@@ -529,13 +539,18 @@ class Router:
                 continue
             await self._wait_change()
 
-    async def _start_with_retry(self, m: LiveModel) -> Backend:
-        """Start a backend; on failure evict every unpinned idle model and retry once."""
+    @staticmethod
+    def _check_weights(m: LiveModel) -> None:
+        """Raise ModelNotFoundError (404, no retry: rule 7) when the weights file is gone."""
         if not m.spec.checkpoint or not os.path.isfile(m.spec.checkpoint):
             raise ModelNotFoundError(
                 f"The weights file of '{m.name}' ({m.spec.checkpoint or 'not installed'}) "
                 "does not exist", param="model",
             )
+
+    async def _start_with_retry(self, m: LiveModel) -> Backend:
+        """Start a backend; on failure evict every unpinned idle model and retry once."""
+        self._check_weights(m)  # again: restores and reloads come here without _load_task
         engine = LlamaCppEngine(find_llama_server(self._llama_server_path))
         try:
             return await self._start_backend(m, engine)
@@ -589,6 +604,8 @@ class Router:
             ModelState.READY, ModelState.DOWNSIZED, ModelState.IN_USE
         )):
             return
+        if not explicit and reason in ("idle", "pressure") and m.is_busy:
+            return  # a request arrived before the eviction committed: it rescues the model
         m.state = ModelState.EVICTING
         self._notify()
         await self._drain(m)

@@ -36,6 +36,7 @@ class RouterSettings:
     watchdog_probe_failures: int = 3
     memory_sample_interval_s: float = 2.0
     eviction_interval_s: float = 5.0
+    eviction_grace_s: float = 0.25
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +57,8 @@ RUNTIME_KEYS = (
     "evict_weight_factor",
     "restore_on_start",
     "memory_sample_interval_s",
+    "eviction_interval_s",
+    "eviction_grace_s",
 )
 
 
@@ -85,9 +88,9 @@ def validate_setting(key: str, value: Any) -> Any:
     elif key == "evict_weight_factor":
         if value <= 0:
             raise InvalidRequestError("evict_weight_factor must be > 0", param=key)
-    elif key == "memory_sample_interval_s":
+    elif key in ("memory_sample_interval_s", "eviction_interval_s"):
         if value < 0.1:
-            raise InvalidRequestError("memory_sample_interval_s must be >= 0.1", param=key)
+            raise InvalidRequestError(f"{key} must be >= 0.1", param=key)
     elif value < 0:
         raise InvalidRequestError(f"{key} must be >= 0", param=key)
     return float(value)

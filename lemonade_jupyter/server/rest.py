@@ -42,6 +42,7 @@ class HealthHandler(PolledHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        self.router.eviction.note_watcher()
         memory = await self.router.memory.fresh(HEALTH_MEMORY_MAX_AGE_S)
         self.write_json(health_view(self.router, memory))
 

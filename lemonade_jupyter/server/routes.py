@@ -6,7 +6,7 @@ from typing import Any
 
 from jupyter_server.utils import url_path_join
 
-from . import rest
+from . import observe, rest
 from .proxy import OpenAIProxyHandler
 
 #: (path under lemonade/, handler, init kwargs). Every handler here requires Jupyter auth;
@@ -21,6 +21,9 @@ ROUTES: list[tuple[str, type, dict[str, Any]]] = [
     ("internal/pin", rest.PinHandler, {}),
     ("internal/config", rest.ConfigHandler, {}),
     ("internal/set", rest.SetHandler, {}),
+    ("internal/simulate-vram-pressure", observe.SimulatePressureHandler, {}),
+    ("api/v1/events", observe.EventsHandler, {}),
+    ("metrics", observe.MetricsHandler, {}),
     ("api/v1/chat/completions", OpenAIProxyHandler, {"upstream_path": "/v1/chat/completions"}),
     ("api/v1/completions", OpenAIProxyHandler, {"upstream_path": "/v1/completions"}),
     ("api/v1/embeddings", OpenAIProxyHandler, {"upstream_path": "/v1/embeddings"}),

@@ -1,0 +1,108 @@
+"""Prometheus metrics of one router, in a registry of its own.
+
+Counters follow the event stream (evictions by reason, restarts, load durations); gauges
+(loaded and pinned models per type, memory per model and per device) are read from the router
+at scrape time, so they can never drift from ``/health``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .events import Event
+
+if TYPE_CHECKING:
+    from .router import Router
+
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+
+class RouterMetrics:
+    """Owns the registry; fed by router events, scraped by ``GET lemonade/metrics``."""
+
+    def __init__(self, router: Router) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.evictions = Counter(
+            "lemonade_evictions", "Models evicted, by reason", ["reason"], registry=self.registry
+        )
+        self.unloads = Counter(
+            "lemonade_unloads", "Explicit unloads", registry=self.registry
+        )
+        self.downsizes = Counter(
+            "lemonade_downsizes", "Models downsized (memory released, slot kept)",
+            registry=self.registry,
+        )
+        self.restarts = Counter(
+            "lemonade_backend_restarts", "Backends reloaded after a crash or hang",
+            registry=self.registry,
+        )
+        self.crashes = Counter(
+            "lemonade_backend_crashes", "Backends that exited or hung unasked",
+            registry=self.registry,
+        )
+        self.load_seconds = Histogram(
+            "lemonade_load_duration_seconds", "Time from spawn to ready",
+            buckets=LOAD_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(_StateCollector(router))
+        router.events.add_listener(self.on_event)
+
+    def on_event(self, event: Event) -> None:
+        if event.kind == "evict":
+            self.evictions.labels(reason=event.reason or "unknown").inc()
+        elif event.kind == "unload":
+            self.unloads.inc()
+        elif event.kind == "downsize":
+            self.downsizes.inc()
+        elif event.kind == "crash":
+            self.crashes.inc()
+        elif event.kind == "reload" and event.reason == "crash":
+            self.restarts.inc()
+        if event.kind in ("load", "reload", "restore"):
+            ms = event.detail.get("load_duration_ms")
+            if isinstance(ms, (int, float)):
+                self.load_seconds.observe(ms / 1000.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        router = self._router
+        models = router.live_models()
+        loaded = GaugeMetricFamily("lemonade_loaded_models", "Models holding a slot", labels=["type"])
+        pinned = GaugeMetricFamily("lemonade_pinned_models", "Pinned models", labels=["type"])
+        for model_type in router.model_types():
+            loaded.add_metric([model_type], sum(1 for m in models if m.type == model_type))
+            pinned.add_metric(
+                [model_type], sum(1 for m in models if m.type == model_type and m.pinned)
+            )
+        yield loaded
+        yield pinned
+        per_model = GaugeMetricFamily(
+            "lemonade_model_memory_bytes", "Memory held by a model's backend", labels=["model"]
+        )
+        for m in models:
+            if m.memory_bytes is not None:
+                per_model.add_metric([m.name], m.memory_bytes)
+        yield per_model
+        sample = router.memory.latest
+        total = GaugeMetricFamily("lemonade_device_memory_total_bytes", "Device memory",
+                                  labels=["device", "source"])
+        used = GaugeMetricFamily("lemonade_device_memory_used_bytes", "Device memory in use",
+                                 labels=["device", "source"])
+        if sample is not None:
+            for d in sample.devices:
+                total.add_metric([d.uuid or d.name, sample.source], d.total)
+                used.add_metric([d.uuid or d.name, sample.source], d.used)
+        yield total
+        yield used

@@ -1,0 +1,128 @@
+"""Observation routes: the event stream (SSE), Prometheus metrics, and the pressure test hook."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ..core.events import Event
+from ..errors import InvalidRequestError
+from .base import LemonadeHandler, PolledHandler
+
+#: Events sent first to a new subscriber without ``Last-Event-ID``.
+HISTORY_ON_CONNECT = 50
+#: Seconds of silence before a ``: ping`` keeps proxies from closing the stream.
+KEEPALIVE_S = 15.0
+
+
+def sse_event(event: Event) -> bytes:
+    return (
+        f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(event.to_json())}\n\n"
+    ).encode()
+
+
+class EventsHandler(PolledHandler):
+    """``GET lemonade/api/v1/events``: router events as SSE, recent history first.
+
+    ``Last-Event-ID`` (header, or ``?last_event_id=``) resumes after that id. The stream never
+    counts as Jupyter activity, so an open dashboard does not keep an idle server alive.
+    """
+
+    def initialize(self) -> None:
+        self._closed = asyncio.Event()
+
+    def on_connection_close(self) -> None:
+        self._closed.set()
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        raw = self.request.headers.get("Last-Event-ID") or self.get_argument(
+            "last_event_id", ""
+        )
+        try:
+            last_id = int(raw) if raw else None
+        except ValueError:
+            raise InvalidRequestError("Last-Event-ID must be an integer") from None
+        events = self.router.events
+        queue = events.subscribe()  # before the history, so nothing falls in between
+        self.router.eviction.note_watcher()
+        try:
+            self.set_header("Content-Type", "text/event-stream")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+            history = (events.recent(after_id=last_id) if last_id is not None
+                       else events.recent(limit=HISTORY_ON_CONNECT))
+            sent = last_id or 0
+            self.write(b": lemonade events\n\n")
+            for event in history:
+                self.write(sse_event(event))
+                sent = event.id
+            await self.flush()
+            while not self._closed.is_set():
+                getter = asyncio.ensure_future(queue.get())
+                closed = asyncio.ensure_future(self._closed.wait())
+                done, _ = await asyncio.wait(
+                    {getter, closed}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                closed.cancel()
+                if getter not in done:
+                    getter.cancel()
+                    if not self._closed.is_set():
+                        self.write(b": ping\n\n")
+                        await self.flush()
+                    continue
+                event = getter.result()
+                if event.id <= sent:
+                    continue
+                self.write(sse_event(event))
+                sent = event.id
+                self.router.eviction.note_watcher()
+                await self.flush()
+        except StreamClosedError:
+            pass
+        finally:
+            events.unsubscribe(queue)
+        if not self._closed.is_set():
+            self.finish(set_content_type="text/event-stream")
+
+
+class MetricsHandler(PolledHandler):
+    """``GET lemonade/metrics``: Prometheus text format."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        await self.router.memory.fresh(5.0)
+        self.set_status(200)
+        self.finish(self.router.metrics.render(),
+                    set_content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class SimulatePressureHandler(LemonadeHandler):
+    """``POST lemonade/internal/simulate-vram-pressure {"pct": x}``: one evaluation, now.
+
+    ``pct`` in [0, 1] is taken as the measured pressure; -1 runs an idle-only pass. Answers with
+    the actions that were committed.
+    """
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body()
+        pct = body.get("pct")
+        if (isinstance(pct, bool) or not isinstance(pct, (int, float))
+                or not math.isfinite(pct) or not (pct == -1 or 0 <= pct <= 1)):
+            raise InvalidRequestError(
+                "Parameter 'pct' must be a number in [0, 1], or -1 for an idle-only pass",
+                param="pct",
+            )
+        pressure = None if pct == -1 else float(pct)
+        done = await self.router.eviction.evaluate(pressure)
+        self.write_json({"status": "success", "pct": pct,
+                         "actions": [d.to_json() for d in done]})
