@@ -1,0 +1,19 @@
+"""The notebook side: an HTTP client of the server extension, ``%lemonade`` magics, a dashboard.
+
+Kernel code runs in the kernel process and talks to the router only over HTTP (the Jupyter
+server's extension, or an embedded router this kernel starts on a thread of its own). It imports
+nothing from ``lemonade_jupyter.core`` or ``lemonade_jupyter.server`` at import time; the one
+exception is :class:`~lemonade_jupyter.kernel.client.EmbeddedClient`, which imports
+``lemonade_jupyter.server.embedded`` lazily when it starts.
+
+Modules:
+
+- ``client``: ``RouterClient`` (sync httpx, error mapping to ``ClientError``) and ``EmbeddedClient``.
+- ``discovery``: which router this kernel uses (env, parent server, running server, embedded).
+- ``pools``: pure summaries of a health snapshot (slots per type, the pinned-slots warning).
+- ``rendering``: result objects with an HTML and a plain-text form.
+- ``progress``: the load progress indicator.
+- ``events``: a daemon thread following ``lemonade/api/v1/events``.
+- ``magics``: ``%lemonade`` / ``%%lemonade``.
+- ``widgets``: the live ipywidgets dashboard.
+"""

@@ -1,0 +1,373 @@
+"""A synchronous HTTP client of the lemonade router, as the kernel sees it.
+
+``RouterClient`` speaks SPEC §6 under ``{base_url}lemonade/`` with Jupyter token auth. It is the
+only place the kernel touches httpx: every httpx exception becomes a
+:class:`~lemonade_jupyter.errors.ClientError` in :func:`map_http_errors`, and every error answer
+becomes one carrying the server's status and envelope, so callers handle exactly one error type.
+
+``EmbeddedClient`` is the same client bound to an in-process router
+(``lemonade_jupyter.server.embedded.EmbeddedServer``) that runs on its own thread and asyncio
+loop, never on the kernel's. One embedded router per process: :func:`embedded_client` starts it
+on first use and :func:`shutdown_embedded` (also run at exit) stops it and its backends.
+
+The client is sync on purpose (STYLE B5.12): magics run inside ipykernel's loop, where
+``asyncio.run`` is not allowed, and the dashboard polls from a plain thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from ..errors import ClientError
+
+__all__ = [
+    "RouterClient",
+    "EmbeddedClient",
+    "embedded_client",
+    "shutdown_embedded",
+    "map_http_errors",
+    "iter_sse",
+]
+
+#: Exceptions httpx can raise from a request; all of them are mapped to ClientError.
+HTTPX_ERRORS: tuple[type[Exception], ...] = (
+    httpx.HTTPError,
+    httpx.InvalidURL,
+    httpx.StreamError,
+    httpx.CookieConflict,
+)
+
+
+@contextlib.contextmanager
+def map_http_errors(url: str = "") -> Iterator[None]:
+    """Translate httpx exceptions raised inside the block into ``ClientError``.
+
+    Timeouts become 504 ``timeout``, transport failures (refused, reset, DNS) 503
+    ``connection_error``, anything else from httpx 502 ``client_error``. The original exception
+    is chained as ``__cause__``.
+    """
+    try:
+        yield
+    except ClientError:
+        raise
+    except httpx.TimeoutException as exc:
+        raise _local_error(504, "timeout", f"No answer from {url or 'the router'} in time ({exc})") from exc
+    except httpx.TransportError as exc:
+        raise _local_error(
+            503, "connection_error", f"Cannot reach the router at {url or '?'}: {exc or type(exc).__name__}"
+        ) from exc
+    except HTTPX_ERRORS as exc:
+        raise _local_error(502, "client_error", f"HTTP client error: {exc or type(exc).__name__}") from exc
+
+
+def _local_error(status: int, error_type: str, message: str) -> ClientError:
+    body = {"error": {"message": message, "type": error_type, "code": error_type}}
+    return ClientError(status, body, message)
+
+
+def error_from_response(response: httpx.Response) -> ClientError:
+    """Build the ``ClientError`` for an error answer whose body has been read.
+
+    The server's envelope message is kept as is; Jupyter's own errors (``{"message": ...}``,
+    HTML 403 pages) and bare 404s get a sentence saying what is probably wrong.
+    """
+    status = response.status_code
+    try:
+        parsed = response.json()
+    except ValueError:
+        parsed = None
+    body = parsed if isinstance(parsed, dict) else {}
+    err = body.get("error")
+    if isinstance(err, dict) and err.get("message"):
+        return ClientError(status, body, str(err["message"]))
+    if status in (401, 403):
+        message = "Jupyter refused the request: wrong or missing token"
+    elif isinstance(body.get("message"), str) and body["message"]:
+        message = body["message"]
+    elif status == 404:
+        message = f"{response.request.url.path} not found: is the lemonade_jupyter extension enabled?"
+    else:
+        text = response.text.strip().replace("\n", " ")[:200]
+        message = f"HTTP {status} from {response.request.url.path}: {text or response.reason_phrase}"
+    return ClientError(status, {"error": {"message": message, "type": f"http_{status}"}}, message)
+
+
+def iter_sse(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """Parse Server-Sent Events from text lines into ``{"event", "id", "data"}`` dicts.
+
+    Multi-line ``data:`` fields are joined with newlines; comments (``:``) are skipped; an event
+    is dispatched at each blank line (and at the end of the stream).
+    """
+    fields: dict[str, str] = {}
+    data: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data or fields:
+                yield {**fields, "data": "\n".join(data)}
+            fields, data = {}, []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name in ("event", "id", "retry"):
+            fields[name] = value
+    if data or fields:
+        yield {**fields, "data": "\n".join(data)}
+
+
+class RouterClient:
+    """Blocking client of one lemonade router, reached over HTTP.
+
+    ``kind`` names how it was found (``env``, ``config``, ``parent``, ``running``, ``embedded``,
+    ``explicit``) and ``source`` says it in words for ``%lemonade status``. Every method returns
+    the decoded JSON answer (a fresh snapshot) or raises ``ClientError``.
+    """
+
+    kind: str = "explicit"
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str = "",
+        *,
+        kind: str | None = None,
+        source: str = "",
+        timeout: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not base_url.endswith("/"):
+            base_url += "/"
+        self.base_url = base_url
+        self.api_url = base_url + "lemonade/"
+        self.token = token
+        if kind is not None:
+            self.kind = kind
+        self.source = source or f"lemonade router at {base_url}"
+        headers = {"Authorization": f"token {token}"} if token else {}
+        self._timeout = httpx.Timeout(timeout, connect=10.0)
+        self._http = httpx.Client(
+            base_url=self.api_url, headers=headers, timeout=self._timeout, transport=transport
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.kind} {self.base_url}>"
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def request(self, method: str, path: str, *, json_body: Any = None,
+                timeout: float | None = None) -> Any:
+        """Send one request to ``lemonade/PATH``; return the decoded JSON answer."""
+        kwargs: dict[str, Any] = {}
+        if json_body is not None:
+            kwargs["json"] = json_body
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        with map_http_errors(self.base_url):
+            response = self._http.request(method, path, **kwargs)
+            if response.status_code >= 400:
+                raise error_from_response(response)
+            if not response.content:
+                return {}
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise _local_error(
+                    502, "invalid_response", f"{path} answered with non-JSON: {response.text[:120]!r}"
+                ) from exc
+
+    def close(self) -> None:
+        """Close the connection pool (idempotent)."""
+        self._http.close()
+
+    # -- SPEC §6 routes -----------------------------------------------------------------------
+    def health(self, timeout: float | None = None) -> dict[str, Any]:
+        """``GET api/v1/health``: loaded models, slots, pins and memory (a snapshot)."""
+        return dict(self.request("GET", "api/v1/health", timeout=timeout))
+
+    def load(self, model_name: str, **options: Any) -> dict[str, Any]:
+        """``POST api/v1/load``; blocks until the backend serves. ``None`` options are omitted."""
+        body = {"model_name": model_name}
+        body.update({k: v for k, v in options.items() if v is not None})
+        return dict(self.request("POST", "api/v1/load", json_body=body))
+
+    def unload(self, model_name: str | None = None) -> dict[str, Any]:
+        """``POST api/v1/unload``: one model, or every model when ``model_name`` is None."""
+        body = {"model_name": model_name} if model_name else {}
+        return dict(self.request("POST", "api/v1/unload", json_body=body))
+
+    def pin(self, model_name: str, pinned: bool) -> dict[str, Any]:
+        """``POST internal/pin``: set a loaded model's pin."""
+        return dict(self.request("POST", "internal/pin",
+                                 json_body={"model_name": model_name, "pinned": bool(pinned)}))
+
+    def config(self) -> dict[str, Any]:
+        """``GET internal/config``."""
+        return dict(self.request("GET", "internal/config"))
+
+    def set_config(self, updates: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST internal/set``; all-or-nothing on the server. Returns the new config."""
+        return dict(self.request("POST", "internal/set", json_body=dict(updates)))
+
+    def models(self) -> list[dict[str, Any]]:
+        """``GET api/v1/models``: the catalog with ``type``, ``loaded`` and ``pinned``."""
+        answer = self.request("GET", "api/v1/models")
+        data = answer.get("data", []) if isinstance(answer, dict) else answer
+        return [m for m in data if isinstance(m, dict)]
+
+    def pull(self, model_name: str, checkpoint: str, recipe: str = "llamacpp",
+             labels: Sequence[str] = ()) -> dict[str, Any]:
+        """``POST api/v1/pull``: register a user model from a local GGUF file."""
+        body = {"model_name": model_name, "checkpoint": checkpoint, "recipe": recipe,
+                "labels": list(labels)}
+        return dict(self.request("POST", "api/v1/pull", json_body=body))
+
+    def delete(self, model_name: str) -> dict[str, Any]:
+        """``POST api/v1/delete``: remove a user model (unloading it first)."""
+        return dict(self.request("POST", "api/v1/delete", json_body={"model_name": model_name}))
+
+    def chat(self, model: str, messages: Sequence[Mapping[str, Any]], **params: Any) -> str:
+        """Non-streaming ``chat/completions``; returns the assistant's text."""
+        body = {"model": model, "messages": list(messages), **params, "stream": False}
+        answer = self.request("POST", "api/v1/chat/completions", json_body=body)
+        try:
+            return str(answer["choices"][0]["message"].get("content") or "")
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise _local_error(502, "invalid_response", f"Unexpected completion: {answer!r:.200}") from exc
+
+    def stream_chat(self, model: str, messages: Sequence[Mapping[str, Any]],
+                    **params: Any) -> Iterator[str]:
+        """Streaming ``chat/completions``: yield text pieces as the model generates them.
+
+        An error envelope before the first byte raises ``ClientError`` with the server's message;
+        an SSE error event mid-stream raises it at that point.
+        """
+        body = {"model": model, "messages": list(messages), **params, "stream": True}
+        with map_http_errors(self.base_url), self._http.stream(
+            "POST", "api/v1/chat/completions", json=body
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise error_from_response(response)
+            for event in iter_sse(response.iter_lines()):
+                data = event.get("data", "")
+                if data.strip() == "[DONE]":
+                    return
+                if not data:
+                    continue
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    continue
+                if isinstance(chunk, dict) and "error" in chunk:
+                    err = chunk["error"]
+                    message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+                    raise ClientError(502, {"error": err} if isinstance(err, dict) else None, message)
+                for choice in chunk.get("choices", ()) if isinstance(chunk, dict) else ():
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        yield str(piece)
+
+    def events(self, last_event_id: int | None = None,
+               read_timeout: float = 5.0) -> Iterator[dict[str, Any]]:
+        """Follow ``GET api/v1/events`` (SSE); yield each router event as a dict.
+
+        Resumes after ``last_event_id`` when given. Returns when the server ends the stream;
+        raises ``ClientError`` (504 ``timeout`` when nothing, not even a keep-alive, arrived within
+        ``read_timeout``; 404 when the server has no event stream).
+        """
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = str(last_event_id)
+        timeout = httpx.Timeout(read_timeout, connect=5.0)
+        with map_http_errors(self.base_url), self._http.stream(
+            "GET", "api/v1/events", headers=headers, timeout=timeout
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise error_from_response(response)
+            for event in iter_sse(response.iter_lines()):
+                try:
+                    item = json.loads(event.get("data") or "null")
+                except ValueError:
+                    continue
+                if isinstance(item, dict):
+                    if "id" not in item and event.get("id", "").isdigit():
+                        item["id"] = int(event["id"])
+                    yield item
+
+
+class EmbeddedClient(RouterClient):
+    """A ``RouterClient`` bound to a router running inside this process.
+
+    Starting imports ``lemonade_jupyter.server.embedded`` (lazily: the kernel never imports the
+    server at import time) and blocks until the router serves on 127.0.0.1 from its own thread
+    and loop. ``stop()`` stops its backends and joins that thread.
+    """
+
+    kind = "embedded"
+
+    def __init__(self, *, timeout: float = 600.0) -> None:
+        from ..server.embedded import EmbeddedServer  # lazy by contract, see module docstring
+
+        self.server = EmbeddedServer()
+        self.server.start()
+        super().__init__(
+            self.server.url, self.server.token, kind="embedded", timeout=timeout,
+            source=f"embedded router in this kernel at {self.server.url}",
+        )
+
+    def stop(self) -> None:
+        """Close the client, then stop the embedded router and its backends (idempotent)."""
+        self.close()
+        self.server.stop()
+
+
+_embedded: EmbeddedClient | None = None
+_embedded_lock = threading.Lock()
+
+
+def embedded_client() -> EmbeddedClient:
+    """The process's embedded router client, started on first call."""
+    global _embedded
+    with _embedded_lock:
+        if _embedded is None:
+            _embedded = EmbeddedClient()
+            _stop_at_exit()
+        return _embedded
+
+
+def _stop_at_exit() -> None:
+    """Stop the embedded router when the interpreter exits, before executors shut down.
+
+    ``atexit`` handlers run *after* ``threading``'s exit hooks, which shut down the default
+    executor the router's loop uses for ``asyncio.to_thread``; stopping there fails. So we use
+    ``threading._register_atexit`` (what ``concurrent.futures`` itself uses; run in reverse
+    order, so ours runs first), falling back to ``atexit`` if it is missing.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is not None:
+            register(shutdown_embedded)
+            return
+    except RuntimeError:  # interpreter already shutting down
+        pass
+    atexit.register(shutdown_embedded)
+
+
+def shutdown_embedded() -> None:
+    """Stop the embedded router this process started, if any (idempotent)."""
+    global _embedded
+    with _embedded_lock:
+        client, _embedded = _embedded, None
+    if client is not None:
+        client.stop()
