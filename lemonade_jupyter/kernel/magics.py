@@ -1,0 +1,349 @@
+"""``%lemonade`` and ``%%lemonade``: drive the router from a notebook or IPython.
+
+Parse, call the client, return something that renders (STYLE B1). A user mistake raises
+``UsageError`` (IPython prints one line, no traceback); an error answered by the server raises
+``LemonadeServerError``, a ``ClientError`` that IPython renders as the server's one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shlex
+import sys
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.utils.text import dedent
+from traitlets import Enum, Float, Unicode
+
+from ..errors import ClientError
+from .client import RouterClient
+from .discovery import discover
+from .pools import catalog_type, pinned_slots_warning
+from .progress import run_with_progress
+from .rendering import Message, config_report, load_message, models_report, status_report
+
+__all__ = ["LemonadeMagics", "LemonadeServerError"]
+
+
+class LemonadeServerError(ClientError):
+    """A server error as a magic raises it: IPython shows the message only, no traceback."""
+
+    @classmethod
+    def from_client_error(cls, exc: ClientError) -> LemonadeServerError:
+        return cls(exc.status_code, getattr(exc, "body", None), exc.message)
+
+    def one_line(self) -> str:
+        code = self.code or self.error_type
+        return f"lemonade: {self.message} (HTTP {self.status_code}, {code})"
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.one_line()]
+
+
+def _build_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="lemonade", add_help=False)  # the formatter adds the %
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=MagicArgumentParser)
+
+    load = sub.add_parser("load", help="load a model (blocks until it serves)")
+    load.add_argument("model")
+    load.add_argument("--pinned", action=argparse.BooleanOptionalAction, default=None,
+                      help="pin it (--no-pinned unpins); omitted keeps the current pin")
+    load.add_argument("--ctx-size", type=int, default=None, help="context size in tokens")
+    load.add_argument("--auto-evict", action=argparse.BooleanOptionalAction, default=None,
+                      help="let the eviction engine downsize/unload it when idle")
+    load.add_argument("--llamacpp-args", default=None, help="extra llama-server flags (quoted)")
+    load.add_argument("--downsize-idle-timeout", type=float, default=None, metavar="S")
+    load.add_argument("--evict-idle-timeout", type=float, default=None, metavar="S")
+    load.add_argument("--evict-weight-factor", type=float, default=None, metavar="F")
+
+    for name, text in (("pin", "pin a loaded model"), ("unpin", "unpin a loaded model")):
+        sub.add_parser(name, help=text).add_argument("model")
+    sub.add_parser("unload", help="unload MODEL, or every model").add_argument("model", nargs="?")
+    sub.add_parser("status", help="router, loaded models, slots and memory")
+    sub.add_parser("models", help="the model catalog")
+
+    pull = sub.add_parser("pull", help="register a local GGUF as user.NAME")
+    pull.add_argument("name")
+    pull.add_argument("path")
+    pull.add_argument("--labels", default="", help="comma-separated labels, e.g. llm or embeddings")
+    pull.add_argument("--recipe", default="llamacpp")
+    sub.add_parser("delete", help="remove a user model").add_argument("name")
+
+    config = sub.add_parser("config", help="show the config, or set key=value ...")
+    config.add_argument("pairs", nargs="*", metavar="key=value")
+
+    chat = sub.add_parser("chat", help="chat with MODEL; the reply streams as it is generated")
+    chat.add_argument("-o", "--output", metavar="NAME", help="store the reply in variable NAME")
+    chat.add_argument("--max-tokens", type=int, default=None)
+    chat.add_argument("--system", default=None, help="a system prompt")
+    chat.add_argument("model")
+
+    dash = sub.add_parser("dashboard", help="a live panel of models, slots, memory and events")
+    dash.add_argument("--interval", type=float, default=None, metavar="S",
+                      help="seconds between refreshes")
+    sub.add_parser("help", help="this help")
+    return parser
+
+
+def _split_chat(rest: str) -> tuple[list[str], str]:
+    """Split ``[options] MODEL PROMPT...`` keeping the prompt verbatim (quotes, apostrophes)."""
+    lexer = shlex.shlex(io.StringIO(rest), posix=True)
+    lexer.whitespace_split = True
+    tokens: list[str] = []
+    takes_value = {"-o", "--output", "--max-tokens", "--system"}
+    try:
+        while True:
+            tok = lexer.get_token()
+            if tok is None:
+                return tokens, ""
+            tokens.append(tok)
+            if tok in takes_value:
+                value = lexer.get_token()
+                if value is not None:
+                    tokens.append(value)
+            elif not tok.startswith("-"):  # the model: the rest of the line is the prompt
+                prompt = rest[lexer.instream.tell():].strip()
+                if len(prompt) >= 2 and prompt[0] == prompt[-1] and prompt[0] in "'\"":
+                    prompt = prompt[1:-1]
+                return tokens, prompt
+    except ValueError as exc:
+        raise UsageError(f"cannot parse chat options: {exc}") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@magics_class
+class LemonadeMagics(Magics):
+    """The ``%lemonade`` magics; configure with ``c.LemonadeMagics.*``."""
+
+    server_url = Unicode(
+        None, allow_none=True, config=True,
+        help="Base URL of the Jupyter server to use (LEMONADE_JUPYTER_URL wins over it).",
+    )
+    token = Unicode("", config=True, help="Jupyter token for server_url.")
+    mode = Enum(
+        ["auto", "server", "embedded"], "auto", config=True,
+        help="auto: env/config, this kernel's server, any server, else embedded; "
+             "server: never start an embedded router; embedded: always use one.",
+    )
+    progress = Enum(
+        ["auto", "display", "text", "none"], "auto", config=True,
+        help="Load progress: an updating display (notebooks), dots (terminals), or nothing.",
+    )
+    poll_interval = Float(1.0, config=True, help="Seconds between dashboard refreshes.")
+    request_timeout = Float(600.0, config=True, help="Seconds to wait for a load or a reply.")
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        self._client: RouterClient | None = None
+        self._parser = _build_parser()
+        self.last_reply = ""
+
+    @property
+    def client(self) -> RouterClient:
+        """The router client, found on first use (see ``kernel.discovery``)."""
+        if self._client is None:
+            self._client = discover(server_url=self.server_url, token=self.token,
+                                    mode=self.mode, timeout=self.request_timeout)
+        return self._client
+
+    @client.setter
+    def client(self, value: RouterClient | None) -> None:
+        self._client = value
+
+    @line_cell_magic
+    def lemonade(self, line: str, cell: str | None = None) -> Any:
+        """Drive the lemonade router (multi-model llama.cpp with pinning) from IPython.
+
+        Usage::
+
+          %lemonade load MODEL [--pinned] [--ctx-size N] [--auto-evict | --no-auto-evict]
+                               [--llamacpp-args "..."] [--downsize-idle-timeout S]
+                               [--evict-idle-timeout S] [--evict-weight-factor F]
+          %lemonade pin MODEL          %lemonade unpin MODEL
+          %lemonade unload [MODEL]     (no MODEL: unload every model, pinned ones too)
+          %lemonade status             router in use, loaded models, slots, memory
+          %lemonade models             the catalog (built-in and user.* models)
+          %lemonade pull NAME PATH [--labels a,b]    register a local GGUF as user.NAME
+          %lemonade delete user.NAME
+          %lemonade config [key=value ...]   values are JSON when they parse (2, true, 0.8)
+          %lemonade chat [-o NAME] MODEL PROMPT
+          %%lemonade chat [-o NAME] MODEL    (the cell is the prompt)
+          %lemonade dashboard [--interval S]
+          %lemonade COMMAND --help
+
+        ``load`` warns before trying when every slot of the model's type is pinned (the server
+        would refuse with 409). The router is found in this order: $LEMONADE_JUPYTER_URL
+        (+ $LEMONADE_JUPYTER_TOKEN) or c.LemonadeMagics.server_url, this kernel's Jupyter
+        server, any running server with the extension, else an embedded router in the kernel;
+        ``%lemonade status`` says which.
+
+        Example::
+
+          %load_ext lemonade_jupyter
+          %lemonade load SmolLM2-135M-Instruct-GGUF --pinned
+          %lemonade chat SmolLM2-135M-Instruct-GGUF Say hello in five words.
+          %lemonade unpin SmolLM2-135M-Instruct-GGUF
+          %lemonade dashboard
+        """
+        line = line.strip()
+        command, _, rest = line.partition(" ")
+        if not command or command == "help":
+            print(dedent(self.lemonade.__doc__ or ""))
+            return None
+        try:
+            if command == "chat":
+                tokens, prompt = _split_chat(rest)
+                args = self._parse(["chat", *tokens])
+            else:
+                try:
+                    argv = shlex.split(line)
+                except ValueError as exc:
+                    raise UsageError(f"cannot parse the line: {exc}") from None
+                args = self._parse(argv)
+                prompt = ""
+            if cell is not None and args.command != "chat":
+                raise UsageError("%%lemonade is a cell magic for chat only: %%lemonade chat MODEL")
+            return getattr(self, f"_do_{args.command}")(args, prompt, cell)
+        except ClientError as exc:
+            if isinstance(exc, LemonadeServerError):
+                raise
+            raise LemonadeServerError.from_client_error(exc) from None
+
+    def _parse(self, argv: list[str]) -> argparse.Namespace:
+        if "-h" in argv or "--help" in argv:
+            choices = self._subparsers()
+            sub = choices.get(argv[0])
+            print((sub or self._parser).format_help())
+            return argparse.Namespace(command="noop")
+        if argv and argv[0] not in self._subparsers():
+            raise UsageError(
+                f"unknown command {argv[0]!r}; one of: {', '.join(self._subparsers())} "
+                "(see %lemonade?)"
+            )
+        return self._parser.parse_args(argv)
+
+    def _subparsers(self) -> dict[str, argparse.ArgumentParser]:
+        for action in self._parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}  # pragma: no cover - the parser always has subcommands
+
+    def _progress_mode(self) -> str:
+        if self.progress != "auto":
+            return str(self.progress)
+        return "display" if getattr(self.shell, "kernel", None) is not None else "text"
+
+    # -- subcommands --------------------------------------------------------------------------
+    def _do_noop(self, args: argparse.Namespace, prompt: str, cell: str | None) -> None:
+        return None
+
+    def _do_load(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
+        if args.ctx_size is not None and args.ctx_size <= 0:
+            raise UsageError("--ctx-size must be a positive number of tokens")
+        client = self.client
+        health = client.health()
+        warning = pinned_slots_warning(health, args.model, catalog_type(client.models(), args.model))
+        if warning:
+            print(f"Warning: {warning}", file=sys.stderr, flush=True)
+        options = {
+            "pinned": args.pinned, "ctx_size": args.ctx_size, "auto_evict": args.auto_evict,
+            "llamacpp_args": args.llamacpp_args,
+            "downsize_idle_timeout": args.downsize_idle_timeout,
+            "evict_idle_timeout": args.evict_idle_timeout,
+            "evict_weight_factor": args.evict_weight_factor,
+        }
+        answer, seconds = run_with_progress(
+            f"Loading {args.model}", lambda: client.load(args.model, **options),
+            mode=self._progress_mode(),
+        )
+        return load_message(answer, seconds)
+
+    def _do_pin(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
+        answer = self.client.pin(args.model, True)
+        return Message(f"Pinned {answer.get('model_name', args.model)}", data=answer)
+
+    def _do_unpin(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
+        answer = self.client.pin(args.model, False)
+        return Message(f"Unpinned {answer.get('model_name', args.model)}", data=answer)
+
+    def _do_unload(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
+        answer = self.client.unload(args.model)
+        return Message(f"Unloaded {args.model}" if args.model else "Unloaded every model",
+                       data=answer)
+
+    def _do_status(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
+        client = self.client
+        return status_report(client.health(), client.source)
+
+    def _do_models(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
+        return models_report(self.client.models())
+
+    def _do_pull(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
+        name = args.name if args.name.startswith("user.") else f"user.{args.name}"
+        path = os.path.abspath(os.path.expanduser(args.path))
+        if not os.path.isfile(path):
+            raise UsageError(f"no such file: {path}")
+        labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+        answer = self.client.pull(name, path, recipe=args.recipe, labels=labels)
+        kind = answer.get("type") or "llm"
+        return Message(f"Registered {name} ({kind}) from {path}", data=answer)
+
+    def _do_delete(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
+        answer = self.client.delete(args.name)
+        return Message(f"Deleted {args.name}", data=answer)
+
+    def _do_config(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
+        if not args.pairs:
+            return config_report(self.client.config())
+        updates = {}
+        for pair in args.pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise UsageError(f"expected key=value, got {pair!r}")
+            updates[key.strip()] = _parse_value(value.strip())
+        return config_report(self.client.set_config(updates), changed=updates)
+
+    def _do_chat(self, args: argparse.Namespace, prompt: str, cell: str | None) -> None:
+        if cell is not None:
+            if prompt:
+                raise UsageError("give the prompt on the line or in the cell, not both")
+            prompt = cell.strip()
+        if not prompt:
+            raise UsageError("no prompt: %lemonade chat MODEL PROMPT, or %%lemonade chat MODEL")
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        messages.append({"role": "user", "content": prompt})
+        params = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+        pieces: list[str] = []
+        try:
+            for piece in self.client.stream_chat(args.model, messages, **params):
+                pieces.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        finally:
+            if pieces:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            self.last_reply = "".join(pieces)
+            if args.output:
+                self.shell.user_ns[args.output] = self.last_reply
+        return None
+
+    def _do_dashboard(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
+        from .widgets import Dashboard
+
+        interval = args.interval if args.interval is not None else self.poll_interval
+        if interval <= 0:
+            raise UsageError("--interval must be > 0")
+        return Dashboard(self.client, interval=interval)
