@@ -1,0 +1,355 @@
+"""The live dashboard (ipywidgets 8): loaded models, slots, memory, events and a load form.
+
+A view over client data that decides nothing (STYLE B1). One daemon thread polls ``health``
+every ``interval`` seconds and applies the snapshot to the widgets (ipykernel 7 runs no asyncio
+tasks between cells, so a thread it is); an ``EventFeed`` thread follows the event stream.
+``close()`` stops both threads before closing the widgets.
+
+No feedback loop: the poller records the server's pin for each model *before* it sets the
+toggle, and the toggle's observer only calls the API when the new value differs from the
+server's, so a value the poller sets is never sent back. Clicks call the API (pin at once,
+unload and load on worker threads so the kernel's comm handler is not blocked) and wake the
+poller, so the table shows the result on the next tick.
+"""
+
+from __future__ import annotations
+
+import collections
+import html
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ipywidgets as widgets
+from traitlets import Bool, Float, List, Unicode
+
+from ..errors import ClientError
+from .client import RouterClient
+from .events import EventFeed
+from .panel_html import events_html, header_html, slots_html, sparkline_svg
+from .pools import (
+    catalog_type, format_bytes, format_seconds, model_idle_seconds, pinned_slots_warning, pools,
+)
+
+__all__ = ["Dashboard", "ModelRow"]
+
+_COLUMNS = ("model", "type", "state", "pinned", "", "idle", "memory")
+_GRID = "minmax(12em, 2fr) 6em 7em 8em 7em 6em 7em"
+
+
+class ModelRow:
+    """The widgets of one loaded model's row in the table."""
+
+    def __init__(self, name: str, on_pin: Callable[[str, bool], None],
+                 on_unload: Callable[[str], None]) -> None:
+        self.name = name
+        self.label = widgets.HTML(f"<b>{html.escape(name)}</b>")
+        self.type = widgets.Label()
+        self.state = widgets.Label()
+        self.pin = widgets.ToggleButton(value=False, description="pin", icon="thumb-tack",
+                                        tooltip=f"pin or unpin {name}",
+                                        layout=widgets.Layout(width="7.5em"))
+        self.pin.add_class("lemonade-pin-toggle")
+        self.unload = widgets.Button(description="unload", icon="eject", button_style="warning",
+                                     tooltip=f"unload {name}", layout=widgets.Layout(width="6.5em"))
+        self.unload.add_class("lemonade-unload-button")
+        self.idle = widgets.Label()
+        self.memory = widgets.Label()
+        self.pin.observe(lambda change: on_pin(name, bool(change["new"])), names="value")
+        self.unload.on_click(lambda _button: on_unload(name))
+
+    @property
+    def cells(self) -> list[widgets.Widget]:
+        return [self.label, self.type, self.state, self.pin, self.unload, self.idle, self.memory]
+
+    def apply(self, m: Mapping[str, Any], now: float) -> None:
+        """Show one health entry. The caller has already recorded the server's pin."""
+        pinned = bool(m.get("pinned"))
+        self.type.value = str(m.get("type") or "")
+        self.state.value = str(m.get("status") or "")
+        if self.pin.value != pinned:
+            self.pin.value = pinned
+        self.pin.description = "pinned" if pinned else "pin"
+        self.pin.button_style = "info" if pinned else ""
+        busy = self.state.value in ("evicting", "unloaded")
+        self.unload.disabled = busy
+        self.unload.description = "unloading" if busy else "unload"
+        self.idle.value = format_seconds(model_idle_seconds(m, now))
+        self.memory.value = format_bytes(m.get("memory_bytes"))
+
+
+class Dashboard(widgets.VBox):
+    """Live panel of one router; returned by ``%lemonade dashboard``.
+
+    Threads: the poller (``refresh`` every ``interval`` s, woken early after an action), the
+    ``EventFeed``, and short-lived action workers. ``refresh`` holds ``_lock`` while it reads
+    and applies a snapshot, and so does a pin call, so a pin and a refresh never interleave.
+    """
+
+    models = List(Unicode(), help="Names in the model table, as of the last refresh.")
+    last_refresh = Float(0.0, help="time.time() of the last successful refresh.")
+    error = Unicode("", help="The last error shown in the panel ('' when fine).")
+    polling = Bool(False, help="Whether the poller thread runs.")
+
+    def __init__(self, client: RouterClient, *, interval: float = 1.0, autostart: bool = True,
+                 follow_events: bool = True, history: int = 60) -> None:
+        self.client = client
+        self.interval = float(interval)
+        self.rows: dict[str, ModelRow] = {}
+        self.health: dict[str, Any] = {}
+        self.catalog: list[dict[str, Any]] = []
+        self.memory_history: collections.deque[dict[str, float]] = collections.deque(maxlen=history)
+        self._server_pins: dict[str, bool] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
+        self._ticks = 0
+        self.feed = EventFeed(client) if follow_events else None
+
+        self.header = widgets.HTML()
+        self.slots = widgets.HTML()
+        self.memory_box = widgets.VBox()
+        self.memory_bars: dict[str, widgets.FloatProgress] = {}
+        self._action_error = ""
+        self._memory_labels: dict[str, widgets.Label] = {}
+        self.sparkline = widgets.HTML()
+        self.table = widgets.GridBox(layout=widgets.Layout(grid_template_columns=_GRID,
+                                                           align_items="center"))
+        self.table.add_class("lemonade-model-table")
+        self.events = widgets.HTML()
+        self.model_dropdown = widgets.Dropdown(description="model", options=[],
+                                               layout=widgets.Layout(width="24em"))
+        self.load_pinned = widgets.Checkbox(description="pinned", value=False, indent=False,
+                                            layout=widgets.Layout(width="6em"))
+        self.load_button = widgets.Button(description="Load", icon="play", button_style="success")
+        self.load_button.add_class("lemonade-load-button")
+        self.load_status = widgets.HTML()
+        self.load_button.on_click(lambda _b: self._start_load())
+        self._headers = [widgets.HTML(f"<b>{c}</b>") for c in _COLUMNS]
+        super().__init__(children=[
+            self.header,
+            widgets.HTML("<b>Loaded models</b>"), self.table,
+            widgets.HBox([widgets.VBox([widgets.HTML("<b>Slots</b>"), self.slots]),
+                          widgets.VBox([widgets.HTML("<b>Memory</b>"), self.memory_box,
+                                        self.sparkline])],
+                         layout=widgets.Layout(grid_gap="2em")),
+            self.events,
+            widgets.HBox([self.model_dropdown, self.load_pinned, self.load_button,
+                          self.load_status]),
+        ])
+        self.add_class("lemonade-dashboard")
+        self.refresh(catalog=True)
+        if autostart:
+            self.start()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the poller (and the event feed); idempotent."""
+        if self.feed is not None:
+            self.feed.start()
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name="lemonade-dashboard", daemon=True)
+        self._thread.start()
+        self.polling = True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the poller, the event feed and wait for running actions; idempotent."""
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self.feed is not None:
+            self.feed.stop()
+        self.wait_actions(timeout)
+        self.polling = False
+
+    def close(self) -> None:
+        """Stop the threads, then close every widget of the panel (idempotent)."""
+        self.stop()
+        for row in self.rows.values():
+            for w in row.cells:
+                w.close()
+        for w in _descendants(self):
+            w.close()
+        super().close()
+
+    def wait_actions(self, timeout: float = 30.0) -> None:
+        """Wait for the unload/load workers started by clicks (for tests and ``stop``)."""
+        deadline = time.monotonic() + timeout
+        for worker in list(self._workers):
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self._workers = [w for w in self._workers if w.is_alive()]
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self._ticks += 1
+            self.refresh(catalog=self._ticks % 10 == 0)
+
+    # -- refresh ------------------------------------------------------------------------------
+    def refresh(self, catalog: bool = False) -> None:
+        """Fetch a health snapshot (and the catalog if asked) and show it. Never raises."""
+        with self._lock:
+            try:
+                health = self.client.health()
+                if catalog or not self.catalog:
+                    self.catalog = self.client.models()
+            except ClientError as exc:
+                self.error = str(exc)
+                self.header.value = header_html(self.client.source, self.last_refresh or None,
+                                                self.error)
+                return
+            self.health, self.error = health, self._action_error
+            self.last_refresh = time.time()
+            self._apply(health)
+
+    def _apply(self, health: Mapping[str, Any]) -> None:
+        now = time.time()
+        self.header.value = header_html(self.client.source, self.last_refresh, self.error)
+        loaded = [m for m in health.get("all_models_loaded") or [] if m.get("model_name")]
+        names = [str(m["model_name"]) for m in loaded]
+        for m in loaded:
+            name = str(m["model_name"])
+            self._server_pins[name] = bool(m.get("pinned"))  # before the toggle moves
+            row = self.rows.get(name)
+            if row is None:
+                row = self.rows[name] = ModelRow(name, self._on_pin, self._on_unload)
+            row.apply(m, now)
+        for gone in [n for n in self.rows if n not in names]:
+            for w in self.rows.pop(gone).cells:
+                w.close()
+            self._server_pins.pop(gone, None)
+        cells: list[widgets.Widget] = list(self._headers)
+        for name in names:
+            cells.extend(self.rows[name].cells)
+        if list(self.table.children) != cells:
+            self.table.children = cells
+        self.models = names
+        self.slots.value = slots_html(pools(health))
+        self._apply_memory(health.get("memory") or {})
+        self.events.value = events_html(self.feed.recent() if self.feed else [],
+                                        self.feed.available if self.feed else False)
+        options = [str(m.get("id")) for m in self.catalog if m.get("id")]
+        if list(self.model_dropdown.options) != options:
+            current = self.model_dropdown.value
+            self.model_dropdown.options = options
+            if current in options:
+                self.model_dropdown.value = current
+
+    def _apply_memory(self, memory: Mapping[str, Any]) -> None:
+        sample: dict[str, float] = {}
+        for d in memory.get("devices") or []:
+            name = str(d.get("name") or "device")
+            total, used = d.get("total") or 0, d.get("used") or 0
+            frac = float(used) / float(total) if total else 0.0
+            sample[name] = frac
+            bar = self.memory_bars.get(name)
+            if bar is None:
+                bar = self.memory_bars[name] = widgets.FloatProgress(
+                    min=0.0, max=1.0, description=name[:18], layout=widgets.Layout(width="22em"))
+                bar.add_class("lemonade-memory-bar")
+                self._memory_labels[name] = widgets.Label()
+                self.memory_box.children = [
+                    widgets.HBox([self.memory_bars[n], self._memory_labels[n]])
+                    for n in self.memory_bars
+                ]
+            bar.value = min(1.0, frac)
+            bar.bar_style = "danger" if frac >= 0.9 else ("warning" if frac >= 0.75 else "")
+            self._memory_labels[name].value = (
+                f"{format_bytes(used)} / {format_bytes(total)} ({100 * frac:.0f}%)")
+        if sample:
+            self.memory_history.append(sample)
+        self.sparkline.value = sparkline_svg(list(self.memory_history))
+
+    # -- actions ------------------------------------------------------------------------------
+    def _on_pin(self, name: str, pinned: bool) -> None:
+        if self._server_pins.get(name) == pinned:
+            return  # the poller showing the server's value, or a no-op click
+        with self._lock:
+            try:
+                answer = self.client.pin(name, pinned)
+                self._server_pins[name] = bool(answer.get("pinned", pinned))
+                self.error = self._action_error = ""
+            except ClientError as exc:
+                self.error = self._action_error = f"pin {name}: {exc}"
+                self.header.value = header_html(self.client.source, self.last_refresh, self.error)
+                row = self.rows.get(name)
+                if row is not None and name in self._server_pins:
+                    row.pin.value = self._server_pins[name]  # equals the server: not sent again
+        self._wake.set()
+
+    def _on_unload(self, name: str) -> None:
+        row = self.rows.get(name)
+        if row is not None:
+            row.unload.disabled = True
+            row.unload.description = "unloading"
+        self._spawn(f"unload {name}", lambda: self.client.unload(name))
+
+    def _start_load(self) -> None:
+        name = self.model_dropdown.value
+        if not name:
+            self.load_status.value = "<i>choose a model</i>"
+            return
+        pinned = True if self.load_pinned.value else None
+        warning = pinned_slots_warning(self.health, name, catalog_type(self.catalog, name))
+        self.load_button.disabled = True
+        self._spawn(f"load {name}", lambda: self.client.load(name, pinned=pinned),
+                    progress=f"Loading {name}", warning=warning or "")
+
+    def _spawn(self, what: str, call: Callable[[], Any], *, progress: str = "",
+               warning: str = "") -> None:
+        def work() -> None:
+            start = time.monotonic()
+            done = threading.Event()
+            box: dict[str, Any] = {}
+
+            def run() -> None:
+                try:
+                    box["answer"] = call()
+                except ClientError as exc:
+                    box["error"] = exc
+                finally:
+                    done.set()
+
+            threading.Thread(target=run, name="lemonade-call", daemon=True).start()
+            note = f"<div style='color:#e65100'>⚠ {warning}</div>" if warning else ""
+            while progress and not done.wait(0.25):
+                self.load_status.value = (
+                    f"<progress style='width:8em'></progress> {progress}… "
+                    f"{time.monotonic() - start:.1f} s{note}")
+            done.wait()
+            elapsed = time.monotonic() - start
+            if "error" in box:
+                self._action_error = f"{what}: {box['error']}"
+                if progress:
+                    self.load_status.value = (
+                        f"<span style='color:#c62828'>✗ {html.escape(self._action_error)}</span>")
+            else:
+                self._action_error = ""
+                if progress:
+                    self.load_status.value = f"✓ {html.escape(what)} in {elapsed:.2f} s"
+            self.load_button.disabled = False
+            self.refresh(catalog=bool(progress))
+            self._wake.set()
+
+        worker = threading.Thread(target=work, name=f"lemonade-{what}", daemon=True)
+        self._workers.append(worker)
+        worker.start()
+
+
+def _descendants(box: widgets.Box) -> list[widgets.Widget]:
+    out: list[widgets.Widget] = []
+    for child in box.children:
+        if isinstance(child, widgets.Box):
+            out.extend(_descendants(child))
+        out.append(child)
+    return out
