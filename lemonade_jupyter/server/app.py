@@ -12,11 +12,12 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, Unicode, default
+from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 
 from ..core.catalog import Catalog
 from ..core.router import Router
-from ..core.settings import RouterSettings
+from ..core.settings import RouterSettings, validate_setting
+from ..errors import InvalidRequestError
 from .routes import ROUTES
 
 
@@ -79,6 +80,15 @@ class LemonadeApp(ExtensionApp):
         help="Seconds of silence (cold load, prefill) before a ': ping' SSE comment.",
     )
 
+    @validate("max_loaded_models", "auto_evict_threshold_pct", "downsize_idle_timeout",
+              "evict_idle_timeout", "memory_sample_interval_s")
+    def _validate_runtime_setting(self, proposal: dict) -> object:
+        """Reject a bad value in the config file with the same rule as /internal/set."""
+        try:
+            return validate_setting(proposal["trait"].name, proposal["value"])
+        except InvalidRequestError as exc:
+            raise TraitError(f"c.LemonadeApp.{proposal['trait'].name}: {exc.message}") from None
+
     @default("data_dir")
     def _default_data_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "lemonade")
@@ -99,7 +109,7 @@ class LemonadeApp(ExtensionApp):
             watchdog_probe_timeout_s=self.watchdog_probe_timeout_s,
             watchdog_probe_failures=self.watchdog_probe_failures,
             memory_sample_interval_s=self.memory_sample_interval_s,
-        ).with_updates({})  # validates nothing new; settings are checked when set at run time
+        )
 
     def initialize_settings(self) -> None:
         data_dir = Path(self.data_dir)
