@@ -485,7 +485,10 @@ class Router:
         )
         self._persist()
 
-    async def _restore_task(self, m: LiveModel) -> None:
+    async def _restore_task(
+        self, m: LiveModel, kind: str = "restore", reason: str = "request"
+    ) -> None:
+        """Start a new backend for ``m`` in its slot (a downsized model, or a reload)."""
         m.state = ModelState.LOADING
         try:
             backend = await self._start_with_retry(m)
@@ -496,8 +499,8 @@ class Router:
             self._persist()
             raise
         self._install(m, backend)
-        self.events.emit("restore", m.name, "request",
-                         load_duration_ms=round(m.load_duration_ms, 1))
+        self.events.emit(kind, m.name, reason, load_duration_ms=round(m.load_duration_ms, 1),
+                         pinned=m.pinned)
 
     async def _reload_task(self, m: LiveModel) -> None:
         """Option change: new process in the same slot, pin kept."""
@@ -506,7 +509,8 @@ class Router:
         old, m.backend = m.backend, None
         if old is not None:
             await old.stop()
-        await self._restore_task(m)
+        # A "reload" event, not "restore": nothing was downsized, the options changed.
+        await self._restore_task(m, "reload", "options")
 
     async def _downsize_task(self, m: LiveModel, reason: str) -> None:
         if m.pinned or m.is_busy or m.backend is None or m.state is not ModelState.READY:
@@ -672,9 +676,13 @@ class Router:
                          pinned=m.pinned)
         self._notify()
         if m.pinned and not self._guard.cooling_down(m.name):
+            # Every option, not only the process ones: the reloaded model must keep its
+            # per-model eviction settings too (they would silently fall back to the global
+            # ones once the model is unpinned).
             self._spawn_background(self._quiet(self._ensure(
                 m.name, pinned=None, options=m.options,
-                given=frozenset(LoadOptions.PROCESS_KEYS), reason="crash", count_use=False,
+                given=frozenset(LoadOptions.__dataclass_fields__), reason="crash",
+                count_use=False,
             )))
 
     # ------------------------------------------------------------------ memory
