@@ -1,0 +1,1 @@
+"""End-to-end tests of the Jupyter server extension (a package so tests share helpers)."""

@@ -1,0 +1,193 @@
+"""Fixtures for end-to-end tests of the extension inside a real Jupyter server (pytest-jupyter).
+
+``jp_serverapp`` builds a real ``ServerApp`` (base_url ``/a%40b/``, so a missing prefix shows)
+with ``lemonade_jupyter`` enabled and a private data dir. pytest-jupyter never runs the server's
+``_post_start`` hook, so :func:`lemonade` starts the extension the way Jupyter does
+(``extension_manager.start_extension``) and stops it on teardown, before the autouse
+no-orphans check of ``tests/conftest.py`` looks for leftover backends.
+
+pytest-jupyter runs ``async def`` tests itself on the server's loop: no asyncio marker is needed,
+and a test must never block that loop (use ``AsyncOpenAI``/``httpx.AsyncClient``, not the sync
+clients, against the fixture server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from lemonade_jupyter.server.app import LemonadeApp
+
+#: The OpenAI-style API prefix, relative to the server's base_url.
+API = "lemonade/api/v1"
+#: Fields of a health entry that move on their own.
+VOLATILE = frozenset({"idle_s", "memory_bytes", "memory_freed_bytes", "device"})
+
+
+@dataclass
+class Answer:
+    """One HTTP answer: status, headers and the body parsed as JSON (None if it is not JSON)."""
+
+    code: int
+    headers: Any
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    @property
+    def error(self) -> dict[str, Any]:
+        """The error object of an envelope; fails the test if the body is not one."""
+        assert_envelope(self)
+        return self.json["error"]  # type: ignore[no-any-return]
+
+
+def assert_envelope(answer: Answer) -> None:
+    """The body is the JSON error envelope ``{"error": {"message", "type", ...}}``."""
+    data = answer.json
+    assert isinstance(data, dict), f"not JSON ({answer.code}): {answer.body[:300]!r}"
+    err = data.get("error")
+    assert isinstance(err, dict), data
+    assert isinstance(err.get("message"), str) and err["message"], data
+    assert isinstance(err.get("type"), str) and err["type"], data
+    assert "Traceback" not in err["message"]
+
+
+class Api:
+    """Small client over ``jp_fetch``: never raises on an HTTP error status."""
+
+    def __init__(self, fetch: Callable[..., Awaitable[Any]]) -> None:
+        self._fetch = fetch
+
+    async def get(self, path: str, **kwargs: Any) -> Answer:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(
+        self, path: str, body: Any = None, *, raw: bytes | str | None = None, **kwargs: Any
+    ) -> Answer:
+        data = raw if raw is not None else json.dumps(body if body is not None else {})
+        return await self.request("POST", path, body=data, **kwargs)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Answer:
+        kwargs.setdefault("request_timeout", 120)
+        resp = await self._fetch(
+            *path.split("/"), method=method, raise_error=False,
+            allow_nonstandard_methods=True, **kwargs,
+        )
+        return Answer(resp.code, resp.headers, resp.body or b"")
+
+    async def health(self) -> dict[str, Any]:
+        answer = await self.get(f"{API}/health")
+        assert answer.code == 200, answer.body
+        return answer.json  # type: ignore[no-any-return]
+
+    async def loaded(self) -> dict[str, dict[str, Any]]:
+        """``all_models_loaded`` of ``/health`` by model name, without the fields that change
+        by themselves (idle time, memory samples), so two snapshots compare equal when no
+        request changed anything (last_use, pid, pin and state included)."""
+        return {
+            m["model_name"]: {k: v for k, v in m.items() if k not in VOLATILE}
+            for m in (await self.health())["all_models_loaded"]
+        }
+
+    async def load(self, name: str, **body: Any) -> dict[str, Any]:
+        answer = await self.post(f"{API}/load", {"model_name": name, **body})
+        assert answer.code == 200, answer.body
+        return answer.json  # type: ignore[no-any-return]
+
+    async def pull(self, name: str, checkpoint: str, labels: list[str] | None = None) -> None:
+        body: dict[str, Any] = {"model_name": name, "checkpoint": checkpoint, "recipe": "llamacpp"}
+        if labels is not None:
+            body["labels"] = labels
+        answer = await self.post(f"{API}/pull", body)
+        assert answer.code == 200, answer.body
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
+) -> None:
+    """Poll a (sync or async) predicate until it holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def lemonade_data_dir(tmp_path):
+    path = tmp_path / "lemonade-data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def lemonade_traits() -> dict[str, Any]:
+    """Extra ``c.LemonadeApp`` settings; override in a module or with indirect parametrize."""
+    return {}
+
+
+@pytest.fixture
+def jp_server_config(lemonade_data_dir, lemonade_traits, llama_server_path):
+    # jp_environ points HOME at a temporary dir, which hides the cached llama-server build:
+    # name the binary found before that (session fixture) explicitly.
+    return Config(
+        {
+            "ServerApp": {
+                "jpserver_extensions": {"lemonade_jupyter": True},
+                "reraise_server_extension_failures": True,
+            },
+            "LemonadeApp": {
+                "data_dir": str(lemonade_data_dir),
+                "sse_ping_interval_s": 0.05,
+                "restore_on_start": False,
+                "llama_server_path": llama_server_path,
+                **lemonade_traits,
+            },
+        }
+    )
+
+
+@pytest.fixture
+def lemonade(jp_serverapp, jp_asyncio_loop) -> LemonadeApp:
+    """The started extension app; stopped (every backend with it) when the test ends."""
+    app = jp_serverapp.extension_manager.extension_points["lemonade_jupyter"].app
+    assert isinstance(app, LemonadeApp)
+    jp_asyncio_loop.run_until_complete(
+        jp_serverapp.extension_manager.start_extension("lemonade_jupyter")
+    )
+    yield app
+    jp_asyncio_loop.run_until_complete(app.stop_extension())
+
+
+@pytest.fixture
+def api(lemonade, jp_fetch) -> Api:
+    return Api(jp_fetch)
+
+
+@pytest.fixture
+def server_url(lemonade, jp_http_port, jp_base_url) -> str:
+    """``http://127.0.0.1:PORT{base_url}`` of the fixture server (ends with a slash)."""
+    return f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
+
+
+@pytest.fixture
+def token(jp_serverapp) -> str:
+    return jp_serverapp.identity_provider.token  # type: ignore[no-any-return]

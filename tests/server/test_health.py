@@ -1,0 +1,90 @@
+"""``GET lemonade/api/v1/health`` and ``/models``: exact shapes of SPEC §6, with a real backend."""
+
+from __future__ import annotations
+
+import psutil
+
+from .conftest import API
+
+MODEL_KEYS = {
+    "model_name", "checkpoint", "type", "recipe", "recipe_options", "pinned", "status", "pid",
+    "backend_url", "last_use", "load_duration_ms", "memory_bytes", "is_busy", "device",
+}
+
+
+async def test_health_empty_router(api):
+    health = await api.health()
+    assert health["status"] == "ok"
+    assert health["all_models_loaded"] == []
+    assert health["max_models"] == {"llm": 1}
+    assert health["pinned_models"] == {"llm": 0}
+    assert health["memory"]["source"] in ("nvml", "system")
+
+
+async def test_health_shape_with_a_loaded_pinned_model(api, default_model_name, default_model_file):
+    loaded = await api.load(default_model_name, pinned=True)
+    assert loaded == {
+        "status": "success",
+        "model_name": default_model_name,
+        "checkpoint": default_model_file,
+        "recipe": "llamacpp",
+        "pinned": True,
+    }
+    health = await api.health()
+    assert health["status"] == "ok"
+    [entry] = health["all_models_loaded"]
+    assert MODEL_KEYS <= set(entry), MODEL_KEYS - set(entry)
+    assert entry["model_name"] == default_model_name
+    assert entry["checkpoint"] == default_model_file
+    assert entry["type"] == "llm"
+    assert entry["recipe"] == "llamacpp"
+    assert isinstance(entry["recipe_options"], dict)
+    assert entry["pinned"] is True
+    assert entry["status"] == "ready"
+    assert psutil.pid_exists(entry["pid"])
+    assert "llama-server" in " ".join(psutil.Process(entry["pid"]).cmdline())
+    assert entry["backend_url"].startswith("http://127.0.0.1:")
+    assert isinstance(entry["last_use"], int) and entry["last_use"] > 1_600_000_000_000  # ms
+    assert entry["load_duration_ms"] > 0
+    assert entry["memory_bytes"] is None or entry["memory_bytes"] > 0
+    assert entry["is_busy"] is False
+    assert isinstance(entry["device"], str) and entry["device"]
+    assert "api_key" not in str(entry).lower()
+
+    assert health["max_models"] == {"llm": 1}
+    assert health["pinned_models"] == {"llm": 1}
+    memory = health["memory"]
+    assert memory["source"] in ("nvml", "system")
+    assert memory["devices"], memory
+    for device in memory["devices"]:
+        assert isinstance(device["name"], str) and device["name"]
+        assert isinstance(device["total"], int) and device["total"] > 0
+        assert isinstance(device["used"], int) and 0 <= device["used"] <= device["total"]
+
+
+async def test_health_polls_do_not_count_as_use(api, default_model_name):
+    await api.load(default_model_name)
+    first = (await api.loaded())[default_model_name]["last_use"]
+    for _ in range(3):
+        await api.health()
+        await api.get("lemonade/internal/config")
+        await api.get(f"{API}/models")
+    assert (await api.loaded())[default_model_name]["last_use"] == first
+
+
+async def test_models_lists_the_catalog_with_its_fields(api, default_model_name, default_model_file):
+    answer = await api.get(f"{API}/models")
+    assert answer.code == 200
+    data = answer.json
+    assert data["object"] == "list"
+    [entry] = [m for m in data["data"] if m["id"] == default_model_name]
+    assert entry["object"] == "model"
+    assert entry["labels"] == ["llm"]
+    assert entry["type"] == "llm"
+    assert entry["recipe"] == "llamacpp"
+    assert entry["checkpoint"] == default_model_file
+    assert entry["loaded"] is False and entry["pinned"] is False
+    await api.load(default_model_name, pinned=True)
+    data = (await api.get(f"{API}/models")).json
+    [entry] = [m for m in data["data"] if m["id"] == default_model_name]
+    assert entry["loaded"] is True and entry["pinned"] is True
