@@ -21,14 +21,19 @@ HEALTH_MEMORY_MAX_AGE_S = 1.0
 
 
 def model_name_param(body: dict[str, Any], *, required: bool = True) -> str | None:
-    """``model_name`` or ``model`` from a body; 400 when missing (if required) or not a string."""
-    name = body.get("model_name", body.get("model"))
-    if name is None:
+    """``model_name`` or ``model`` from a body; 400 when missing (if required) or not a string.
+
+    Only an *absent* key means "no name": an explicit ``null`` is a wrong type (400), because on
+    ``/unload`` "no name" means "unload everything" and junk must never do that.
+    """
+    key = "model_name" if "model_name" in body else "model" if "model" in body else None
+    if key is None:
         if required:
             raise InvalidRequestError(
                 "Parameter 'model' or 'model_name' is required", param="model_name"
             )
         return None
+    name = body[key]
     if not isinstance(name, str) or not name or len(name) > 256:
         raise InvalidRequestError(
             "Parameter 'model_name' must be a non-empty string", param="model_name"
@@ -65,8 +70,10 @@ class LoadHandler(LemonadeHandler):
         body = self.json_body()
         name = model_name_param(body)
         assert name is not None
+        # Omitted keeps the pin (SPEC §3 rule 5); anything given that is not a JSON boolean,
+        # null included, is a 400 rather than a silent "omitted".
         pinned = body.get("pinned")
-        if pinned is not None and not isinstance(pinned, bool):
+        if "pinned" in body and not isinstance(pinned, bool):
             raise InvalidRequestError("Parameter 'pinned' must be a boolean", param="pinned")
         options, given = parse_load_options(body)
         m = await self.router.load(name, pinned=pinned, options=options, given=given)
@@ -88,6 +95,12 @@ class UnloadHandler(LemonadeHandler):
     @authorized
     async def post(self) -> None:
         body = self.json_body()
+        # ``{}`` unloads everything, so a typo such as ``{"modelname": ...}`` must not fall
+        # through to that: unknown keys are refused like on /pull.
+        unknown = set(body) - {"model_name", "model"}
+        if unknown:
+            raise InvalidRequestError(f"Unknown parameter '{sorted(unknown)[0]}'",
+                                      param=sorted(unknown)[0])
         name = model_name_param(body, required=False)
         await self.router.unload(name)
         self.write_json({"status": "success"})
