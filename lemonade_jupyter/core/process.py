@@ -66,6 +66,10 @@ async def terminate(proc: asyncio.subprocess.Process, grace_s: float) -> int:
     """SIGTERM the group, wait up to ``grace_s``, then SIGKILL; always reaps. Returns the code."""
     if proc.returncode is None:
         signal_group(proc.pid, signal.SIGTERM)
+        # A stopped process (SIGSTOP, a debugger, the watchdog's "hung" case) keeps SIGTERM
+        # pending until it runs again, so without this every stop of it waited the whole
+        # grace period before the SIGKILL.
+        signal_group(proc.pid, signal.SIGCONT)
         try:
             return await asyncio.wait_for(proc.wait(), grace_s)
         except asyncio.TimeoutError:
