@@ -21,6 +21,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import httpx
+
 from ..errors import ClientError
 from .client import RouterClient, embedded_client
 
@@ -68,11 +70,13 @@ def discover(
     environ: Mapping[str, str] | None = None,
     list_servers: Callable[[], Iterable[Mapping[str, Any]]] = running_servers,
     start_embedded: Callable[[], RouterClient] = embedded_client,
+    transport: httpx.BaseTransport | None = None,
 ) -> RouterClient:
     """Find the router for this kernel, following the order in the module docstring.
 
     Returns a connected ``RouterClient`` whose ``kind`` and ``source`` say which one was chosen.
-    Raises ``ClientError`` when ``mode="server"`` and no server answers.
+    Raises ``ClientError`` when ``mode="server"`` and no server answers. ``list_servers``,
+    ``start_embedded`` and ``transport`` are seams for tests.
     """
     env = os.environ if environ is None else environ
     if mode not in ("auto", "server", "embedded"):
@@ -83,9 +87,11 @@ def discover(
     if env.get(ENV_URL):
         url = env[ENV_URL]
         return RouterClient(url, env.get(ENV_TOKEN, token or ""), kind="env", timeout=timeout,
+                            transport=transport,
                             source=f"{url} (from ${ENV_URL})")
     if server_url:
         return RouterClient(server_url, token or "", kind="config", timeout=timeout,
+                            transport=transport,
                             source=f"{server_url} (from c.LemonadeMagics.server_url)")
 
     servers = [dict(s) for s in list_servers()]
@@ -104,7 +110,7 @@ def discover(
             source = f"a running Jupyter server at {url} (pid {info.get('pid')}, answers health)"
             kind = "running"
         client = RouterClient(url, str(info.get("token") or ""), kind=kind, source=source,
-                              timeout=timeout)
+                              timeout=timeout, transport=transport)
         if _answers_health(client, probe_timeout):
             return client
         client.close()

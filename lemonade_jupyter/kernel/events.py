@@ -74,7 +74,8 @@ class EventFeed:
                         self._last_id = event["id"]
                     if self._stop.is_set():
                         return
-                self.available = True  # the server closed a healthy stream: reconnect
+                self.available = True  # the server ended a healthy stream: reconnect soon
+                self._stop.wait(self.retry_s / 4)
             except ClientError as exc:
                 if exc.status_code == 404:
                     self.available = False

@@ -1,0 +1,225 @@
+"""``%lemonade`` in a real IPython shell against the in-memory fake router (fast, no backends).
+
+Covers parsing, UsageError cases, the one-line server errors, the pinned-slots warning, JSON
+config values, pull's path checks, chat streaming and both renderings. The same magics run
+against real routers in test_magics_embedded.py and test_magics_server.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from lemonade_jupyter.errors import ClientError
+from lemonade_jupyter.kernel.magics import LemonadeMagics, LemonadeServerError
+from lemonade_jupyter.kernel.widgets import Dashboard
+
+from .conftest import use_client
+from .fake_router import DEFAULT, FakeRouter
+
+
+def test_magics_help_is_the_docstring(ip: InteractiveShell, fake_magics: LemonadeMagics) -> None:
+    doc = ip.find_line_magic("lemonade").__doc__
+    assert "Usage::" in doc and "Example::" in doc and "%%lemonade chat" in doc
+    with capture_output() as out:
+        ip.run_cell("%lemonade?")
+    assert "Usage::" in out.stdout and "%lemonade load MODEL [--pinned]" in out.stdout
+    with capture_output() as out:
+        ip.run_line_magic("lemonade", "")
+    assert "Usage::" in out.stdout
+    with capture_output() as out:
+        ip.run_line_magic("lemonade", "load --help")
+    assert "--ctx-size" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("frob", "unknown command 'frob'"),
+        ("load", "the following arguments are required: model"),
+        ("load m --ctx-size x", "invalid int value"),
+        ("load m --ctx-size 0", "--ctx-size must be a positive"),
+        ("config max_loaded_models", "expected key=value"),
+        ("pull n /no/such/file.gguf", "no such file"),
+        ("chat " + DEFAULT, "no prompt"),
+        ("unload a b", "unrecognized arguments"),
+        ("load 'unbalanced", "cannot parse the line"),
+        ("dashboard --interval 0", "--interval must be > 0"),
+    ],
+)
+def test_magics_usage_errors(ip: InteractiveShell, fake_magics: LemonadeMagics, line: str,
+                             message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        ip.run_line_magic("lemonade", line)
+
+
+def test_magics_usage_error_prints_one_line(ip: InteractiveShell, fake_magics: LemonadeMagics) -> None:
+    with capture_output() as out:
+        result = ip.run_cell("%lemonade frob")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert out.stderr.startswith("UsageError: unknown command 'frob'") and "Traceback" not in out.stderr
+
+
+def test_magics_cell_magic_is_chat_only(ip: InteractiveShell, fake_magics: LemonadeMagics) -> None:
+    with pytest.raises(UsageError, match="cell magic for chat only"):
+        ip.run_cell_magic("lemonade", "status", "x")
+    with pytest.raises(UsageError, match="not both"):
+        ip.run_cell_magic("lemonade", f"chat {DEFAULT} hello", "world")
+
+
+def test_magics_server_error_is_one_line_no_traceback(ip: InteractiveShell,
+                                                     fake_magics: LemonadeMagics) -> None:
+    with capture_output() as out:
+        result = ip.run_cell("%lemonade unpin nothere")
+    assert isinstance(result.error_in_exec, LemonadeServerError)
+    assert isinstance(result.error_in_exec, ClientError)  # catchable as the package's error
+    assert out.stdout == "lemonade: Model 'nothere' is not loaded (HTTP 404, model_not_found)\n"
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_magics_load_pin_unpin_unload(ip: InteractiveShell, fake: FakeRouter,
+                                      fake_magics: LemonadeMagics) -> None:
+    with capture_output() as out:
+        result = ip.run_line_magic("lemonade", f"load {DEFAULT} --pinned --ctx-size 2048 --no-auto-evict")
+    assert repr(result).startswith(f"Loaded {DEFAULT} (pinned) in ")
+    assert out.stdout.startswith(f"Loading {DEFAULT} ") and "done" in out.stdout  # text progress
+    assert out.stderr == ""
+    assert fake.requests[-1][2] == {"model_name": DEFAULT, "pinned": True, "ctx_size": 2048,
+                                    "auto_evict": False}
+    assert repr(ip.run_line_magic("lemonade", f"unpin {DEFAULT}")) == f"Unpinned {DEFAULT}"
+    assert fake.loaded[DEFAULT]["pinned"] is False
+    assert repr(ip.run_line_magic("lemonade", f"pin {DEFAULT}")) == f"Pinned {DEFAULT}"
+    assert fake.loaded[DEFAULT]["pinned"] is True
+    assert repr(ip.run_line_magic("lemonade", f"unload {DEFAULT}")) == f"Unloaded {DEFAULT}"
+    assert fake.loaded == {}
+    ip.run_line_magic("lemonade", f"load {DEFAULT}")
+    assert repr(ip.run_line_magic("lemonade", "unload")) == "Unloaded every model"
+    assert fake.requests[-1] == ("POST", "api/v1/unload", {})
+
+
+def test_magics_load_warns_before_trying_when_all_slots_pinned(
+        ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics) -> None:
+    fake.catalog["user.copy"] = {**fake.catalog[DEFAULT], "id": "user.copy"}
+    with capture_output():
+        ip.run_line_magic("lemonade", f"load {DEFAULT} --pinned")
+    with capture_output() as out:
+        result = ip.run_cell("%lemonade load user.copy")
+    assert isinstance(result.error_in_exec, LemonadeServerError)
+    assert result.error_in_exec.status_code == 409
+    assert out.stderr.startswith("Warning: every llm slot (1/1) is pinned")
+    assert "user.copy" in out.stderr
+    assert "All loaded models of type llm are pinned" in out.stdout
+    # the warning came before the load was tried
+    assert [p for _, p, _ in fake.requests[-3:]] == ["api/v1/health", "api/v1/models", "api/v1/load"]
+    # no warning for a model that is itself loaded (a repeat load needs no slot)
+    with capture_output() as out:
+        ip.run_line_magic("lemonade", f"load {DEFAULT}")
+    assert out.stderr == ""
+    # and none for another pool
+    with capture_output() as out:
+        ip.run_line_magic("lemonade", "load embedder")
+    assert out.stderr == ""
+
+
+def test_magics_load_display_progress(ip: InteractiveShell, fake: FakeRouter) -> None:
+    use_client(ip, fake.client(), progress="display")
+    with capture_output() as out:
+        ip.run_line_magic("lemonade", f"load {DEFAULT}")
+    html = [o.data.get("text/html", "") for o in out.outputs]
+    assert any("lemonade-progress" in h for h in html)
+    assert "✓ Loading" in html[-1]
+
+
+def test_magics_config_show_and_set_json_values(ip: InteractiveShell, fake: FakeRouter,
+                                               fake_magics: LemonadeMagics) -> None:
+    shown = ip.run_line_magic("lemonade", "config")
+    assert "max_loaded_models" in repr(shown) and "<table" in shown._repr_html_()
+    changed = ip.run_line_magic("lemonade", "config max_loaded_models=2 auto_evict=true")
+    assert fake.requests[-1][2] == {"max_loaded_models": 2, "auto_evict": True}
+    assert "changed" in repr(changed) and changed.data["max_loaded_models"] == 2
+    with pytest.raises(LemonadeServerError, match="Unknown config key 'flavour'"):
+        ip.run_line_magic("lemonade", "config flavour=lemon")
+    assert fake.requests[-1][2] == {"flavour": "lemon"}  # not JSON: sent as a string
+
+
+def test_magics_pull_and_delete(ip: InteractiveShell, fake: FakeRouter,
+                                fake_magics: LemonadeMagics, tmp_path: Path) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    msg = ip.run_line_magic("lemonade", f"pull emb {gguf} --labels embeddings,custom")
+    assert repr(msg) == f"Registered user.emb (embedding) from {gguf}"
+    assert fake.requests[-1][2] == {"model_name": "user.emb", "checkpoint": str(gguf),
+                                    "recipe": "llamacpp", "labels": ["embeddings", "custom"]}
+    ip.run_line_magic("lemonade", f"pull user.emb2 {gguf}")
+    assert fake.requests[-1][2]["model_name"] == "user.emb2"
+    assert repr(ip.run_line_magic("lemonade", "delete user.emb")) == "Deleted user.emb"
+    assert "user.emb" not in fake.catalog
+
+
+def test_magics_chat_line_and_cell(ip: InteractiveShell, fake: FakeRouter,
+                                   fake_magics: LemonadeMagics) -> None:
+    with capture_output() as out:
+        assert ip.run_line_magic("lemonade", f"chat {DEFAULT} What's up, doc?") is None
+    assert out.stdout == "Hello there\n"
+    assert fake.requests[-1][2]["messages"] == [{"role": "user", "content": "What's up, doc?"}]
+    with capture_output() as out:
+        ip.run_cell_magic("lemonade", f"chat -o reply --system 'Be brief.' --max-tokens 8 {DEFAULT}",
+                          "Tell me\na story\n")
+    assert out.stdout == "Hello there\n" and ip.user_ns["reply"] == "Hello there"
+    body = fake.requests[-1][2]
+    assert body["messages"] == [{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": "Tell me\na story"}]
+    assert body["max_tokens"] == 8 and body["stream"] is True
+    with capture_output() as out:
+        result = ip.run_cell(f'%lemonade chat nosuch "hi"')
+    assert out.stdout == "lemonade: Model 'nosuch' not found (HTTP 404, model_not_found)\n"
+    assert isinstance(result.error_in_exec, LemonadeServerError)
+
+
+def test_magics_status_and_models_render_html_and_text(ip: InteractiveShell, fake: FakeRouter,
+                                                       fake_magics: LemonadeMagics) -> None:
+    with capture_output():
+        ip.run_line_magic("lemonade", f"load {DEFAULT} --pinned")
+    status = ip.run_line_magic("lemonade", "status")
+    text = repr(status)
+    assert text.startswith("Router: fake router")
+    assert DEFAULT in text and "1/1" in text and "100.0 MiB" in text
+    html = status._repr_html_()
+    assert "<table" in html and "Router: fake router" in html and "lemonade-slots" in html
+    models = ip.run_line_magic("lemonade", "models")
+    assert "embedder" in repr(models) and "embedding" in repr(models)
+    assert "lemonade-models" in models._repr_html_()
+    # IPython's pretty printer (terminal Out[]) uses the text form
+    from IPython.lib.pretty import pretty
+    assert pretty(status) == text
+
+
+def test_magics_dashboard_returns_widget(ip: InteractiveShell, fake_magics: LemonadeMagics) -> None:
+    dash = ip.run_line_magic("lemonade", "dashboard --interval 0.05")
+    try:
+        assert isinstance(dash, Dashboard) and dash.interval == 0.05 and dash.polling
+    finally:
+        dash.close()
+    assert not dash.polling
+
+
+def test_magics_configurable_traits() -> None:
+    from traitlets.config import Config
+
+    config = Config()
+    config.LemonadeMagics.server_url = "http://cfg.test/"
+    config.LemonadeMagics.token = "abc"
+    config.LemonadeMagics.mode = "server"
+    shell = InteractiveShell.instance()
+    old = shell.config
+    try:
+        shell.config = config
+        magics = LemonadeMagics(shell)
+        assert (magics.server_url, magics.token, magics.mode) == ("http://cfg.test/", "abc", "server")
+        assert magics.client.kind == "config" and magics.client.token == "abc"
+    finally:
+        shell.config = old
