@@ -9,6 +9,7 @@ in ``user_models.json`` in the data directory.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -203,6 +204,13 @@ class Catalog:
             if not isinstance(entry, dict):
                 continue
             name = entry.get("model_name")
+            labels = entry.get("labels") or ["llm"]
+            if not isinstance(entry.get("checkpoint", ""), str) or not (
+                isinstance(labels, list) and all(isinstance(x, str) for x in labels)
+            ):  # a junk entry must not stop the server's start (tests/reliability)
+                logging.getLogger(__name__).warning("Skipping bad entry in %s: %r",
+                                                    self._path, entry)
+                continue
             if isinstance(name, str) and _USER_NAME.match(name):
                 # No file check here: a model whose file went away stays listed and gives a
                 # clear 404-style error on load instead of vanishing silently.

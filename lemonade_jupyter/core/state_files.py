@@ -47,7 +47,7 @@ def read_json_or_quarantine(path: Path, expected: type) -> Any | None:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # binary junk used to stop the server's start
         _quarantine(path, f"unreadable ({exc})")
         return None
     try:
