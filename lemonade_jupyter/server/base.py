@@ -59,6 +59,8 @@ class LemonadeHandler(APIHandler):
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidRequestError(f"Invalid JSON body: {exc}") from None
+        except RecursionError:  # deeply nested arrays/objects (found by tests/reliability fuzzing)
+            raise InvalidRequestError("Invalid JSON body: nested too deeply") from None
         if not isinstance(data, dict):
             raise InvalidRequestError("Invalid JSON body: expected a JSON object")
         return data
