@@ -123,6 +123,8 @@ class ServerProcess:
             "--ServerApp.jpserver_extensions={'lemonade_jupyter': True}",
             "--LemonadeApp.max_loaded_models=1", *extra_args,
         ]
+        if os.geteuid() == 0:  # CI containers run as root
+            argv.append("--allow-root")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         self.client = RouterClient(self.url, self.token, kind="explicit", source="test")

@@ -1,0 +1,64 @@
+"""``%lemonade`` and the dashboard against a real ``jupyter server`` with the extension.
+
+The server runs as a subprocess in isolated Jupyter dirs (its backends are our grandchildren, so
+the session's orphan check covers them). The shell plays a kernel of that server: discovery
+finds it through its info file and ``JPY_PARENT_PID``, exactly as in a real kernel.
+"""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from lemonade_jupyter.kernel.client import RouterClient
+from lemonade_jupyter.kernel.discovery import discover
+from lemonade_jupyter.kernel.magics import LemonadeMagics
+
+from .conftest import ServerProcess
+from .flows import dashboard_flow, magics_full_flow
+
+
+@pytest.fixture
+def server(jupyter_server: ServerProcess, clean_router: list[RouterClient],
+           monkeypatch: pytest.MonkeyPatch) -> ServerProcess:
+    """The server, with this process posing as one of its kernels."""
+    clean_router.append(jupyter_server.client)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter_server.root / "runtime"))
+    monkeypatch.setenv("JPY_PARENT_PID", str(jupyter_server.pid))
+    for var in ("LEMONADE_JUPYTER_URL", "LEMONADE_JUPYTER_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    return jupyter_server
+
+
+def test_server_discovered_by_parent_pid(server: ServerProcess) -> None:
+    client = discover(mode="server")
+    assert client.kind == "parent" and client.base_url.endswith(f":{server.port}/")
+    assert client.token == server.token
+    assert f"pid {server.pid}, JPY_PARENT_PID" in client.source
+    assert client.health()["status"] == "ok"
+
+
+def test_server_discovered_as_running_server_and_by_env(server: ServerProcess,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JPY_PARENT_PID", "1")  # not our server: found because it answers health
+    client = discover(mode="server")
+    assert client.kind == "running" and "answers health" in client.source
+    monkeypatch.setenv("LEMONADE_JUPYTER_URL", server.url)
+    monkeypatch.setenv("LEMONADE_JUPYTER_TOKEN", server.token)
+    client = discover()
+    assert client.kind == "env" and client.base_url == server.url
+    assert client.health()["status"] == "ok"
+
+
+def test_server_magics_full_flow(ip: InteractiveShell, server: ServerProcess,
+                                 default_model_name: str, default_model_file: str) -> None:
+    magics = LemonadeMagics(ip, progress="text")  # auto discovery, like a kernel
+    ip.register_magics(magics)
+    magics_full_flow(ip, server.client, default_model_name, default_model_file,
+                     source="this kernel's Jupyter server at ", register=False)
+    assert magics.client.kind == "parent"
+
+
+def test_server_dashboard_actions_reach_the_server(server: ServerProcess,
+                                                   default_model_name: str) -> None:
+    dashboard_flow(discover(mode="server"), default_model_name)
