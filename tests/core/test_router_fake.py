@@ -1,0 +1,174 @@
+"""Router logic and fault injection against the fake llama-server (tests/fakes).
+
+The fake starts in milliseconds and fails on demand; its knobs are environment variables that
+the router's children inherit, so a test sets one just before the load it should affect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from lemonade_jupyter.core.catalog import Catalog
+from lemonade_jupyter.errors import CoolingDownError, ModelLoadError
+
+from .conftest import chat, events, post, ready_pid, wait_until
+
+KNOBS = ("FAKE_LLAMA_READY_AFTER", "FAKE_LLAMA_FAIL_START", "FAKE_LLAMA_CRASH_AFTER_REQUESTS",
+         "FAKE_LLAMA_IGNORE_SIGTERM", "FAKE_LLAMA_TOKEN_DELAY")
+
+
+@pytest.fixture
+def fake_catalog(data_dir, tmp_path, monkeypatch):
+    for knob in KNOBS:
+        monkeypatch.delenv(knob, raising=False)
+    weights = tmp_path / "tiny.gguf"
+    weights.write_bytes(b"GGUF" + bytes(60))
+    cat = Catalog(data_dir)
+    for name in ("user.f1", "user.f2", "user.f3"):
+        cat.add_user_model(name, str(weights))
+    cat.add_user_model("user.emb", str(weights), "llamacpp", ["embeddings"])
+    return cat
+
+
+@pytest.fixture
+def make_fake_router(make_router, fake_llama_server_path):
+    def factory(catalog, **settings):
+        return make_router(catalog, server=fake_llama_server_path, **settings)
+    return factory
+
+
+async def timed_embeddings(router, n: int) -> list[float]:
+    durations = []
+    for _ in range(n):
+        started = time.monotonic()
+        _pid, body = await chat(router, "user.emb", "text", path="/v1/embeddings")
+        assert body["data"][0]["embedding"]
+        durations.append(time.monotonic() - started)
+    return durations
+
+
+async def test_router_slow_load_does_not_block_other_pools(
+    fake_catalog, make_fake_router, monkeypatch
+):
+    async with make_fake_router(fake_catalog, max_loaded_models=1) as router:
+        await router.load("user.emb")
+        monkeypatch.setenv("FAKE_LLAMA_READY_AFTER", "3")  # only backends started from now
+        load = asyncio.ensure_future(router.load("user.f1"))
+        await wait_until(lambda: router.get_live("user.f1"), what="the llm load to start")
+        durations = await timed_embeddings(router, 5)
+        assert not load.done(), "the slow load finished before the test could overlap it"
+        assert max(durations) < 1.0, durations
+        await load
+        assert ready_pid(router, "user.f1") and ready_pid(router, "user.emb")
+
+
+async def test_router_admission_waits_for_busy_model_without_blocking_others(
+    fake_catalog, make_fake_router
+):
+    async with make_fake_router(fake_catalog, max_loaded_models=1) as router:
+        await router.load("user.emb")
+        async with router.lease("user.f1") as busy:
+            load = asyncio.ensure_future(router.load("user.f2"))
+            durations = await timed_embeddings(router, 3)
+            assert max(durations) < 1.0, durations
+            # the request in flight on f1 is served by the same process, not evicted
+            resp = await post(router, busy, "/v1/chat/completions",
+                              {"messages": [{"role": "user", "content": "hi"}]})
+            assert resp.status_code == 200
+            assert not load.done() and router.get_live("user.f1") is busy.model
+        await asyncio.wait_for(load, 30)
+        assert [(e.model, e.reason) for e in events(router, "evict")] == [("user.f1", "lru")]
+
+
+async def test_router_stream_in_flight_is_never_evicted(
+    fake_catalog, make_fake_router, monkeypatch
+):
+    monkeypatch.setenv("FAKE_LLAMA_TOKEN_DELAY", "0.2")
+    async with make_fake_router(fake_catalog, max_loaded_models=1) as router:
+        chunks: list[str] = []
+        load_done_at_chunk: list[int] = []
+        async with router.lease("user.f1") as lease:
+            load = asyncio.ensure_future(router.load("user.f2"))
+            load.add_done_callback(lambda _f: load_done_at_chunk.append(len(chunks)))
+            async with router.http.stream(
+                "POST", f"{lease.url}/v1/chat/completions", headers=lease.headers(),
+                json={"stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            ) as resp:
+                assert resp.status_code == 200
+                async for line in resp.aiter_lines():
+                    if line.startswith("data: "):
+                        chunks.append(line[6:])
+        await asyncio.wait_for(load, 30)
+        assert chunks[-1] == "[DONE]"
+        text = "".join(json.loads(c)["choices"][0]["delta"]["content"] for c in chunks[:-1])
+        assert text == "Hello from the fake llama."
+        assert load_done_at_chunk == [len(chunks)]  # admitted only after the stream ended
+
+
+async def test_router_backend_ignoring_sigterm_is_killed_and_reaped(
+    fake_catalog, make_fake_router, monkeypatch
+):
+    monkeypatch.setenv("FAKE_LLAMA_IGNORE_SIGTERM", "1")
+    async with make_fake_router(fake_catalog, stop_grace_s=0.3) as router:
+        m = await router.load("user.f1")
+        backend = m.backend
+        started = time.monotonic()
+        await router.unload("user.f1")
+        assert backend.exited.done() and backend.exited.result() == -9
+        assert time.monotonic() - started < 5
+
+
+async def test_router_start_failure_reports_engine_reason_then_cools_down(
+    fake_catalog, make_fake_router, monkeypatch
+):
+    async with make_fake_router(fake_catalog, max_loaded_models=-1) as router:
+        await router.load("user.f2", pinned=True)
+        await router.load("user.f3")
+        monkeypatch.setenv("FAKE_LLAMA_FAIL_START", "1")
+        with pytest.raises(ModelLoadError, match="FAKE_LLAMA_FAIL_START"):
+            await router.load("user.f1")
+        assert [(e.model, e.reason) for e in events(router, "evict")] == [("user.f3", "retry")]
+        assert ready_pid(router, "user.f2") and router.get_live("user.f2").pinned
+        with pytest.raises(CoolingDownError) as info:
+            await router.load("user.f1")
+        assert "FAKE_LLAMA_FAIL_START" in info.value.message
+
+
+async def test_router_ready_timeout_is_a_load_error(fake_catalog, make_fake_router, monkeypatch):
+    monkeypatch.setenv("FAKE_LLAMA_READY_AFTER", "60")
+    async with make_fake_router(fake_catalog, ready_timeout_s=0.5) as router:
+        with pytest.raises(ModelLoadError, match="not ready after"):
+            await router.load("user.f1")
+        assert router.get_live("user.f1") is None
+
+
+async def test_router_backend_dying_mid_request_is_replayed_on_a_new_one(
+    fake_catalog, make_fake_router, monkeypatch
+):
+    monkeypatch.setenv("FAKE_LLAMA_CRASH_AFTER_REQUESTS", "1")
+    async with make_fake_router(fake_catalog) as router:
+        first_pid, _ = await chat(router, "user.f1")
+        # the second request kills the backend while it is being served (no ConnectError:
+        # the connection is reset mid-request), and is replayed once on a new backend
+        second_pid, body = await chat(router, "user.f1")
+        assert second_pid != first_pid and body["pid"] == second_pid
+        [crash] = events(router, "crash", "user.f1")
+        assert crash.detail["exit_code"] == 1
+
+
+async def test_fake_backend_requires_key(fake_catalog, make_fake_router):
+    async with make_fake_router(fake_catalog) as router:
+        async with router.lease("user.f1") as lease:
+            assert (await post(router, lease, "/v1/completions", {"prompt": "x"},
+                               headers={})).status_code == 401
+            resp = await post(router, lease, "/v1/completions", {"prompt": "x"})
+            assert resp.json()["choices"][0]["text"]
+            props = await router.http.get(f"{lease.url}/props", headers=lease.headers())
+            assert props.json()["is_sleeping"] is False
+            with pytest.raises(httpx.HTTPStatusError):
+                (await router.http.get(f"{lease.url}/props")).raise_for_status()

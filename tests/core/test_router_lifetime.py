@@ -1,0 +1,107 @@
+"""What survives a router restart, and what must not survive the router's process (§3.11, §7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+
+from lemonade_jupyter.core.catalog import Catalog
+
+from .conftest import events, ready_pid, wait_event
+
+
+async def test_router_restart_reloads_pinned_model_and_keeps_pin(
+    catalog, make_router, data_dir
+):
+    async with make_router(catalog, max_loaded_models=2) as router:
+        await router.load("user.m1", pinned=True)
+        await router.load("user.m2")
+        old_pid = ready_pid(router, "user.m1")
+    assert not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == "zombie"
+    state = json.loads((data_dir / "router_state.json").read_text())
+    assert state["pins"] == {"user.m1": True}
+    assert state["settings"]["max_loaded_models"] == 2
+
+    # a fresh catalog and router on the same data dir, as after a server restart
+    async with make_router(Catalog(data_dir), max_loaded_models=1) as router:
+        await wait_event(router, "reload", "user.m1")
+        assert router.get_live("user.m1").pinned and ready_pid(router, "user.m1")
+        assert router.settings.max_loaded_models == 2  # the runtime setting was persisted
+        [reload] = events(router, "reload", "user.m1")
+        assert reload.reason == "restore" and reload.detail["pinned"] is True
+        # pinned models are restored first
+        first = [e.model for e in events(router) if e.kind in ("load", "reload")][0]
+        assert first == "user.m1"
+
+
+async def test_router_restart_without_restore_keeps_remembered_pin(
+    catalog, make_router, data_dir
+):
+    async with make_router(catalog, max_loaded_models=2) as router:
+        await router.load("user.m1", pinned=True)
+        await router.update_settings({"restore_on_start": False})
+    async with make_router(Catalog(data_dir)) as router:
+        assert router.live_models() == []
+        assert router.remembered_pin("user.m1")
+        m = await router.load("user.m1")  # pin omitted: the remembered pin applies
+        assert m.pinned
+
+
+HOST_SCRIPT = textwrap.dedent("""
+    import asyncio, sys, time
+    from pathlib import Path
+    from lemonade_jupyter.core.catalog import Catalog
+    from lemonade_jupyter.core.router import Router
+
+    async def main():
+        data = Path(sys.argv[1])
+        router = Router(Catalog(data), llama_server_path=sys.argv[2], data_dir=data,
+                        log_dir=data / "logs")
+        await router.start()
+        m = await router.load("user.m1", pinned=True)
+        print(m.backend.pid, flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+""")
+
+
+def test_router_host_sigkill_leaves_no_backend(catalog, data_dir, llama_server_path, tmp_path):
+    """SIGKILL of the process hosting the router: no Python code runs, yet its backends die."""
+    script = tmp_path / "host.py"
+    script.write_text(HOST_SCRIPT)
+    host = subprocess.Popen(
+        [sys.executable, str(script), str(data_dir), llama_server_path],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        line = host.stdout.readline()
+        assert line.strip().isdigit(), f"host printed {line!r}"
+        backend_pid = int(line)
+        backend = psutil.Process(backend_pid)
+        assert "llama-server" in " ".join(backend.cmdline())
+        assert backend.ppid() == host.pid
+    finally:
+        host.send_signal(signal.SIGKILL)
+        host.wait(10)
+        host.stdout.close()
+
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            gone = backend.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            gone = True
+        if gone:
+            break
+        if time.monotonic() > deadline:
+            os.kill(backend_pid, signal.SIGKILL)  # do not leak it into other tests
+            raise AssertionError(f"llama-server {backend_pid} outlived its router by 5 s")
+        time.sleep(0.05)
