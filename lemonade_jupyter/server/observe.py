@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
@@ -116,8 +115,10 @@ class SimulatePressureHandler(LemonadeHandler):
     async def post(self) -> None:
         body = self.json_body()
         pct = body.get("pct")
+        # Only comparisons: NaN and infinities fail them, and math.isfinite() would raise
+        # OverflowError (a 500) on a JSON integer too large for a float.
         if (isinstance(pct, bool) or not isinstance(pct, (int, float))
-                or not math.isfinite(pct) or not (pct == -1 or 0 <= pct <= 1)):
+                or not (pct == -1 or 0 <= pct <= 1)):
             raise InvalidRequestError(
                 "Parameter 'pct' must be a number in [0, 1], or -1 for an idle-only pass",
                 param="pct",
