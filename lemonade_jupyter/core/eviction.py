@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 #: A client polled /health or streams events within this many seconds: keep sampling memory.
 WATCHER_WINDOW_S = 15.0
+#: An eviction reports memory from a sample at most this old (taken before it commits).
+MEASURE_MAX_AGE_S = 0.5
+#: The background loop's longest nap between looks at its intervals.
+LOOP_NAP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,6 @@ class EvictionEngine:
     def __init__(self, router: Router) -> None:
         self._router = router
         self.last_watch = 0.0
-        self._lock_free_running = False
 
     # -- per-model effective options ------------------------------------------------------
     def _enabled(self, m: LiveModel) -> bool:
@@ -124,6 +127,10 @@ class EvictionEngine:
         grace = router.settings.eviction_grace_s
         if grace > 0:
             await asyncio.sleep(grace)
+        if any(d.action == "evict" for d in planned):
+            # Measure now, so the eviction events report the memory really held (the model's
+            # figure is otherwise only as fresh as the last /health poll, or unknown).
+            await router.memory.fresh(MEASURE_MAX_AGE_S)
         done = []
         for decision in planned:
             m = router.get_live(decision.model)
@@ -156,18 +163,29 @@ class EvictionEngine:
         return watching or self.any_enabled()
 
     async def run(self) -> None:
-        """Background loop: sample memory while needed, evaluate while auto-evict is on."""
+        """Background loop: sample memory while needed, evaluate while auto-evict is on.
+
+        It naps at most ``LOOP_NAP_S`` at a time and compares against the intervals each time,
+        so an interval changed through ``/internal/set`` applies within a second (not after
+        the old interval ran out).
+        """
         router = self._router
-        next_eval = 0.0
+        last_sample = last_eval = time.monotonic()  # the first round after one interval
         while True:
-            await asyncio.sleep(router.settings.memory_sample_interval_s)
+            settings = router.settings
+            await asyncio.sleep(min(settings.memory_sample_interval_s, LOOP_NAP_S))
+            settings = router.settings
+            now = time.monotonic()
+            if now - last_sample < settings.memory_sample_interval_s:
+                continue
             if not self.sampling_needed():
                 continue
+            last_sample = now
             try:
                 sample = await router.memory.sample()
                 now = time.monotonic()
-                if self.any_enabled() and now >= next_eval:
-                    next_eval = now + router.settings.eviction_interval_s
+                if self.any_enabled() and now - last_eval >= settings.eviction_interval_s:
+                    last_eval = now
                     await self.evaluate(sample.pressure)
             except asyncio.CancelledError:
                 raise
