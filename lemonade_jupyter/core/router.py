@@ -369,6 +369,11 @@ class Router:
             m = self._models.get(name)
             if m is not None and m.backend is not None and m.backend.exited.done():
                 self._on_backend_exit(m, m.backend)
+                if m.backend is not None:
+                    # Not a crash: a stop we asked for (evict, unload, kill_hung) has reaped
+                    # the process but not returned yet. Wait for it; looping at once never
+                    # yielded and spun the event loop forever.
+                    await self._wait_change()
                 continue
             if m is None:
                 self._guard.check(name)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 
 import httpx
 import pytest
 
+from lemonade_jupyter.core import process
 from lemonade_jupyter.core.catalog import Catalog
 from lemonade_jupyter.errors import CoolingDownError, ModelLoadError
 
@@ -172,3 +175,44 @@ async def test_fake_backend_requires_key(fake_catalog, make_fake_router):
             assert props.json()["is_sleeping"] is False
             with pytest.raises(httpx.HTTPStatusError):
                 (await router.http.get(f"{lease.url}/props")).raise_for_status()
+
+
+@pytest.mark.timeout(30)
+async def test_router_request_during_backend_stop_waits_instead_of_spinning(
+    fake_catalog, make_fake_router, monkeypatch
+):
+    """Bug story: between a stopped backend's exit and the end of ``Backend.stop()`` the
+    loop runs other tasks. A request arriving then saw an exited backend whose stop the
+    router had asked for; ``_on_backend_exit`` rightly ignored it, and ``_ensure`` looped
+    again at once, never awaiting: the whole event loop spun forever. Here the window is
+    widened by a slow ``terminate``."""
+    original = process.terminate
+
+    async def slow_terminate(proc, grace_s):
+        code = await original(proc, grace_s)
+        await asyncio.sleep(0.5)
+        return code
+
+    monkeypatch.setattr(process, "terminate", slow_terminate)
+    async with make_fake_router(fake_catalog) as router:
+        m = await router.load("user.f1")
+        old = m.backend
+        unload = asyncio.ensure_future(router.unload("user.f1"))
+        await wait_until(lambda: old.exited.done(), what="the backend to exit")
+        assert router.get_live("user.f1") is m and m.backend is old  # still stopping
+        async with router.lease("user.f1") as lease:
+            assert lease.backend is not old
+        await unload
+
+
+async def test_router_unload_of_stopped_backend_does_not_wait_for_the_grace(
+    fake_catalog, make_fake_router
+):
+    """A SIGSTOPped process keeps SIGTERM pending; the stop continues it (SIGCONT) so that
+    it ends by the SIGTERM instead of by the SIGKILL at the end of the grace period."""
+    async with make_fake_router(fake_catalog, stop_grace_s=60) as router:
+        m = await router.load("user.f1")
+        backend = m.backend
+        os.kill(backend.pid, signal.SIGSTOP)
+        await asyncio.wait_for(router.unload("user.f1"), 30)
+        assert backend.exited.result() == -signal.SIGTERM
