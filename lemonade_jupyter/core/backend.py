@@ -8,6 +8,7 @@ that replaced it" when several requests report the same crash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
@@ -145,9 +146,18 @@ class Backend:
             argv = self._engine.argv(self.spec, self.options, port=self.port)
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self._log_path, "ab") as log_file:
-                self._proc = await process.spawn(
-                    argv, env=self._engine.env(self.api_key), log=log_file
+                spawning = asyncio.ensure_future(
+                    process.spawn(argv, env=self._engine.env(self.api_key), log=log_file)
                 )
+                try:
+                    self._proc = await asyncio.shield(spawning)
+                except asyncio.CancelledError:
+                    # Cancelled (Router.stop) while the child was being created: finish the
+                    # spawn so that stop() knows the process and reaps it; losing it here
+                    # left a backend running after the router had stopped.
+                    with contextlib.suppress(Exception):
+                        self._proc = await spawning
+                    raise
             self._reaper = asyncio.ensure_future(self._proc.wait())
             try:
                 await self._wait_ready(started + self._ready_timeout_s)

@@ -13,6 +13,7 @@ import signal
 import time
 
 import httpx
+import psutil
 import pytest
 
 from lemonade_jupyter.core import process
@@ -216,3 +217,29 @@ async def test_router_unload_of_stopped_backend_does_not_wait_for_the_grace(
         os.kill(backend.pid, signal.SIGSTOP)
         await asyncio.wait_for(router.unload("user.f1"), 30)
         assert backend.exited.result() == -signal.SIGTERM
+
+
+async def test_router_stop_during_spawn_leaves_no_orphan(
+    fake_catalog, make_fake_router, monkeypatch
+):
+    """Bug story: ``Router.stop()`` cancels loads in progress. A cancel that landed while
+    ``create_subprocess_exec`` was returning lost the new process (it was never assigned to
+    the backend), so ``stop()`` could not reap it and it outlived the router. The window is
+    widened by a spawn that is slow to return."""
+    original = process.spawn
+    spawned: list[int] = []
+
+    async def slow_spawn(argv, *, env, log):
+        proc = await original(argv, env=env, log=log)
+        spawned.append(proc.pid)
+        await asyncio.sleep(1.0)
+        return proc
+
+    monkeypatch.setattr(process, "spawn", slow_spawn)
+    async with make_fake_router(fake_catalog) as router:
+        load = asyncio.ensure_future(router.load("user.f1"))
+        await wait_until(lambda: spawned, what="the spawn")
+    await asyncio.gather(load, return_exceptions=True)
+    [pid] = spawned
+    child = psutil.Process(pid) if psutil.pid_exists(pid) else None
+    assert child is None or child.status() == psutil.STATUS_ZOMBIE, "backend outlived stop()"
