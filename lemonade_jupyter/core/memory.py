@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -90,10 +91,12 @@ class NvmlReader:
     @classmethod
     def open(cls, nvml: Any | None = None) -> NvmlReader | None:
         """Initialise NVML; None when there is no usable GPU (the psutil path takes over)."""
+        initialised = False
         try:
             if nvml is None:
                 import pynvml as nvml  # nvidia-ml-py
             nvml.nvmlInit()
+            initialised = True
             count = nvml.nvmlDeviceGetCount()
             if count < 1:
                 nvml.nvmlShutdown()
@@ -106,6 +109,8 @@ class NvmlReader:
         except Exception as exc:  # every NVMLError subclass, whatever the driver says
             if _is_nvml_error(exc, nvml):
                 log.info("NVML unavailable (%s); using system memory", exc)
+                if initialised:  # NVML counts inits: give ours back
+                    cls(nvml).close()
                 return None
             raise
 
@@ -130,15 +135,21 @@ class NvmlReader:
                 except Exception as exc:
                     if not _is_nvml_error(exc, nvml):
                         raise
+            # A process with compute and graphics contexts is listed twice with the same
+            # figure: take it once per device, then add up its devices.
+            on_device: dict[int, int | None] = {}
             for proc in procs:
                 if proc.pid not in wanted:
                     continue
                 used = getattr(proc, "usedGpuMemory", None)
                 # None (or NVML's "not available" sentinel) means unknown, not zero.
                 value = int(used) if used is not None and used < (1 << 63) else None
-                prev = per_pid.get(proc.pid)
-                per_pid[proc.pid] = (prev or 0) + value if value is not None else prev
-                device_of[proc.pid] = uuid
+                prev = on_device.get(proc.pid)
+                on_device[proc.pid] = value if prev is None else max(prev, value or 0)
+            for pid, value in on_device.items():
+                prev = per_pid.get(pid)
+                per_pid[pid] = value if prev is None else prev + (value or 0)
+                device_of.setdefault(pid, uuid)
         # Children we asked about that hold no GPU memory: fall back to RSS (CPU backends).
         for pid in wanted - per_pid.keys():
             per_pid[pid] = _descendant_rss(pid)
@@ -168,8 +179,9 @@ def system_sample(pids: Iterable[int]) -> MemorySample:
 class MemoryMonitor:
     """Samples memory off the loop and keeps the latest sample and a short history.
 
-    ``pids`` is a callable giving the backend pids to attribute (read on the loop).
-    ``simulated_pressure`` overrides the measured pressure for the test hook.
+    ``pids`` is a callable giving the backend pids to attribute (read on the loop). Samples
+    may be asked for concurrently (the engine's loop, ``/health``, a downsize); the blocking part
+    runs one at a time under a thread lock (never held across an await).
     """
 
     def __init__(
@@ -189,25 +201,29 @@ class MemoryMonitor:
         self.history: list[tuple[float, float]] = []  # (time, pressure)
         self._history_len = history
         self._listeners: list[Callable[[MemorySample], None]] = []
+        self._lock = threading.Lock()
 
     def add_listener(self, listener: Callable[[MemorySample], None]) -> None:
         """Called on the loop with every new sample (the router updates per-model memory)."""
         self._listeners.append(listener)
 
     def _sample_blocking(self, pids: list[int]) -> MemorySample:
-        if not self._opened:
-            self._opened = True
-            if self._use_nvml:
-                self._reader = NvmlReader.open(self._nvml_module)
-        if self._reader is not None:
-            try:
-                return self._reader.sample(pids)
-            except Exception as exc:
-                if not _is_nvml_error(exc, self._reader._nvml):
-                    raise
-                log.warning("NVML sample failed (%s); falling back to system memory", exc)
-                self._reader = None
-        return system_sample(pids)
+        with self._lock:
+            if not self._opened:
+                self._opened = True
+                if self._use_nvml:
+                    self._reader = NvmlReader.open(self._nvml_module)
+            reader = self._reader
+            if reader is not None:
+                try:
+                    return reader.sample(pids)
+                except Exception as exc:
+                    if not _is_nvml_error(exc, reader._nvml):
+                        raise
+                    log.warning("NVML sample failed (%s); falling back to system memory", exc)
+                    self._reader = None
+                    reader.close()
+            return system_sample(pids)
 
     async def sample(self) -> MemorySample:
         """Take a sample now (in a worker thread) and publish it."""
@@ -232,6 +248,7 @@ class MemoryMonitor:
         return await self.sample()
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
