@@ -43,7 +43,15 @@ class LemonadeHandler(APIHandler):
         return self.settings["lemonade_router"]  # type: ignore[no-any-return]
 
     async def prepare(self) -> None:  # type: ignore[override]
+        """Refuse anonymous callers (403) whatever the method, then oversized bodies (413).
+
+        Jupyter's default ``allow_unauthenticated_access=True`` only guards methods that carry
+        ``@web.authenticated``, so without this check an anonymous GET on a POST-only route got
+        a 405 (the route answered before any login) instead of a 403.
+        """
         await super().prepare()
+        if self.current_user is None:
+            raise web.HTTPError(403)
         length = self.request.headers.get("Content-Length")
         if (length and length.isdigit() and int(length) > MAX_BODY_BYTES) or len(
             self.request.body or b""

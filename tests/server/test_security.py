@@ -1,0 +1,71 @@
+"""Every route of ``lemonade_jupyter.server.routes.ROUTES`` is behind Jupyter's auth: without
+credentials (or with a wrong token) GET and POST are refused with a 403 JSON envelope; the
+server token works as ``Authorization: token T`` and as ``Authorization: Bearer T`` (which is
+what the official ``openai`` client sends)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from tornado import web
+
+from lemonade_jupyter.server.routes import ROUTES
+
+from .conftest import Answer, assert_envelope
+
+PATHS = [path for path, _cls, _kw in ROUTES]
+
+
+def _supports(cls: type, method: str) -> bool:
+    return getattr(cls, method) is not getattr(web.RequestHandler, method)
+
+
+async def _call(base: str, method: str, path: str, headers: dict[str, str]) -> Answer:
+    """One request; for a stream (the event route) only the status and headers are read."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with http.stream(method, f"{base}lemonade/{path}", headers=headers,
+                               content=b"{}" if method == "POST" else None) as resp:
+            if resp.headers.get("content-type", "").startswith("text/event-stream"):
+                return Answer(resp.status_code, resp.headers, b"")
+            return Answer(resp.status_code, resp.headers, await resp.aread())
+
+
+def test_the_route_table_is_complete():
+    """A route added to the app but not to ROUTES would escape these tests."""
+    assert len(PATHS) == len(set(PATHS)) >= 12
+    for path, cls, _kw in ROUTES:
+        assert _supports(cls, "get") or _supports(cls, "post"), path
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "token wrong"}, {"Authorization": "Bearer wrong"},
+     {"Authorization": "Basic d3Jvbmc6d3Jvbmc="}],
+    ids=["none", "wrong-token", "wrong-bearer", "basic"],
+)
+async def test_every_route_refuses_requests_without_credentials(api, server_url, headers):
+    for path in PATHS:
+        for method in ("GET", "POST"):
+            answer = await _call(server_url, method, path, headers)
+            assert answer.code == 403, (method, path, answer.code, answer.body[:200])
+            assert_envelope(answer)
+            assert answer.error["type"] == "permission_error"
+    # Nothing behind the refused requests ran: no model was loaded, no process spawned.
+    assert (await api.health())["all_models_loaded"] == []
+
+
+@pytest.mark.parametrize("scheme", ["token", "Bearer", "bearer"])
+async def test_every_route_accepts_the_server_token(api, server_url, token, scheme):
+    headers = {"Authorization": f"{scheme} {token}"}
+    for path, cls, _kw in ROUTES:
+        for method in ("GET", "POST"):
+            answer = await _call(server_url, method, path, headers)
+            if _supports(cls, method.lower()):
+                # Accepted: 200, or a 4xx about the (empty) body, never an auth refusal.
+                assert answer.code not in (401, 403), (method, path, answer.body[:200])
+                if method == "GET":
+                    assert answer.code == 200, (method, path, answer.body[:200])
+            else:
+                assert answer.code == 405, (method, path, answer.code)
+            if answer.code >= 400:
+                assert_envelope(answer)
