@@ -523,6 +523,13 @@ class Router:
         m.state = ModelState.DOWNSIZING
         pid = m.backend.pid
         sample = await self.memory.sample()  # measure right before: report what is really freed
+        if m.backend is None:
+            # It crashed while we measured. _on_backend_exit left the entry to this running
+            # transition; remove it as it would have, or the model stayed wedged in UNLOADED
+            # and every later request for it waited forever.
+            if self._models.get(m.name) is m:
+                del self._models[m.name]
+            return
         before = sample.per_pid.get(pid) if pid is not None else None
         old, m.backend = m.backend, None
         await old.stop()

@@ -243,3 +243,27 @@ async def test_router_stop_during_spawn_leaves_no_orphan(
     [pid] = spawned
     child = psutil.Process(pid) if psutil.pid_exists(pid) else None
     assert child is None or child.status() == psutil.STATUS_ZOMBIE, "backend outlived stop()"
+
+
+@pytest.mark.timeout(60)
+async def test_router_crash_while_downsizing_does_not_wedge_the_model(
+    fake_catalog, make_fake_router
+):
+    """A backend that dies while the router prepares to downsize it (measuring its memory)
+    is a crash like any other: the next request reloads the model."""
+    async with make_fake_router(fake_catalog) as router:
+        m = await router.load("user.f1")
+        old = m.backend
+        original = router.memory.sample
+
+        async def sample_while_crashing(*args, **kwargs):
+            os.kill(old.pid, signal.SIGKILL)
+            await wait_until(lambda: m.backend is None, what="the crash to be handled")
+            return await original(*args, **kwargs)
+
+        router.memory.sample = sample_while_crashing
+        await asyncio.gather(router.downsize(m), return_exceptions=True)
+        router.memory.sample = original
+        pid, _ = await asyncio.wait_for(chat(router, "user.f1"), 20)
+        assert pid != old.pid
+        assert events(router, "crash", "user.f1")
