@@ -1,0 +1,71 @@
+"""Junk bodies on every POST route give a 4xx JSON error envelope and change nothing."""
+
+from __future__ import annotations
+
+import json
+
+from tornado import web
+
+from lemonade_jupyter.server.base import MAX_BODY_BYTES
+from lemonade_jupyter.server.routes import ROUTES
+
+from .conftest import API
+
+POST_PATHS = [
+    path for path, cls, _kw in ROUTES if cls.post is not web.RequestHandler.post
+]
+
+#: Bodies that no POST route may accept (each is wrong for every route).
+JUNK: dict[str, bytes] = {
+    "empty": b"",
+    "blank": b"  \n ",
+    "not JSON": b"not json",
+    "truncated": b'{"model_name": ',
+    "array": b"[1, 2]",
+    "string": b'"text"',
+    "null": b"null",
+    "number": b"1e999",
+    "bad utf-8": b'{"model_name": "\xff\xfe"}',
+    "nested": b"[" * 100_000 + b"]" * 100_000,
+    "wrong types": json.dumps({
+        "model_name": 5, "model": ["x"], "pinned": "yes", "checkpoint": 5, "labels": 5,
+        "pct": "x", "max_loaded_models": "x", "messages": 5, "stream": "yes",
+    }).encode(),
+    "nulls": json.dumps({"model_name": None, "model": None, "pinned": None,
+                         "pct": None}).encode(),
+    "typo key": json.dumps({"modelname": "SmolLM2-135M-Instruct-GGUF"}).encode(),
+}
+
+
+async def _snapshot(api):
+    return (
+        await api.loaded(),
+        (await api.get("lemonade/internal/config")).json,
+        (await api.get(f"{API}/models")).json,
+        (await api.health())["pinned_models"],
+    )
+
+
+async def test_junk_bodies_on_every_post_route(api, default_model_name):
+    assert len(POST_PATHS) >= 9, POST_PATHS
+    await api.load(default_model_name)  # something that junk could unload, evict or touch
+    before = await _snapshot(api)
+    for path in POST_PATHS:
+        for case, raw in JUNK.items():
+            answer = await api.post(f"lemonade/{path}", raw=raw)
+            assert 400 <= answer.code < 500, (path, case, answer.code, answer.body[:300])
+            err = answer.error  # the envelope, never a traceback or HTML
+            assert err["type"] == "invalid_request_error", (path, case, err)
+    assert await _snapshot(api) == before
+
+
+async def test_huge_bodies_are_refused_with_413(api, default_model_name):
+    await api.load(default_model_name)
+    before = await _snapshot(api)
+    filler = b"x" * (MAX_BODY_BYTES + 1)
+    huge = b'{"model_name": "' + filler + b'", "model": "' + default_model_name.encode() + b'"}'
+    for path in POST_PATHS:
+        answer = await api.post(f"lemonade/{path}", raw=huge)
+        assert answer.code == 413, (path, answer.code, answer.body[:300])
+        assert "larger than" in answer.error["message"]
+    assert await _snapshot(api) == before
