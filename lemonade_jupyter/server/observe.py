@@ -28,7 +28,8 @@ def sse_event(event: Event) -> bytes:
 class EventsHandler(PolledHandler):
     """``GET lemonade/api/v1/events``: router events as SSE, recent history first.
 
-    ``Last-Event-ID`` (header, or ``?last_event_id=``) resumes after that id. The stream never
+    ``Last-Event-ID`` (header, or ``?last_event_id=``) resumes after that id; an id newer than
+    any event (from before a server restart) gets the recent history instead. The stream never
     counts as Jupyter activity, so an open dashboard does not keep an idle server alive.
     """
 
@@ -50,6 +51,11 @@ class EventsHandler(PolledHandler):
             raise InvalidRequestError("Last-Event-ID must be an integer") from None
         events = self.router.events
         queue = events.subscribe()  # before the history, so nothing falls in between
+        newest = events.recent(limit=1)
+        if last_id is not None and last_id > (newest[0].id if newest else 0):
+            # An id we never sent: the client saw an earlier run of the server (ids restart
+            # at 1). Skipping up to it would hide every event until the ids caught up.
+            last_id = None
         self.router.eviction.note_watcher()
         try:
             self.set_header("Content-Type", "text/event-stream")
