@@ -17,6 +17,14 @@ from lemonade_jupyter.core.catalog import Catalog
 from .conftest import events, ready_pid, wait_event
 
 
+def gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 async def test_router_restart_reloads_pinned_model_and_keeps_pin(
     catalog, make_router, data_dir
 ):
@@ -24,7 +32,7 @@ async def test_router_restart_reloads_pinned_model_and_keeps_pin(
         await router.load("user.m1", pinned=True)
         await router.load("user.m2")
         old_pid = ready_pid(router, "user.m1")
-    assert not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == "zombie"
+    assert gone(old_pid)
     state = json.loads((data_dir / "router_state.json").read_text())
     assert state["pins"] == {"user.m1": True}
     assert state["settings"]["max_loaded_models"] == 2
@@ -94,13 +102,7 @@ def test_router_host_sigkill_leaves_no_backend(catalog, data_dir, llama_server_p
         host.stdout.close()
 
     deadline = time.monotonic() + 5.0
-    while True:
-        try:
-            gone = backend.status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            gone = True
-        if gone:
-            break
+    while not gone(backend_pid):
         if time.monotonic() > deadline:
             os.kill(backend_pid, signal.SIGKILL)  # do not leak it into other tests
             raise AssertionError(f"llama-server {backend_pid} outlived its router by 5 s")

@@ -10,6 +10,7 @@ routes need ``Authorization: Bearer KEY``: ``POST /v1/chat/completions`` (JSON o
 Fault knobs, read from the environment (a router's children inherit the router's environment):
 
 ``FAKE_LLAMA_READY_AFTER``            seconds before ``/health`` turns 200
+``FAKE_LLAMA_READY_FILE``             ``/health`` is 503 until this file exists (a test's gate)
 ``FAKE_LLAMA_FAIL_START=1``           print an error line and exit 1 at start
 ``FAKE_LLAMA_CRASH_AFTER_REQUESTS=N`` answer N API requests, then exit 1 on the next one
 ``FAKE_LLAMA_IGNORE_SIGTERM=1``       ignore SIGTERM (the router must SIGKILL it)
@@ -39,6 +40,7 @@ class _State:
         self.args = args
         self.api_key = os.environ.get("LLAMA_API_KEY", "")
         self.ready_at = time.monotonic() + _env_float("FAKE_LLAMA_READY_AFTER")
+        self.ready_file = os.environ.get("FAKE_LLAMA_READY_FILE")
         crash = os.environ.get("FAKE_LLAMA_CRASH_AFTER_REQUESTS")
         self.crash_after = int(crash) if crash else None
         self.token_delay = _env_float("FAKE_LLAMA_TOKEN_DELAY")
@@ -77,7 +79,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         if self.path == "/health":
-            if time.monotonic() < self.state.ready_at:
+            gated = self.state.ready_file and not os.path.exists(self.state.ready_file)
+            if gated or time.monotonic() < self.state.ready_at:
                 self._json(503, {"error": {"code": 503, "message": "Loading model"}})
             else:
                 self._json(200, {"status": "ok"})
