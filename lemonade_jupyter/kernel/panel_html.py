@@ -14,13 +14,14 @@ from .pools import PoolSummary, format_bytes
 
 __all__ = ["slots_html", "sparkline_svg", "events_html", "header_html"]
 
+_PAD = " style='text-align:left;padding:0 1.2em 0 0'"
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
 def header_html(source: str, refreshed: float | None, error: str = "") -> str:
     """Title line: where the router is and when the panel last refreshed."""
     when = time.strftime("%H:%M:%S", time.localtime(refreshed)) if refreshed else "never"
-    out = (f"<div class='lemonade-header'><b>🍋 lemonade</b> · {html.escape(source)} · "
+    out = (f"<div class='lemonade-header'><b>lemonade</b> · {html.escape(source)} · "
            f"updated {when}</div>")
     if error:
         out += f"<div class='lemonade-error' style='color:#c62828'>⚠ {html.escape(error)}</div>"
@@ -33,14 +34,15 @@ def slots_html(pools: Sequence[PoolSummary]) -> str:
         return "<div class='lemonade-slots'><i>no pools yet</i></div>"
     rows = []
     for p in pools:
-        flag = " 🔒 all pinned" if p.full_of_pins else ""
+        flag = " (all pinned)" if p.full_of_pins else ""
         rows.append(
-            f"<tr><td>{html.escape(str(p['type']))}</td><td>{html.escape(p.slots_text)}</td>"
-            f"<td>{int(p['pinned'])} pinned{flag}</td></tr>"
+            f"<tr><td{_PAD}>{html.escape(str(p['type']))}</td>"
+            f"<td{_PAD}>{html.escape(p.slots_text)}</td>"
+            f"<td{_PAD}>{int(p['pinned'])} pinned{flag}</td></tr>"
         )
-    return ("<table class='lemonade-slots'><thead><tr><th style='text-align:left'>type</th>"
-            "<th style='text-align:left'>slots used</th><th style='text-align:left'>pins</th>"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    head = "".join(f"<th{_PAD}>{h}</th>" for h in ("type", "slots used", "pins"))
+    return (f"<table class='lemonade-slots'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def sparkline_svg(history: Sequence[Mapping[str, float]], width: int = 240,
@@ -74,7 +76,7 @@ def _event_line(e: Mapping[str, Any]) -> str:
     parts = [f"<code>{when}</code> <b>{html.escape(str(e.get('kind', '?')))}</b>"]
     if e.get("model"):
         parts.append(html.escape(str(e["model"])))
-    if e.get("reason"):
+    if e.get("reason") and e.get("reason") != e.get("kind"):
         parts.append(f"<i>reason: {html.escape(str(e['reason']))}</i>")
     before, after = e.get("memory_before"), e.get("memory_after")
     if isinstance(before, int) and isinstance(after, int) and before > after:

@@ -242,8 +242,8 @@ class Dashboard(widgets.VBox):
         if list(self.model_dropdown.options) != options:
             current = self.model_dropdown.value
             self.model_dropdown.options = options
-            if current in options:
-                self.model_dropdown.value = current
+            if options:
+                self.model_dropdown.value = current if current in options else options[0]
 
     def _apply_memory(self, memory: Mapping[str, Any]) -> None:
         sample: dict[str, float] = {}

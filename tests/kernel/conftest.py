@@ -100,7 +100,8 @@ class ServerProcess:
     """A Jupyter server (or JupyterLab) subprocess with lemonade_jupyter enabled."""
 
     def __init__(self, root: Path, *, app: str = "jupyter_server",
-                 llama_server_path: str = "", extra_args: tuple[str, ...] = ()) -> None:
+                 llama_server_path: str = "", extra_args: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None) -> None:
         self.root = root
         self.port = free_port()
         self.token = secrets.token_hex(16)
@@ -112,6 +113,7 @@ class ServerProcess:
             "JUPYTER_CONFIG_DIR": str(root / "config"),
             "IPYTHONDIR": str(root / "ipython"),
             "LEMONADE_LLAMA_SERVER": llama_server_path,
+            **(extra_env or {}),
         }
         for var in ("LEMONADE_JUPYTER_URL", "LEMONADE_JUPYTER_TOKEN", "JPY_PARENT_PID"):
             self.env.pop(var, None)
