@@ -8,7 +8,7 @@ exception is :class:`~lemonade_jupyter.kernel.client.EmbeddedClient`, which impo
 
 Modules:
 
-- ``client``: ``RouterClient`` (sync httpx, error mapping to ``ClientError``) and ``EmbeddedClient``.
+- ``client``: ``RouterClient`` (sync httpx, errors mapped to ``ClientError``), ``EmbeddedClient``.
 - ``discovery``: which router this kernel uses (env, parent server, running server, embedded).
 - ``pools``: pure summaries of a health snapshot (slots per type, the pinned-slots warning).
 - ``rendering``: result objects with an HTML and a plain-text form.

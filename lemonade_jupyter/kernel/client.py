@@ -58,13 +58,19 @@ def map_http_errors(url: str = "") -> Iterator[None]:
     except ClientError:
         raise
     except httpx.TimeoutException as exc:
-        raise _local_error(504, "timeout", f"No answer from {url or 'the router'} in time ({exc})") from exc
+        raise _local_error(
+            504, "timeout", f"No answer from {url or 'the router'} in time ({exc})"
+        ) from exc
     except httpx.TransportError as exc:
         raise _local_error(
-            503, "connection_error", f"Cannot reach the router at {url or '?'}: {exc or type(exc).__name__}"
+            503,
+            "connection_error",
+            f"Cannot reach the router at {url or '?'}: {exc or type(exc).__name__}",
         ) from exc
     except HTTPX_ERRORS as exc:
-        raise _local_error(502, "client_error", f"HTTP client error: {exc or type(exc).__name__}") from exc
+        raise _local_error(
+            502, "client_error", f"HTTP client error: {exc or type(exc).__name__}"
+        ) from exc
 
 
 def _local_error(status: int, error_type: str, message: str) -> ClientError:
@@ -92,10 +98,14 @@ def error_from_response(response: httpx.Response) -> ClientError:
     elif isinstance(body.get("message"), str) and body["message"]:
         message = body["message"]
     elif status == 404:
-        message = f"{response.request.url.path} not found: is the lemonade_jupyter extension enabled?"
+        message = (
+            f"{response.request.url.path} not found: is the lemonade_jupyter extension enabled?"
+        )
     else:
         text = response.text.strip().replace("\n", " ")[:200]
-        message = f"HTTP {status} from {response.request.url.path}: {text or response.reason_phrase}"
+        message = (
+            f"HTTP {status} from {response.request.url.path}: {text or response.reason_phrase}"
+        )
     return ClientError(status, {"error": {"message": message, "type": f"http_{status}"}}, message)
 
 
@@ -164,8 +174,9 @@ class RouterClient:
         return f"<{type(self).__name__} {self.kind} {self.base_url}>"
 
     # -- plumbing ---------------------------------------------------------------------------
-    def request(self, method: str, path: str, *, json_body: Any = None,
-                timeout: float | None = None) -> Any:
+    def request(
+        self, method: str, path: str, *, json_body: Any = None, timeout: float | None = None
+    ) -> Any:
         """Send one request to ``lemonade/PATH``; return the decoded JSON answer."""
         kwargs: dict[str, Any] = {}
         if json_body is not None:
@@ -182,7 +193,9 @@ class RouterClient:
                 return response.json()
             except ValueError as exc:
                 raise _local_error(
-                    502, "invalid_response", f"{path} answered with non-JSON: {response.text[:120]!r}"
+                    502,
+                    "invalid_response",
+                    f"{path} answered with non-JSON: {response.text[:120]!r}",
                 ) from exc
 
     def close(self) -> None:
@@ -207,8 +220,11 @@ class RouterClient:
 
     def pin(self, model_name: str, pinned: bool) -> dict[str, Any]:
         """``POST internal/pin``: set a loaded model's pin."""
-        return dict(self.request("POST", "internal/pin",
-                                 json_body={"model_name": model_name, "pinned": bool(pinned)}))
+        return dict(
+            self.request(
+                "POST", "internal/pin", json_body={"model_name": model_name, "pinned": bool(pinned)}
+            )
+        )
 
     def config(self) -> dict[str, Any]:
         """``GET internal/config``."""
@@ -224,11 +240,16 @@ class RouterClient:
         data = answer.get("data", []) if isinstance(answer, dict) else answer
         return [m for m in data if isinstance(m, dict)]
 
-    def pull(self, model_name: str, checkpoint: str, recipe: str = "llamacpp",
-             labels: Sequence[str] = ()) -> dict[str, Any]:
+    def pull(
+        self, model_name: str, checkpoint: str, recipe: str = "llamacpp", labels: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """``POST api/v1/pull``: register a user model from a local GGUF file."""
-        body = {"model_name": model_name, "checkpoint": checkpoint, "recipe": recipe,
-                "labels": list(labels)}
+        body = {
+            "model_name": model_name,
+            "checkpoint": checkpoint,
+            "recipe": recipe,
+            "labels": list(labels),
+        }
         return dict(self.request("POST", "api/v1/pull", json_body=body))
 
     def delete(self, model_name: str) -> dict[str, Any]:
@@ -242,19 +263,23 @@ class RouterClient:
         try:
             return str(answer["choices"][0]["message"].get("content") or "")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise _local_error(502, "invalid_response", f"Unexpected completion: {answer!r:.200}") from exc
+            raise _local_error(
+                502, "invalid_response", f"Unexpected completion: {answer!r:.200}"
+            ) from exc
 
-    def stream_chat(self, model: str, messages: Sequence[Mapping[str, Any]],
-                    **params: Any) -> Iterator[str]:
+    def stream_chat(
+        self, model: str, messages: Sequence[Mapping[str, Any]], **params: Any
+    ) -> Iterator[str]:
         """Streaming ``chat/completions``: yield text pieces as the model generates them.
 
         An error envelope before the first byte raises ``ClientError`` with the server's message;
         an SSE error event mid-stream raises it at that point.
         """
         body = {"model": model, "messages": list(messages), **params, "stream": True}
-        with map_http_errors(self.base_url), self._http.stream(
-            "POST", "api/v1/chat/completions", json=body
-        ) as response:
+        with (
+            map_http_errors(self.base_url),
+            self._http.stream("POST", "api/v1/chat/completions", json=body) as response,
+        ):
             if response.status_code >= 400:
                 response.read()
                 raise error_from_response(response)
@@ -271,14 +296,17 @@ class RouterClient:
                 if isinstance(chunk, dict) and "error" in chunk:
                     err = chunk["error"]
                     message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-                    raise ClientError(502, {"error": err} if isinstance(err, dict) else None, message)
+                    raise ClientError(
+                        502, {"error": err} if isinstance(err, dict) else None, message
+                    )
                 for choice in chunk.get("choices", ()) if isinstance(chunk, dict) else ():
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
                         yield str(piece)
 
-    def events(self, last_event_id: int | None = None,
-               read_timeout: float = 5.0) -> Iterator[dict[str, Any]]:
+    def events(
+        self, last_event_id: int | None = None, read_timeout: float = 5.0
+    ) -> Iterator[dict[str, Any]]:
         """Follow ``GET api/v1/events`` (SSE); yield each router event as a dict.
 
         Resumes after ``last_event_id`` when given. Returns when the server ends the stream;
@@ -289,9 +317,10 @@ class RouterClient:
         if last_event_id:
             headers["Last-Event-ID"] = str(last_event_id)
         timeout = httpx.Timeout(read_timeout, connect=5.0)
-        with map_http_errors(self.base_url), self._http.stream(
-            "GET", "api/v1/events", headers=headers, timeout=timeout
-        ) as response:
+        with (
+            map_http_errors(self.base_url),
+            self._http.stream("GET", "api/v1/events", headers=headers, timeout=timeout) as response,
+        ):
             if response.status_code >= 400:
                 response.read()
                 raise error_from_response(response)
@@ -322,7 +351,10 @@ class EmbeddedClient(RouterClient):
         self.server = EmbeddedServer()
         self.server.start()
         super().__init__(
-            self.server.url, self.server.token, kind="embedded", timeout=timeout,
+            self.server.url,
+            self.server.token,
+            kind="embedded",
+            timeout=timeout,
             source=f"embedded router in this kernel at {self.server.url}",
         )
 

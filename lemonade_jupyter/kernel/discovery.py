@@ -86,13 +86,23 @@ def discover(
 
     if env.get(ENV_URL):
         url = env[ENV_URL]
-        return RouterClient(url, env.get(ENV_TOKEN, token or ""), kind="env", timeout=timeout,
-                            transport=transport,
-                            source=f"{url} (from ${ENV_URL})")
+        return RouterClient(
+            url,
+            env.get(ENV_TOKEN, token or ""),
+            kind="env",
+            timeout=timeout,
+            transport=transport,
+            source=f"{url} (from ${ENV_URL})",
+        )
     if server_url:
-        return RouterClient(server_url, token or "", kind="config", timeout=timeout,
-                            transport=transport,
-                            source=f"{server_url} (from c.LemonadeMagics.server_url)")
+        return RouterClient(
+            server_url,
+            token or "",
+            kind="config",
+            timeout=timeout,
+            transport=transport,
+            source=f"{server_url} (from c.LemonadeMagics.server_url)",
+        )
 
     servers = [dict(s) for s in list_servers()]
     parent = str(env.get("JPY_PARENT_PID", ""))
@@ -104,13 +114,21 @@ def discover(
             continue
         is_parent = bool(parent) and str(info.get("pid")) == parent
         if is_parent:
-            source = f"this kernel's Jupyter server at {url} (pid {info.get('pid')}, JPY_PARENT_PID)"
+            source = (
+                f"this kernel's Jupyter server at {url} (pid {info.get('pid')}, JPY_PARENT_PID)"
+            )
             kind = "parent"
         else:
             source = f"a running Jupyter server at {url} (pid {info.get('pid')}, answers health)"
             kind = "running"
-        client = RouterClient(url, str(info.get("token") or ""), kind=kind, source=source,
-                              timeout=timeout, transport=transport)
+        client = RouterClient(
+            url,
+            str(info.get("token") or ""),
+            kind=kind,
+            source=source,
+            timeout=timeout,
+            transport=transport,
+        )
         if _answers_health(client, probe_timeout):
             return client
         client.close()
@@ -118,6 +136,10 @@ def discover(
             notes.append(f"this kernel's server at {url} has no lemonade extension")
 
     if mode == "server":
-        raise ClientError(503, None, "No Jupyter server with the lemonade extension was found"
-                          + (f" ({'; '.join(notes)})" if notes else ""))
+        raise ClientError(
+            503,
+            None,
+            "No Jupyter server with the lemonade extension was found"
+            + (f" ({'; '.join(notes)})" if notes else ""),
+        )
     return start_embedded()

@@ -26,8 +26,14 @@ class EventFeed:
     ``available`` (None until the first answer) and ``error`` (the last connection problem).
     """
 
-    def __init__(self, client: RouterClient, *, maxlen: int = 50, read_timeout: float = 2.0,
-                 retry_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        client: RouterClient,
+        *,
+        maxlen: int = 50,
+        read_timeout: float = 2.0,
+        retry_s: float = 2.0,
+    ) -> None:
         self.client = client
         self.read_timeout = read_timeout
         self.retry_s = retry_s

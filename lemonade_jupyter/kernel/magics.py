@@ -52,11 +52,19 @@ def _build_parser() -> MagicArgumentParser:
 
     load = sub.add_parser("load", help="load a model (blocks until it serves)")
     load.add_argument("model")
-    load.add_argument("--pinned", action=argparse.BooleanOptionalAction, default=None,
-                      help="pin it (--no-pinned unpins); omitted keeps the current pin")
+    load.add_argument(
+        "--pinned",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pin it (--no-pinned unpins); omitted keeps the current pin",
+    )
     load.add_argument("--ctx-size", type=int, default=None, help="context size in tokens")
-    load.add_argument("--auto-evict", action=argparse.BooleanOptionalAction, default=None,
-                      help="let the eviction engine downsize/unload it when idle")
+    load.add_argument(
+        "--auto-evict",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let the eviction engine downsize/unload it when idle",
+    )
     load.add_argument("--llamacpp-args", default=None, help="extra llama-server flags (quoted)")
     load.add_argument("--downsize-idle-timeout", type=float, default=None, metavar="S")
     load.add_argument("--evict-idle-timeout", type=float, default=None, metavar="S")
@@ -85,8 +93,9 @@ def _build_parser() -> MagicArgumentParser:
     chat.add_argument("model")
 
     dash = sub.add_parser("dashboard", help="a live panel of models, slots, memory and events")
-    dash.add_argument("--interval", type=float, default=None, metavar="S",
-                      help="seconds between refreshes")
+    dash.add_argument(
+        "--interval", type=float, default=None, metavar="S", help="seconds between refreshes"
+    )
     sub.add_parser("help", help="this help")
     return parser
 
@@ -108,7 +117,7 @@ def _split_chat(rest: str) -> tuple[list[str], str]:
                 if value is not None:
                     tokens.append(value)
             elif not tok.startswith("-"):  # the model: the rest of the line is the prompt
-                prompt = rest[lexer.instream.tell():].strip()
+                prompt = rest[lexer.instream.tell() :].strip()
                 if len(prompt) >= 2 and prompt[0] == prompt[-1] and prompt[0] in "'\"":
                     prompt = prompt[1:-1]
                 return tokens, prompt
@@ -128,17 +137,23 @@ class LemonadeMagics(Magics):
     """The ``%lemonade`` magics; configure with ``c.LemonadeMagics.*``."""
 
     server_url = Unicode(
-        None, allow_none=True, config=True,
+        None,
+        allow_none=True,
+        config=True,
         help="Base URL of the Jupyter server to use (LEMONADE_JUPYTER_URL wins over it).",
     )
     token = Unicode("", config=True, help="Jupyter token for server_url.")
     mode = Enum(
-        ["auto", "server", "embedded"], "auto", config=True,
+        ["auto", "server", "embedded"],
+        "auto",
+        config=True,
         help="auto: env/config, this kernel's server, any server, else embedded; "
-             "server: never start an embedded router; embedded: always use one.",
+        "server: never start an embedded router; embedded: always use one.",
     )
     progress = Enum(
-        ["auto", "display", "text", "none"], "auto", config=True,
+        ["auto", "display", "text", "none"],
+        "auto",
+        config=True,
         help="Load progress: an updating display (notebooks), dots (terminals), or nothing.",
     )
     poll_interval = Float(1.0, config=True, help="Seconds between dashboard refreshes.")
@@ -154,8 +169,12 @@ class LemonadeMagics(Magics):
     def client(self) -> RouterClient:
         """The router client, found on first use (see ``kernel.discovery``)."""
         if self._client is None:
-            self._client = discover(server_url=self.server_url, token=self.token,
-                                    mode=self.mode, timeout=self.request_timeout)
+            self._client = discover(
+                server_url=self.server_url,
+                token=self.token,
+                mode=self.mode,
+                timeout=self.request_timeout,
+            )
         return self._client
 
     @client.setter
@@ -254,18 +273,23 @@ class LemonadeMagics(Magics):
             raise UsageError("--ctx-size must be a positive number of tokens")
         client = self.client
         health = client.health()
-        warning = pinned_slots_warning(health, args.model, catalog_type(client.models(), args.model))
+        warning = pinned_slots_warning(
+            health, args.model, catalog_type(client.models(), args.model)
+        )
         if warning:
             print(f"Warning: {warning}", file=sys.stderr, flush=True)
         options = {
-            "pinned": args.pinned, "ctx_size": args.ctx_size, "auto_evict": args.auto_evict,
+            "pinned": args.pinned,
+            "ctx_size": args.ctx_size,
+            "auto_evict": args.auto_evict,
             "llamacpp_args": args.llamacpp_args,
             "downsize_idle_timeout": args.downsize_idle_timeout,
             "evict_idle_timeout": args.evict_idle_timeout,
             "evict_weight_factor": args.evict_weight_factor,
         }
         answer, seconds = run_with_progress(
-            f"Loading {args.model}", lambda: client.load(args.model, **options),
+            f"Loading {args.model}",
+            lambda: client.load(args.model, **options),
             mode=self._progress_mode(),
         )
         return load_message(answer, seconds)
@@ -280,8 +304,9 @@ class LemonadeMagics(Magics):
 
     def _do_unload(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
         answer = self.client.unload(args.model)
-        return Message(f"Unloaded {args.model}" if args.model else "Unloaded every model",
-                       data=answer)
+        return Message(
+            f"Unloaded {args.model}" if args.model else "Unloaded every model", data=answer
+        )
 
     def _do_status(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
         client = self.client

@@ -63,8 +63,15 @@ def pools(health: Mapping[str, Any]) -> list[PoolSummary]:
         pinned = pinned_models.get(
             t, sum(1 for m in loaded if m.get("pinned") and str(m.get("type") or "llm") == t)
         )
-        out.append(PoolSummary(type=t, used=len(members), total=max_models.get(t, default_total),
-                               pinned=pinned, models=members))
+        out.append(
+            PoolSummary(
+                type=t,
+                used=len(members),
+                total=max_models.get(t, default_total),
+                pinned=pinned,
+                models=members,
+            )
+        )
     return out
 
 
@@ -76,8 +83,9 @@ def catalog_type(models: Iterable[Mapping[str, Any]], model_name: str) -> str | 
     return None
 
 
-def pinned_slots_warning(health: Mapping[str, Any], model_name: str,
-                         model_type: str | None) -> str | None:
+def pinned_slots_warning(
+    health: Mapping[str, Any], model_name: str, model_type: str | None
+) -> str | None:
     """A warning when loading ``model_name`` would be refused because its pool is all pinned.
 
     None when the model is already loaded (a repeat load needs no slot), when its type is

@@ -43,8 +43,9 @@ class ProgressView:
         return f"<div class='lemonade-progress'>{mark} {label} ({self.elapsed:.2f} s)</div>"
 
 
-def run_with_progress(label: str, fn: Callable[[], T], *, mode: str = "text",
-                      interval: float = 0.25) -> tuple[T, float]:
+def run_with_progress(
+    label: str, fn: Callable[[], T], *, mode: str = "text", interval: float = 0.25
+) -> tuple[T, float]:
     """Run ``fn()`` on a worker thread while showing progress; return ``(result, seconds)``.
 
     The worker's exception is re-raised here. A KeyboardInterrupt stops the indicator only: the

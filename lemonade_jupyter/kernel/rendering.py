@@ -39,8 +39,15 @@ def _cell(value: Any) -> str:
 class Table:
     """A titled table of rows; the unit every report is made of."""
 
-    def __init__(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
-                 title: str = "", empty: str = "(none)", css_class: str = "") -> None:
+    def __init__(
+        self,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        title: str = "",
+        empty: str = "(none)",
+        css_class: str = "",
+    ) -> None:
         self.columns = list(columns)
         self.rows = [[_cell(v) for v in row] for row in rows]
         self.title = title
@@ -62,15 +69,22 @@ class Table:
     def html(self) -> str:
         """An HTML ``<table>`` (escaped), with a caption when titled."""
         cls = f' class="lemonade-table {html.escape(self.css_class)}"'
-        caption = f"<caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>" \
-            if self.title else ""
+        caption = (
+            f"<caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>"
+            if self.title
+            else ""
+        )
         head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
         if not self.rows:
-            body = f"<tr><td colspan='{len(self.columns)}'><i>{html.escape(self.empty)}</i></td></tr>"
+            body = (
+                f"<tr><td colspan='{len(self.columns)}'><i>{html.escape(self.empty)}</i></td></tr>"
+            )
         else:
             body = "".join(
-                "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(v)}</td>" for v in row)
-                + "</tr>" for row in self.rows
+                "<tr>"
+                + "".join(f"<td style='text-align:left'>{html.escape(v)}</td>" for v in row)
+                + "</tr>"
+                for row in self.rows
             )
         return f"<table{cls}>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -104,8 +118,9 @@ class Message:
 class Report:
     """Header lines followed by tables; ``data`` keeps the raw server answer for scripts."""
 
-    def __init__(self, lines: Sequence[str] = (), tables: Sequence[Table] = (), *,
-                 data: Any = None) -> None:
+    def __init__(
+        self, lines: Sequence[str] = (), tables: Sequence[Table] = (), *, data: Any = None
+    ) -> None:
         self.lines = list(lines)
         self.tables = list(tables)
         self.data = data
@@ -131,20 +146,33 @@ def loaded_table(health: Mapping[str, Any], now: float | None = None) -> Table:
     now = time.time() if now is None else now
     rows = []
     for m in health.get("all_models_loaded") or []:
-        rows.append([
-            m.get("model_name"), m.get("type"), m.get("status"), bool(m.get("pinned")),
-            format_seconds(model_idle_seconds(m, now)),
-            format_bytes(m.get("memory_bytes")), m.get("device"),
-            f"{m['load_duration_ms'] / 1000:.2f}s" if m.get("load_duration_ms") else None,
-            m.get("pid"),
-        ])
-    return Table(["model", "type", "state", "pinned", "idle", "memory", "device", "load", "pid"],
-                 rows, title="Loaded models", empty="no model loaded", css_class="lemonade-loaded")
+        rows.append(
+            [
+                m.get("model_name"),
+                m.get("type"),
+                m.get("status"),
+                bool(m.get("pinned")),
+                format_seconds(model_idle_seconds(m, now)),
+                format_bytes(m.get("memory_bytes")),
+                m.get("device"),
+                f"{m['load_duration_ms'] / 1000:.2f}s" if m.get("load_duration_ms") else None,
+                m.get("pid"),
+            ]
+        )
+    return Table(
+        ["model", "type", "state", "pinned", "idle", "memory", "device", "load", "pid"],
+        rows,
+        title="Loaded models",
+        empty="no model loaded",
+        css_class="lemonade-loaded",
+    )
 
 
 def status_report(health: Mapping[str, Any], source: str, now: float | None = None) -> Report:
     """``%lemonade status``: where the router is, what is loaded, slots and memory."""
-    slot_rows = [[p["type"], p.slots_text, p["pinned"], ", ".join(p["models"])] for p in pools(health)]
+    slot_rows = [
+        [p["type"], p.slots_text, p["pinned"], ", ".join(p["models"])] for p in pools(health)
+    ]
     memory = health.get("memory") or {}
     mem_rows = []
     for d in memory.get("devices") or []:
@@ -155,11 +183,19 @@ def status_report(health: Mapping[str, Any], source: str, now: float | None = No
         [f"Router: {source}", f"Status: {health.get('status', '?')}"],
         [
             loaded_table(health, now),
-            Table(["type", "slots used", "pinned", "models"], slot_rows, title="Slots per type",
-                  css_class="lemonade-slots"),
-            Table(["device", "used", "total", "%"], mem_rows,
-                  title=f"Memory ({memory.get('source', '?')})", empty="no reading",
-                  css_class="lemonade-memory"),
+            Table(
+                ["type", "slots used", "pinned", "models"],
+                slot_rows,
+                title="Slots per type",
+                css_class="lemonade-slots",
+            ),
+            Table(
+                ["device", "used", "total", "%"],
+                mem_rows,
+                title=f"Memory ({memory.get('source', '?')})",
+                empty="no reading",
+                css_class="lemonade-memory",
+            ),
         ],
         data=dict(health),
     )
@@ -167,10 +203,25 @@ def status_report(health: Mapping[str, Any], source: str, now: float | None = No
 
 def models_report(models: Sequence[Mapping[str, Any]]) -> Report:
     """``%lemonade models``: the catalog."""
-    rows = [[m.get("id"), m.get("type"), m.get("recipe"), m.get("labels") or [],
-             bool(m.get("loaded")), bool(m.get("pinned")), m.get("checkpoint")] for m in models]
-    table = Table(["model", "type", "recipe", "labels", "loaded", "pinned", "checkpoint"], rows,
-                  title="Models", empty="the catalog is empty", css_class="lemonade-models")
+    rows = [
+        [
+            m.get("id"),
+            m.get("type"),
+            m.get("recipe"),
+            m.get("labels") or [],
+            bool(m.get("loaded")),
+            bool(m.get("pinned")),
+            m.get("checkpoint"),
+        ]
+        for m in models
+    ]
+    table = Table(
+        ["model", "type", "recipe", "labels", "loaded", "pinned", "checkpoint"],
+        rows,
+        title="Models",
+        empty="the catalog is empty",
+        css_class="lemonade-models",
+    )
     return Report([], [table], data=list(models))
 
 
@@ -178,13 +229,19 @@ def config_report(config: Mapping[str, Any], changed: Iterable[str] = ()) -> Rep
     """``%lemonade config``: every key and value, changed keys marked."""
     changed = set(changed)
     settable = config.get("settable_keys")
-    rows = [[k, v if not isinstance(v, (dict, list)) else repr(v), "changed" if k in changed else ""]
-            for k, v in sorted(config.items()) if k != "settable_keys"]
+    rows = [
+        [k, v if not isinstance(v, (dict, list)) else repr(v), "changed" if k in changed else ""]
+        for k, v in sorted(config.items())
+        if k != "settable_keys"
+    ]
     lines = ["Set with: %lemonade config key=value ..."]
     if isinstance(settable, list):
         lines[0] += f" (keys: {', '.join(map(str, settable))})"
-    return Report(lines, [Table(["key", "value", ""], rows, title="Router config",
-                                css_class="lemonade-config")], data=dict(config))
+    return Report(
+        lines,
+        [Table(["key", "value", ""], rows, title="Router config", css_class="lemonade-config")],
+        data=dict(config),
+    )
 
 
 def load_message(answer: Mapping[str, Any], seconds: float) -> Message:

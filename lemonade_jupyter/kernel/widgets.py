@@ -29,7 +29,12 @@ from .client import RouterClient
 from .events import EventFeed
 from .panel_html import events_html, header_html, slots_html, sparkline_svg
 from .pools import (
-    catalog_type, format_bytes, format_seconds, model_idle_seconds, pinned_slots_warning, pools,
+    catalog_type,
+    format_bytes,
+    format_seconds,
+    model_idle_seconds,
+    pinned_slots_warning,
+    pools,
 )
 
 __all__ = ["Dashboard", "ModelRow"]
@@ -41,18 +46,28 @@ _GRID = "minmax(12em, 2fr) 6em 7em 8em 7em 6em 7em"
 class ModelRow:
     """The widgets of one loaded model's row in the table."""
 
-    def __init__(self, name: str, on_pin: Callable[[str, bool], None],
-                 on_unload: Callable[[str], None]) -> None:
+    def __init__(
+        self, name: str, on_pin: Callable[[str, bool], None], on_unload: Callable[[str], None]
+    ) -> None:
         self.name = name
         self.label = widgets.HTML(f"<b>{html.escape(name)}</b>")
         self.type = widgets.Label()
         self.state = widgets.Label()
-        self.pin = widgets.ToggleButton(value=False, description="pin", icon="thumb-tack",
-                                        tooltip=f"pin or unpin {name}",
-                                        layout=widgets.Layout(width="7.5em"))
+        self.pin = widgets.ToggleButton(
+            value=False,
+            description="pin",
+            icon="thumb-tack",
+            tooltip=f"pin or unpin {name}",
+            layout=widgets.Layout(width="7.5em"),
+        )
         self.pin.add_class("lemonade-pin-toggle")
-        self.unload = widgets.Button(description="unload", icon="eject", button_style="warning",
-                                     tooltip=f"unload {name}", layout=widgets.Layout(width="6.5em"))
+        self.unload = widgets.Button(
+            description="unload",
+            icon="eject",
+            button_style="warning",
+            tooltip=f"unload {name}",
+            layout=widgets.Layout(width="6.5em"),
+        )
         self.unload.add_class("lemonade-unload-button")
         self.idle = widgets.Label()
         self.memory = widgets.Label()
@@ -92,8 +107,15 @@ class Dashboard(widgets.VBox):
     error = Unicode("", help="The last error shown in the panel ('' when fine).")
     polling = Bool(False, help="Whether the poller thread runs.")
 
-    def __init__(self, client: RouterClient, *, interval: float = 1.0, autostart: bool = True,
-                 follow_events: bool = True, history: int = 60) -> None:
+    def __init__(
+        self,
+        client: RouterClient,
+        *,
+        interval: float = 1.0,
+        autostart: bool = True,
+        follow_events: bool = True,
+        history: int = 60,
+    ) -> None:
         self.client = client
         self.interval = float(interval)
         self.rows: dict[str, ModelRow] = {}
@@ -116,30 +138,42 @@ class Dashboard(widgets.VBox):
         self._action_error = ""
         self._memory_labels: dict[str, widgets.Label] = {}
         self.sparkline = widgets.HTML()
-        self.table = widgets.GridBox(layout=widgets.Layout(grid_template_columns=_GRID,
-                                                           align_items="center"))
+        self.table = widgets.GridBox(
+            layout=widgets.Layout(grid_template_columns=_GRID, align_items="center")
+        )
         self.table.add_class("lemonade-model-table")
         self.events = widgets.HTML()
-        self.model_dropdown = widgets.Dropdown(description="model", options=[],
-                                               layout=widgets.Layout(width="24em"))
-        self.load_pinned = widgets.Checkbox(description="pinned", value=False, indent=False,
-                                            layout=widgets.Layout(width="6em"))
+        self.model_dropdown = widgets.Dropdown(
+            description="model", options=[], layout=widgets.Layout(width="24em")
+        )
+        self.load_pinned = widgets.Checkbox(
+            description="pinned", value=False, indent=False, layout=widgets.Layout(width="6em")
+        )
         self.load_button = widgets.Button(description="Load", icon="play", button_style="success")
         self.load_button.add_class("lemonade-load-button")
         self.load_status = widgets.HTML()
         self.load_button.on_click(lambda _b: self._start_load())
         self._headers = [widgets.HTML(f"<b>{c}</b>") for c in _COLUMNS]
-        super().__init__(children=[
-            self.header,
-            widgets.HTML("<b>Loaded models</b>"), self.table,
-            widgets.HBox([widgets.VBox([widgets.HTML("<b>Slots</b>"), self.slots]),
-                          widgets.VBox([widgets.HTML("<b>Memory</b>"), self.memory_box,
-                                        self.sparkline])],
-                         layout=widgets.Layout(grid_gap="2em")),
-            self.events,
-            widgets.HBox([self.model_dropdown, self.load_pinned, self.load_button,
-                          self.load_status]),
-        ])
+        super().__init__(
+            children=[
+                self.header,
+                widgets.HTML("<b>Loaded models</b>"),
+                self.table,
+                widgets.HBox(
+                    [
+                        widgets.VBox([widgets.HTML("<b>Slots</b>"), self.slots]),
+                        widgets.VBox(
+                            [widgets.HTML("<b>Memory</b>"), self.memory_box, self.sparkline]
+                        ),
+                    ],
+                    layout=widgets.Layout(grid_gap="2em"),
+                ),
+                self.events,
+                widgets.HBox(
+                    [self.model_dropdown, self.load_pinned, self.load_button, self.load_status]
+                ),
+            ]
+        )
         self.add_class("lemonade-dashboard")
         self.refresh(catalog=True)
         if autostart:
@@ -205,8 +239,9 @@ class Dashboard(widgets.VBox):
                     self.catalog = self.client.models()
             except ClientError as exc:
                 self.error = str(exc)
-                self.header.value = header_html(self.client.source, self.last_refresh or None,
-                                                self.error)
+                self.header.value = header_html(
+                    self.client.source, self.last_refresh or None, self.error
+                )
                 return
             self.health, self.error = health, self._action_error
             self.last_refresh = time.time()
@@ -236,8 +271,9 @@ class Dashboard(widgets.VBox):
         self.models = names
         self.slots.value = slots_html(pools(health))
         self._apply_memory(health.get("memory") or {})
-        self.events.value = events_html(self.feed.recent() if self.feed else [],
-                                        self.feed.available if self.feed else False)
+        self.events.value = events_html(
+            self.feed.recent() if self.feed else [], self.feed.available if self.feed else False
+        )
         options = [str(m.get("id")) for m in self.catalog if m.get("id")]
         if list(self.model_dropdown.options) != options:
             current = self.model_dropdown.value
@@ -255,7 +291,8 @@ class Dashboard(widgets.VBox):
             bar = self.memory_bars.get(name)
             if bar is None:
                 bar = self.memory_bars[name] = widgets.FloatProgress(
-                    min=0.0, max=1.0, description=name[:18], layout=widgets.Layout(width="22em"))
+                    min=0.0, max=1.0, description=name[:18], layout=widgets.Layout(width="22em")
+                )
                 bar.add_class("lemonade-memory-bar")
                 self._memory_labels[name] = widgets.Label()
                 self.memory_box.children = [
@@ -264,8 +301,9 @@ class Dashboard(widgets.VBox):
                 ]
             bar.value = min(1.0, frac)
             bar.bar_style = "danger" if frac >= 0.9 else ("warning" if frac >= 0.75 else "")
-            self._memory_labels[name].value = (
-                f"{format_bytes(used)} / {format_bytes(total)} ({100 * frac:.0f}%)")
+            self._memory_labels[
+                name
+            ].value = f"{format_bytes(used)} / {format_bytes(total)} ({100 * frac:.0f}%)"
         if sample:
             self.memory_history.append(sample)
         self.sparkline.value = sparkline_svg(list(self.memory_history))
@@ -302,11 +340,16 @@ class Dashboard(widgets.VBox):
         pinned = True if self.load_pinned.value else None
         warning = pinned_slots_warning(self.health, name, catalog_type(self.catalog, name))
         self.load_button.disabled = True
-        self._spawn(f"load {name}", lambda: self.client.load(name, pinned=pinned),
-                    progress=f"Loading {name}", warning=warning or "")
+        self._spawn(
+            f"load {name}",
+            lambda: self.client.load(name, pinned=pinned),
+            progress=f"Loading {name}",
+            warning=warning or "",
+        )
 
-    def _spawn(self, what: str, call: Callable[[], Any], *, progress: str = "",
-               warning: str = "") -> None:
+    def _spawn(
+        self, what: str, call: Callable[[], Any], *, progress: str = "", warning: str = ""
+    ) -> None:
         def work() -> None:
             start = time.monotonic()
             done = threading.Event()
@@ -325,14 +368,16 @@ class Dashboard(widgets.VBox):
             while progress and not done.wait(0.25):
                 self.load_status.value = (
                     f"<progress style='width:8em'></progress> {progress}… "
-                    f"{time.monotonic() - start:.1f} s{note}")
+                    f"{time.monotonic() - start:.1f} s{note}"
+                )
             done.wait()
             elapsed = time.monotonic() - start
             if "error" in box:
                 self._action_error = f"{what}: {box['error']}"
                 if progress:
                     self.load_status.value = (
-                        f"<span style='color:#c62828'>✗ {html.escape(self._action_error)}</span>")
+                        f"<span style='color:#c62828'>✗ {html.escape(self._action_error)}</span>"
+                    )
             else:
                 self._action_error = ""
                 if progress:

@@ -77,7 +77,9 @@ def loaded(client: RouterClient) -> dict[str, dict[str, Any]]:
 
 # -- the embedded router ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory, llama_server_path: str) -> Iterator[RouterClient]:
+def embedded(
+    tmp_path_factory: pytest.TempPathFactory, llama_server_path: str
+) -> Iterator[RouterClient]:
     """The process's embedded router (the kernel's own code path), in a private data dir."""
     data = tmp_path_factory.mktemp("embedded-data")
     with pytest.MonkeyPatch.context() as mp:
@@ -99,9 +101,15 @@ def free_port() -> int:
 class ServerProcess:
     """A Jupyter server (or JupyterLab) subprocess with lemonade_jupyter enabled."""
 
-    def __init__(self, root: Path, *, app: str = "jupyter_server",
-                 llama_server_path: str = "", extra_args: tuple[str, ...] = (),
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        app: str = "jupyter_server",
+        llama_server_path: str = "",
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.port = free_port()
         self.token = secrets.token_hex(16)
@@ -120,10 +128,17 @@ class ServerProcess:
         (root / "work").mkdir(parents=True, exist_ok=True)
         self.log_path = root / f"{app}.log"
         argv = [
-            sys.executable, "-m", app, "--no-browser", f"--port={self.port}", "--ip=127.0.0.1",
-            f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root / 'work'}",
+            sys.executable,
+            "-m",
+            app,
+            "--no-browser",
+            f"--port={self.port}",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={root / 'work'}",
             "--ServerApp.jpserver_extensions={'lemonade_jupyter': True}",
-            "--LemonadeApp.max_loaded_models=1", *extra_args,
+            "--LemonadeApp.max_loaded_models=1",
+            *extra_args,
         ]
         if os.geteuid() == 0:  # CI containers run as root
             argv.append("--allow-root")
@@ -142,8 +157,11 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                httpx.get(f"{self.url}lemonade/api/v1/health",
-                          headers={"Authorization": f"token {self.token}"}, timeout=2).raise_for_status()
+                httpx.get(
+                    f"{self.url}lemonade/api/v1/health",
+                    headers={"Authorization": f"token {self.token}"},
+                    timeout=2,
+                ).raise_for_status()
                 # the info file (for discovery) is written once the server serves
                 if any((self.root / "runtime").glob("jpserver-*.json")):
                     return
@@ -165,8 +183,9 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def jupyter_server(tmp_path_factory: pytest.TempPathFactory,
-                   llama_server_path: str) -> Iterator[ServerProcess]:
+def jupyter_server(
+    tmp_path_factory: pytest.TempPathFactory, llama_server_path: str
+) -> Iterator[ServerProcess]:
     server = ServerProcess(tmp_path_factory.mktemp("jupyter"), llama_server_path=llama_server_path)
     try:
         yield server

@@ -22,26 +22,46 @@ class FakeRouter:
     def __init__(self, max_models: int = 1, token: str = "tok") -> None:
         self.token = token
         self.catalog: dict[str, dict[str, Any]] = {
-            DEFAULT: {"id": DEFAULT, "type": "llm", "labels": ["llm"], "recipe": "llamacpp",
-                      "checkpoint": "/models/smol.gguf"},
-            "embedder": {"id": "embedder", "type": "embedding", "labels": ["embeddings"],
-                         "recipe": "llamacpp", "checkpoint": "/models/emb.gguf"},
+            DEFAULT: {
+                "id": DEFAULT,
+                "type": "llm",
+                "labels": ["llm"],
+                "recipe": "llamacpp",
+                "checkpoint": "/models/smol.gguf",
+            },
+            "embedder": {
+                "id": "embedder",
+                "type": "embedding",
+                "labels": ["embeddings"],
+                "recipe": "llamacpp",
+                "checkpoint": "/models/emb.gguf",
+            },
         }
         self.loaded: dict[str, dict[str, Any]] = {}
-        self.config = {"max_loaded_models": max_models, "auto_evict": False,
-                       "settable_keys": ["max_loaded_models", "auto_evict"]}
+        self.config = {
+            "max_loaded_models": max_models,
+            "auto_evict": False,
+            "settable_keys": ["max_loaded_models", "auto_evict"],
+        }
         self.requests: list[tuple[str, str, Any]] = []
         self.chat_pieces = ["Hel", "lo", " there"]
         self.events: list[dict[str, Any]] = []
 
     def client(self, **kwargs: Any) -> RouterClient:
         kwargs.setdefault("source", "fake router")
-        return RouterClient("http://fake.test/", self.token, kind="explicit",
-                            transport=httpx.MockTransport(self.handle), **kwargs)
+        return RouterClient(
+            "http://fake.test/",
+            self.token,
+            kind="explicit",
+            transport=httpx.MockTransport(self.handle),
+            **kwargs,
+        )
 
     # -- helpers --------------------------------------------------------------------------
     @staticmethod
-    def _error(status: int, message: str, error_type: str, code: str | None = None) -> httpx.Response:
+    def _error(
+        status: int, message: str, error_type: str, code: str | None = None
+    ) -> httpx.Response:
         err: dict[str, Any] = {"message": message, "type": error_type}
         if code:
             err["code"] = code
@@ -54,8 +74,13 @@ class FakeRouter:
             "status": "ok",
             "all_models_loaded": models,
             "max_models": {t: self.config["max_loaded_models"] for t in types},
-            "pinned_models": {t: sum(1 for m in models if m["type"] == t and m["pinned"]) for t in types},
-            "memory": {"source": "system", "devices": [{"name": "system", "total": 1000, "used": 250}]},
+            "pinned_models": {
+                t: sum(1 for m in models if m["type"] == t and m["pinned"]) for t in types
+            },
+            "memory": {
+                "source": "system",
+                "devices": [{"name": "system", "total": 1000, "used": 250}],
+            },
         }
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -74,15 +99,23 @@ class FakeRouter:
         return httpx.Response(200, json=self.health())
 
     def _models(self, body: Any) -> httpx.Response:
-        data = [{**m, "object": "model", "loaded": m["id"] in self.loaded,
-                 "pinned": bool(self.loaded.get(m["id"], {}).get("pinned"))}
-                for m in self.catalog.values()]
+        data = [
+            {
+                **m,
+                "object": "model",
+                "loaded": m["id"] in self.loaded,
+                "pinned": bool(self.loaded.get(m["id"], {}).get("pinned")),
+            }
+            for m in self.catalog.values()
+        ]
         return httpx.Response(200, json={"object": "list", "data": data})
 
     def _load(self, body: dict[str, Any]) -> httpx.Response:
         name = body.get("model_name")
         if name not in self.catalog:
-            return self._error(404, f"Model '{name}' not found", "invalid_request_error", "model_not_found")
+            return self._error(
+                404, f"Model '{name}' not found", "invalid_request_error", "model_not_found"
+            )
         spec = self.catalog[name]
         live = self.loaded.get(name)
         if live is None:
@@ -90,41 +123,76 @@ class FakeRouter:
             if len(pool) >= self.config["max_loaded_models"]:
                 victims = [m for m in pool if not m["pinned"]]
                 if not victims:
-                    return httpx.Response(409, json={"error": {
-                        "message": f"All loaded models of type {spec['type']} are pinned. Unload a model first.",
-                        "type": "slots_pinned_error", "code": "slots_pinned_error", "param": "model",
-                        "requested_model": name}})
+                    return httpx.Response(
+                        409,
+                        json={
+                            "error": {
+                                "message": f"All loaded models of type {spec['type']} are "
+                                "pinned. Unload a model first.",
+                                "type": "slots_pinned_error",
+                                "code": "slots_pinned_error",
+                                "param": "model",
+                                "requested_model": name,
+                            }
+                        },
+                    )
                 victim = min(victims, key=lambda m: m["last_use"])
                 del self.loaded[victim["model_name"]]
             live = self.loaded[name] = {
-                "model_name": name, "checkpoint": spec["checkpoint"], "type": spec["type"],
-                "recipe": "llamacpp", "recipe_options": {}, "pinned": False, "status": "ready",
-                "pid": 4242, "backend_url": "http://127.0.0.1:1/", "last_use": time.time() * 1000,
-                "idle_s": 0.0, "load_duration_ms": 400.0, "memory_bytes": 100 * 1024 * 1024,
-                "is_busy": False, "device": "cpu"}
+                "model_name": name,
+                "checkpoint": spec["checkpoint"],
+                "type": spec["type"],
+                "recipe": "llamacpp",
+                "recipe_options": {},
+                "pinned": False,
+                "status": "ready",
+                "pid": 4242,
+                "backend_url": "http://127.0.0.1:1/",
+                "last_use": time.time() * 1000,
+                "idle_s": 0.0,
+                "load_duration_ms": 400.0,
+                "memory_bytes": 100 * 1024 * 1024,
+                "is_busy": False,
+                "device": "cpu",
+            }
         if isinstance(body.get("pinned"), bool):
             live["pinned"] = body["pinned"]
         live["last_use"] = time.time() * 1000
-        return httpx.Response(200, json={"status": "success", "model_name": name,
-                                         "checkpoint": live["checkpoint"], "recipe": "llamacpp",
-                                         "pinned": live["pinned"]})
+        return httpx.Response(
+            200,
+            json={
+                "status": "success",
+                "model_name": name,
+                "checkpoint": live["checkpoint"],
+                "recipe": "llamacpp",
+                "pinned": live["pinned"],
+            },
+        )
 
     def _unload(self, body: dict[str, Any]) -> httpx.Response:
         name = body.get("model_name")
         if name is None:
             self.loaded.clear()
         elif self.loaded.pop(name, None) is None:
-            return self._error(404, f"Model '{name}' is not loaded", "invalid_request_error", "model_not_found")
+            return self._error(
+                404, f"Model '{name}' is not loaded", "invalid_request_error", "model_not_found"
+            )
         return httpx.Response(200, json={"status": "success"})
 
     def _internal_pin(self, body: dict[str, Any]) -> httpx.Response:
         name = body.get("model_name")
         if not isinstance(body.get("pinned"), bool):
-            return self._error(400, "Parameter 'pinned' is required and must be a boolean", "invalid_request_error")
+            return self._error(
+                400, "Parameter 'pinned' is required and must be a boolean", "invalid_request_error"
+            )
         if name not in self.loaded:
-            return self._error(404, f"Model '{name}' is not loaded", "invalid_request_error", "model_not_found")
+            return self._error(
+                404, f"Model '{name}' is not loaded", "invalid_request_error", "model_not_found"
+            )
         self.loaded[name]["pinned"] = body["pinned"]
-        return httpx.Response(200, json={"status": "success", "model_name": name, "pinned": body["pinned"]})
+        return httpx.Response(
+            200, json={"status": "success", "model_name": name, "pinned": body["pinned"]}
+        )
 
     def _internal_config(self, body: Any) -> httpx.Response:
         return httpx.Response(200, json=self.config)
@@ -134,17 +202,27 @@ class FakeRouter:
             if key not in self.config["settable_keys"]:
                 return self._error(400, f"Unknown config key '{key}'", "invalid_request_error")
             if key == "max_loaded_models" and (not isinstance(value, int) or value == 0):
-                return self._error(400, "max_loaded_models must be a positive integer or -1 (unlimited)",
-                                   "invalid_request_error")
+                return self._error(
+                    400,
+                    "max_loaded_models must be a positive integer or -1 (unlimited)",
+                    "invalid_request_error",
+                )
         self.config.update(body)
         return httpx.Response(200, json=self.config)
 
     def _pull(self, body: dict[str, Any]) -> httpx.Response:
         labels = body.get("labels") or ["llm"]
         kind = "embedding" if "embeddings" in labels else "llm"
-        self.catalog[body["model_name"]] = {"id": body["model_name"], "type": kind, "labels": labels,
-                                            "recipe": body.get("recipe"), "checkpoint": body["checkpoint"]}
-        return httpx.Response(200, json={"status": "success", "model_name": body["model_name"], "type": kind})
+        self.catalog[body["model_name"]] = {
+            "id": body["model_name"],
+            "type": kind,
+            "labels": labels,
+            "recipe": body.get("recipe"),
+            "checkpoint": body["checkpoint"],
+        }
+        return httpx.Response(
+            200, json={"status": "success", "model_name": body["model_name"], "type": kind}
+        )
 
     def _delete(self, body: dict[str, Any]) -> httpx.Response:
         self.loaded.pop(body["model_name"], None)
@@ -153,19 +231,39 @@ class FakeRouter:
 
     def _chat_completions(self, body: dict[str, Any]) -> httpx.Response:
         if body.get("model") not in self.catalog:
-            return self._error(404, f"Model '{body.get('model')}' not found", "invalid_request_error",
-                               "model_not_found")
+            return self._error(
+                404,
+                f"Model '{body.get('model')}' not found",
+                "invalid_request_error",
+                "model_not_found",
+            )
         if not body.get("stream"):
-            return httpx.Response(200, json={"choices": [{"message": {"role": "assistant",
-                                                                      "content": "".join(self.chat_pieces)}}]})
-        lines = [f"data: {json.dumps({'choices': [{'delta': {'content': p}}]})}\n\n" for p in self.chat_pieces]
+            return httpx.Response(
+                200,
+                json={
+                    "choices": [
+                        {"message": {"role": "assistant", "content": "".join(self.chat_pieces)}}
+                    ]
+                },
+            )
+        lines = [
+            f"data: {json.dumps({'choices': [{'delta': {'content': p}}]})}\n\n"
+            for p in self.chat_pieces
+        ]
         lines.append("data: [DONE]\n\n")
-        return httpx.Response(200, content="".join(lines).encode(),
-                              headers={"Content-Type": "text/event-stream"})
+        return httpx.Response(
+            200, content="".join(lines).encode(), headers={"Content-Type": "text/event-stream"}
+        )
 
     def _events(self, body: Any) -> httpx.Response:
         after = int(self.last_request.headers.get("Last-Event-ID") or 0)
-        text = "".join(f"id: {e['id']}\nevent: {e['kind']}\ndata: {json.dumps(e)}\n\n"
-                       for e in self.events if e["id"] > after)
-        return httpx.Response(200, content=(": hello\n\n" + text).encode(),
-                              headers={"Content-Type": "text/event-stream"})
+        text = "".join(
+            f"id: {e['id']}\nevent: {e['kind']}\ndata: {json.dumps(e)}\n\n"
+            for e in self.events
+            if e["id"] > after
+        )
+        return httpx.Response(
+            200,
+            content=(": hello\n\n" + text).encode(),
+            headers={"Content-Type": "text/event-stream"},
+        )

@@ -15,8 +15,15 @@ from .conftest import loaded, use_client, wait_for
 COPY = "user.smollm2-copy"
 
 
-def magics_full_flow(ip: InteractiveShell, router: RouterClient, model: str, model_file: str,
-                     source: str, *, register: bool = True) -> None:
+def magics_full_flow(
+    ip: InteractiveShell,
+    router: RouterClient,
+    model: str,
+    model_file: str,
+    source: str,
+    *,
+    register: bool = True,
+) -> None:
     """Every subcommand in the order a user would try them (quickstart-like), with checks.
 
     ``router`` is the test's own client for checking server state; with ``register=False`` the
@@ -45,8 +52,10 @@ def magics_full_flow(ip: InteractiveShell, router: RouterClient, model: str, mod
     assert out.stderr.startswith("Warning: every llm slot (1/1) is pinned")
     assert isinstance(result.error_in_exec, LemonadeServerError)
     assert result.error_in_exec.status_code == 409
-    assert "lemonade: All loaded models of type llm are pinned. Unload a model first. " \
-           "(HTTP 409, slots_pinned_error)" in out.stdout
+    assert (
+        "lemonade: All loaded models of type llm are pinned. Unload a model first. "
+        "(HTTP 409, slots_pinned_error)" in out.stdout
+    )
     assert "Traceback" not in out.stdout + out.stderr
     assert set(loaded(router)) == {model}  # nothing was evicted
 

@@ -32,15 +32,23 @@ pytestmark = [
 @pytest.fixture
 def lab(tmp_path: Path, llama_server_path: str) -> Iterator[ServerProcess]:
     settings = tmp_path / "lab-settings"
-    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification = (
+        settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    )
     notification.parent.mkdir(parents=True)
     notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     server = ServerProcess(
-        tmp_path, app="jupyterlab", llama_server_path=llama_server_path,
-        extra_args=("--LabApp.news_url=", "--LabApp.check_for_updates_class="
-                    "jupyterlab.NeverCheckForUpdate"),
-        extra_env={"JUPYTERLAB_SETTINGS_DIR": str(settings),
-                   "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces")},
+        tmp_path,
+        app="jupyterlab",
+        llama_server_path=llama_server_path,
+        extra_args=(
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ),
+        extra_env={
+            "JUPYTERLAB_SETTINGS_DIR": str(settings),
+            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"),
+        },
     )
     shutil.copy(REPO / "notebooks" / "quickstart.ipynb", tmp_path / "work" / "quickstart.ipynb")
     try:
@@ -59,9 +67,16 @@ def test_browser_quickstart_dashboard_pin_toggle(lab: ServerProcess) -> None:
     api = RouterClient(lab.url, lab.token)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -75,8 +90,9 @@ def test_browser_quickstart_dashboard_pin_toggle(lab: ServerProcess) -> None:
             except sync_api.TimeoutError:
                 pass
             # wait until the kernel is up, then Run ▸ Run All Cells
-            page.wait_for_selector("#jp-main-statusbar >> text=Python 3 (ipykernel) | Idle",
-                                   timeout=120_000)
+            page.wait_for_selector(
+                "#jp-main-statusbar >> text=Python 3 (ipykernel) | Idle", timeout=120_000
+            )
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
 

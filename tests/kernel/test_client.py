@@ -27,15 +27,23 @@ def test_client_sends_token_and_spec_routes(fake: FakeRouter) -> None:
     client.unload(DEFAULT)
     client.unload()
     assert [(m, p) for m, p, _ in fake.requests] == [
-        ("GET", "api/v1/health"), ("POST", "api/v1/load"), ("POST", "internal/pin"),
-        ("POST", "internal/set"), ("POST", "api/v1/pull"), ("POST", "api/v1/unload"),
+        ("GET", "api/v1/health"),
+        ("POST", "api/v1/load"),
+        ("POST", "internal/pin"),
+        ("POST", "internal/set"),
+        ("POST", "api/v1/pull"),
+        ("POST", "api/v1/unload"),
         ("POST", "api/v1/unload"),
     ]
     bodies = [b for _, _, b in fake.requests]
     assert bodies[1] == {"model_name": DEFAULT, "pinned": True}  # None options are omitted
     assert bodies[2] == {"model_name": DEFAULT, "pinned": False}
-    assert bodies[4] == {"model_name": "user.x", "checkpoint": "/m.gguf", "recipe": "llamacpp",
-                         "labels": ["llm"]}
+    assert bodies[4] == {
+        "model_name": "user.x",
+        "checkpoint": "/m.gguf",
+        "recipe": "llamacpp",
+        "labels": ["llm"],
+    }
     assert bodies[5] == {"model_name": DEFAULT} and bodies[6] == {}
 
 
@@ -112,37 +120,56 @@ def test_client_connection_refused_is_503() -> None:
 
 
 def test_iter_sse_parses_fields_comments_and_multiline() -> None:
-    lines = [": ping", "", "id: 3", "event: load", "data: {\"a\":", "data: 1}", "",
-             "data: [DONE]"]
+    lines = [": ping", "", "id: 3", "event: load", 'data: {"a":', "data: 1}", "", "data: [DONE]"]
     assert list(iter_sse(iter(lines))) == [
-        {"id": "3", "event": "load", "data": "{\"a\":\n1}"}, {"data": "[DONE]"},
+        {"id": "3", "event": "load", "data": '{"a":\n1}'},
+        {"data": "[DONE]"},
     ]
 
 
 def test_stream_chat_yields_pieces(fake: FakeRouter) -> None:
     client = fake.client()
-    assert list(client.stream_chat(DEFAULT, [{"role": "user", "content": "hi"}])) == fake.chat_pieces
+    assert (
+        list(client.stream_chat(DEFAULT, [{"role": "user", "content": "hi"}])) == fake.chat_pieces
+    )
     assert fake.requests[-1][2]["stream"] is True
     assert client.chat(DEFAULT, [{"role": "user", "content": "hi"}]) == "Hello there"
 
 
 def test_stream_chat_error_before_and_during_stream() -> None:
     def before(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(404, json={"error": {"message": "Model 'x' not found",
-                                                   "type": "invalid_request_error",
-                                                   "code": "model_not_found"}})
+        return httpx.Response(
+            404,
+            json={
+                "error": {
+                    "message": "Model 'x' not found",
+                    "type": "invalid_request_error",
+                    "code": "model_not_found",
+                }
+            },
+        )
 
     with pytest.raises(ClientError, match="Model 'x' not found"):
-        list(RouterClient("http://x.test/", transport=httpx.MockTransport(before)).stream_chat("x", []))
+        list(
+            RouterClient("http://x.test/", transport=httpx.MockTransport(before)).stream_chat(
+                "x", []
+            )
+        )
 
     def during(request: httpx.Request) -> httpx.Response:
-        body = ('data: {"choices":[{"delta":{"content":"par"}}]}\n\n'
-                'data: {"error":{"message":"backend crashed","type":"server_error"}}\n\n')
-        return httpx.Response(200, content=body.encode(), headers={"Content-Type": "text/event-stream"})
+        body = (
+            'data: {"choices":[{"delta":{"content":"par"}}]}\n\n'
+            'data: {"error":{"message":"backend crashed","type":"server_error"}}\n\n'
+        )
+        return httpx.Response(
+            200, content=body.encode(), headers={"Content-Type": "text/event-stream"}
+        )
 
     pieces = []
     with pytest.raises(ClientError, match="backend crashed"):
-        for piece in RouterClient("http://x.test/", transport=httpx.MockTransport(during)).stream_chat("x", []):
+        for piece in RouterClient(
+            "http://x.test/", transport=httpx.MockTransport(during)
+        ).stream_chat("x", []):
             pieces.append(piece)
     assert pieces == ["par"]
 
@@ -169,5 +196,7 @@ def test_kernel_imports_no_router_or_server() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     modules = json.loads(out.stdout)
     assert "lemonade_jupyter.kernel.widgets" in modules
-    forbidden = [m for m in modules if m.startswith(("lemonade_jupyter.core", "lemonade_jupyter.server"))]
+    forbidden = [
+        m for m in modules if m.startswith(("lemonade_jupyter.core", "lemonade_jupyter.server"))
+    ]
     assert forbidden == []

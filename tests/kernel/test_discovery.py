@@ -1,4 +1,4 @@
-"""Discovery order: env, config trait, the parent server, any server with the extension, embedded."""
+"""Discovery order: env, config trait, the parent server, any server with lemonade, embedded."""
 
 from __future__ import annotations
 
@@ -30,24 +30,39 @@ SERVERS = [
 ]
 
 
-def _discover(env: dict[str, str], with_extension: set[str], seen: list[Any] | None = None,
-              **kwargs: Any) -> RouterClient:
-    return discover(environ=env, list_servers=lambda: SERVERS, start_embedded=lambda: EMBEDDED,
-                    transport=_transport(seen if seen is not None else [], with_extension), **kwargs)
+def _discover(
+    env: dict[str, str], with_extension: set[str], seen: list[Any] | None = None, **kwargs: Any
+) -> RouterClient:
+    return discover(
+        environ=env,
+        list_servers=lambda: SERVERS,
+        start_embedded=lambda: EMBEDDED,
+        transport=_transport(seen if seen is not None else [], with_extension),
+        **kwargs,
+    )
 
 
 def test_discover_env_wins_without_probing() -> None:
     seen: list[Any] = []
-    client = _discover({"LEMONADE_JUPYTER_URL": "http://env.test:1", "LEMONADE_JUPYTER_TOKEN": "T",
-                        "JPY_PARENT_PID": "222"}, {"parent.test"}, seen, server_url="http://cfg.test/")
+    client = _discover(
+        {
+            "LEMONADE_JUPYTER_URL": "http://env.test:1",
+            "LEMONADE_JUPYTER_TOKEN": "T",
+            "JPY_PARENT_PID": "222",
+        },
+        {"parent.test"},
+        seen,
+        server_url="http://cfg.test/",
+    )
     assert client.kind == "env" and client.base_url == "http://env.test:1/"
     assert client.token == "T" and "LEMONADE_JUPYTER_URL" in client.source
     assert seen == []
 
 
 def test_discover_config_trait_next() -> None:
-    client = _discover({"JPY_PARENT_PID": "222"}, {"parent.test"}, server_url="http://cfg.test/",
-                       token="ct")
+    client = _discover(
+        {"JPY_PARENT_PID": "222"}, {"parent.test"}, server_url="http://cfg.test/", token="ct"
+    )
     assert client.kind == "config" and client.token == "ct"
     assert "c.LemonadeMagics.server_url" in client.source
 
@@ -70,7 +85,9 @@ def test_discover_parent_without_extension_falls_to_running_server() -> None:
 
 def test_discover_embedded_when_no_server_answers() -> None:
     assert _discover({"JPY_PARENT_PID": "999"}, set()) is EMBEDDED
-    assert discover(environ={}, list_servers=lambda: [], start_embedded=lambda: EMBEDDED) is EMBEDDED
+    assert (
+        discover(environ={}, list_servers=lambda: [], start_embedded=lambda: EMBEDDED) is EMBEDDED
+    )
 
 
 def test_discover_mode_embedded_and_server() -> None:

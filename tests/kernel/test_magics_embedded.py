@@ -25,8 +25,9 @@ def router(embedded: RouterClient, clean_router: list[RouterClient]) -> RouterCl
     return embedded
 
 
-def test_embedded_discovered_when_no_server(ip: InteractiveShell, router: RouterClient,
-                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_embedded_discovered_when_no_server(
+    ip: InteractiveShell, router: RouterClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """auto mode, no env, no server info files: the kernel uses its embedded router."""
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
     monkeypatch.delenv("JPY_PARENT_PID", raising=False)
@@ -38,10 +39,16 @@ def test_embedded_discovered_when_no_server(ip: InteractiveShell, router: Router
     assert "no model loaded" in repr(status)
 
 
-def test_embedded_magics_full_flow(ip: InteractiveShell, router: RouterClient,
-                                   default_model_name: str, default_model_file: str) -> None:
-    magics_full_flow(ip, router, default_model_name, default_model_file,
-                     source="embedded router in this kernel at http://127.0.0.1:")
+def test_embedded_magics_full_flow(
+    ip: InteractiveShell, router: RouterClient, default_model_name: str, default_model_file: str
+) -> None:
+    magics_full_flow(
+        ip,
+        router,
+        default_model_name,
+        default_model_file,
+        source="embedded router in this kernel at http://127.0.0.1:",
+    )
 
 
 def test_embedded_config_set_and_invalid(ip: InteractiveShell, router: RouterClient) -> None:
@@ -49,7 +56,9 @@ def test_embedded_config_set_and_invalid(ip: InteractiveShell, router: RouterCli
     shown = ip.run_line_magic("lemonade", "config")
     assert shown.data["max_loaded_models"] == 1
     try:
-        changed = ip.run_line_magic("lemonade", "config max_loaded_models=2 auto_evict_threshold_pct=0.8")
+        changed = ip.run_line_magic(
+            "lemonade", "config max_loaded_models=2 auto_evict_threshold_pct=0.8"
+        )
         assert changed.data["max_loaded_models"] == 2
         assert changed.data["auto_evict_threshold_pct"] == 0.8
         assert router.health()["max_models"]["llm"] == 2
@@ -62,6 +71,7 @@ def test_embedded_config_set_and_invalid(ip: InteractiveShell, router: RouterCli
         router.set_config({"max_loaded_models": 1, "auto_evict_threshold_pct": 0.9})
 
 
-def test_embedded_dashboard_actions_reach_the_server(router: RouterClient,
-                                                     default_model_name: str) -> None:
+def test_embedded_dashboard_actions_reach_the_server(
+    router: RouterClient, default_model_name: str
+) -> None:
     dashboard_flow(router, default_model_name)

@@ -51,17 +51,23 @@ def test_magics_help_is_the_docstring(ip: InteractiveShell, fake_magics: Lemonad
         ("dashboard --interval 0", "--interval must be > 0"),
     ],
 )
-def test_magics_usage_errors(ip: InteractiveShell, fake_magics: LemonadeMagics, line: str,
-                             message: str) -> None:
+def test_magics_usage_errors(
+    ip: InteractiveShell, fake_magics: LemonadeMagics, line: str, message: str
+) -> None:
     with pytest.raises(UsageError, match=message):
         ip.run_line_magic("lemonade", line)
 
 
-def test_magics_usage_error_prints_one_line(ip: InteractiveShell, fake_magics: LemonadeMagics) -> None:
+def test_magics_usage_error_prints_one_line(
+    ip: InteractiveShell, fake_magics: LemonadeMagics
+) -> None:
     with capture_output() as out:
         result = ip.run_cell("%lemonade frob")
     assert isinstance(result.error_in_exec, UsageError)
-    assert out.stderr.startswith("UsageError: unknown command 'frob'") and "Traceback" not in out.stderr
+    assert (
+        out.stderr.startswith("UsageError: unknown command 'frob'")
+        and "Traceback" not in out.stderr
+    )
 
 
 def test_magics_cell_magic_is_chat_only(ip: InteractiveShell, fake_magics: LemonadeMagics) -> None:
@@ -71,8 +77,9 @@ def test_magics_cell_magic_is_chat_only(ip: InteractiveShell, fake_magics: Lemon
         ip.run_cell_magic("lemonade", f"chat {DEFAULT} hello", "world")
 
 
-def test_magics_server_error_is_one_line_no_traceback(ip: InteractiveShell,
-                                                     fake_magics: LemonadeMagics) -> None:
+def test_magics_server_error_is_one_line_no_traceback(
+    ip: InteractiveShell, fake_magics: LemonadeMagics
+) -> None:
     with capture_output() as out:
         result = ip.run_cell("%lemonade unpin nothere")
     assert isinstance(result.error_in_exec, LemonadeServerError)
@@ -81,15 +88,22 @@ def test_magics_server_error_is_one_line_no_traceback(ip: InteractiveShell,
     assert "Traceback" not in out.stdout + out.stderr
 
 
-def test_magics_load_pin_unpin_unload(ip: InteractiveShell, fake: FakeRouter,
-                                      fake_magics: LemonadeMagics) -> None:
+def test_magics_load_pin_unpin_unload(
+    ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics
+) -> None:
     with capture_output() as out:
-        result = ip.run_line_magic("lemonade", f"load {DEFAULT} --pinned --ctx-size 2048 --no-auto-evict")
+        result = ip.run_line_magic(
+            "lemonade", f"load {DEFAULT} --pinned --ctx-size 2048 --no-auto-evict"
+        )
     assert repr(result).startswith(f"Loaded {DEFAULT} (pinned) in ")
     assert out.stdout.startswith(f"Loading {DEFAULT} ") and "done" in out.stdout  # text progress
     assert out.stderr == ""
-    assert fake.requests[-1][2] == {"model_name": DEFAULT, "pinned": True, "ctx_size": 2048,
-                                    "auto_evict": False}
+    assert fake.requests[-1][2] == {
+        "model_name": DEFAULT,
+        "pinned": True,
+        "ctx_size": 2048,
+        "auto_evict": False,
+    }
     assert repr(ip.run_line_magic("lemonade", f"unpin {DEFAULT}")) == f"Unpinned {DEFAULT}"
     assert fake.loaded[DEFAULT]["pinned"] is False
     assert repr(ip.run_line_magic("lemonade", f"pin {DEFAULT}")) == f"Pinned {DEFAULT}"
@@ -102,7 +116,8 @@ def test_magics_load_pin_unpin_unload(ip: InteractiveShell, fake: FakeRouter,
 
 
 def test_magics_load_warns_before_trying_when_all_slots_pinned(
-        ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics) -> None:
+    ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics
+) -> None:
     fake.catalog["user.copy"] = {**fake.catalog[DEFAULT], "id": "user.copy"}
     with capture_output():
         ip.run_line_magic("lemonade", f"load {DEFAULT} --pinned")
@@ -114,7 +129,11 @@ def test_magics_load_warns_before_trying_when_all_slots_pinned(
     assert "user.copy" in out.stderr
     assert "All loaded models of type llm are pinned" in out.stdout
     # the warning came before the load was tried
-    assert [p for _, p, _ in fake.requests[-3:]] == ["api/v1/health", "api/v1/models", "api/v1/load"]
+    assert [p for _, p, _ in fake.requests[-3:]] == [
+        "api/v1/health",
+        "api/v1/models",
+        "api/v1/load",
+    ]
     # no warning for a model that is itself loaded (a repeat load needs no slot)
     with capture_output() as out:
         ip.run_line_magic("lemonade", f"load {DEFAULT}")
@@ -134,8 +153,9 @@ def test_magics_load_display_progress(ip: InteractiveShell, fake: FakeRouter) ->
     assert "✓ Loading" in html[-1]
 
 
-def test_magics_config_show_and_set_json_values(ip: InteractiveShell, fake: FakeRouter,
-                                               fake_magics: LemonadeMagics) -> None:
+def test_magics_config_show_and_set_json_values(
+    ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics
+) -> None:
     shown = ip.run_line_magic("lemonade", "config")
     assert "max_loaded_models" in repr(shown) and "<table" in shown._repr_html_()
     changed = ip.run_line_magic("lemonade", "config max_loaded_models=2 auto_evict=true")
@@ -146,42 +166,54 @@ def test_magics_config_show_and_set_json_values(ip: InteractiveShell, fake: Fake
     assert fake.requests[-1][2] == {"flavour": "lemon"}  # not JSON: sent as a string
 
 
-def test_magics_pull_and_delete(ip: InteractiveShell, fake: FakeRouter,
-                                fake_magics: LemonadeMagics, tmp_path: Path) -> None:
+def test_magics_pull_and_delete(
+    ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics, tmp_path: Path
+) -> None:
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     msg = ip.run_line_magic("lemonade", f"pull emb {gguf} --labels embeddings,custom")
     assert repr(msg) == f"Registered user.emb (embedding) from {gguf}"
-    assert fake.requests[-1][2] == {"model_name": "user.emb", "checkpoint": str(gguf),
-                                    "recipe": "llamacpp", "labels": ["embeddings", "custom"]}
+    assert fake.requests[-1][2] == {
+        "model_name": "user.emb",
+        "checkpoint": str(gguf),
+        "recipe": "llamacpp",
+        "labels": ["embeddings", "custom"],
+    }
     ip.run_line_magic("lemonade", f"pull user.emb2 {gguf}")
     assert fake.requests[-1][2]["model_name"] == "user.emb2"
     assert repr(ip.run_line_magic("lemonade", "delete user.emb")) == "Deleted user.emb"
     assert "user.emb" not in fake.catalog
 
 
-def test_magics_chat_line_and_cell(ip: InteractiveShell, fake: FakeRouter,
-                                   fake_magics: LemonadeMagics) -> None:
+def test_magics_chat_line_and_cell(
+    ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics
+) -> None:
     with capture_output() as out:
         assert ip.run_line_magic("lemonade", f"chat {DEFAULT} What's up, doc?") is None
     assert out.stdout == "Hello there\n"
     assert fake.requests[-1][2]["messages"] == [{"role": "user", "content": "What's up, doc?"}]
     with capture_output() as out:
-        ip.run_cell_magic("lemonade", f"chat -o reply --system 'Be brief.' --max-tokens 8 {DEFAULT}",
-                          "Tell me\na story\n")
+        ip.run_cell_magic(
+            "lemonade",
+            f"chat -o reply --system 'Be brief.' --max-tokens 8 {DEFAULT}",
+            "Tell me\na story\n",
+        )
     assert out.stdout == "Hello there\n" and ip.user_ns["reply"] == "Hello there"
     body = fake.requests[-1][2]
-    assert body["messages"] == [{"role": "system", "content": "Be brief."},
-                                {"role": "user", "content": "Tell me\na story"}]
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Tell me\na story"},
+    ]
     assert body["max_tokens"] == 8 and body["stream"] is True
     with capture_output() as out:
-        result = ip.run_cell(f'%lemonade chat nosuch "hi"')
+        result = ip.run_cell('%lemonade chat nosuch "hi"')
     assert out.stdout == "lemonade: Model 'nosuch' not found (HTTP 404, model_not_found)\n"
     assert isinstance(result.error_in_exec, LemonadeServerError)
 
 
-def test_magics_status_and_models_render_html_and_text(ip: InteractiveShell, fake: FakeRouter,
-                                                       fake_magics: LemonadeMagics) -> None:
+def test_magics_status_and_models_render_html_and_text(
+    ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics
+) -> None:
     with capture_output():
         ip.run_line_magic("lemonade", f"load {DEFAULT} --pinned")
     status = ip.run_line_magic("lemonade", "status")
@@ -195,6 +227,7 @@ def test_magics_status_and_models_render_html_and_text(ip: InteractiveShell, fak
     assert "lemonade-models" in models._repr_html_()
     # IPython's pretty printer (terminal Out[]) uses the text form
     from IPython.lib.pretty import pretty
+
     assert pretty(status) == text
 
 
@@ -219,7 +252,11 @@ def test_magics_configurable_traits() -> None:
     try:
         shell.config = config
         magics = LemonadeMagics(shell)
-        assert (magics.server_url, magics.token, magics.mode) == ("http://cfg.test/", "abc", "server")
+        assert (magics.server_url, magics.token, magics.mode) == (
+            "http://cfg.test/",
+            "abc",
+            "server",
+        )
         assert magics.client.kind == "config" and magics.client.token == "abc"
     finally:
         shell.config = old

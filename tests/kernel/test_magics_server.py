@@ -19,8 +19,9 @@ from .flows import dashboard_flow, magics_full_flow
 
 
 @pytest.fixture
-def server(jupyter_server: ServerProcess, clean_router: list[RouterClient],
-           monkeypatch: pytest.MonkeyPatch) -> ServerProcess:
+def server(
+    jupyter_server: ServerProcess, clean_router: list[RouterClient], monkeypatch: pytest.MonkeyPatch
+) -> ServerProcess:
     """The server, with this process posing as one of its kernels."""
     clean_router.append(jupyter_server.client)
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter_server.root / "runtime"))
@@ -38,8 +39,9 @@ def test_server_discovered_by_parent_pid(server: ServerProcess) -> None:
     assert client.health()["status"] == "ok"
 
 
-def test_server_discovered_as_running_server_and_by_env(server: ServerProcess,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_discovered_as_running_server_and_by_env(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("JPY_PARENT_PID", "1")  # not our server: found because it answers health
     client = discover(mode="server")
     assert client.kind == "running" and "answers health" in client.source
@@ -50,15 +52,23 @@ def test_server_discovered_as_running_server_and_by_env(server: ServerProcess,
     assert client.health()["status"] == "ok"
 
 
-def test_server_magics_full_flow(ip: InteractiveShell, server: ServerProcess,
-                                 default_model_name: str, default_model_file: str) -> None:
+def test_server_magics_full_flow(
+    ip: InteractiveShell, server: ServerProcess, default_model_name: str, default_model_file: str
+) -> None:
     magics = LemonadeMagics(ip, progress="text")  # auto discovery, like a kernel
     ip.register_magics(magics)
-    magics_full_flow(ip, server.client, default_model_name, default_model_file,
-                     source="this kernel's Jupyter server at ", register=False)
+    magics_full_flow(
+        ip,
+        server.client,
+        default_model_name,
+        default_model_file,
+        source="this kernel's Jupyter server at ",
+        register=False,
+    )
     assert magics.client.kind == "parent"
 
 
-def test_server_dashboard_actions_reach_the_server(server: ServerProcess,
-                                                   default_model_name: str) -> None:
+def test_server_dashboard_actions_reach_the_server(
+    server: ServerProcess, default_model_name: str
+) -> None:
     dashboard_flow(discover(mode="server"), default_model_name)

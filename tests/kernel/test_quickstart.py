@@ -26,8 +26,9 @@ def _text(cell: nbformat.NotebookNode) -> str:
     return "".join(parts)
 
 
-def test_quickstart_notebook_runs_clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        llama_server_path: str) -> None:
+def test_quickstart_notebook_runs_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llama_server_path: str
+) -> None:
     for var in ("LEMONADE_JUPYTER_URL", "LEMONADE_JUPYTER_TOKEN", "JPY_PARENT_PID"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
@@ -35,8 +36,13 @@ def test_quickstart_notebook_runs_clean(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("LEMONADE_LLAMA_SERVER", llama_server_path)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, timeout=180, kernel_name="python3", allow_errors=False,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb,
+        timeout=180,
+        kernel_name="python3",
+        allow_errors=False,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
     client.execute()  # raises CellExecutionError on the first failing cell
 
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -51,6 +57,9 @@ def test_quickstart_notebook_runs_clean(tmp_path: Path, monkeypatch: pytest.Monk
     assert "user.smollm2-copy" in _text(code[4])  # status after unpin + load of the copy
     assert _text(code[5]).strip()  # the streamed reply
     assert "characters received" in _text(code[6]) and not _text(code[6]).startswith("0 ")
-    widget = [o for o in code[7].outputs if "data" in o
-              and "application/vnd.jupyter.widget-view+json" in o.data]
+    widget = [
+        o
+        for o in code[7].outputs
+        if "data" in o and "application/vnd.jupyter.widget-view+json" in o.data
+    ]
     assert widget, "the dashboard cell shows a widget"

@@ -8,24 +8,46 @@ import pytest
 
 from lemonade_jupyter.kernel.panel_html import events_html, slots_html, sparkline_svg
 from lemonade_jupyter.kernel.pools import (
-    format_bytes, format_seconds, idle_seconds, pinned_slots_warning, pools,
+    format_bytes,
+    format_seconds,
+    idle_seconds,
+    pinned_slots_warning,
+    pools,
 )
 from lemonade_jupyter.kernel.rendering import Table, config_report, models_report, status_report
 
 
 def _health(loaded: list[tuple[str, str, bool]], slots: int = 1) -> dict[str, Any]:
-    models = [{"model_name": n, "type": t, "pinned": p, "status": "ready", "memory_bytes": 2048,
-               "last_use": 1_700_000_000_000, "idle_s": 3.0, "load_duration_ms": 400.0}
-              for n, t, p in loaded]
+    models = [
+        {
+            "model_name": n,
+            "type": t,
+            "pinned": p,
+            "status": "ready",
+            "memory_bytes": 2048,
+            "last_use": 1_700_000_000_000,
+            "idle_s": 3.0,
+            "load_duration_ms": 400.0,
+        }
+        for n, t, p in loaded
+    ]
     types = ["embedding", "llm"]
-    return {"status": "ok", "all_models_loaded": models,
-            "max_models": {t: slots for t in types},
-            "pinned_models": {t: sum(1 for _, mt, p in loaded if p and mt == t) for t in types},
-            "memory": {"source": "nvml", "devices": [{"name": "GPU0", "total": 8 << 30, "used": 2 << 30}]}}
+    return {
+        "status": "ok",
+        "all_models_loaded": models,
+        "max_models": {t: slots for t in types},
+        "pinned_models": {t: sum(1 for _, mt, p in loaded if p and mt == t) for t in types},
+        "memory": {
+            "source": "nvml",
+            "devices": [{"name": "GPU0", "total": 8 << 30, "used": 2 << 30}],
+        },
+    }
 
 
 def test_pools_counts_slots_and_pins() -> None:
-    summary = {p["type"]: p for p in pools(_health([("a", "llm", True), ("e", "embedding", False)]))}
+    summary = {
+        p["type"]: p for p in pools(_health([("a", "llm", True), ("e", "embedding", False)]))
+    }
     assert summary["llm"]["used"] == 1 and summary["llm"]["pinned"] == 1
     assert summary["llm"].full_of_pins and not summary["embedding"].full_of_pins
     assert summary["llm"].slots_text == "1/1"
@@ -36,18 +58,19 @@ def test_pools_counts_slots_and_pins() -> None:
 @pytest.mark.parametrize(
     ("loaded", "model", "model_type", "slots", "warns"),
     [
-        ([("a", "llm", True)], "b", "llm", 1, True),             # every llm slot pinned
-        ([("a", "llm", True)], "a", "llm", 1, False),            # already loaded: no slot needed
-        ([("a", "llm", False)], "b", "llm", 1, False),           # an unpinned one can be evicted
-        ([("a", "llm", True)], "e", "embedding", 1, False),      # another pool
+        ([("a", "llm", True)], "b", "llm", 1, True),  # every llm slot pinned
+        ([("a", "llm", True)], "a", "llm", 1, False),  # already loaded: no slot needed
+        ([("a", "llm", False)], "b", "llm", 1, False),  # an unpinned one can be evicted
+        ([("a", "llm", True)], "e", "embedding", 1, False),  # another pool
         ([("a", "llm", True), ("b", "llm", False)], "c", "llm", 2, False),
         ([("a", "llm", True), ("b", "llm", True)], "c", "llm", 2, True),
-        ([("a", "llm", True)], "b", "llm", -1, False),           # unlimited
-        ([("a", "llm", True)], "zzz", None, 1, False),           # unknown model: server says 404
+        ([("a", "llm", True)], "b", "llm", -1, False),  # unlimited
+        ([("a", "llm", True)], "zzz", None, 1, False),  # unknown model: server says 404
     ],
 )
-def test_pinned_slots_warning(loaded: list[tuple[str, str, bool]], model: str,
-                              model_type: str | None, slots: int, warns: bool) -> None:
+def test_pinned_slots_warning(
+    loaded: list[tuple[str, str, bool]], model: str, model_type: str | None, slots: int, warns: bool
+) -> None:
     warning = pinned_slots_warning(_health(loaded, slots), model, model_type)
     assert bool(warning) is warns
     if warning:
@@ -65,7 +88,12 @@ def test_idle_and_formatting() -> None:
 
 def test_table_text_and_html_escape() -> None:
     table = Table(["model", "pinned"], [["<b>x</b>", True]], title="T")
-    assert table.text().splitlines() == ["T", "model     pinned", "--------  ------", "<b>x</b>  yes"]
+    assert table.text().splitlines() == [
+        "T",
+        "model     pinned",
+        "--------  ------",
+        "<b>x</b>  yes",
+    ]
     assert "&lt;b&gt;x&lt;/b&gt;" in table._repr_html_() and "<b>x</b>" not in table._repr_html_()
     assert "(none)" in Table(["a"], []).text()
 
@@ -77,15 +105,35 @@ def test_status_report_html_and_text() -> None:
     assert "Loaded models" in text and "Slots per type" in text and "Memory (nvml)" in text
     assert "GPU0" in text and "25%" in text and "3.0s" in text
     html = report._repr_html_()
-    assert html.count("<table") == 3 and "lemonade-loaded" in html and "<td style='text-align:left'>a</td>" in html
+    assert (
+        html.count("<table") == 3
+        and "lemonade-loaded" in html
+        and "<td style='text-align:left'>a</td>" in html
+    )
 
 
 def test_models_and_config_reports() -> None:
-    models = models_report([{"id": "m", "type": "llm", "recipe": "llamacpp", "labels": ["llm"],
-                             "loaded": True, "pinned": False, "checkpoint": "/m.gguf"}])
-    assert "m      llm   llamacpp  llm     yes     no" in repr(models) and "<table" in models._repr_html_()
-    config = config_report({"max_loaded_models": 2, "settable_keys": ["max_loaded_models"]},
-                           changed=["max_loaded_models"])
+    models = models_report(
+        [
+            {
+                "id": "m",
+                "type": "llm",
+                "recipe": "llamacpp",
+                "labels": ["llm"],
+                "loaded": True,
+                "pinned": False,
+                "checkpoint": "/m.gguf",
+            }
+        ]
+    )
+    assert (
+        "m      llm   llamacpp  llm     yes     no" in repr(models)
+        and "<table" in models._repr_html_()
+    )
+    config = config_report(
+        {"max_loaded_models": 2, "settable_keys": ["max_loaded_models"]},
+        changed=["max_loaded_models"],
+    )
     text = repr(config)
     assert "changed" in text and "settable_keys" not in text.split("\n\n", 1)[1]
 
@@ -95,8 +143,17 @@ def test_panel_fragments() -> None:
     assert "collecting" in sparkline_svg([{"GPU0": 0.1}])
     svg = sparkline_svg([{"GPU0": 0.1}, {"GPU0": 0.5}, {"GPU0": 0.9}])
     assert "<polyline" in svg and "GPU0" in svg
-    events = [{"id": 1, "time": 1.0, "kind": "evict", "model": "<m>", "reason": "lru",
-               "memory_before": 300, "memory_after": 100}]
+    events = [
+        {
+            "id": 1,
+            "time": 1.0,
+            "kind": "evict",
+            "model": "<m>",
+            "reason": "lru",
+            "memory_before": 300,
+            "memory_after": 100,
+        }
+    ]
     html = events_html(events, True)
     assert "reason: lru" in html and "&lt;m&gt;" in html and "freed 200 B" in html
     assert "no event stream" in events_html([], False)

@@ -131,8 +131,11 @@ def test_dashboard_shows_unreachable_server_without_raising() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    dash = Dashboard(RouterClient("http://down.test/", transport=httpx.MockTransport(refuse)),
-                     autostart=False, follow_events=False)
+    dash = Dashboard(
+        RouterClient("http://down.test/", transport=httpx.MockTransport(refuse)),
+        autostart=False,
+        follow_events=False,
+    )
     try:
         assert "Cannot reach the router" in dash.error and dash.models == []
         assert "⚠" in dash.header.value
