@@ -82,14 +82,11 @@ async def test_stream_chat_chunk_by_chunk_with_the_openai_client(api, lemonade, 
 
 
 async def test_answers_name_the_requested_model(client, alias):
-    chat = await client.chat.completions.create(
-        model=alias, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
-    )
-    assert chat.model == alias
-    assert chat.choices[0].message.content is not None
-    completion = await client.completions.create(model=alias, prompt="Once upon", max_tokens=4)
+    """llama-server names its GGUF path; clients must see the name they asked for. (Streamed
+    chat and plain chat answers are checked by the streaming and disconnect tests.)"""
+    completion = await client.completions.create(model=alias, prompt="Once upon", max_tokens=3)
     assert completion.model == alias and completion.choices[0].text
-    stream = await client.completions.create(model=alias, prompt="Once upon", max_tokens=8,
+    stream = await client.completions.create(model=alias, prompt="Once upon", max_tokens=3,
                                              stream=True)
     models = {chunk.model async for chunk in stream}
     assert models == {alias}

@@ -175,7 +175,7 @@ async def test_unload_unknown_or_not_loaded_model_is_404(api, default_model_name
 
 
 # ---------------------------------------------------------------------------- config / set
-async def test_config_and_set(api, default_model_name, default_model_file):
+async def test_config_and_set(api):
     answer = await api.get("lemonade/internal/config")
     assert answer.code == 200
     config = answer.json
@@ -188,12 +188,7 @@ async def test_config_and_set(api, default_model_name, default_model_file):
     assert answer.json["max_loaded_models"] == 2
     assert answer.json["auto_evict_threshold_pct"] == 0.5
     assert (await api.get("lemonade/internal/config")).json == answer.json
-    assert (await api.health())["max_models"]["llm"] == 2
-    # Two models now fit side by side.
-    await api.pull("user.alias", default_model_file)
-    await api.load(default_model_name)
-    await api.load("user.alias")
-    assert (await api.loaded()).keys() == {default_model_name, "user.alias"}
+    assert (await api.health())["max_models"]["llm"] == 2  # two models fit: see the unload test
 
 
 @pytest.mark.parametrize(
