@@ -88,3 +88,15 @@ async def test_models_lists_the_catalog_with_its_fields(api, default_model_name,
     data = (await api.get(f"{API}/models")).json
     [entry] = [m for m in data["data"] if m["id"] == default_model_name]
     assert entry["loaded"] is True and entry["pinned"] is True
+
+
+async def test_polled_gets_are_not_jupyter_activity(api, jp_serverapp):
+    """A dashboard polling health/config/models must not keep an idle server from culling."""
+    settings = jp_serverapp.web_app.settings
+    settings["api_last_activity"] = marker = object()
+    for path in (f"{API}/health", f"{API}/models", "lemonade/internal/config",
+                 "lemonade/metrics"):
+        assert (await api.get(path)).code == 200
+        assert settings["api_last_activity"] is marker, path
+    await api.post("lemonade/internal/set", {"max_loaded_models": 2})  # a real action counts
+    assert settings["api_last_activity"] is not marker
