@@ -110,6 +110,11 @@ async def test_embeddings_from_an_embedding_labelled_model(api, client, default_
     assert loaded["user.embed"]["type"] == "embedding"
     assert "--embeddings" in psutil.Process(loaded["user.embed"]["pid"]).cmdline()
     assert "--embeddings" not in psutil.Process(loaded[default_model_name]["pid"]).cmdline()
+    # The llm's backend refuses embeddings: its error comes back in our envelope, with its status.
+    answer = await api.post(f"{API}/embeddings", {"model": default_model_name, "input": "hi"})
+    assert 400 <= answer.code < 600, answer.body
+    assert answer.error["code"] == "backend_error"
+    assert "embedding" in answer.error["message"].lower()
 
 
 @pytest.mark.parametrize("stream", [False, True])
