@@ -89,6 +89,17 @@ class LemonadeApp(ExtensionApp):
         except InvalidRequestError as exc:
             raise TraitError(f"c.LemonadeApp.{proposal['trait'].name}: {exc.message}") from None
 
+    @validate("sse_ping_interval_s")
+    def _validate_ping_interval(self, proposal: dict) -> float:
+        """A ping interval of 0 or less (or NaN) would make every silent stream ping in a busy
+        loop, writing ``: ping`` as fast as the socket takes it; refuse it at start."""
+        value = float(proposal["value"])
+        if not 0.001 <= value <= 3600:
+            raise TraitError(
+                f"c.LemonadeApp.sse_ping_interval_s must be between 0.001 and 3600 s, not {value}"
+            )
+        return value
+
     @default("data_dir")
     def _default_data_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "lemonade")

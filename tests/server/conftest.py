@@ -139,9 +139,10 @@ def lemonade_data_dir(tmp_path):
 
 
 @pytest.fixture
-def lemonade_traits() -> dict[str, Any]:
-    """Extra ``c.LemonadeApp`` settings; override in a module or with indirect parametrize."""
-    return {}
+def lemonade_traits(request) -> dict[str, Any]:
+    """Extra ``c.LemonadeApp`` settings: override the fixture in a module, or parametrize it
+    ``indirect=True`` for one test."""
+    return dict(getattr(request, "param", {}))
 
 
 @pytest.fixture
