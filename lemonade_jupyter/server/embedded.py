@@ -30,6 +30,15 @@ from .proxy import DEFAULT_PING_INTERVAL_S
 from .routes import handlers
 
 log = logging.getLogger(__name__)
+_access_log = logging.getLogger("tornado.access")
+
+
+def _log_request(handler: object) -> None:
+    """Access log at debug level: in a notebook, a 409 is an answer, not a warning to print."""
+    request = handler.request  # type: ignore[attr-defined]
+    status = handler.get_status()  # type: ignore[attr-defined]
+    level = logging.ERROR if status >= 500 else logging.DEBUG
+    _access_log.log(level, "%d %s %s", status, request.method, request.uri)
 
 
 class EmbeddedServer:
@@ -109,6 +118,7 @@ class EmbeddedServer:
             serverapp=None,
             xsrf_cookies=False,
             cookie_secret=secrets.token_bytes(32),
+            log_function=_log_request,
         )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
