@@ -63,8 +63,9 @@ async def test_chunks_are_relayed_as_the_backend_sends_them(api, server_url, tok
     lines = await _stream_lines(f"{server_url}{API}/completions", token, body)
     data = [(t, line) for t, line in lines if line.startswith("data: {")]
     assert len(data) == 6
-    # Six tokens 0.3 s apart: each arrives on its own, not all together at the end.
-    gaps = [b[0] - a[0] for a, b in zip(data, data[1:])]
-    assert min(gaps) > 0.1, gaps
-    assert data[-1][0] - data[0][0] > 1.0
+    # Six tokens 0.3 s apart arrive spread over ~1.5 s, not together at the end (the median
+    # gap, not the smallest: a loaded machine may deliver two at once now and then).
+    gaps = sorted(b[0] - a[0] for a, b in zip(data, data[1:]))
+    assert gaps[len(gaps) // 2] > 0.15, gaps
+    assert data[-1][0] - data[0][0] > 0.9
     assert all(json.loads(line[6:])["model"] == default_model_name for _, line in data)
