@@ -1,15 +1,17 @@
-"""SSE timing through the proxy, with the stdlib fake llama-server for deterministic timing:
-``: ping`` comments during a slow cold load, chunks relayed as they come."""
+"""Timing through the proxy, with the stdlib fake llama-server for deterministic timing:
+``: ping`` comments during a slow cold load, chunks relayed as they come, concurrent requests
+sharing one load, and a loaded model answering while another one loads."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import httpx
 import pytest
 
-from .conftest import API
+from .conftest import API, wait_until
 
 
 @pytest.fixture
@@ -69,3 +71,41 @@ async def test_chunks_are_relayed_as_the_backend_sends_them(api, server_url, tok
     assert gaps[len(gaps) // 2] > 0.15, gaps
     assert data[-1][0] - data[0][0] > 0.9
     assert all(json.loads(line[6:])["model"] == default_model_name for _, line in data)
+
+
+async def test_concurrent_requests_for_an_unloaded_model_share_one_load(
+    api, default_model_name, monkeypatch
+):
+    monkeypatch.setenv("FAKE_LLAMA_READY_AFTER", "0.5")
+    body = {"model": default_model_name, "messages": [{"role": "user", "content": "Hi"}]}
+    answers = await asyncio.gather(
+        *(api.post(f"{API}/chat/completions", body) for _ in range(6))
+    )
+    assert [a.code for a in answers] == [200] * 6, [a.body[:200] for a in answers]
+    pids = {a.json["pid"] for a in answers}  # the fake names the process that answered
+    assert len(pids) == 1
+    assert {a.json["model"] for a in answers} == {default_model_name}
+    assert (await api.loaded())[default_model_name]["pid"] == pids.pop()
+
+
+async def test_a_loaded_model_answers_while_another_one_loads(
+    api, default_model_name, default_model_file, monkeypatch
+):
+    await api.post("lemonade/internal/set", {"max_loaded_models": 2})
+    await api.pull("user.slow", default_model_file)
+    await api.load(default_model_name)
+    monkeypatch.setenv("FAKE_LLAMA_READY_AFTER", "3")  # only backends started from now on
+    slow = asyncio.ensure_future(api.post(f"{API}/load", {"model_name": "user.slow"}))
+    await wait_until(lambda: _loading(api, "user.slow"), what="the slow load to start")
+    started = time.monotonic()
+    answer = await api.post(f"{API}/chat/completions", {
+        "model": default_model_name, "messages": [{"role": "user", "content": "Hi"}]})
+    assert answer.code == 200
+    assert time.monotonic() - started < 1.5  # not queued behind the 3 s load
+    assert not slow.done()
+    assert (await slow).code == 200
+
+
+async def _loading(api, name: str) -> bool:
+    entry = (await api.loaded()).get(name)
+    return entry is not None and entry["status"] == "loading"
