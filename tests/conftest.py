@@ -16,6 +16,10 @@ pytest_plugins = ["jupyter_server.pytest_plugin"]
 
 FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
 
+# One llama.cpp thread per backend in tests: on a 2-core machine several backends that each
+# spin on every core slow loads down 10-40x. Inherited by Jupyter servers the tests start.
+os.environ.setdefault("LEMONADE_BACKEND_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def llama_server_path() -> str:

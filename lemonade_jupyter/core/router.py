@@ -25,6 +25,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, replace
@@ -41,6 +43,7 @@ from ..errors import (
     ModelNotFoundError,
     SlotsPinnedError,
 )
+from . import process
 from .backend import Backend
 from .catalog import Catalog, ModelSpec
 from .cooldown import CrashLoopGuard
@@ -93,8 +96,11 @@ class Router:
         self.settings = settings or RouterSettings()
         self.events = events or EventLog()
         self._llama_server_path = llama_server_path
+        # Backend logs (the engine's reason on a failed start). A directory we chose ourselves
+        # is removed on a clean stop; one the caller gave is theirs.
+        self._own_log_dir = log_dir is None
         self._log_dir = log_dir or Path(
-            os.environ.get("TMPDIR", "/tmp"), f"lemonade-backends-{os.getpid()}"
+            os.environ.get("TMPDIR", "/tmp"), f"lemonade-backends-{os.getpid()}-{id(self):x}"
         )
         self._store = RouterStateStore(data_dir)
         self._guard = CrashLoopGuard(
@@ -184,6 +190,8 @@ class Router:
             await self._http.aclose()
         self._store.close()
         self.memory.close()
+        if self._own_log_dir:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -281,7 +289,14 @@ class Router:
         self._on_backend_exit(lease.model, backend)
 
     async def kill_hung(self, m: LiveModel, backend: Backend) -> None:
-        """Kill a backend that stopped answering and handle it as a crash (reload if pinned)."""
+        """Kill a backend that stopped answering and handle it as a crash (reload if pinned).
+
+        SIGKILL at once: a hung process cannot stop gracefully, and a SIGSTOPped one that is
+        continued first serves the requests queued meanwhile, which took the whole stop grace
+        (5 s) before the reload in tests/reliability/test_faults.py.
+        """
+        if backend.pid is not None and not backend.exited.done():
+            process.signal_group(backend.pid, signal.SIGKILL)
         await backend.stop()
         self._on_backend_exit(m, backend, forced=True)
 
@@ -567,7 +582,9 @@ class Router:
     async def _start_with_retry(self, m: LiveModel) -> Backend:
         """Start a backend; on failure evict every unpinned idle model and retry once."""
         self._check_weights(m)  # again: restores and reloads come here without _load_task
-        engine = LlamaCppEngine(find_llama_server(self._llama_server_path))
+        engine = LlamaCppEngine(
+            find_llama_server(self._llama_server_path), threads=self.settings.backend_threads
+        )
         try:
             return await self._start_backend(m, engine)
         except ModelLoadError as first:

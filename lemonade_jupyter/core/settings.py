@@ -37,6 +37,7 @@ class RouterSettings:
     memory_sample_interval_s: float = 2.0
     eviction_interval_s: float = 5.0
     eviction_grace_s: float = 0.25
+    backend_threads: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

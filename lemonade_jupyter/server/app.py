@@ -75,6 +75,11 @@ class LemonadeApp(ExtensionApp):
     memory_sample_interval_s = Float(
         2.0, config=True, help="Seconds between memory samples while someone needs them."
     )
+    backend_threads = Int(
+        0, config=True,
+        help="--threads for each llama-server; 0 lets llama.cpp use every core. Set it on a "
+        "small or shared machine: several backends spinning on all cores slow each other down.",
+    )
     sse_ping_interval_s = Float(
         2.0, config=True,
         help="Seconds of silence (cold load, prefill) before a ': ping' SSE comment.",
@@ -120,6 +125,7 @@ class LemonadeApp(ExtensionApp):
             watchdog_probe_timeout_s=self.watchdog_probe_timeout_s,
             watchdog_probe_failures=self.watchdog_probe_failures,
             memory_sample_interval_s=self.memory_sample_interval_s,
+            backend_threads=self.backend_threads or None,
         )
 
     def initialize_settings(self) -> None:

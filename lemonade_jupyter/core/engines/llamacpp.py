@@ -47,11 +47,20 @@ def find_llama_server(configured: str | None = None) -> str:
     )
 
 
+def _env_threads() -> int | None:
+    raw = os.environ.get("LEMONADE_BACKEND_THREADS", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
 @dataclass(frozen=True)
 class LlamaCppEngine:
     """Builds ``llama-server`` command lines; holds no process state."""
 
     binary: str
+    #: ``--threads`` for every backend; None lets llama.cpp choose (all cores). On a small
+    #: shared machine several backends each spinning on all cores slow each other down a lot
+    #: (llama.cpp's worker threads busy-wait), so this is configurable:
+    #: ``c.LemonadeApp.backend_threads`` or ``$LEMONADE_BACKEND_THREADS``.
     threads: int | None = None
 
     def argv(
@@ -71,8 +80,9 @@ class LlamaCppEngine:
             "--ctx-size", str(options.ctx_size or DEFAULT_CTX_SIZE),
             "--no-webui",
         ]
-        if self.threads:
-            args += ["--threads", str(self.threads)]
+        threads = self.threads or _env_threads()
+        if threads:
+            args += ["--threads", str(threads)]
         if spec.type == "embedding":
             args.append("--embeddings")
         if sleep_idle_seconds is not None:
