@@ -45,23 +45,31 @@ def test_concurrent_load_unload_and_evaluations_leave_a_consistent_router(lemon)
                 record("chat", resp.status_code)
             record("unload", lemon.unload(name).status_code)
 
+    loaders_done = threading.Event()  # the engine keeps going until the last loader is done
+
     def evaluator() -> None:
-        while not stop.is_set():
+        while not loaders_done.is_set():
             record("simulate", lemon.post("internal/simulate-vram-pressure",
                                           {"pct": -1}).status_code)
+            time.sleep(0.02)  # leave the 2 CPUs to the backends now and then
 
     def poller() -> None:
-        while not stop.is_set():
+        while not loaders_done.is_set():
             record("health", lemon.get("api/v1/health").status_code)
             time.sleep(0.05)
 
-    workers = [run_in_thread(lambda n=n, i=i: loader(n, i))
+    loaders = [run_in_thread(lambda n=n, i=i: loader(n, i))
                for i, n in enumerate(("user.m1", "user.m2", "user.m3"))]
-    workers += [run_in_thread(evaluator), run_in_thread(poller)]
+    others = [run_in_thread(evaluator), run_in_thread(poller)]
     time.sleep(CHURN_S)  # the churn itself: this is its duration, nothing is asserted after it
     stop.set()
-    for thread, out in workers:
-        join(thread, out, DEADLINE_S * 2)
+    try:
+        for thread, out in loaders:
+            join(thread, out, DEADLINE_S * 2)
+    finally:
+        loaders_done.set()
+    for thread, out in others:
+        join(thread, out)
 
     allowed = {("load", 200), ("chat", 200), ("unload", 200), ("unload", 404),
                ("simulate", 200), ("health", 200)}

@@ -23,36 +23,46 @@ def wait_idle(lemon, name: str, seconds: float) -> None:
 
 
 def test_pressure_evicts_the_highest_score_and_leaves_the_pinned_one(lemon):
-    # m1 is pinned and the idlest of all: the best victim if pins did not count.
-    lemon.load("user.m1", pinned=True)
+    # m1 is pinned and by far the best victim if pins did not count: the idlest, and a weight
+    # of 0.001 multiplies its score by 1000.
+    lemon.load("user.m1", pinned=True, evict_weight_factor=0.001)
     lemon.load("user.m2")
     lemon.load("user.m3")
     lemon.set(auto_evict=True)
-    wait_idle(lemon, "user.m2", 0.5)
-    lemon.chat("user.m3")  # m3 was just used: its score is far below m2's
-    before = lemon.models()
-    scores = {name: score(m) for name, m in before.items()}
-    assert scores["user.m1"] > scores["user.m2"] > scores["user.m3"], scores
+    wait_idle(lemon, "user.m2", 1.0)
+    # m3 is used right before the evaluation, so it is far less idle than m2. Loads on a busy
+    # machine can take 0.4 s or 8 s, which also weighs in: the expected victim is the one with
+    # the higher score on /health, once the two are clearly apart.
+    for _ in range(5):
+        lemon.chat("user.m3")
+        before = lemon.models()
+        scores = {name: score(m) for name, m in before.items()}
+        low, high = sorted(scores[n] for n in ("user.m2", "user.m3"))
+        if high > 1.5 * low:
+            break
+    victim = max(("user.m2", "user.m3"), key=scores.__getitem__)
+    other = ({"user.m2", "user.m3"} - {victim}).pop()
+    assert scores["user.m1"] > scores[victim] > scores[other], scores
 
     actions = lemon.simulate(0.95)
 
     assert [(a["model"], a["action"], a["reason"]) for a in actions] == [
-        ("user.m2", "evict", "pressure")
+        (victim, "evict", "pressure")
     ]
-    assert actions[0]["score"] >= scores["user.m2"] * 0.9
+    assert actions[0]["score"] >= scores[victim] * 0.9
     after = lemon.models()
-    assert set(after) == {"user.m1", "user.m3"}
+    assert set(after) == {"user.m1", other}
     assert after["user.m1"]["status"] == "ready" and after["user.m1"]["pinned"] is True
     assert after["user.m1"]["pid"] == before["user.m1"]["pid"]
-    assert after["user.m3"]["pid"] == before["user.m3"]["pid"]
-    wait_until(lambda: not pid_running(before["user.m2"]["pid"]), what="m2's process to end")
-    [event] = lemon.events("evict", "user.m2")
+    assert after[other]["pid"] == before[other]["pid"]
+    wait_until(lambda: not pid_running(before[victim]["pid"]), what="the victim's process to end")
+    [event] = lemon.events("evict", victim)
     assert event.reason == "pressure"
     assert event.memory_before is not None and event.memory_before > 0
     assert event.memory_after == 0
 
-    # One decision per evaluation: the next one takes m3; the pinned model is never taken.
-    assert [a["model"] for a in lemon.simulate(0.95)] == ["user.m3"]
+    # One decision per evaluation: the next one takes the other; the pinned model is never taken.
+    assert [a["model"] for a in lemon.simulate(0.95)] == [other]
     assert lemon.simulate(0.95) == []
     assert set(lemon.models()) == {"user.m1"}
 
@@ -73,25 +83,21 @@ def test_a_large_evict_weight_factor_protects_a_model(lemon):
     assert set(lemon.models()) == {"user.m2"}
 
 
-def test_below_the_threshold_nothing_is_evicted(lemon):
+def test_only_opted_in_models_over_the_threshold_are_evicted(lemon):
     lemon.load("user.m1")
-    lemon.set(auto_evict=True, auto_evict_threshold_pct=0.9)
-    assert lemon.simulate(0.5) == []
-    assert lemon.simulate(0.89) == []
-    assert set(lemon.models()) == {"user.m1"}
-    lemon.set(auto_evict_threshold_pct=0.5)
-    assert [a["model"] for a in lemon.simulate(0.5)] == ["user.m1"]
-
-
-def test_without_auto_evict_pressure_evicts_nothing(lemon):
-    lemon.load("user.m1")
+    lemon.load("user.m2", auto_evict=True)  # per-model opt-in, without the global switch
     assert lemon.get("internal/config").json()["auto_evict"] is False
-    assert lemon.simulate(1.0) == []
-    assert set(lemon.models()) == {"user.m1"}
-    # Per model opt-in works without the global switch.
-    lemon.load("user.m2", auto_evict=True)
+    assert lemon.simulate(0.89) == []  # below the default threshold 0.90
     assert [a["model"] for a in lemon.simulate(1.0)] == ["user.m2"]
+    assert lemon.simulate(1.0) == []  # m1 did not opt in
     assert set(lemon.models()) == {"user.m1"}
+
+    lemon.set(auto_evict=True, auto_evict_threshold_pct=0.5)
+    lemon.load("user.m1", auto_evict=False)  # per-model opt-out beats the global switch
+    assert lemon.simulate(1.0) == []
+    lemon.load("user.m1", auto_evict=None)  # back to the global default
+    assert lemon.simulate(0.49) == []
+    assert [a["model"] for a in lemon.simulate(0.5)] == ["user.m1"]  # at the threshold
 
 
 def test_a_busy_model_is_skipped(lemon):
