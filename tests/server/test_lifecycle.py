@@ -133,7 +133,7 @@ def test_real_jupyter_server_streams_to_the_openai_client(jupyter_server, defaul
         models = [m.id for m in client.models.list()]
         assert default_model_name in models
         stream = client.chat.completions.create(
-            model=default_model_name, max_tokens=48, stream=True,
+            model=default_model_name, max_tokens=24, stream=True,
             messages=[{"role": "user", "content": "Count from one to one hundred."}],
             extra_body={"ignore_eos": True},
         )

@@ -58,7 +58,7 @@ async def backend_is_generating(lemonade, name: str) -> bool:
 async def test_stream_chat_chunk_by_chunk_with_the_openai_client(api, lemonade, client, alias):
     messages = [{"role": "user", "content": "Count from one to one hundred."}]
     stream = await client.chat.completions.create(
-        model=alias, messages=messages, max_tokens=48, stream=True,
+        model=alias, messages=messages, max_tokens=24, stream=True,
         extra_body={"ignore_eos": True},
     )
     chunks = []
