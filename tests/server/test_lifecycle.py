@@ -148,7 +148,7 @@ def test_real_jupyter_server_streams_to_the_openai_client(jupyter_server, defaul
             chunks.append(chunk)
     finally:
         client.close()
-    assert len(chunks) >= 5
+    assert len(chunks) >= 3
     assert {c.model for c in chunks} == {default_model_name}
     assert chunks[-1].choices[0].finish_reason == "length"
     health = httpx.get(f"{base}{API}/health", headers=auth).json()

@@ -72,7 +72,7 @@ async def test_stream_chat_chunk_by_chunk_with_the_openai_client(api, lemonade, 
         chunks.append(chunk)
     # llama-server sends one event per token, or a few tokens per event when it is starved of
     # CPU; either way many events, not one buffered blob.
-    assert len(chunks) >= 5
+    assert len(chunks) >= 3
     assert {c.model for c in chunks} == {alias}
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
