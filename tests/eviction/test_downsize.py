@@ -12,7 +12,7 @@ import time
 
 import psutil
 
-from .conftest import DEADLINE_S, join, llama_children, pid_running, run_in_thread, wait_until
+from .conftest import join, llama_children, pid_running, run_in_thread, wait_until
 
 MB = 1024 * 1024
 

@@ -7,7 +7,10 @@ what it committed.
 
 from __future__ import annotations
 
+import threading
 import time
+
+import httpx
 
 from .conftest import DEADLINE_S, join, pid_running, run_in_thread, sse_events, wait_until
 
@@ -105,8 +108,8 @@ def test_a_busy_model_is_skipped(lemon):
     lemon.load("user.m1")
     lemon.set(auto_evict=True)
     pid = lemon.model("user.m1")["pid"]
-    first_chunk = __import__("threading").Event()
-    stop = __import__("threading").Event()
+    first_chunk = threading.Event()
+    stop = threading.Event()
 
     def stream() -> int:
         body = {"model": "user.m1", "stream": True, "max_tokens": 1500, "ignore_eos": True,
@@ -143,7 +146,7 @@ def test_a_request_during_a_pending_eviction_rescues_the_model(lemon):
     lemon.set(auto_evict=True, eviction_grace_s=1.5)
     pid = lemon.model("user.m1")["pid"]
     engine = lemon.router.eviction
-    planned = __import__("threading").Event()
+    planned = threading.Event()
     plan = engine.plan
 
     def spy(*args, **kwargs):
@@ -178,7 +181,7 @@ def test_the_event_stream_delivers_the_eviction_and_metrics_count_it(lemon):
     lemon.load("user.m2", pinned=True)
     lemon.set(auto_evict=True)
     with lemon.http.stream("GET", "api/v1/events",
-                           timeout=__import__("httpx").Timeout(60.0)) as resp:
+                           timeout=httpx.Timeout(60.0)) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         stream = sse_events(resp)
