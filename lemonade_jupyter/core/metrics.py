@@ -56,7 +56,10 @@ class RouterMetrics:
         if event.kind == "evict":
             self.evictions.labels(reason=event.reason or "unknown").inc()
         elif event.kind == "unload":
+            # An explicit unload is also counted as an eviction with reason "manual", so
+            # one counter answers "why did models leave?" (issue 4 lists manual as a reason).
             self.unloads.inc()
+            self.evictions.labels(reason=event.reason or "manual").inc()
         elif event.kind == "downsize":
             self.downsizes.inc()
         elif event.kind == "crash":

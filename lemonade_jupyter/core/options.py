@@ -50,11 +50,17 @@ class LoadOptions:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
 
+#: Larger numbers are never meaningful here (seconds, tokens, weights).
+_MAX_NUMBER = 1e12
+
+
 def _number(key: str, value: Any, *, minimum: float, integer: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequestError(f"Parameter '{key}' must be a number", param=key)
     if integer and not isinstance(value, int):
         raise InvalidRequestError(f"Parameter '{key}' must be an integer", param=key)
+    if abs(value) > _MAX_NUMBER:  # also keeps huge ints away from float()/isfinite overflow
+        raise InvalidRequestError(f"Parameter '{key}' is too large", param=key)
     if not math.isfinite(value) or value < minimum:
         raise InvalidRequestError(f"Parameter '{key}' must be >= {minimum}", param=key)
     return value

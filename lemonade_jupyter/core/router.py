@@ -403,7 +403,7 @@ class Router:
             if m.state is ModelState.DOWNSIZED:
                 self._guard.check(name)
                 await self._await_transition(
-                    m, self._start_transition(m, "restore", self._restore_task(m))
+                    m, self._start_transition(m, "restore", self._restore_task(m, "restore", reason))
                 )
                 continue
             if m.state not in SERVING:

@@ -70,7 +70,8 @@ def validate_setting(key: str, value: Any) -> Any:
             f"Unknown config key '{key}'; settable keys: {', '.join(RUNTIME_KEYS)}", param=key
         )
     if key == "max_loaded_models":
-        if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
+        if (isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1
+                or value > 1_000_000):
             raise InvalidRequestError(
                 "max_loaded_models must be a positive integer or -1 (unlimited)", param=key
             )
@@ -79,8 +80,10 @@ def validate_setting(key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise InvalidRequestError(f"{key} must be a boolean", param=key)
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequestError(f"{key} must be a number", param=key)
+    if abs(value) > 1e12 or not math.isfinite(value):  # abs() first: huge ints overflow isfinite
+        raise InvalidRequestError(f"{key} must be a finite number below 1e12", param=key)
     if key == "auto_evict_threshold_pct":
         if not 0 < value <= 1:
             raise InvalidRequestError(
