@@ -167,13 +167,18 @@ async def test_client_disconnect_mid_stream_frees_the_backend(
         async with http.stream("POST", f"{server_url}{API}/chat/completions", json=body,
                                headers={"Authorization": f"token {token}"}) as resp:
             assert resp.status_code == 200
-            async for line in resp.aiter_lines():
+            # Keep a reference to the line iterator: a dropped one is finalized by the loop,
+            # and httpcore then closes the connection at a random moment (that would be the
+            # disconnect, too early).
+            lines = resp.aiter_lines()
+            async for line in lines:
                 if line.startswith("data: {"):
                     data_events += 1
                     assert json.loads(line[6:])["model"] == alias
                 if data_events >= 3:
                     break
             assert await backend_is_generating(lemonade, alias)
+            await lines.aclose()
     # The connection is closed. 1500 tokens take 17 s or more: the proxy must notice,
     # release the model and close the backend request so llama-server stops generating.
     disconnected = time.monotonic()
