@@ -47,10 +47,13 @@ class LemonadeHandler(APIHandler):
 
         Jupyter's default ``allow_unauthenticated_access=True`` only guards methods that carry
         ``@web.authenticated``, so without this check an anonymous GET on a POST-only route got
-        a 405 (the route answered before any login) instead of a 403.
+        a 405 (the route answered before any login) instead of a 403. Methods Jupyter marks
+        ``@allow_unauthenticated`` (the CORS preflight ``OPTIONS``, which browsers send without
+        credentials) stay open, as everywhere in Jupyter.
         """
         await super().prepare()
-        if self.current_user is None:
+        method = getattr(self, (self.request.method or "").lower(), None)
+        if self.current_user is None and not getattr(method, "__allow_unauthenticated", False):
             raise web.HTTPError(403)
         length = self.request.headers.get("Content-Length")
         if (length and length.isdigit() and int(length) > MAX_BODY_BYTES) or len(

@@ -16,18 +16,27 @@ from .conftest import Answer, assert_envelope
 PATHS = [path for path, _cls, _kw in ROUTES]
 
 
+@pytest.fixture
+def http(jp_asyncio_loop):
+    """One client for the many requests of a test (fixtures are sync; close on the loop)."""
+    client = httpx.AsyncClient(timeout=30)
+    yield client
+    jp_asyncio_loop.run_until_complete(client.aclose())
+
+
 def _supports(cls: type, method: str) -> bool:
     return getattr(cls, method) is not getattr(web.RequestHandler, method)
 
 
-async def _call(base: str, method: str, path: str, headers: dict[str, str]) -> Answer:
+async def _call(
+    http: httpx.AsyncClient, base: str, method: str, path: str, headers: dict[str, str]
+) -> Answer:
     """One request; for a stream (the event route) only the status and headers are read."""
-    async with httpx.AsyncClient(timeout=30) as http:
-        async with http.stream(method, f"{base}lemonade/{path}", headers=headers,
-                               content=b"{}" if method == "POST" else None) as resp:
-            if resp.headers.get("content-type", "").startswith("text/event-stream"):
-                return Answer(resp.status_code, resp.headers, b"")
-            return Answer(resp.status_code, resp.headers, await resp.aread())
+    async with http.stream(method, f"{base}lemonade/{path}", headers=headers,
+                           content=b"{}" if method == "POST" else None) as resp:
+        if resp.headers.get("content-type", "").startswith("text/event-stream"):
+            return Answer(resp.status_code, resp.headers, b"")
+        return Answer(resp.status_code, resp.headers, await resp.aread())
 
 
 def test_the_route_table_is_complete():
@@ -43,23 +52,24 @@ def test_the_route_table_is_complete():
      {"Authorization": "Basic d3Jvbmc6d3Jvbmc="}],
     ids=["none", "wrong-token", "wrong-bearer", "basic"],
 )
-async def test_every_route_refuses_requests_without_credentials(api, server_url, headers):
+async def test_every_route_refuses_requests_without_credentials(api, http, server_url, headers):
     for path in PATHS:
-        for method in ("GET", "POST"):
-            answer = await _call(server_url, method, path, headers)
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
+            answer = await _call(http, server_url, method, path, headers)
             assert answer.code == 403, (method, path, answer.code, answer.body[:200])
-            assert_envelope(answer)
-            assert answer.error["type"] == "permission_error"
+            if method != "HEAD":  # a HEAD answer has no body
+                assert_envelope(answer)
+                assert answer.error["type"] == "permission_error"
     # Nothing behind the refused requests ran: no model was loaded, no process spawned.
     assert (await api.health())["all_models_loaded"] == []
 
 
 @pytest.mark.parametrize("scheme", ["token", "Bearer", "bearer"])
-async def test_every_route_accepts_the_server_token(api, server_url, token, scheme):
+async def test_every_route_accepts_the_server_token(api, http, server_url, token, scheme):
     headers = {"Authorization": f"{scheme} {token}"}
     for path, cls, _kw in ROUTES:
         for method in ("GET", "POST"):
-            answer = await _call(server_url, method, path, headers)
+            answer = await _call(http, server_url, method, path, headers)
             if _supports(cls, method.lower()):
                 # Accepted: 200, or a 4xx about the (empty) body, never an auth refusal.
                 assert answer.code not in (401, 403), (method, path, answer.body[:200])
@@ -69,3 +79,14 @@ async def test_every_route_accepts_the_server_token(api, server_url, token, sche
                 assert answer.code == 405, (method, path, answer.code)
             if answer.code >= 400:
                 assert_envelope(answer)
+
+
+async def test_cors_preflight_is_not_refused(api, http, server_url):
+    """Browsers send the ``OPTIONS`` preflight without credentials; Jupyter answers it on
+    every API route, and so must ours (the real request is still checked)."""
+    headers = {"Origin": "http://example.test", "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization, content-type"}
+    for path in PATHS:
+        answer = await _call(http, server_url, "OPTIONS", path, headers)
+        assert answer.code in (200, 204), (path, answer.code, answer.body[:200])
+        assert "authorization" in answer.headers["access-control-allow-headers"]
