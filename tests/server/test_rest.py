@@ -305,3 +305,31 @@ async def test_delete_errors(api, default_model_name):
     answer = await api.post(f"{API}/delete", {})
     assert answer.code == 400 and answer.error["message"] == NAME_REQUIRED
     assert default_model_name in [m["id"] for m in (await api.get(f"{API}/models")).json["data"]]
+
+
+async def test_option_change_reloads_in_place_and_keeps_the_pin(api, default_model_name):
+    await api.load(default_model_name, pinned=True)
+    first = (await api.loaded())[default_model_name]
+    again = await api.load(default_model_name)  # repeat load: no reload, pin kept (rule 5)
+    assert again["pinned"] is True
+    assert (await api.loaded())[default_model_name]["pid"] == first["pid"]
+    reloaded = await api.load(default_model_name, ctx_size=1024)  # new process (rule 6)
+    assert reloaded["pinned"] is True
+    entry = (await api.loaded())[default_model_name]
+    assert entry["pid"] != first["pid"] and entry["pinned"] is True
+    assert entry["recipe_options"]["ctx_size"] == 1024
+    assert "1024" in psutil.Process(entry["pid"]).cmdline()
+    assert _gone(first["pid"])
+
+
+async def test_lowering_the_slots_shrinks_the_pool_but_keeps_pins(
+    api, default_model_name, default_model_file
+):
+    await api.post("lemonade/internal/set", {"max_loaded_models": 2})
+    await api.pull("user.alias", default_model_file)
+    await api.load(default_model_name, pinned=True)
+    await api.load("user.alias")
+    answer = await api.post("lemonade/internal/set", {"max_loaded_models": 1})
+    assert answer.code == 200
+    loaded = await api.loaded()
+    assert loaded.keys() == {default_model_name} and loaded[default_model_name]["pinned"]
