@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                                     lambda: proxy.run_nonstreaming(ctx, server, bare), server.pid)
                             section("2. proxy, streaming",
                                     lambda: proxy.run_streaming(ctx, server, bare), server.pid)
+                            section("1. proxy, attribution",
+                                    lambda: proxy.run_attribution(ctx, server, bare))
                         finally:
                             bare.stop()
                     if "cold" in args.only:

@@ -58,7 +58,23 @@ def rss_bytes(pid: int) -> int:
 
 
 def cpu_s(pid: int) -> float:
-    """User+system CPU seconds ``pid`` has used so far (its own threads, not its children)."""
+    """CPU seconds ``pid`` has used so far (all its threads, not its children).
+
+    From the scheduler's nanosecond counters (``/proc/PID/task/*/schedstat``) where the kernel
+    has them, since psutil's figures tick in 10 ms steps; psutil otherwise.
+    """
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                    total += int(fh.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that just ended
+        if total:
+            return total / 1e9
+    except OSError:
+        pass
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
 

@@ -94,7 +94,11 @@ def run_nonstreaming(ctx: Context, server: JupyterServer, bare: BareLlama) -> No
     if "control" in got:
         ctx.add(Row(S1, "control: proxy alone (p50)", "ms", "router's backend direct",
                     got["control"], "router", got["router"], "median",
+                    Target("max_diff", 1.0, "≤ +1 ms"),
                     note="same backend process on both sides"))
+        ctx.add(Row(S1, "control: proxy alone (p95)", "ms", "router's backend direct",
+                    got["control"], "router", got["router"], "p95",
+                    Target("max_diff", 3.0, "≤ +3 ms")))
         ctx.add(Row(S1, "control: bare vs router's backend (p50)", "ms", "bare llama-server",
                     got["direct"], "router's backend direct", got["control"], "median",
                     note="two llama-server instances, no proxy"))
@@ -105,7 +109,20 @@ def run_nonstreaming(ctx: Context, server: JupyterServer, bare: BareLlama) -> No
 # ---------------------------------------------------------------------------------- streaming
 async def _stream(client: httpx.AsyncClient, url: str, headers: dict[str, str],
                   body: bytes) -> dict[str, float]:
+    """One stream; like the OpenAI client, retry once if the server closed the keep-alive
+    connection before answering (llama-server closes it after every stream), with the retry
+    counted in the time to first token."""
     t0 = time.perf_counter()
+    try:
+        return await _stream_once(client, url, headers, body, t0)
+    except httpx.RemoteProtocolError:
+        result = await _stream_once(client, url, headers, body, t0)
+        result["retried"] = 1.0
+        return result
+
+
+async def _stream_once(client: httpx.AsyncClient, url: str, headers: dict[str, str],
+                       body: bytes, t0: float) -> dict[str, float]:
     first: float | None = None
     chunks = 0
     predicted: int | None = None
@@ -134,7 +151,7 @@ async def _stream(client: httpx.AsyncClient, url: str, headers: dict[str, str],
     if first is None:
         raise BenchmarkError(f"stream {url}: no content token")
     return {"ttft_ms": (first - t0) * 1000, "tokens": float(predicted or chunks),
-            "start": t0, "end": end}
+            "start": t0, "end": end, "retried": 0.0}
 
 
 async def _slots_busy(client: httpx.AsyncClient, url: str, headers: dict[str, str],
@@ -171,7 +188,8 @@ async def _batch(client: httpx.AsyncClient, url: str, headers: dict[str, str], b
     wall = max(r["end"] for r in results) - t0
     tokens = sum(r["tokens"] for r in results)
     return {"tok_s": tokens / wall, "ttft_ms": [r["ttft_ms"] for r in results],
-            "tokens": [r["tokens"] for r in results], "slots_busy": busy}
+            "tokens": [r["tokens"] for r in results], "slots_busy": busy,
+            "retries": sum(r["retried"] for r in results)}
 
 
 async def _streaming(ctx: Context, server: JupyterServer, bare: BareLlama) -> None:
@@ -219,7 +237,10 @@ async def _streaming(ctx: Context, server: JupyterServer, bare: BareLlama) -> No
             ttft = {k: [t for b in v for t in b["ttft_ms"]] for k, v in got.items()}
             counts = sorted({t for v in got.values() for b in v for t in b["tokens"]})
             busy = {k: max(b["slots_busy"] for b in v) for k, v in got.items()}
-            note = f"{max_tokens}-token streams; tokens per stream seen: {counts}"
+            retries = {k: int(sum(b["retries"] for b in v)) for k, v in got.items()}
+            note = (f"{max_tokens}-token streams; tokens per stream seen: {counts}; client "
+                    f"retries on a connection closed by the server: direct {retries['direct']},"
+                    f" router {retries['router']}")
             if concurrency > 1:
                 note += (f"; backend slots (--parallel auto): {props.get('total_slots')}, most "
                          f"busy at once: direct {busy['direct']}, router {busy['router']}")
@@ -239,3 +260,194 @@ async def _streaming(ctx: Context, server: JupyterServer, bare: BareLlama) -> No
 
 def run_streaming(ctx: Context, server: JupyterServer, bare: BareLlama) -> None:
     asyncio.run(_streaming(ctx, server, bare))
+
+
+# ---------------------------------------------------------------------------------- attribution
+class _RawHTTP:
+    """The least a Python client can do per request: one keep-alive HTTP/1.1 connection on
+    asyncio streams, request head and body in one write, Content-Length bodies only."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._io: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        for attempt in (1, 2):
+            if self._io is None:
+                self._io = await asyncio.open_connection("127.0.0.1", self._port)
+            reader, writer = self._io
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self._port}\r\n{head}"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            status = await reader.readline()
+            if not status:  # the server closed the idle connection: reconnect once
+                writer.close()
+                self._io = None
+                if attempt == 1:
+                    continue
+                raise BenchmarkError("raw client: connection closed")
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            payload = await reader.readexactly(length)
+            if b" 200 " not in status:
+                raise BenchmarkError(f"raw client: {status!r} {payload[:200]!r}")
+            return payload
+        raise AssertionError("unreachable")
+
+    async def stream(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        """POST and read a chunked SSE answer to the end; returns the number of events."""
+        if self._io is None:
+            self._io = await asyncio.open_connection("127.0.0.1", self._port)
+        reader, writer = self._io
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self._port}\r\n{head}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status = await reader.readline()
+        chunked = False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if b" 200 " not in status or not chunked:
+            raise BenchmarkError(f"raw stream: {status!r}, chunked={chunked}")
+        events = 0
+        while True:
+            size = int((await reader.readline()).split(b";")[0], 16)
+            data = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            events += data.count(b"\n\n")
+        writer.close()  # llama-server closes the connection after a stream
+        self._io = None
+        return events
+
+    def close(self) -> None:
+        if self._io is not None:
+            self._io[1].close()
+
+
+async def _client_cpu(ctx: Context, bare: BareLlama, n: int, rounds: int
+                      ) -> dict[str, list[float]]:
+    body = json.dumps({"model": DEFAULT_MODEL, "messages": PROMPT, "max_tokens": 1,
+                       "temperature": 0}).encode()
+    headers = {**bare.headers}
+    # The router's pool, configured as in Router.start().
+    hx = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+                           timeout=httpx.Timeout(None, connect=5.0))
+    raw = _RawHTTP(bare.port)
+    url = bare.url + "/v1/chat/completions"
+
+    async def via_httpx() -> None:
+        r = await hx.post(url, content=body, headers={**headers,
+                                                      "Content-Type": "application/json"})
+        r.raise_for_status()
+
+    async def via_raw() -> None:
+        await raw.post("/v1/chat/completions", headers, body)
+
+    stream_body = json.dumps({"model": DEFAULT_MODEL, "messages": PROMPT, "temperature": 0,
+                              "max_tokens": 16 if ctx.smoke else 128, "stream": True,
+                              "ignore_eos": True}).encode()
+
+    async def stream_httpx() -> int:
+        events = 0
+        # llama-server closes the connection after a stream: do not reuse it (both clients).
+        async with hx.stream("POST", url, content=stream_body,
+                             headers={**headers, "Content-Type": "application/json",
+                                      "Connection": "close"}) as r:
+            async for chunk in r.aiter_raw():  # what the proxy reads
+                events += chunk.count(b"\n\n")
+        return events
+
+    async def stream_raw() -> int:
+        return await raw.stream("/v1/chat/completions", {**headers, "Connection": "close"},
+                                stream_body)
+
+    out: dict[str, list[float]] = {"raw": [], "httpx": [], "raw_stream": [],
+                                   "httpx_stream": []}
+    try:
+        for fn in (via_raw, via_httpx):
+            for _ in range(3):
+                await fn()
+        for i in range(rounds):
+            pairs = [("raw", via_raw), ("httpx", via_httpx)]
+            for name, fn in (pairs if i % 2 == 0 else pairs[::-1]):
+                c0 = time.thread_time()
+                for _ in range(n):
+                    await fn()
+                out[name].append((time.thread_time() - c0) * 1000 / n)
+        for i in range(max(2, rounds // 2)):
+            spairs = [("raw_stream", stream_raw), ("httpx_stream", stream_httpx)]
+            for name, sfn in (spairs if i % 2 == 0 else spairs[::-1]):
+                c0 = time.thread_time()
+                events = await sfn()
+                out[name].append((time.thread_time() - c0) * 1000 / max(events, 1))
+    finally:
+        raw.close()
+        await hx.aclose()
+    return out
+
+
+def run_attribution(ctx: Context, server: JupyterServer, bare: BareLlama) -> None:
+    """Where the proxy's time goes, in CPU time (robust to a shared machine).
+
+    The Jupyter server's CPU per request for its cheapest authenticated call vs a proxied chat;
+    and, in this process, the CPU per request of the router's httpx pool vs a raw asyncio
+    HTTP/1.1 request to the same backend.
+    """
+    n, rounds = (20, 3) if ctx.smoke else (50, 8)
+    body = json.dumps({"model": DEFAULT_MODEL, "messages": PROMPT, "max_tokens": 1,
+                       "temperature": 0}).encode()
+    per_req: dict[str, list[float]] = {"status": [], "chat": []}
+    with httpx.Client(timeout=60) as client:
+        def status() -> None:
+            client.get(server.url + "api/status", headers=server.headers).raise_for_status()
+
+        def chat() -> None:
+            _check_chat(client.post(server.api("api/v1/chat/completions"), content=body,
+                                    headers=server.headers), "router")
+
+        for fn in (status, chat):
+            fn()
+        for i in range(rounds):
+            pairs = [("status", status), ("chat", chat)]
+            for name, fn in (pairs if i % 2 == 0 else pairs[::-1]):
+                c0 = cpu_s(server.pid)
+                for _ in range(n):
+                    fn()
+                per_req[name].append((cpu_s(server.pid) - c0) * 1000 / n)
+    clients = asyncio.run(_client_cpu(ctx, bare, n, rounds))
+    ctx.raw["attribution_cpu_ms"] = {"server": per_req, "client": clients}
+    ctx.add(Row(S1, "where it goes: Jupyter server CPU per request", "ms",
+                "GET /api/status (Jupyter's floor)", per_req["status"],
+                "POST chat through the router", per_req["chat"], "median",
+                note=f"{rounds} rounds of {n} requests; process CPU time / requests"))
+    ctx.add(Row(S1, "where it goes: upstream client CPU per request", "ms",
+                "raw asyncio HTTP/1.1", clients["raw"],
+                "httpx.AsyncClient (the router's pool)", clients["httpx"], "median",
+                note="in the benchmark process, same backend, thread CPU time / requests"))
+    ctx.add(Row(S2, "where it goes: upstream client CPU per SSE event", "ms",
+                "raw asyncio HTTP/1.1, chunked", clients["raw_stream"],
+                "httpx aiter_raw (what the proxy reads)", clients["httpx_stream"], "median",
+                note="in the benchmark process; llama-server sends about one event per token"))
+    ctx.add(Row(S2, "where it goes: proxy's model-name rewrite per SSE event", "ms",
+                "passing the event through", [0.0],
+                "json.loads + json.dumps (_rewrite_events)", [_rewrite_cost_ms()], "median"))
+
+
+def _rewrite_cost_ms() -> float:
+    """CPU of the proxy's per-event ``model`` rewrite on a typical llama-server chunk."""
+    from lemonade_jupyter.server.proxy import OpenAIProxyHandler
+
+    event = (b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":" hi"}}],'
+             b'"created":1795791860,"id":"chatcmpl-3XEg4Z2TPjJ8CZz28KgyX8cy0xAD2NaI","model":'
+             b'"/home/user/models/SmolLM2-135M-Instruct.Q4_1.gguf","system_fingerprint":'
+             b'"b1-0c1e570","object":"chat.completion.chunk"}\n\n')
+    n = 2000
+    c0 = time.thread_time()
+    for _ in range(n):
+        OpenAIProxyHandler._rewrite_events(event, DEFAULT_MODEL)
+    return (time.thread_time() - c0) * 1000 / n

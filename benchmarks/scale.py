@@ -96,7 +96,8 @@ def run_health(ctx: Context, live: int, catalog_size: int) -> None:
             health = server.api("api/v1/health")
             arms = {"status": lambda: _get_ms(client, status, server.headers),
                     "health": lambda: _get_ms(client, health, server.headers)}
-            interleaved(arms, Reps(5, 5, 0))
+            time.sleep(2)  # let the server's own start-up work (extensions) finish first
+            interleaved(arms, Reps(20, 20, 0))
             idle = interleaved(arms, ctx.reps(Reps(50, 100, 10), Reps(10, 10, 0)))
             rss0 = [_own_rss_mb(server.pid)]
             t0 = time.perf_counter()
@@ -165,6 +166,14 @@ async def _decisions(ctx: Context, live: int, catalog_size: int) -> None:
                 samples[label].append((time.perf_counter_ns() - t0) / 1000)
             if i % 100 == 99:
                 await asyncio.sleep(0)  # let the routers' own tasks run between batches
+        mem_reps = ctx.reps(Reps(15, 15, 0), Reps(3, 3, 0))
+        sampling: dict[str, list[float]] = {"small": [], "big": []}
+        for i in range(mem_reps.max):
+            pairs = [("small", small), ("big", big)]
+            for label, router in (pairs if i % 2 == 0 else pairs[::-1]):
+                t0 = time.perf_counter()
+                await router.memory.sample()
+                sampling[label].append((time.perf_counter() - t0) * 1000)
     finally:
         if tracemalloc.is_tracing():
             tracemalloc.stop()
@@ -180,6 +189,10 @@ async def _decisions(ctx: Context, live: int, catalog_size: int) -> None:
                 Target("max_value", 200.0, "< 200 µs (0.2 ms)")))
     ctx.add(Row(S5, "routing decision p95", "µs", "1 model, 1 live", samples["small"],
                 f"{catalog_size} models, {live} live", samples["big"], "p95"))
+    ctx.raw["memory_sample_ms"] = sampling
+    ctx.add(Row(S5, "memory sample (RSS of every backend), as /health takes it", "ms",
+                "1 live", sampling["small"], f"{live} live", sampling["big"], "median",
+                note="MemoryMonitor.sample(); /health takes one when the last is over 1 s old"))
     ctx.add(Row(S5, "router's Python heap (tracemalloc)", "MB",
                 f"catalog of {catalog_size} + router, 0 live", [heap_idle / MB],
                 f"+ {live} live backends", [heap_live / MB], "median",
