@@ -164,7 +164,13 @@ class Router:
                 log.warning("Could not restore %s at start: %s", name, exc.message)
 
     async def stop(self) -> None:
-        """Refuse new work, stop every backend gracefully, then cancel our tasks."""
+        """Refuse new work, end in-flight requests, stop every backend, then our tasks.
+
+        The backend connection pool is closed *before* the backends are stopped: that ends
+        every proxied request at once (the proxy answers ``router_shutdown``) and makes
+        llama-server stop generating, which it must before it honours SIGTERM; otherwise a
+        stream in flight would hold shutdown for the whole stop grace.
+        """
         if self._closing:
             return
         self._closing = True
@@ -173,21 +179,21 @@ class Router:
             task.cancel()
         for _kind, task in list(self._transitions.values()):
             task.cancel()
+        for loop_task in (self._watchdog, self._eviction_task):
+            if loop_task is not None:
+                loop_task.cancel()
+        if self._http is not None:
+            await self._http.aclose()
         backends = [m.backend for m in self._models.values() if m.backend is not None]
         await asyncio.gather(*(b.stop() for b in backends), return_exceptions=True)
         await asyncio.gather(
             *(t for _k, t in self._transitions.values()), *self._background,
+            *(t for t in (self._watchdog, self._eviction_task) if t is not None),
             return_exceptions=True,
         )
-        for loop_task in (self._watchdog, self._eviction_task):
-            if loop_task is not None:
-                loop_task.cancel()
-                await asyncio.gather(loop_task, return_exceptions=True)
         for m in self._models.values():
             m.state = ModelState.UNLOADED
         self._models.clear()
-        if self._http is not None:
-            await self._http.aclose()
         self._store.close()
         self.memory.close()
         if self._own_log_dir:
@@ -280,6 +286,8 @@ class Router:
         backend lead to one reload because reloading is single-flight.
         """
         backend = lease.backend
+        if self._closing:
+            return  # the failure is our own shutdown closing the connection
         if not backend.exited.done():
             if await backend.probe(self.settings.watchdog_probe_timeout_s):
                 return

@@ -79,15 +79,12 @@ async def test_stop_extension_stops_every_backend(api, lemonade, server_url, tok
     assert answer.code == 503 and answer.error["code"] == "router_shutdown"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Shutdown with a request in flight waits out stop_grace_s (5 s) and then SIGKILLs: "
-    "llama-server does not exit on SIGTERM while it streams, and stop_extension stops the "
-    "backends before the in-flight proxy requests (their upstream connections) are closed "
-    "(STYLE B5.10: request lifetimes end before process lifetimes). Fix: cancel the proxy's "
-    "in-flight pumps, with a router_shutdown error, before router.stop()."))
 async def test_stop_extension_with_a_stream_in_flight_is_prompt(
     api, lemonade, server_url, token, default_model_name
 ):
+    """Regression: shutdown waited out stop_grace_s (5 s) then SIGKILLed, because llama-server
+    ignores SIGTERM while it streams and the router stopped backends before closing the
+    in-flight upstream connections. Router.stop now closes the pool first."""
     await api.load(default_model_name)
     first_data = asyncio.Event()
 
