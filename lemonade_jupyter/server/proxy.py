@@ -29,6 +29,7 @@ from tornado.iostream import StreamClosedError
 from ..core.router import Lease
 from ..errors import InvalidRequestError, LemonadeError, UpstreamError, error_body
 from .base import LemonadeHandler
+from .openai_checks import check_request
 
 #: Default seconds of silence before a ``: ping`` comment (c.LemonadeApp.sse_ping_interval_s).
 DEFAULT_PING_INTERVAL_S = 2.0
@@ -97,6 +98,8 @@ class OpenAIProxyHandler(LemonadeHandler):
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequestError("Parameter 'stream' must be a boolean", param="stream")
+        # Unknown model (404) or a body it cannot serve (400): refused before any auto-load.
+        check_request(self.upstream_path, self.router.catalog.get(model), body)
         if stream and self.upstream_path != "/v1/embeddings":
             self._pump = asyncio.ensure_future(self._stream(model))
             try:
