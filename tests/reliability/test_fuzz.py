@@ -1,0 +1,317 @@
+"""Bad input (issue 7 §3): property-based fuzzing of every route's body, query and method.
+
+Against a real ``jupyter server`` with a loaded model: no input yields a 5xx, every error is
+SPEC §6's envelope, and a rejected request changes nothing (``/health`` with last-use times,
+``/internal/config``, ``/models`` and the state files compared before and after). Oversized
+bodies are refused, and ``pull`` takes only an existing regular file with the GGUF magic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lemonade_jupyter.core.catalog import DEFAULT_MODEL
+from lemonade_jupyter.core.settings import RUNTIME_KEYS
+from lemonade_jupyter.server.base import MAX_BODY_BYTES
+from lemonade_jupyter.server.routes import ROUTES
+
+from ._harness import API, JupyterServer, assert_envelope, wait_for, write_artifact
+
+#: Fields of a /health entry that move by themselves.
+VOLATILE = {"idle_s", "memory_bytes", "memory_freed_bytes", "device"}
+EXAMPLES = int(os.environ.get("LEMONADE_FUZZ_EXAMPLES", "80"))
+
+# ---------------------------------------------------------------------------- strategies
+scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12))
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=6,
+)
+# Keys no engine knows: extra fields must be harmless to whoever reads them.
+extra = st.dictionaries(st.from_regex(r"x_[a-z]{1,5}", fullmatch=True), json_values, max_size=2)
+
+
+def junk(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly junk of any JSON type, sometimes a valid value."""
+    return st.one_of(valid, json_values)
+
+
+NAMES = [DEFAULT_MODEL, "user.fz", "user.nofile", "no-such-model", "", "user.", "x" * 300]
+names = junk(st.sampled_from(NAMES))
+not_bool = json_values.filter(lambda v: not isinstance(v, bool))
+not_number = json_values.filter(lambda v: isinstance(v, bool) or not isinstance(v, (int, float)))
+bad_ctx = st.one_of(st.integers(max_value=63), st.integers(min_value=(1 << 20) + 1), not_number,
+                    st.floats(allow_nan=False).filter(lambda f: f != int(f) if abs(f) < 1e300 else True))
+bad_args = st.one_of(
+    st.sampled_from(["--port 1", "-m /x.gguf", "--api-key=k", "'open", "--host 0.0.0.0",
+                     "--model=x", "-c 5", "x" * 5000]),
+    json_values.filter(lambda v: not isinstance(v, str)),
+)
+timeouts = junk(st.floats(min_value=0, max_value=1e6))
+
+
+def body_strategies(paths: dict[str, str]) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
+    """A body strategy per route path (``paths``: named files for pull)."""
+    load = st.fixed_dictionaries({}, optional={
+        "model_name": names, "model": names, "pinned": junk(st.booleans()),
+        "ctx_size": bad_ctx, "llamacpp_args": bad_args,
+        "auto_evict": st.one_of(st.just(False), not_bool), "downsize_idle_timeout": timeouts,
+        "evict_idle_timeout": timeouts, "evict_weight_factor": junk(st.floats(0.01, 100)),
+    })
+    checkpoint = junk(st.sampled_from(list(paths.values()) + ["relative/model.gguf", "/"]))
+    setting_value = st.one_of(json_values, st.integers(-3, 4), st.floats(-1, 2))
+    set_body = st.dictionaries(
+        st.sampled_from(RUNTIME_KEYS) | st.text(max_size=8), setting_value, max_size=3,
+    ).filter(lambda b: b.get("auto_evict") is not True)  # background evictions would race us
+    message = st.fixed_dictionaries({"role": st.just("user"), "content": st.just("Hi")})
+    number_fields = st.fixed_dictionaries({}, optional={
+        "max_tokens": junk(st.just(1)), "temperature": junk(st.just(0)), "n": not_number,
+        "top_p": not_number, "seed": not_number,
+    })
+    proxy_common = st.fixed_dictionaries({"model": names}, optional={"stream": junk(st.booleans())})
+
+    def proxied(field: str, valid: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+        return st.builds(
+            lambda common, value, numbers, more: {**common, **numbers, **more,
+                                                  **({} if value is _MISSING else {field: value})},
+            proxy_common, st.one_of(st.just(_MISSING), junk(valid)), number_fields, extra,
+        )
+
+    return {
+        "api/v1/load": load,
+        "api/v1/unload": st.fixed_dictionaries({}, optional={"model_name": names, "model": names})
+        | st.dictionaries(st.text(max_size=6), json_values, max_size=2),
+        "api/v1/pull": st.fixed_dictionaries({}, optional={
+            "model_name": junk(st.sampled_from(["user.p1", "user.p2", "user.fz", "bad name"])),
+            "checkpoint": checkpoint, "recipe": junk(st.just("llamacpp")),
+            "labels": junk(st.lists(st.sampled_from(["llm", "custom", "x y", ""]), max_size=3)),
+        }),
+        "api/v1/delete": st.fixed_dictionaries({}, optional={"model_name": names}),
+        "internal/pin": st.fixed_dictionaries({}, optional={
+            "model_name": names, "model": names, "pinned": junk(st.booleans())}),
+        "internal/set": set_body,
+        "internal/simulate-vram-pressure": st.fixed_dictionaries({}, optional={
+            "pct": junk(st.sampled_from([-1, 0, 0.5, 1, 1.5, -2]))}),
+        "api/v1/chat/completions": proxied("messages", st.lists(message, min_size=1, max_size=2)),
+        "api/v1/completions": proxied("prompt", st.just("Hi")),
+        "api/v1/embeddings": proxied("input", st.just("Hi")),
+    }
+
+
+_MISSING = object()
+RAW_BODIES = [b"", b"{", b"[]", b"null", b"NaN", b"1e999", b'{"a": Infinity}', b"[" * 5000,
+              b"{" * 3000, b'{"model_name": "\\ud800"}', b"\xff\xfe\x00", b'"' + b"a" * 1000,
+              b'{"model": "' + DEFAULT_MODEL.encode() + b'", "messages": [' * 50]
+queries = st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=12), max_size=3)
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+
+
+# ---------------------------------------------------------------------------- helpers
+def snapshot(c: httpx.Client, server: JupyterServer) -> dict[str, Any]:
+    """Everything a request could change, minus what moves by itself."""
+    health = c.get(f"{API}/health").json()
+    models = {m["model_name"]: {k: v for k, v in m.items() if k not in VOLATILE}
+              for m in health["all_models_loaded"]}
+    files = {}
+    for name in ("user_models.json", "router_state.json"):
+        path = server.data_dir / name
+        files[name] = path.read_text() if path.exists() else None
+    return {
+        "loaded": models, "max_models": health["max_models"],
+        "pinned": health["pinned_models"], "config": c.get("lemonade/internal/config").json(),
+        "catalog": c.get(f"{API}/models").json(), "files": files,
+    }
+
+
+def settled_snapshot(c: httpx.Client, server: JupyterServer) -> dict[str, Any]:
+    """A snapshot once background work (state-file writes, loads) has settled."""
+    previous = snapshot(c, server)
+    deadline = time.monotonic() + 60
+    while True:
+        time.sleep(0.15)
+        current = snapshot(c, server)
+        busy = any(m["status"] not in ("ready", "downsized") for m in current["loaded"].values())
+        if current == previous and not busy:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError("the router never settled")
+        previous = current
+
+
+def check_answer(route: str, resp: httpx.Response) -> None:
+    assert resp.status_code < 500, (route, resp.status_code, resp.text[:500])
+    if resp.status_code >= 400:
+        err = assert_envelope(resp)
+        assert resp.headers.get("Content-Type", "").startswith("application/json"), resp.headers
+
+
+def send(c: httpx.Client, method: str, path: str, *, params: dict[str, str],
+         content: bytes | None) -> httpx.Response:
+    """One request; a 200 event stream is read up to its first bytes, then closed."""
+    with c.stream(method, path, params=params, content=content,
+                  headers={"Content-Type": "application/json"}) as resp:
+        if resp.status_code == 200 and resp.headers.get("Content-Type", "").startswith(
+                "text/event-stream") and path.endswith("/events"):
+            next(resp.iter_raw(), b"")
+            return resp
+        resp.read()
+        return resp
+
+
+# ---------------------------------------------------------------------------- the fuzz run
+@pytest.fixture
+def fuzz_server(jupyter_factory, tmp_path, model_files):
+    server = jupyter_factory(max_loaded_models=2, sse_ping_interval_s=0.2)
+    not_gguf = tmp_path / "plain.txt"
+    not_gguf.write_text("hello")
+    fifo = tmp_path / "pipe.gguf"
+    os.mkfifo(fifo)
+    directory = tmp_path / "dir.gguf"
+    directory.mkdir()
+    paths = {"good": model_files("pulled"), "text": str(not_gguf), "fifo": str(fifo),
+             "dir": str(directory), "missing": str(tmp_path / "missing.gguf"),
+             "devnull": "/dev/null"}
+    gone = model_files("nofile")
+    with server.client() as c:
+        for name, ckpt in (("user.fz", model_files("fz")), ("user.nofile", gone)):
+            assert c.post(f"{API}/pull", json={"model_name": name, "checkpoint": ckpt}).status_code == 200
+        os.unlink(gone)  # registered, but its weights are gone: loads are a 404
+        assert c.post(f"{API}/load", json={"model_name": DEFAULT_MODEL, "pinned": True}).status_code == 200
+    yield server, paths
+    with server.client() as c:
+        c.post(f"{API}/unload", json={})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_fuzz_every_route_body_query_and_method(fuzz_server):
+    server, paths = fuzz_server
+    bodies = body_strategies(paths)
+    registered = {path for path, _h, _kw in ROUTES}
+    get_routes = {"api/v1/health", "api/v1/models", "internal/config", "api/v1/events", "metrics"}
+    assert registered == set(bodies) | get_routes, "a route has no fuzz strategy"
+    counts: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+
+    with server.client(timeout=httpx.Timeout(180, connect=10)) as c:
+        state = {"settled": settled_snapshot(c, server)}
+
+        for path, handler, _kw in ROUTES:
+            own = "GET" if path in get_routes else "POST"
+            body_st = bodies.get(path, st.just({}))
+            case = st.fixed_dictionaries({
+                "method": st.sampled_from([own] * 15 + METHODS),
+                "params": queries,
+                "content": st.one_of(
+                    body_st.map(lambda b: json.dumps(b).encode()),
+                    st.sampled_from(RAW_BODIES), st.binary(max_size=40),
+                ),
+            })
+
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=case)
+            def run(case: dict[str, Any]) -> None:
+                method = case["method"]
+                content = case["content"] if method != "GET" else None
+                if path == "api/v1/events" and method == "GET" and "last_event_id" not in case["params"]:
+                    case["params"]["last_event_id"] = "0"
+                before = state.pop("settled", None) or snapshot(c, server)
+                resp = send(c, method, f"lemonade/{path}", params=case["params"], content=content)
+                counts[path] += 1
+                statuses[f"{resp.status_code}"] += 1
+                check_answer(path, resp)
+                if resp.status_code >= 400:
+                    after = snapshot(c, server)
+                    assert after == before, (path, case, resp.status_code, resp.text[:300])
+                else:
+                    # An accepted request may change things, some in the background: wait.
+                    state["settled"] = settled_snapshot(c, server)
+
+            run()
+        # The server is still healthy after all of it.
+        assert c.get(f"{API}/health").status_code == 200
+    log = server.log_text()
+    assert "Traceback" not in log, log[log.find("Traceback") - 500:][:3000]
+    write_artifact("fuzz.json", {"cases": sum(counts.values()), "per_route": dict(counts),
+                                 "statuses": dict(statuses)})
+
+
+# ---------------------------------------------------------------------------- oversized bodies
+def test_oversized_bodies_are_refused(jupyter_factory):
+    server = jupyter_factory()
+    big = b'{"model_name": "' + b"a" * (MAX_BODY_BYTES + 16) + b'"}'
+    with server.client() as c:
+        before = snapshot(c, server)
+        for path, _handler, _kw in ROUTES:
+            resp = c.post(f"lemonade/{path}", content=big,
+                          headers={"Content-Type": "application/json"})
+            assert resp.status_code == 413, (path, resp.status_code, resp.text[:200])
+            assert assert_envelope(resp)["type"] == "invalid_request_error"
+        assert snapshot(c, server) == before
+
+
+# ---------------------------------------------------------------------------- pull
+def test_pull_accepts_only_existing_regular_gguf_files(jupyter_factory, tmp_path, model_files):
+    server = jupyter_factory()
+    d = tmp_path / "pull"
+    d.mkdir()
+    (d / "text.gguf").write_text("not a model")
+    (d / "short.gguf").write_bytes(b"GGU")
+    (d / "empty.gguf").write_bytes(b"")
+    (d / "dir.gguf").mkdir()
+    os.mkfifo(d / "fifo.gguf")  # opening it would block: must be refused without reading
+    (d / "link-to-dir.gguf").symlink_to(d / "dir.gguf")
+    (d / "dangling.gguf").symlink_to(d / "nothing.gguf")
+    (d / "magic-late.gguf").write_bytes(b"xxxxGGUF")
+    refused = [str(d / n) for n in ("text.gguf", "short.gguf", "empty.gguf", "dir.gguf",
+                                     "fifo.gguf", "link-to-dir.gguf", "dangling.gguf",
+                                     "magic-late.gguf", "missing.gguf")]
+    refused += ["/dev/null", "/dev/zero", "/proc/self/environ", "/", "relative/x.gguf",
+                str(d / "text.gguf") + "\x00.gguf"]
+    with server.client() as c:
+        before = snapshot(c, server)
+        for i, path in enumerate(refused):
+            resp = c.post(f"{API}/pull", json={"model_name": f"user.r{i}", "checkpoint": path})
+            assert resp.status_code == 400, (path, resp.text)
+            assert assert_envelope(resp)["param"] == "checkpoint", resp.text
+        assert snapshot(c, server) == before
+        ok = c.post(f"{API}/pull", json={"model_name": "user.ok", "checkpoint": model_files("ok")})
+        assert ok.status_code == 200, ok.text
+        link = d / "link.gguf"
+        link.symlink_to(model_files("ok"))  # a symlink to a regular GGUF file is that file
+        assert c.post(f"{API}/pull", json={"model_name": "user.link",
+                                           "checkpoint": str(link)}).status_code == 200
+
+
+@settings(max_examples=200, deadline=None, database=None, derandomize=True)
+@given(content=st.binary(max_size=12))
+def test_pull_gguf_check_is_the_magic_bytes(tmp_path_factory, content):
+    """Any file content: accepted exactly when it starts with ``GGUF`` (no server needed:
+    the same catalog call the route makes)."""
+    from lemonade_jupyter.core.catalog import Catalog
+    from lemonade_jupyter.errors import InvalidRequestError
+
+    d = tmp_path_factory.mktemp("magic")
+    f = d / "m.gguf"
+    f.write_bytes(content)
+    catalog = Catalog(None)
+    try:
+        catalog.add_user_model("user.m", str(f))
+        accepted = True
+    except InvalidRequestError:
+        accepted = False
+    assert accepted == content.startswith(b"GGUF")
