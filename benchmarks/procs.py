@@ -332,3 +332,32 @@ def backend_api_key(pid: int) -> str | None:
         if item.startswith(b"LLAMA_API_KEY="):
             return item.split(b"=", 1)[1].decode()
     return None
+
+
+class Relay:
+    """``benchmarks.relay`` in a child process, relaying a free port to ``upstream_port``."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.port = free_port()
+        self._upstream = upstream_port
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.relay", str(self.port), str(self._upstream)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_us(),
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert self._proc.stdout is not None
+        if b"listening" not in self._proc.stdout.readline():
+            raise BenchmarkError("the byte relay did not start")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_group(self._proc, 5.0)
+            self._proc = None
