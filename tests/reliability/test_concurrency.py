@@ -1,0 +1,366 @@
+"""Concurrency invariants (issue 7 §4) under many threads doing random operations.
+
+8 client threads load, unload, pin, unpin, change ``max_loaded_models`` and chat (streaming and
+not) at random against an embedded server (the extension's own handlers and router on their own
+thread), with fake backends for a longer run and real llama-server for a short one. Watched
+all along:
+
+* a pool never holds more than its limit: checked inside the router at every admission, and at
+  quiet checkpoints (pinned models kept when the limit is lowered, SPEC rule 9, are allowed);
+* a pinned model is never evicted automatically: no ``evict`` event while its pin is set, seen
+  both inside the router and on the public event stream;
+* no model ever has two backend processes (process table sampled every 20 ms);
+* every process is reaped, and ``/health`` names exactly the processes that run (at quiet
+  checkpoints; during the run a serving pid it lists is alive).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from lemonade_jupyter.core.decisions import pool
+from lemonade_jupyter.core.settings import RouterSettings
+from lemonade_jupyter.server.embedded import EmbeddedServer
+
+from ._harness import (
+    API,
+    alive,
+    backend_children,
+    chat_body,
+    iter_sse_events,
+    read_stream,
+    wait_for,
+    write_artifact,
+    zombies_below,
+)
+
+LLMS = ["user.c1", "user.c2", "user.c3", "user.c4"]
+EMBEDDERS = ["user.e1", "user.e2"]
+KNOBS = ("FAKE_LLAMA_READY_AFTER", "FAKE_LLAMA_READY_FILE", "FAKE_LLAMA_FAIL_START",
+         "FAKE_LLAMA_CRASH_AFTER_REQUESTS", "FAKE_LLAMA_IGNORE_SIGTERM", "FAKE_LLAMA_TOKEN_DELAY")
+
+
+def _model_of(p: psutil.Process) -> str | None:
+    try:
+        argv = p.cmdline()
+    except psutil.Error:
+        return None
+    for flag in ("--model", "-m"):
+        if flag in argv:
+            return Path(argv[argv.index(flag) + 1]).stem
+    return None
+
+
+class Invariants:
+    """Violations found by the in-router hooks, the process sampler and the event stream."""
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+        self.lock = threading.Lock()
+        self.admissions = 0
+        self.samples = 0
+        self.events = 0
+        self.max_seen: Counter[str] = Counter()
+
+    def fail(self, message: str) -> None:
+        with self.lock:
+            if len(self.violations) < 50:
+                self.violations.append(message)
+
+
+def install_router_hooks(server: EmbeddedServer, inv: Invariants) -> None:
+    """Wrap ``Router._notify`` and listen to events, on the router's own loop."""
+    router = server.router
+    assert router is not None and server._loop is not None
+    done = threading.Event()
+
+    def install() -> None:
+        admitted: set[int] = {id(m) for m in router.live_models()}
+        original = router._notify
+
+        def notify() -> None:
+            limit = router.settings.max_loaded_models
+            for m in list(router._models.values()):
+                if m.admitted and id(m) not in admitted:
+                    admitted.add(id(m))
+                    inv.admissions += 1
+                    size = len(pool(router._models.values(), m.type))
+                    inv.max_seen[m.type] = max(inv.max_seen[m.type], size)
+                    if limit != -1 and size > limit:
+                        inv.fail(f"admitted {m.name}: pool {m.type} holds {size} > {limit}")
+            live = {id(m) for m in router._models.values() if m.admitted}
+            admitted.intersection_update(live)
+            original()
+
+        def on_event(event: Any) -> None:
+            if event.kind == "evict" and router.remembered_pin(event.model):
+                inv.fail(f"pinned {event.model} evicted ({event.reason}) [router]")
+
+        router._notify = notify  # type: ignore[method-assign]
+        router.events.add_listener(on_event)
+        done.set()
+
+    server._loop.call_soon_threadsafe(install)
+    assert done.wait(10)
+
+
+def watch_event_stream(server: EmbeddedServer, inv: Invariants, stop: threading.Event,
+                       ready: threading.Event) -> None:
+    """Track pins from the public event stream; an ``evict`` of a pinned model is a violation."""
+    pinned: dict[str, bool] = defaultdict(bool)
+    headers = {"Authorization": f"token {server.token}"}
+    try:
+        with httpx.Client(base_url=server.url, headers=headers,
+                          timeout=httpx.Timeout(None, connect=10)) as c:
+            with c.stream("GET", f"{API}/events", params={"last_event_id": 0}) as resp:
+                ready.set()
+                for sse in iter_sse_events(resp):
+                    inv.events += 1
+                    e = sse["data"]
+                    kind, model, detail = e["kind"], e.get("model"), e.get("detail", {})
+                    if kind in ("load", "reload", "restore") and "pinned" in detail:
+                        pinned[model] = detail["pinned"]
+                    elif kind in ("pin", "unpin"):
+                        pinned[model] = kind == "pin"
+                    elif kind == "evict":
+                        if pinned[model]:
+                            inv.fail(f"pinned {model} evicted ({e.get('reason')}) [event stream]")
+                        pinned[model] = False
+                    elif kind == "unload":
+                        pinned[model] = False
+                    if stop.is_set():
+                        return
+    except httpx.HTTPError:
+        pass
+    finally:
+        ready.set()
+
+
+def sample_processes(inv: Invariants, stop: threading.Event) -> None:
+    me = os.getpid()
+    while not stop.is_set():
+        per_model: dict[str, list[psutil.Process]] = defaultdict(list)
+        for p in backend_children(me):
+            name = _model_of(p)
+            try:
+                leader = p.ppid() == me  # a backend's own children (a pyenv shim's) are not backends
+            except psutil.Error:
+                continue
+            if name and leader:
+                per_model[name].append(p)
+        inv.samples += 1
+        for name, procs in per_model.items():
+            if len(procs) > 1:
+                procs = [p for p in procs if alive(p.pid)]  # one may have exited meanwhile
+            if len(procs) > 1:
+                info = []
+                for p in procs:
+                    try:
+                        info.append((p.pid, p.status(), round(p.create_time(), 2), p.ppid()))
+                    except psutil.Error:
+                        info.append((p.pid, "gone"))
+                inv.fail(f"{name} has {len(procs)} backend processes: {info}")
+        time.sleep(0.02)
+
+
+def check_health_pids(c: httpx.Client, inv: Invariants) -> None:
+    """A pid ``/health`` lists as serving is alive (unless the next /health no longer lists it)."""
+    health = c.get(f"{API}/health").json()
+    for m in health["all_models_loaded"]:
+        if m["pid"] and m["status"] in ("ready", "in_use") and not alive(m["pid"]):
+            again = {x["model_name"]: x for x in c.get(f"{API}/health").json()["all_models_loaded"]}
+            x = again.get(m["model_name"])
+            if x and x["pid"] == m["pid"] and x["status"] in ("ready", "in_use"):
+                inv.fail(f"/health lists dead pid {m['pid']} of {m['model_name']} as {x['status']}")
+
+
+def quiet_check(c: httpx.Client, inv: Invariants, label: str) -> dict[str, Any]:
+    """With no request running: /health equals the process table, and pools fit their limit."""
+    def settled() -> dict[str, Any] | None:
+        health = c.get(f"{API}/health").json()
+        if any(m["status"] not in ("ready", "downsized") or m["in_flight"]
+               for m in health["all_models_loaded"]):
+            return None
+        return health
+
+    health = wait_for(settled, 60, f"router to settle ({label})")
+    listed = {m["pid"] for m in health["all_models_loaded"] if m["pid"]}
+    running = {p.pid for p in backend_children(os.getpid()) if p.ppid() == os.getpid()}
+    if listed != running:
+        inv.fail(f"{label}: /health pids {sorted(listed)} != running {sorted(running)}")
+    limit = health["max_models"]["llm"]
+    by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for m in health["all_models_loaded"]:
+        by_type[m["type"]].append(m)
+    for kind, members in by_type.items():
+        pinned = sum(1 for m in members if m["pinned"])
+        if limit != -1 and len(members) > limit and pinned < len(members):
+            inv.fail(f"{label}: pool {kind} holds {len(members)} > {limit} with unpinned members")
+    zombies = zombies_below(os.getpid())
+    if zombies:
+        inv.fail(f"{label}: zombies {zombies}")
+    return health
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("kind", "seconds"), [("fake", 45), ("real", 15)])
+def test_random_operations_keep_invariants(kind, seconds, tmp_path, monkeypatch,
+                                           fake_llama_server_path, llama_server_path,
+                                           default_model_file):
+    for knob in KNOBS:
+        monkeypatch.delenv(knob, raising=False)
+    if kind == "fake":
+        monkeypatch.setenv("FAKE_LLAMA_TOKEN_DELAY", "0.01")  # streams overlap evictions
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    server = EmbeddedServer(
+        data_dir=tmp_path / "data",
+        settings=RouterSettings(max_loaded_models=2, stop_grace_s=2.0, restore_on_start=False,
+                                watchdog_interval_s=1.0),
+        llama_server_path=fake_llama_server_path if kind == "fake" else llama_server_path,
+    )
+    server.start()
+    inv = Invariants()
+    stop = threading.Event()
+    stats: Counter[str] = Counter()
+    threads: list[threading.Thread] = []
+    try:
+        headers = {"Authorization": f"token {server.token}"}
+        client = httpx.Client(base_url=server.url, headers=headers,
+                              timeout=httpx.Timeout(120, connect=10))
+        for name in LLMS + EMBEDDERS:
+            path = models_dir / f"{name}.gguf"
+            if kind == "fake":
+                path.write_bytes(b"GGUF" + name.encode())
+            else:
+                path.symlink_to(default_model_file)
+            labels = ["embeddings"] if name in EMBEDDERS else ["llm"]
+            r = client.post(f"{API}/pull", json={"model_name": name, "checkpoint": str(path),
+                                                 "labels": labels})
+            assert r.status_code == 200, r.text
+        install_router_hooks(server, inv)
+        ready = threading.Event()
+        threads.append(threading.Thread(target=watch_event_stream,
+                                        args=(server, inv, stop, ready), daemon=True))
+        threads.append(threading.Thread(target=sample_processes, args=(inv, stop), daemon=True))
+        for t in threads:
+            t.start()
+        assert ready.wait(10)
+
+        paused = threading.Event()
+        idle = [threading.Event() for _ in range(8)]
+
+        def worker(idx: int) -> None:
+            rng = random.Random(1000 + idx)
+            with httpx.Client(base_url=server.url, headers=headers,
+                              timeout=httpx.Timeout(120, connect=10)) as c:
+                while not stop.is_set():
+                    if paused.is_set():
+                        idle[idx].set()
+                        time.sleep(0.02)
+                        continue
+                    idle[idx].clear()
+                    op = rng.choices(
+                        ["load", "unload", "unload_all", "pin", "set", "chat", "stream", "embed"],
+                        [25, 10, 1, 20, 4, 20, 15, 5])[0]
+                    name = rng.choice(LLMS + EMBEDDERS[:1]) if op in ("load", "unload", "pin") \
+                        else rng.choice(LLMS)
+                    try:
+                        if op == "load":
+                            body: dict[str, Any] = {"model_name": name}
+                            pin = rng.choice([None, None, True, False])
+                            if pin is not None:
+                                body["pinned"] = pin
+                            r = c.post(f"{API}/load", json=body)
+                            allowed = {200, 409}
+                        elif op == "unload":
+                            r = c.post(f"{API}/unload", json={"model_name": name})
+                            allowed = {200, 404}
+                        elif op == "unload_all":
+                            r = c.post(f"{API}/unload", json={})
+                            allowed = {200}
+                        elif op == "pin":
+                            r = c.post("lemonade/internal/pin",
+                                       json={"model_name": name, "pinned": rng.random() < 0.4})
+                            allowed = {200, 404}
+                        elif op == "set":
+                            r = c.post("lemonade/internal/set",
+                                       json={"max_loaded_models": rng.choice([1, 2, 2, 3, -1])})
+                            allowed = {200}
+                        elif op == "embed":
+                            if kind == "real":
+                                continue  # SmolLM2 has no pooling: real embeddings need options
+                            r = c.post(f"{API}/embeddings",
+                                       json={"model": rng.choice(EMBEDDERS), "input": "hi"})
+                            allowed = {200, 409}
+                        elif op == "chat":
+                            r = c.post(f"{API}/chat/completions",
+                                       json=chat_body(name, max_tokens=4))
+                            allowed = {200, 409}
+                        else:
+                            with c.stream("POST", f"{API}/chat/completions",
+                                          json=chat_body(name, stream=True, max_tokens=4)) as resp:
+                                res = read_stream(resp)
+                            if not (res.ok or (res.status == 409 and res.error)):
+                                inv.fail(f"stream {name}: {res.status} {res.raw_tail!r}")
+                            stats[f"stream_{res.status}"] += 1
+                            continue
+                        stats[f"{op}_{r.status_code}"] += 1
+                        if r.status_code not in allowed:
+                            inv.fail(f"{op} {name}: {r.status_code} {r.text[:200]}")
+                    except httpx.HTTPError as exc:
+                        inv.fail(f"{op} {name}: {exc!r}")
+
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in workers:
+            t.start()
+        started = time.monotonic()
+        checkpoints = 0
+        try:
+            while time.monotonic() - started < seconds and not inv.violations:
+                time.sleep(0.1)
+                check_health_pids(client, inv)
+                if time.monotonic() - started > (checkpoints + 1) * seconds / 3:
+                    paused.set()  # a quiet checkpoint: every worker idle, router settled
+                    wait_for(lambda: all(e.is_set() for e in idle), 120, "workers to pause")
+                    quiet_check(client, inv, f"checkpoint {checkpoints}")
+                    checkpoints += 1
+                    for e in idle:
+                        e.clear()
+                    paused.clear()
+        finally:
+            stop.set()
+            for t in workers:
+                t.join(180)
+        health = quiet_check(client, inv, "end")
+        client.close()
+    finally:
+        stop.set()
+        server.stop()
+        for t in threads:
+            t.join(5)
+    # After stop: every backend gone and reaped (the autouse check looks again).
+    assert not backend_children(os.getpid())
+    assert not zombies_below(os.getpid())
+    figures = {
+        "backend": kind, "seconds": seconds, "operations": sum(stats.values()),
+        "admissions_checked": inv.admissions, "process_samples": inv.samples,
+        "events_watched": inv.events, "checkpoints": checkpoints,
+        "largest_pool_seen": dict(inv.max_seen), "violations": len(inv.violations),
+        "by_op": dict(sorted(stats.items())),
+        "loaded_at_end": len(health["all_models_loaded"]),
+    }
+    write_artifact(f"concurrency_{kind}.json", figures)
+    assert not inv.violations, inv.violations
+    assert inv.admissions > 10 and inv.samples > 50
