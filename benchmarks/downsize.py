@@ -85,7 +85,7 @@ def run_downsize(ctx: Context, server: JupyterServer) -> None:
             "sleep_awake_mb", "asleep_mb", "time_to_sleep_s", "wake_ms")
     out: dict[str, list[float]] = {k: [] for k in keys}
     bare = BareLlama(ctx.llama_server, ctx.model_file, ctx.tmp, sleep_idle_seconds=1)
-    reps = ctx.reps(Reps(5, 8, 60), Reps(1, 1, 0))
+    reps = ctx.reps(Reps(3, 6, 45), Reps(1, 1, 0))
     with httpx.Client(timeout=300) as client, httpx.Client(timeout=300) as direct:
         post_ok(client, server, "api/v1/unload", {})
         post_ok(client, server, "api/v1/pull", {"model_name": NAME,

@@ -90,7 +90,7 @@ def run_cold_load(ctx: Context, server: JupyterServer) -> None:
                 interleaved({"bare": bare_arm, "router": router_arm}, Reps(1, 1, 0))
                 inner.clear()
             got = interleaved({"bare": bare_arm, "router": router_arm},
-                              ctx.reps(Reps(8, 15, 40), Reps(2, 2, 0)))
+                              ctx.reps(Reps(6, 15, 35), Reps(2, 2, 0)))
         finally:
             bare.stop()
     ctx.raw["cold_load_ms"] = {**got, "router_inner": inner}
@@ -134,7 +134,7 @@ def run_swap(ctx: Context, server: JupyterServer) -> None:
             chat(client, url, server.headers, names[0])  # the first load is not a swap
             bare.start()
             got = interleaved({"bare": bare_arm, "router": router_arm},
-                              ctx.reps(Reps(8, 15, 50), Reps(1, 1, 0)))
+                              ctx.reps(Reps(6, 15, 40), Reps(1, 1, 0)))
         finally:
             bare.stop()
             post_ok(client, server, "api/v1/unload", {})

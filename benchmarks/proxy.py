@@ -228,8 +228,8 @@ async def _streaming(ctx: Context, server: JupyterServer, bare: BareLlama) -> No
         # Warm-up: open 16 keep-alive connections on each side with short streams.
         for client, url, headers, _w in sides.values():
             await _batch(client, url, headers, body(2), 4 if ctx.smoke else 16, None, watcher)
-        for concurrency, reps in ((1, ctx.reps(Reps(6, 10, 45), Reps(2, 2, 0))),
-                                  (16, ctx.reps(Reps(2, 4, 100), Reps(1, 1, 0)))):
+        for concurrency, reps in ((1, ctx.reps(Reps(6, 10, 30), Reps(2, 2, 0))),
+                                  (16, ctx.reps(Reps(2, 3, 60), Reps(1, 1, 0)))):
             got: dict[str, list[dict[str, Any]]] = {"direct": [], "router": []}
             names = list(sides)
             started = time.monotonic()
@@ -411,7 +411,7 @@ def run_attribution(ctx: Context, server: JupyterServer, bare: BareLlama) -> Non
     and, in this process, the CPU per request of the router's httpx pool vs a raw asyncio
     HTTP/1.1 request to the same backend.
     """
-    n, rounds = (20, 3) if ctx.smoke else (50, 8)
+    n, rounds = (20, 3) if ctx.smoke else (30, 5)
     body = json.dumps({"model": DEFAULT_MODEL, "messages": PROMPT, "max_tokens": 1,
                        "temperature": 0}).encode()
     per_req: dict[str, list[float]] = {"status": [], "chat": []}
