@@ -48,8 +48,9 @@ def check_request(upstream_path: str, spec: ModelSpec, body: dict[str, Any]) -> 
         value = body.get(key)
         if value is None:
             continue
+        # abs() before isfinite(): a huge JSON integer overflows the float conversion.
         if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value) or abs(value) > _INT32_MAX):
+                or abs(value) > _INT32_MAX or not math.isfinite(value)):
             raise InvalidRequestError(f"Parameter '{key}' must be a number", param=key)
 
 
