@@ -32,7 +32,8 @@ VOLATILE = {"idle_s", "memory_bytes", "memory_freed_bytes", "device"}
 EXAMPLES = int(os.environ.get("LEMONADE_FUZZ_EXAMPLES", "80"))
 
 # ---------------------------------------------------------------------------- strategies
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+scalars = (st.none() | st.booleans() | st.integers()
+           | st.sampled_from([10**400, -(10**400), 2**63, 2**31, -1, 0])  # overflow float()
            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12))
 json_values = st.recursive(
     scalars,
@@ -113,6 +114,11 @@ def body_strategies(paths: dict[str, str]) -> dict[str, st.SearchStrategy[dict[s
 
 _MISSING = object()
 RAW_BODIES = [b"", b"{", b"[]", b"null", b"NaN", b"1e999", b'{"a": Infinity}', b"[" * 5000,
+              b'{"model": "' + DEFAULT_MODEL.encode() + b'", "messages": [], "max_tokens": 1'
+              + b"0" * 400 + b"}",
+              b'{"model_name": "' + DEFAULT_MODEL.encode() + b'", "ctx_size": 1' + b"0" * 400 + b"}",
+              b'{"max_loaded_models": 1' + b"0" * 400 + b', "eviction_grace_s": 1e999}',
+              b'{"pct": 1' + b"0" * 5000 + b"}",
               b"{" * 3000, b'{"model_name": "\\ud800"}', b"\xff\xfe\x00", b'"' + b"a" * 1000,
               b'{"model": "' + DEFAULT_MODEL.encode() + b'", "messages": [' * 50]
 queries = st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=12), max_size=3)

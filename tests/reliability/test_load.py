@@ -1,0 +1,148 @@
+"""Load (issue 7 §5): 64 concurrent streaming clients across 2 real models for 60 s.
+
+Through a real ``jupyter server`` and its router: zero failed requests, every stream ends with
+``[DONE]``, no backend restarted (the watchdog must not take a busy backend for a hung one), and
+the Jupyter server's memory (RSS of its process) stays flat after warm-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import threading
+import time
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from ._harness import API, chat_body, loaded, write_artifact
+
+CLIENTS = 64
+SECONDS = float(os.environ.get("LEMONADE_LOAD_SECONDS", "60"))
+WARMUP_S = 15.0
+#: Allowed RSS growth of the Jupyter server between the end of warm-up and the end of the run.
+RSS_GROWTH_LIMIT = 24 * 1024 * 1024
+
+
+async def stream_once(client: httpx.AsyncClient, model: str, max_tokens: int) -> tuple[bool, int, str]:
+    """One streaming chat; (completed, content chunks, what went wrong)."""
+    body = chat_body(model, stream=True, max_tokens=max_tokens, prompt="Count to ten.")
+    chunks = 0
+    done = False
+    try:
+        async with client.stream("POST", f"{API}/chat/completions", json=body) as resp:
+            if resp.status_code != 200:
+                return False, 0, f"{resp.status_code} {(await resp.aread())[:200]!r}"
+            buf = b""
+            async for raw in resp.aiter_raw():
+                buf += raw
+                while b"\n\n" in buf:
+                    event, buf = buf.split(b"\n\n", 1)
+                    if not event.startswith(b"data: "):
+                        continue
+                    payload = event[6:]
+                    if payload == b"[DONE]":
+                        done = True
+                        continue
+                    data = json.loads(payload)
+                    if "error" in data:
+                        return False, chunks, f"SSE error {data['error']}"
+                    chunks += 1
+    except httpx.HTTPError as exc:
+        return False, chunks, repr(exc)
+    return done, chunks, "" if done else "stream ended without [DONE]"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_64_streaming_clients_for_60_s(jupyter_factory, model_files):
+    server = jupyter_factory(max_loaded_models=2, sse_ping_interval_s=2.0)
+    models = ["user.load1", "user.load2"]
+    with server.client() as c:
+        for name in models:
+            r = c.post(f"{API}/pull", json={"model_name": name, "checkpoint": model_files(name)})
+            assert r.status_code == 200, r.text
+            r = c.post(f"{API}/load", json={"model_name": name, "pinned": True})
+            assert r.status_code == 200, r.text
+        pids_before = {n: m["pid"] for n, m in loaded(server.health(c)).items()}
+
+    proc = psutil.Process(server.pid)
+    rss: list[tuple[float, int]] = []
+    sampling = threading.Event()
+    started = time.monotonic()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            rss.append((time.monotonic() - started, proc.memory_info().rss))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+
+    async def run() -> dict[str, Any]:
+        results: dict[str, Any] = {"ok": 0, "failed": 0, "chunks": 0, "errors": [],
+                                   "latencies": []}
+        deadline = started + SECONDS
+        limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers(), limits=limits,
+                                     timeout=httpx.Timeout(180, connect=30)) as client:
+            async def one_client(i: int) -> None:
+                model = models[i % 2]
+                n = 0
+                while time.monotonic() < deadline:
+                    t0 = time.monotonic()
+                    ok, chunks, why = await stream_once(client, model, 8 + (i + n) % 9)
+                    n += 1
+                    results["chunks"] += chunks
+                    if ok:
+                        results["ok"] += 1
+                        results["latencies"].append(time.monotonic() - t0)
+                    else:
+                        results["failed"] += 1
+                        results["errors"].append(why)
+
+            await asyncio.gather(*(one_client(i) for i in range(CLIENTS)))
+        return results
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        sampling.set()
+        sampler.join(5)
+    elapsed = time.monotonic() - started
+
+    with server.client() as c:
+        health = loaded(server.health(c))
+        metrics = c.get("lemonade/metrics").text
+        c.post(f"{API}/unload", json={})
+    after_warmup = [r for t, r in rss if t >= WARMUP_S]
+    rss_warm = after_warmup[0] if after_warmup else rss[-1][1]
+    rss_end = rss[-1][1]
+    crashes = [ln for ln in metrics.splitlines()
+               if ln.startswith("lemonade_backend_crashes_total")]
+    lat = sorted(results["latencies"])
+    figures = {
+        "clients": CLIENTS, "seconds": round(elapsed, 1), "models": len(models),
+        "requests_completed": results["ok"], "requests_failed": results["failed"],
+        "content_chunks": results["chunks"],
+        "latency_p50_s": round(statistics.median(lat), 2) if lat else None,
+        "latency_p95_s": round(lat[int(len(lat) * 0.95) - 1], 2) if lat else None,
+        "server_rss_start_mib": round(rss[0][1] / 2**20, 1),
+        "server_rss_after_warmup_mib": round(rss_warm / 2**20, 1),
+        "server_rss_end_mib": round(rss_end / 2**20, 1),
+        "server_rss_max_after_warmup_mib": round(max(after_warmup or [rss_end]) / 2**20, 1),
+        "server_rss_series_mib": [(round(t), round(r / 2**20, 1)) for t, r in rss[::10]],
+        "backend_crashes_metric": crashes,
+        "errors_sample": results["errors"][:5],
+    }
+    write_artifact("load.json", figures)
+    assert results["failed"] == 0, results["errors"][:10]
+    assert results["ok"] >= CLIENTS
+    # No backend was restarted: the watchdog never took a busy backend for a hung one.
+    assert {n: m["pid"] for n, m in health.items()} == pids_before
+    assert all(m["pinned"] for m in health.values())
+    assert rss_end - rss_warm <= RSS_GROWTH_LIMIT, figures
