@@ -426,3 +426,44 @@ def test_sigkill_of_jupyter_server_leaves_no_backend_and_restart_restores(
         c.post(f"{API}/unload", json={})
     write_artifact("fault_server_sigkill.json", {"backends": len(pids),
                                                  "all_dead_after_s": round(outlived, 2)})
+
+
+# --------------------------------------------------------------------------- crash-loop guard
+def test_kills_of_healthy_backends_never_cool_down_but_a_crash_loop_does(jupyter_factory):
+    """What the crash-loop guard (SPEC rule 10, threshold 2) counts, through the API.
+
+    A backend that has answered a request is healthy: its death starts a new streak of one, so
+    SIGKILLing healthy backends one after another never yields a 503. A backend that dies
+    before it ever answered (and before 10 s of uptime) is indistinguishable from a crash loop
+    (a model that segfaults at its first token, the OOM killer at every start): two of those in
+    a row cool the model down (503 + Retry-After) instead of restarting it forever; the pin is
+    kept and the next request after the cooldown reloads it.
+    """
+    server = jupyter_factory(crash_cooldown_s=3.0, crash_loop_threshold=2)
+    with server.client() as c:
+        assert c.post(f"{API}/load", json={"model_name": DEFAULT_MODEL, "pinned": True}).status_code == 200
+        pid = loaded(server.health(c))[DEFAULT_MODEL]["pid"]
+        for _ in range(5):
+            assert c.post(f"{API}/chat/completions", json=chat_body(DEFAULT_MODEL, max_tokens=2)).status_code == 200
+            os.kill(pid, signal.SIGKILL)
+            resp = c.post(f"{API}/chat/completions", json=chat_body(DEFAULT_MODEL, max_tokens=2))
+            assert resp.status_code == 200, resp.text  # replayed on the reloaded backend
+            entry = loaded(server.health(c))[DEFAULT_MODEL]
+            assert entry["pinned"] and entry["pid"] != pid
+            pid = entry["pid"]
+
+        # Now a crash loop: the pinned reload dies before it ever answers, twice.
+        os.kill(pid, signal.SIGKILL)
+        fresh = wait_for(lambda: (e := loaded(server.health(c)).get(DEFAULT_MODEL))
+                         and e["pid"] not in (None, pid) and e["status"] == "ready" and e["pid"],
+                         60, "the automatic reload of the pinned model")
+        os.kill(fresh, signal.SIGKILL)
+        resp = wait_for(lambda: (r := c.post(f"{API}/chat/completions",
+                                             json=chat_body(DEFAULT_MODEL, max_tokens=2)))
+                        .status_code == 503 and r, 30, "the cooldown")
+        assert assert_envelope(resp)["code"] == "model_cooling_down"
+        time.sleep(int(resp.headers["Retry-After"]) + 0.2)
+        resp = c.post(f"{API}/chat/completions", json=chat_body(DEFAULT_MODEL, max_tokens=2))
+        assert resp.status_code == 200, resp.text
+        assert loaded(server.health(c))[DEFAULT_MODEL]["pinned"] is True
+        c.post(f"{API}/unload", json={})
