@@ -6,7 +6,6 @@ or stops real backend processes under it.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from lemonade_jupyter.core.catalog import DEFAULT_MODEL

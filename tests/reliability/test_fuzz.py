@@ -12,7 +12,6 @@ import json
 import os
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ from lemonade_jupyter.core.settings import RUNTIME_KEYS
 from lemonade_jupyter.server.base import MAX_BODY_BYTES
 from lemonade_jupyter.server.routes import ROUTES
 
-from ._harness import API, JupyterServer, assert_envelope, wait_for, write_artifact
+from ._harness import API, JupyterServer, assert_envelope, write_artifact
 
 #: Fields of a /health entry that move by themselves.
 VOLATILE = {"idle_s", "memory_bytes", "memory_freed_bytes", "device"}
@@ -160,7 +159,7 @@ def settled_snapshot(c: httpx.Client, server: JupyterServer) -> dict[str, Any]:
 def check_answer(route: str, resp: httpx.Response) -> None:
     assert resp.status_code < 500, (route, resp.status_code, resp.text[:500])
     if resp.status_code >= 400:
-        err = assert_envelope(resp)
+        assert_envelope(resp)
         assert resp.headers.get("Content-Type", "").startswith("application/json"), resp.headers
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import psutil
-import pytest
 from tornado import web
 
 from lemonade_jupyter.core.catalog import DEFAULT_MODEL
