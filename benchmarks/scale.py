@@ -108,6 +108,13 @@ def run_health(ctx: Context, live: int, catalog_size: int) -> None:
                 raise BenchmarkError(f"{n_live} models live, expected {live}")
             busy = interleaved(arms, ctx.reps(Reps(200, 400, 30), Reps(20, 20, 0)))
             rss1 = [_own_rss_mb(server.pid)]
+            # As a dashboard polls it: every 1.1 s, so each call finds the last memory sample
+            # older than /health's 1 s and takes a new one.
+            polled: dict[str, list[float]] = {"status": [], "health": []}
+            for _ in range(3 if ctx.smoke else 10):
+                time.sleep(1.1)
+                polled["health"].append(arms["health"]())
+                polled["status"].append(arms["status"]())
             models = interleaved(
                 {"status": arms["status"],
                  "models": lambda: _get_ms(client, server.api("api/v1/models"), server.headers)},
@@ -117,12 +124,17 @@ def run_health(ctx: Context, live: int, catalog_size: int) -> None:
         shutil.rmtree(root / "gguf", ignore_errors=True)
     if left:
         raise BenchmarkError(f"backends left running after the server stopped: {left}")
-    ctx.raw["scale_health_ms"] = {"idle": idle, "live": busy, "models": models}
+    ctx.raw["scale_health_ms"] = {"idle": idle, "live": busy, "models": models,
+                                  "polled": polled}
     ctx.add(Row(S5, f"/health, {catalog_size} models, 0 live", "ms", "GET /api/status",
                 idle["status"], "GET /health", idle["health"], "median"))
     ctx.add(Row(S5, f"/health, {catalog_size} models, {live} live", "ms", "GET /api/status",
                 busy["status"], "GET /health", busy["health"], "median",
                 Target("max_value", 10.0, "< 10 ms")))
+    ctx.add(Row(S5, f"/health polled every 1.1 s, {live} live", "ms", "GET /api/status",
+                polled["status"], "GET /health", polled["health"], "median",
+                Target("max_value", 10.0, "< 10 ms"),
+                note="each call takes a fresh memory sample (RSS of every backend)"))
     ctx.add(Row(S5, f"/health p95, {live} live", "ms", "GET /api/status", busy["status"],
                 "GET /health", busy["health"], "p95",
                 note="includes the on-demand memory sample (at most once a second)"))
