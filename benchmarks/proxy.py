@@ -87,7 +87,7 @@ def run_nonstreaming(ctx: Context, server: JupyterServer, bare: BareLlama) -> No
         arms["relay"] = arm(relayed, relay.url + "/v1/chat/completions", bare.headers, "relay")
         interleaved(arms, ctx.reps(Reps(5, 5, 0), Reps(2, 2, 0)))  # warm-up: cache, connections
         cpu = {"direct": [], "router": []}
-        got = interleaved(arms, ctx.reps(Reps(200, 400, 60), Reps(8, 8, 0)))
+        got = interleaved(arms, ctx.reps(Reps(60, 400, 60), Reps(8, 8, 0)))
     relay.stop()
     ctx.raw["nonstreaming_ms"] = got
     ctx.raw["nonstreaming_cpu_ms"] = cpu
@@ -434,7 +434,7 @@ def run_attribution(ctx: Context, server: JupyterServer, bare: BareLlama) -> Non
     and, in this process, the CPU per request of the router's httpx pool vs a raw asyncio
     HTTP/1.1 request to the same backend.
     """
-    n, rounds = (20, 3) if ctx.smoke else (30, 5)
+    n, rounds = (20, 3) if ctx.smoke else (20, 5)
     body = json.dumps({"model": DEFAULT_MODEL, "messages": PROMPT, "max_tokens": 1,
                        "temperature": 0}).encode()
     per_req: dict[str, list[float]] = {"status": [], "chat": []}
