@@ -467,7 +467,18 @@ class Router:
     def _start_transition(
         self, m: LiveModel, kind: str, coro: Coroutine[Any, Any, None]
     ) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)
+        async def tracked() -> None:
+            try:
+                await coro
+            finally:
+                # Leave _transitions in the very step the task finishes. Removed only by the
+                # done-callback (a later loop step), a finished task stayed listed meanwhile, and
+                # `_evict`/`_ensure` awaiting it looped without ever yielding: the router's loop
+                # hung for good (tests/reliability/test_concurrency.py, random operations).
+                if self._transitions.get(m.name, (None, None))[1] is asyncio.current_task():
+                    del self._transitions[m.name]
+
+        task = asyncio.ensure_future(tracked())
         self._transitions[m.name] = (kind, task)
 
         def done(t: asyncio.Task[None]) -> None:

@@ -186,7 +186,11 @@ class OpenAIProxyHandler(LemonadeHandler):
                 "POST",
                 lease.url + self.upstream_path,
                 content=self.request.body,
-                headers={**lease.headers(), "Content-Type": "application/json"},
+                # llama-server closes the connection after a stream although it advertises
+                # keep-alive; saying so keeps that dead connection out of the shared pool,
+                # where the next request or watchdog probe would fail on it (benchmarks §2).
+                headers={**lease.headers(), "Content-Type": "application/json",
+                         "Connection": "close"},
             )
             resp = await router.http.send(request, stream=True)
             try:
