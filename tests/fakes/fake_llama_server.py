@@ -64,12 +64,14 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _authorized(self) -> bool:
+    def _authorized(self, *, count: bool = True) -> bool:
         """Check the key and count the request; may exit the process (the crash knob)."""
         if self.headers.get("Authorization") != f"Bearer {self.state.api_key}":
             self._json(401, {"error": {"code": 401, "message": "Invalid API Key",
                                        "type": "authentication_error"}})
             return False
+        if not count:
+            return True
         with self.state.lock:
             self.state.requests += 1
             if self.state.crash_after is not None and self.state.requests > self.state.crash_after:
@@ -85,7 +87,9 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._json(200, {"status": "ok"})
         elif self.path == "/props":
-            if self._authorized():
+            # Not an inference request: the router reads it at start (is this port ours?),
+            # so it does not count toward FAKE_LLAMA_CRASH_AFTER_REQUESTS.
+            if self._authorized(count=False):
                 self._json(200, {"model_path": self.state.args.model, "is_sleeping": False,
                                  "default_generation_settings": {"n_ctx": self.state.args.ctx_size}})
         else:
