@@ -465,3 +465,61 @@ def test_kills_of_healthy_backends_never_cool_down_but_a_crash_loop_does(jupyter
         assert resp.status_code == 200, resp.text
         assert loaded(server.health(c))[DEFAULT_MODEL]["pinned"] is True
         c.post(f"{API}/unload", json={})
+
+
+# --------------------------------------------------------------------------- port collisions
+async def test_backend_never_adopts_a_port_another_process_serves_gh7(
+    tmp_path, monkeypatch, fake_llama_server_path
+):
+    """Bug story: two backends starting at once can be handed the same free port. The one that
+    lost the bind race polled the winner's public ``/health``, took the port for its own, and
+    the router then sent its model's requests to another model's backend (401 "Invalid API
+    Key" thanks to the per-backend keys; the wrong model without them). Found by the random
+    operations run of test_concurrency.py. Now readiness also checks that the server on the
+    port takes our key, and a foreign one means "retry on a new port"."""
+    import http.server
+
+    from lemonade_jupyter.core import backend as backend_module
+    from lemonade_jupyter.core.catalog import Catalog
+    from lemonade_jupyter.core.router import Router
+    from lemonade_jupyter.core.settings import RouterSettings
+
+    class Squatter(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            self.send_response(200 if self.path == "/health" else 401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Squatter)
+    taken = squatter.server_address[1]
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    handed: list[int] = []
+    real_free_port = backend_module.free_port
+
+    def free_port() -> int:
+        handed.append(taken if not handed else real_free_port())
+        return handed[-1]
+
+    monkeypatch.setattr(backend_module, "free_port", free_port)
+    weights = tmp_path / "w.gguf"
+    weights.write_bytes(b"GGUF" + bytes(60))
+    catalog = Catalog(tmp_path / "data")
+    catalog.add_user_model("user.w", str(weights))
+    router = Router(catalog, RouterSettings(), llama_server_path=fake_llama_server_path,
+                    data_dir=tmp_path / "data", log_dir=tmp_path / "logs")
+    await router.start()
+    try:
+        m = await router.load("user.w")
+        assert handed[0] == taken and len(handed) >= 2
+        assert m.backend.port != taken
+        async with router.lease("user.w") as lease:
+            resp = await router.http.post(lease.url + "/v1/chat/completions",
+                                          json=chat_body("user.w"), headers=lease.headers())
+            assert resp.status_code == 200, resp.text
+    finally:
+        await router.stop()
+        squatter.shutdown()
+        squatter.server_close()
