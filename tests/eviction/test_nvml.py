@@ -31,23 +31,23 @@ class NVMLError(Exception):
 
 
 class NVMLError_LibraryNotFound(NVMLError):  # noqa: N801 - pynvml's names
-    pass
+    """NVML error: no libnvidia-ml."""
 
 
 class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801
-    pass
+    """NVML error: no driver."""
 
 
 class NVMLError_NoPermission(NVMLError):  # noqa: N801
-    pass
+    """NVML error: not allowed (containers)."""
 
 
 class NVMLError_GpuIsLost(NVMLError):  # noqa: N801
-    pass
+    """NVML error: the GPU fell off the bus."""
 
 
 class NVMLError_NotSupported(NVMLError):  # noqa: N801
-    pass
+    """NVML error: query not supported."""
 
 
 def proc(pid: int, used: int | None) -> SimpleNamespace:
