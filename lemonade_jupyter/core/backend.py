@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 from ..errors import ModelLoadError
 from . import process
@@ -104,20 +103,6 @@ class Backend:
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
-
-    def rss_bytes(self) -> int | None:
-        """Resident memory of the process and its children (blocking; call off the loop)."""
-        pid = self.pid
-        if pid is None or self.exited.done():
-            return None
-        try:
-            proc = psutil.Process(pid)
-            total = proc.memory_info().rss
-            for child in proc.children(recursive=True):
-                total += child.memory_info().rss
-            return int(total)
-        except psutil.Error:
-            return None
 
     def log_tail(self, lines: int = 12) -> str:
         """The last lines the backend printed, for error messages."""

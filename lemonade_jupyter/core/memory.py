@@ -64,7 +64,7 @@ class MemorySample:
         return {"source": self.source, "devices": [d.to_json() for d in self.devices]}
 
 
-def _descendant_rss(pid: int) -> int | None:
+def _process_rss(pid: int) -> int | None:
     """Resident memory of a backend process.
 
     Only the process itself: llama-server does not fork, and walking children with psutil
@@ -150,7 +150,7 @@ class NvmlReader:
                 device_of.setdefault(pid, uuid)
         # Children we asked about that hold no GPU memory: fall back to RSS (CPU backends).
         for pid in wanted - per_pid.keys():
-            per_pid[pid] = _descendant_rss(pid)
+            per_pid[pid] = _process_rss(pid)
         return MemorySample("nvml", tuple(devices), per_pid, device_of)
 
     def close(self) -> None:
@@ -170,7 +170,7 @@ def system_sample(pids: Iterable[int]) -> MemorySample:
     """System RAM as the one device, and each backend's RSS (with its children)."""
     vm = psutil.virtual_memory()
     used = int(vm.total - vm.available)
-    per_pid = {pid: _descendant_rss(pid) for pid in pids}
+    per_pid = {pid: _process_rss(pid) for pid in pids}
     return MemorySample("system", (DeviceMemory("system", int(vm.total), used),), per_pid)
 
 

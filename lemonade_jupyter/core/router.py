@@ -372,9 +372,6 @@ class Router:
             return
         await self._evict(m, reason)
 
-    def counted_as_busy(self, m: LiveModel) -> bool:
-        return m.is_busy
-
     # ------------------------------------------------------------------ the core loop
     async def _ensure(
         self,
