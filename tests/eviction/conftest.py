@@ -14,9 +14,10 @@ test's back. ``eviction_grace_s`` is 0 unless a test sets it.
 
 from __future__ import annotations
 
+from _polling import wait_for
+
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,16 +37,8 @@ SIMULATE = "internal/simulate-vram-pressure"
 
 def wait_until(predicate: Callable[[], Any], timeout: float = DEADLINE_S,
                what: str = "condition", interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy (and return that); fail after
-    ``timeout`` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    """``_polling.wait_for`` with this suite's deadline."""
+    return wait_for(predicate, timeout, what, interval)
 
 
 def llama_children() -> dict[int, psutil.Process]:

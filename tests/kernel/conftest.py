@@ -59,16 +59,7 @@ def fake_magics(ip: InteractiveShell, fake: FakeRouter) -> LemonadeMagics:
     return use_client(ip, fake.client())
 
 
-def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+from _polling import wait_for  # noqa: E402,F401 - re-exported to the kernel tests
 
 
 def loaded(client: RouterClient) -> dict[str, dict[str, Any]]:
