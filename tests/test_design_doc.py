@@ -19,6 +19,7 @@ NAMESPACES = {
     "Watchdog": watchdog.Watchdog,
     "LemonadeHandler": base.LemonadeHandler,
     "LiveModel": router.LiveModel,
+    "Lease": router.Lease,
     "decisions": decisions,
 }
 

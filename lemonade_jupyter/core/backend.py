@@ -23,7 +23,7 @@ import httpx
 from ..errors import ModelLoadError
 from . import process
 from .catalog import ModelSpec
-from .engines.llamacpp import LlamaCppEngine
+from .engines.llamacpp import LOOPBACK, LlamaCppEngine
 from .options import LoadOptions
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class BackendState(enum.Enum):
 def free_port() -> int:
     """A loopback port that was free a moment ago (the backend retries if it is taken)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
 
 
@@ -90,7 +90,12 @@ class Backend:
     # -- read-only views ------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` for clients that pool connections per backend."""
+        return LOOPBACK, self.port
 
     @property
     def pid(self) -> int | None:

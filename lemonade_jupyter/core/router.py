@@ -75,6 +75,10 @@ class Lease:
     def url(self) -> str:
         return self.backend.url
 
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.backend.address
+
     def headers(self) -> dict[str, str]:
         return self.backend.auth_headers()
 

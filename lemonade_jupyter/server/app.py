@@ -19,6 +19,7 @@ from ..core.router import Router
 from ..core.settings import RouterSettings, validate_setting
 from ..errors import InvalidRequestError
 from .routes import ROUTES
+from .upstream import UpstreamPool
 
 
 class LemonadeApp(ExtensionApp):
@@ -136,9 +137,12 @@ class LemonadeApp(ExtensionApp):
             llama_server_path=self.llama_server_path or None,
             data_dir=data_dir,
         )
-        self.settings.update(
-            {"lemonade_router": self.router, "lemonade_ping_interval_s": self.sse_ping_interval_s}
-        )
+        self.upstream = UpstreamPool()
+        self.settings.update({
+            "lemonade_router": self.router,
+            "lemonade_upstream": self.upstream,
+            "lemonade_ping_interval_s": self.sse_ping_interval_s,
+        })
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(
@@ -150,6 +154,9 @@ class LemonadeApp(ExtensionApp):
         self.log.info("lemonade router started (data in %s)", self.data_dir)
 
     async def stop_extension(self) -> None:
+        upstream = getattr(self, "upstream", None)
+        if upstream is not None:
+            upstream.close()
         router = getattr(self, "router", None)
         if router is not None:
             await router.stop()

@@ -28,6 +28,7 @@ from ..core.router import Router
 from ..core.settings import RouterSettings
 from .proxy import DEFAULT_PING_INTERVAL_S
 from .routes import handlers
+from .upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 _access_log = logging.getLogger("tornado.access")
@@ -107,6 +108,7 @@ class EmbeddedServer:
             llama_server_path=self._llama_server_path,
             data_dir=self._data_dir,
         )
+        upstream = UpstreamPool()
         identity = IdentityProvider(token=self.token)
         app = Application(
             handlers("/"),
@@ -114,6 +116,7 @@ class EmbeddedServer:
             identity_provider=identity,
             authorizer=AllowAllAuthorizer(identity_provider=identity),
             lemonade_router=self.router,
+            lemonade_upstream=upstream,
             lemonade_ping_interval_s=DEFAULT_PING_INTERVAL_S,
             serverapp=None,
             xsrf_cookies=False,
@@ -135,5 +138,6 @@ class EmbeddedServer:
             await self._stopped.wait()
         finally:
             server.stop()
+            upstream.close()
             await self.router.stop()
             await server.close_all_connections()

@@ -1,7 +1,7 @@
 """The OpenAI-compatible proxy: ``chat/completions``, ``completions`` and ``embeddings``.
 
 Each request takes a lease on its model (auto-loading it, with the same 409 as ``/load`` when its
-pool is all pinned), is forwarded over the router's keep-alive pool with the backend's API key,
+pool is all pinned), is forwarded over a keep-alive pool (``upstream.py``) with the backend's API key,
 and holds the lease until the answer (or the whole stream) is done, so a busy model is never
 evicted.
 
@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
@@ -30,6 +28,7 @@ from ..core.router import Lease
 from ..errors import InvalidRequestError, LemonadeError, UpstreamError, error_body
 from .base import LemonadeHandler
 from .openai_checks import check_request
+from .upstream import UpstreamPool, UpstreamStream, UpstreamTransportError
 
 #: Default seconds of silence before a ``: ping`` comment (c.LemonadeApp.sse_ping_interval_s).
 DEFAULT_PING_INTERVAL_S = 2.0
@@ -80,6 +79,10 @@ class OpenAIProxyHandler(LemonadeHandler):
         self._data_sent = False
 
     @property
+    def upstream(self) -> UpstreamPool:
+        return self.settings["lemonade_upstream"]  # type: ignore[no-any-return]
+
+    @property
     def ping_interval(self) -> float:
         return float(self.settings.get("lemonade_ping_interval_s", DEFAULT_PING_INTERVAL_S))
 
@@ -118,13 +121,12 @@ class OpenAIProxyHandler(LemonadeHandler):
             lease = await router.acquire(model)
             ok = False
             try:
-                resp = await router.http.post(
-                    lease.url + self.upstream_path,
-                    content=self.request.body,
-                    headers={**lease.headers(), "Content-Type": "application/json"},
+                resp = await self.upstream.post(
+                    *lease.address, self.upstream_path, self.request.body,
+                    {**lease.headers(), "Content-Type": "application/json"},
                 )
                 ok = True
-            except httpx.TransportError as exc:
+            except UpstreamTransportError as exc:
                 await router.report_failure(lease)
                 if attempt == 1:
                     continue
@@ -132,12 +134,12 @@ class OpenAIProxyHandler(LemonadeHandler):
             finally:
                 router.release(lease, ok=ok)
             break
-        if resp.status_code >= 400:
-            status, err = _upstream_error(resp.status_code, resp.content)
+        if resp.code >= 400:
+            status, err = _upstream_error(resp.code, resp.body)
             self.write_json(err, status)
             return
-        self.set_status(resp.status_code)
-        self.finish(_rewrite_model(resp.content, model))
+        self.set_status(resp.code)
+        self.finish(_rewrite_model(resp.body, model))
 
     # ------------------------------------------------------------------ streaming
     async def _stream(self, model: str) -> None:
@@ -147,7 +149,7 @@ class OpenAIProxyHandler(LemonadeHandler):
                 try:
                     await self._pump_one(lease, model)
                     return
-                except (httpx.TransportError, UpstreamError) as exc:
+                except (UpstreamTransportError, UpstreamError) as exc:
                     await self.router.report_failure(lease)
                     if attempt == 1 and not self._data_sent:
                         continue
@@ -182,21 +184,16 @@ class OpenAIProxyHandler(LemonadeHandler):
         router = self.router
         ok = False
         try:
-            request = router.http.build_request(
-                "POST",
-                lease.url + self.upstream_path,
-                content=self.request.body,
+            resp = await self.upstream.stream(
+                *lease.address, self.upstream_path, self.request.body,
                 # llama-server closes the connection after a stream although it advertises
-                # keep-alive; saying so keeps that dead connection out of the shared pool,
-                # where the next request or watchdog probe would fail on it (benchmarks §2).
-                headers={**lease.headers(), "Content-Type": "application/json",
-                         "Connection": "close"},
+                # keep-alive; saying so keeps that connection out of the pool.
+                {**lease.headers(), "Content-Type": "application/json", "Connection": "close"},
             )
-            resp = await router.http.send(request, stream=True)
             try:
-                if resp.status_code >= 400:
-                    payload = await resp.aread()
-                    status, err = _upstream_error(resp.status_code, payload)
+                if resp.code >= 400:
+                    payload = await resp.read()
+                    status, err = _upstream_error(resp.code, payload)
                     ok = True
                     if not self._headers_sent:
                         self.write_json(err, status)
@@ -204,14 +201,13 @@ class OpenAIProxyHandler(LemonadeHandler):
                         await self._write(b"data: " + json.dumps(err).encode() + b"\n\n")
                         self.finish()
                     return
-                chunks = resp.aiter_raw()
-                first = await self._first_with_pings(chunks)
+                first = await self._first_with_pings(resp)
                 if first is None:
                     ok = True
                     self.finish()
                     return
                 self._commit_headers()
-                await self._relay(first, chunks, model)
+                await self._relay(first, resp, model)
                 ok = True
                 self.finish()
             finally:
@@ -219,7 +215,7 @@ class OpenAIProxyHandler(LemonadeHandler):
         finally:
             router.release(lease, ok=ok)
 
-    async def _first_with_pings(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+    async def _first_with_pings(self, chunks: UpstreamStream) -> bytes | None:
         """The first chunk, pinging while the backend is silent (prefill)."""
         nxt = asyncio.ensure_future(chunks.__anext__())
         try:
@@ -235,7 +231,7 @@ class OpenAIProxyHandler(LemonadeHandler):
             if not nxt.done():
                 nxt.cancel()
 
-    async def _relay(self, first: bytes, chunks: AsyncIterator[bytes], model: str) -> None:
+    async def _relay(self, first: bytes, chunks: UpstreamStream, model: str) -> None:
         """Write SSE events as they complete, with ``model`` rewritten; flush each time."""
         pending = b""
         chunk: bytes | None = first

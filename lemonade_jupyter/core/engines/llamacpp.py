@@ -17,6 +17,9 @@ from ..catalog import ModelSpec
 from ..options import LoadOptions
 from .install import cached_binary
 
+#: Backends listen here only: nothing but this host's router may reach them.
+LOOPBACK = "127.0.0.1"
+
 INSTALL_HINT = "lemonade-jupyter install-llama-server"
 DEFAULT_CTX_SIZE = 2048
 
@@ -76,7 +79,7 @@ class LlamaCppEngine:
             self.binary,
             "--model", spec.checkpoint,
             "--port", str(port),
-            "--host", "127.0.0.1",
+            "--host", LOOPBACK,
             "--ctx-size", str(options.ctx_size or DEFAULT_CTX_SIZE),
             "--no-webui",
         ]
