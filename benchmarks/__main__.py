@@ -31,9 +31,6 @@ from .profiling import PySpy
 from .report import machine_info, now_iso, render_markdown, write_results
 
 SECTIONS = ("proxy", "cold", "swap", "downsize", "scale")
-#: The main server's watchdog interval: probes effectively off (see the note in _run_sections).
-#: Back to the default once the watchdog no longer kills streaming backends.
-WATCHDOG_INTERVAL_S = 3600.0
 REPO = Path(__file__).resolve().parent.parent
 FAKE_SERVER = REPO / "tests" / "fakes" / "fake_llama_server.py"
 
@@ -132,16 +129,7 @@ def _run_sections(args: argparse.Namespace, ctx: Context, errors: list[str]) -> 
             "max_loaded_models": -1, "restore_on_start": False,
             # No background eviction rounds: section 6 drives them itself, synchronously.
             "memory_sample_interval_s": 3600,
-            "watchdog_interval_s": WATCHDOG_INTERVAL_S,
         })
-        ctx.notes.append(
-            f"The main Jupyter server runs with c.LemonadeApp.watchdog_interval_s="
-            f"{WATCHDOG_INTERVAL_S:g} (default 2), i.e. without liveness probes: with the "
-            "default, the watchdog killed the backend in the middle of the 16-stream batches "
-            "and every stream failed. Cause: llama-server closes the connection after each "
-            "stream, the probe reuses such a connection from the router's pool and fails at "
-            "once (5 of 20 probes sent right after a stream), and 3 failures in a row kill it. "
-            "The llama-server flags are unchanged.")
         try:
             section("start Jupyter server", server.start)
             if not errors:

@@ -71,3 +71,30 @@ def interleaved(
         for name in names[k:] + names[:k]:
             out[name].append(arms[name]())
     return out
+
+
+def interleaved_by_backend(
+    groups: list[tuple[Callable[[], object], dict[str, Callable[[], float]]]], reps: Reps
+) -> dict[str, list[float]]:
+    """:func:`interleaved` for arms that hit different backend processes.
+
+    Each group is ``(warm, arms)``: arms that end up at the same llama-server, and ``warm``, one
+    unmeasured request to it. A request that follows one to another llama-server is slower
+    (1.5 ms on this machine: that process's working set is cold), so with plain rotation an arm
+    that always follows a different backend pays for it every time. Here every group starts with
+    ``warm``, and arms inside a group rotate, so each measured request follows one to its own
+    backend, whatever the arm.
+    """
+    out: dict[str, list[float]] = {n: [] for _, arms in groups for n in arms}
+    started = time.monotonic()
+    for i in range(reps.max):
+        if i >= reps.min and time.monotonic() - started > reps.budget_s:
+            break
+        order = groups if i % 2 == 0 else groups[::-1]
+        for warm, arms in order:
+            warm()
+            names = list(arms)
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
+                out[name].append(arms[name]())
+    return out

@@ -21,7 +21,7 @@ import httpx
 
 from lemonade_jupyter.core.catalog import DEFAULT_MODEL
 
-from .common import PROMPT, Context, Reps, interleaved
+from .common import PROMPT, Context, Reps, interleaved_by_backend
 from .procs import BareLlama, BenchmarkError, JupyterServer, Relay, backend_api_key, cpu_s
 from .report import Row, Target
 
@@ -76,18 +76,25 @@ def run_nonstreaming(ctx: Context, server: JupyterServer, bare: BareLlama) -> No
                 return dt
             return once
 
-        arms = {
+        bare_arms = {
             "direct": arm(direct, bare.url + "/v1/chat/completions", bare.headers, "direct",
                           bare.pid),
+            "relay": arm(relayed, relay.url + "/v1/chat/completions", bare.headers, "relay"),
+        }
+        router_arms = {
             "router": arm(routed, server.api("api/v1/chat/completions"), server.headers,
                           "router", server.pid),
         }
         if ctl is not None:
-            arms["control"] = arm(control, ctl[0] + "/v1/chat/completions", ctl[1], "control")
-        arms["relay"] = arm(relayed, relay.url + "/v1/chat/completions", bare.headers, "relay")
-        interleaved(arms, ctx.reps(Reps(5, 5, 0), Reps(2, 2, 0)))  # warm-up: cache, connections
+            router_arms["control"] = arm(control, ctl[0] + "/v1/chat/completions", ctl[1],
+                                         "control")
+        # The unmeasured request that warms each backend before its arms run.
+        warm_bare = arm(direct, bare.url + "/v1/chat/completions", bare.headers, "warm")
+        warm_router = arm(routed, server.api("api/v1/chat/completions"), server.headers, "warm")
+        groups = [(warm_bare, bare_arms), (warm_router, router_arms)]
+        interleaved_by_backend(groups, ctx.reps(Reps(5, 5, 0), Reps(2, 2, 0)))  # warm-up
         cpu = {"direct": [], "router": []}
-        got = interleaved(arms, ctx.reps(Reps(60, 400, 60), Reps(8, 8, 0)))
+        got = interleaved_by_backend(groups, ctx.reps(Reps(60, 400, 60), Reps(8, 8, 0)))
     relay.stop()
     ctx.raw["nonstreaming_ms"] = got
     ctx.raw["nonstreaming_cpu_ms"] = cpu
@@ -367,62 +374,81 @@ class _RawHTTP:
 
 async def _client_cpu(ctx: Context, bare: BareLlama, n: int, rounds: int
                       ) -> dict[str, list[float]]:
+    """CPU per request (and per streamed event) of three upstream clients, interleaved."""
+    from lemonade_jupyter.server.upstream import UpstreamPool
+
     body = json.dumps({"model": DEFAULT_MODEL, "messages": PROMPT, "max_tokens": 1,
                        "temperature": 0}).encode()
-    headers = {**bare.headers}
-    # The router's pool, configured as in Router.start().
+    headers = {**bare.headers, "Content-Type": "application/json"}
+    # httpx as the router used it before the proxy got its own pool.
     hx = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
                            timeout=httpx.Timeout(None, connect=5.0))
+    pool = UpstreamPool()
     raw = _RawHTTP(bare.port)
-    url = bare.url + "/v1/chat/completions"
+    path = "/v1/chat/completions"
+    url = bare.url + path
 
     async def via_httpx() -> None:
-        r = await hx.post(url, content=body, headers={**headers,
-                                                      "Content-Type": "application/json"})
-        r.raise_for_status()
+        (await hx.post(url, content=body, headers=headers)).raise_for_status()
+
+    async def via_pool() -> None:
+        r = await pool.post("127.0.0.1", bare.port, path, body, headers)
+        if r.code != 200:
+            raise BenchmarkError(f"pool: {r.code} {r.body[:200]!r}")
 
     async def via_raw() -> None:
-        await raw.post("/v1/chat/completions", headers, body)
+        await raw.post(path, bare.headers, body)
 
     stream_body = json.dumps({"model": DEFAULT_MODEL, "messages": PROMPT, "temperature": 0,
                               "max_tokens": 16 if ctx.smoke else 128, "stream": True,
                               "ignore_eos": True}).encode()
+    # llama-server closes the connection after a stream: no client reuses it.
+    close = {**headers, "Connection": "close"}
 
     async def stream_httpx() -> int:
         events = 0
-        # llama-server closes the connection after a stream: do not reuse it (both clients).
-        async with hx.stream("POST", url, content=stream_body,
-                             headers={**headers, "Content-Type": "application/json",
-                                      "Connection": "close"}) as r:
-            async for chunk in r.aiter_raw():  # what the proxy reads
+        async with hx.stream("POST", url, content=stream_body, headers=close) as r:
+            async for chunk in r.aiter_raw():
                 events += chunk.count(b"\n\n")
         return events
 
-    async def stream_raw() -> int:
-        return await raw.stream("/v1/chat/completions", {**headers, "Connection": "close"},
-                                stream_body)
+    async def stream_pool() -> int:
+        events = 0
+        resp = await pool.stream("127.0.0.1", bare.port, path, stream_body, close)
+        try:
+            async for chunk in resp:  # what the proxy reads
+                events += chunk.count(b"\n\n")
+        finally:
+            await resp.aclose()
+        return events
 
-    out: dict[str, list[float]] = {"raw": [], "httpx": [], "raw_stream": [],
-                                   "httpx_stream": []}
+    async def stream_raw() -> int:
+        return await raw.stream(path, {**bare.headers, "Connection": "close"}, stream_body)
+
+    plain = {"raw": via_raw, "pool": via_pool, "httpx": via_httpx}
+    streamed = {"raw_stream": stream_raw, "pool_stream": stream_pool,
+                "httpx_stream": stream_httpx}
+    out: dict[str, list[float]] = {name: [] for name in (*plain, *streamed)}
     try:
-        for fn in (via_raw, via_httpx):
+        for fn in plain.values():
             for _ in range(3):
                 await fn()
         for i in range(rounds):
-            pairs = [("raw", via_raw), ("httpx", via_httpx)]
-            for name, fn in (pairs if i % 2 == 0 else pairs[::-1]):
+            order = list(plain.items())
+            for name, fn in (order if i % 2 == 0 else order[::-1]):
                 c0 = time.thread_time()
                 for _ in range(n):
                     await fn()
                 out[name].append((time.thread_time() - c0) * 1000 / n)
         for i in range(max(2, rounds // 2)):
-            spairs = [("raw_stream", stream_raw), ("httpx_stream", stream_httpx)]
-            for name, sfn in (spairs if i % 2 == 0 else spairs[::-1]):
+            sorder = list(streamed.items())
+            for name, sfn in (sorder if i % 2 == 0 else sorder[::-1]):
                 c0 = time.thread_time()
                 events = await sfn()
                 out[name].append((time.thread_time() - c0) * 1000 / max(events, 1))
     finally:
         raw.close()
+        pool.close()
         await hx.aclose()
     return out
 
@@ -431,8 +457,8 @@ def run_attribution(ctx: Context, server: JupyterServer, bare: BareLlama) -> Non
     """Where the proxy's time goes, in CPU time (robust to a shared machine).
 
     The Jupyter server's CPU per request for its cheapest authenticated call vs a proxied chat;
-    and, in this process, the CPU per request of the router's httpx pool vs a raw asyncio
-    HTTP/1.1 request to the same backend.
+    and, in this process, the CPU per request of the proxy's upstream pool vs a raw asyncio
+    HTTP/1.1 request to the same backend, and vs httpx (the client the proxy used before).
     """
     n, rounds = (20, 3) if ctx.smoke else (20, 5)
     body = json.dumps({"model": DEFAULT_MODEL, "messages": PROMPT, "max_tokens": 1,
@@ -463,11 +489,19 @@ def run_attribution(ctx: Context, server: JupyterServer, bare: BareLlama) -> Non
                 note=f"{rounds} rounds of {n} requests; process CPU time / requests"))
     ctx.add(Row(S1, "where it goes: upstream client CPU per request", "ms",
                 "raw asyncio HTTP/1.1", clients["raw"],
-                "httpx.AsyncClient (the router's pool)", clients["httpx"], "median",
+                "UpstreamPool (the proxy's client)", clients["pool"], "median",
+                note="in the benchmark process, same backend, thread CPU time / requests"))
+    ctx.add(Row(S1, "where it goes: upstream client CPU per request, before", "ms",
+                "httpx.AsyncClient (the proxy's client until this run)", clients["httpx"],
+                "UpstreamPool (the proxy's client)", clients["pool"], "median",
                 note="in the benchmark process, same backend, thread CPU time / requests"))
     ctx.add(Row(S2, "where it goes: upstream client CPU per SSE event", "ms",
                 "raw asyncio HTTP/1.1, chunked", clients["raw_stream"],
-                "httpx aiter_raw (what the proxy reads)", clients["httpx_stream"], "median",
+                "UpstreamPool stream (what the proxy reads)", clients["pool_stream"], "median",
+                note="in the benchmark process; llama-server sends about one event per token"))
+    ctx.add(Row(S2, "where it goes: upstream client CPU per SSE event, before", "ms",
+                "httpx aiter_raw (the proxy's client until this run)", clients["httpx_stream"],
+                "UpstreamPool stream (what the proxy reads)", clients["pool_stream"], "median",
                 note="in the benchmark process; llama-server sends about one event per token"))
     ctx.add(Row(S2, "where it goes: proxy's model-name rewrite per SSE event", "ms",
                 "passing the event through", [0.0],
