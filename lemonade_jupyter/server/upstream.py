@@ -16,6 +16,7 @@ backend closed that connection while idle, so it never saw the request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import time
 from dataclasses import dataclass
@@ -50,8 +51,14 @@ class _Reader(httputil.HTTPMessageDelegate):
         self.headers = httputil.HTTPHeaders()
         self.chunks: list[bytes] = []
         self.streaming = streaming
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.headers_ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.headers_ready: asyncio.Future[None] = self._loop.create_future()
+        # Streaming hand-over: at most one chunk (plus an end marker) waits here, because
+        # tornado reads no further until ``_taken`` resolves (backpressure). Plain futures, not
+        # an asyncio.Queue: this runs once per token, and the queue's bookkeeping cost more.
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiting: asyncio.Future[None] | None = None
+        self._taken: asyncio.Future[None] | None = None
 
     def headers_received(
         self,
@@ -68,18 +75,33 @@ class _Reader(httputil.HTTPMessageDelegate):
         if not self.streaming:
             self.chunks.append(chunk)
             return None
-        self.queue.put_nowait(chunk)
-        # Backpressure: tornado waits for this before reading more from the backend.
-        return self.queue.join()
+        self._push(chunk)
+        self._taken = self._loop.create_future()
+        return self._taken  # tornado reads on once the consumer has taken this chunk
 
     def finish(self) -> None:
         if self.streaming:
-            self.queue.put_nowait(_EOF)
+            self._push(_EOF)
 
     def on_connection_close(self) -> None:
         if self.streaming:
-            self.queue.put_nowait(_CLOSED)
+            self._push(_CLOSED)
         self.fail(UpstreamTransportError("the backend closed the connection"))
+
+    def _push(self, item: Any) -> None:
+        self._items.append(item)
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
+
+    async def take(self) -> Any:
+        """The next chunk, ``_EOF`` or ``_CLOSED``."""
+        while not self._items:
+            self._waiting = self._loop.create_future()
+            await self._waiting
+        item = self._items.popleft()
+        if self._taken is not None and not self._taken.done():
+            self._taken.set_result(None)
+        return item
 
     def fail(self, exc: BaseException) -> None:
         if not self.headers_ready.done():
@@ -103,8 +125,7 @@ class UpstreamStream:
         return self
 
     async def __anext__(self) -> bytes:
-        item = await self._reader.queue.get()
-        self._reader.queue.task_done()
+        item = await self._reader.take()
         if item is _EOF:
             raise StopAsyncIteration
         if item is _CLOSED:
