@@ -67,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(smoke=args.smoke, llama_server=llama, model_file=model,
                       fake_server=str(FAKE_SERVER), tmp=Path(tmp),
                       deadline=started + (60 if args.smoke else 400))
+        threads = os.environ.get("LEMONADE_BACKEND_THREADS")
+        ctx.notes.append(
+            f"llama-server threads: {threads} (LEMONADE_BACKEND_THREADS), the same for the bare "
+            "and the router's backends." if threads else
+            "llama-server threads: llama.cpp's default (every core here), the same for the bare "
+            "and the router's backends: the Jupyter server's CPU competes with generation, so "
+            "streaming throughput loses what the proxy spends per token. "
+            "`LEMONADE_BACKEND_THREADS=1 python -m benchmarks --only proxy` leaves it a core.")
         try:
             _run_sections(args, ctx, errors)
         except BaseException as exc:  # interrupted: keep what we have
