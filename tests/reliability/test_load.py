@@ -1,8 +1,14 @@
-"""Load (issue 7 §5): 64 concurrent streaming clients across 2 real models for 60 s.
+"""Load (issue 7 §5): 64 concurrent streaming clients across 2 real models, 150 s.
 
 Through a real ``jupyter server`` and its router: zero failed requests, every stream ends with
 ``[DONE]``, no backend restarted (the watchdog must not take a busy backend for a hung one), and
 the Jupyter server's memory (RSS of its process) stays flat after warm-up.
+
+Why 150 s and not 60: the server's RSS climbs by about 6 MiB over the first 100-110 s of this
+load and is then flat to the MiB (a 180 s run: 92.8 MiB at 15 s, 98.2 at 110 s, 98.3 from 126 s
+to the end), while tracemalloc shows no growth of Python objects (the second test below). It is
+the allocator settling, and a 60 s run ends inside it. So the test runs past it and checks the
+last 40 s for flatness, plus a bound on all growth after the first 15 s.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ import pytest
 from ._harness import API, chat_body, loaded, write_artifact
 
 CLIENTS = 64
-SECONDS = float(os.environ.get("LEMONADE_LOAD_SECONDS", "60"))
+SECONDS = float(os.environ.get("LEMONADE_LOAD_SECONDS", "150"))
 WARMUP_S = 15.0
-#: Allowed RSS growth of the Jupyter server between the end of warm-up and the end of the run.
-RSS_GROWTH_LIMIT = 24 * 1024 * 1024
+#: Allowed RSS growth of the Jupyter server from WARMUP_S to the end (measured: 5.5 MiB).
+RSS_GROWTH_LIMIT = 12 * 1024 * 1024
+#: The final window that must be flat, and how flat (measured: 0.1 MiB; the climb before the
+#: plateau ran at about 2.5 MiB per 40 s, so a creep of that size fails).
+FLAT_WINDOW_S = 40.0
+FLAT_LIMIT = 1.5 * 1024 * 1024
 
 
 async def stream_once(client: httpx.AsyncClient, model: str, max_tokens: int) -> tuple[bool, int, str]:
@@ -58,8 +68,8 @@ async def stream_once(client: httpx.AsyncClient, model: str, max_tokens: int) ->
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_64_streaming_clients_for_60_s(jupyter_factory, model_files):
+@pytest.mark.timeout(600)
+def test_64_streaming_clients_memory_flat_after_warmup(jupyter_factory, model_files):
     server = jupyter_factory(max_loaded_models=2, sse_ping_interval_s=2.0)
     models = ["user.load1", "user.load2"]
     with server.client() as c:
@@ -122,6 +132,7 @@ def test_64_streaming_clients_for_60_s(jupyter_factory, model_files):
     after_warmup = [r for t, r in rss if t >= WARMUP_S]
     rss_warm = after_warmup[0] if after_warmup else rss[-1][1]
     rss_end = rss[-1][1]
+    window = [r for t, r in rss if t >= rss[-1][0] - FLAT_WINDOW_S]
     crashes = [ln for ln in metrics.splitlines()
                if ln.startswith("lemonade_backend_crashes_total")]
     lat = sorted(results["latencies"])
@@ -135,6 +146,8 @@ def test_64_streaming_clients_for_60_s(jupyter_factory, model_files):
         "server_rss_after_warmup_mib": round(rss_warm / 2**20, 1),
         "server_rss_end_mib": round(rss_end / 2**20, 1),
         "server_rss_max_after_warmup_mib": round(max(after_warmup or [rss_end]) / 2**20, 1),
+        "server_rss_final_window_s": FLAT_WINDOW_S,
+        "server_rss_final_window_growth_mib": round((max(window) - window[0]) / 2**20, 2),
         "server_rss_series_mib": [(round(t), round(r / 2**20, 1)) for t, r in rss[::10]],
         "backend_crashes_metric": crashes,
         "errors_sample": results["errors"][:5],
@@ -146,6 +159,7 @@ def test_64_streaming_clients_for_60_s(jupyter_factory, model_files):
     assert {n: m["pid"] for n, m in health.items()} == pids_before
     assert all(m["pinned"] for m in health.values())
     assert rss_end - rss_warm <= RSS_GROWTH_LIMIT, figures
+    assert max(window) - window[0] <= FLAT_LIMIT, figures
 
 
 @pytest.mark.slow
