@@ -172,7 +172,9 @@ def render_markdown(data: dict[str, Any], rows: list[Row]) -> str:
     m = data["machine"]
     load = max(m["loadavg_start"][0], max((x[0] for x in data.get("loadavg_samples", [])),
                                           default=0.0))
-    shared = load > 1.0
+    # During the run the load average counts the benchmark's own llama-servers and clients
+    # (2 busy threads while generating), so only the load at start says whether others ran.
+    shared = m["loadavg_start"][0] > 1.0
     lines = [
         f"# lemonade_jupyter benchmarks ({data['mode']} run)",
         "",
@@ -181,12 +183,12 @@ def render_markdown(data: dict[str, Any], rows: list[Row]) -> str:
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux "
         f"{m['kernel']}, Python {m['python']}, llama-server {m['llama_server_version']}.",
         f"Load average (1 min) at start {m['loadavg_start'][0]:.2f}, highest seen during the run "
-        f"{load:.2f}.",
+        f"{load:.2f} (that one includes the benchmark's own processes).",
         "",
     ]
     if shared:
         lines += [
-            "**Measured while the machine was shared** (load average above 1 on 2 CPUs): other "
+            "**Measured while the machine was shared** (load average above 1 at start): other "
             "work competed for the CPUs, so absolute figures are noisier and slower than on an "
             "idle machine. Baseline and subject were interleaved, so both saw the same load.",
             "",
