@@ -63,6 +63,10 @@ RUNTIME_KEYS = (
 )
 
 
+#: Upper bound of ``eviction_grace_s``.
+MAX_EVICTION_GRACE_S = 60.0
+
+
 def validate_setting(key: str, value: Any) -> Any:
     """Return the checked value for a runtime key; raise InvalidRequestError otherwise."""
     if key not in RUNTIME_KEYS:
@@ -92,6 +96,14 @@ def validate_setting(key: str, value: Any) -> Any:
     elif key == "evict_weight_factor":
         if value <= 0:
             raise InvalidRequestError("evict_weight_factor must be > 0", param=key)
+    elif key == "eviction_grace_s":
+        # The engine sleeps this long before acting on memory pressure: a long grace is an
+        # engine that never relieves it.
+        if not 0 <= value <= MAX_EVICTION_GRACE_S:
+            raise InvalidRequestError(
+                f"eviction_grace_s must be between 0 and {MAX_EVICTION_GRACE_S:g} seconds",
+                param=key,
+            )
     elif key in ("memory_sample_interval_s", "eviction_interval_s"):
         if value < 0.1:
             raise InvalidRequestError(f"{key} must be >= 0.1", param=key)

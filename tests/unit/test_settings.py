@@ -22,6 +22,8 @@ VALID = [
     ("downsize_idle_timeout", 0, 0.0),
     ("evict_idle_timeout", 30.5, 30.5),
     ("memory_sample_interval_s", 0.1, 0.1),
+    ("eviction_grace_s", 0, 0.0),
+    ("eviction_grace_s", 60, 60.0),
 ]
 
 INVALID = [
@@ -45,6 +47,9 @@ INVALID = [
     ("evict_weight_factor", math.inf),
     ("downsize_idle_timeout", -1),
     ("memory_sample_interval_s", 0.01),
+    ("eviction_grace_s", -0.1),
+    ("eviction_grace_s", 60.5),
+    ("eviction_grace_s", 1e11),
     ("no_such_key", 1),
     ("ready_timeout_s", 5),  # start-up only
 ]
