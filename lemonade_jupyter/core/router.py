@@ -506,8 +506,9 @@ class Router:
     async def _load_task(self, m: LiveModel, reason: str) -> None:
         try:
             # Checked before admission: a load that cannot even start must not cost another
-            # model its slot (a missing file used to evict the pool's LRU model first).
+            # model its slot (a missing file or engine used to evict the pool's LRU model first).
             self._check_weights(m)
+            find_llama_server(self._llama_server_path)
             await self._admit(m)
             backend = await self._start_with_retry(m)
         except BaseException as exc:

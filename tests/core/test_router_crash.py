@@ -10,7 +10,12 @@ import time
 import pytest
 
 from lemonade_jupyter.core.options import LoadOptions
-from lemonade_jupyter.errors import CoolingDownError, ModelLoadError, ModelNotFoundError
+from lemonade_jupyter.errors import (
+    CoolingDownError,
+    EngineMissingError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
 
 from .conftest import chat, events, ready_pid, wait_event, wait_until
 
@@ -143,6 +148,22 @@ async def test_router_missing_weights_is_not_found_at_once(
         assert not events(router, "evict")
         with pytest.raises(ModelNotFoundError):
             await router.load("user.gone")
+
+
+async def test_router_missing_engine_costs_no_other_model_its_slot(
+    catalog, make_router, tmp_path
+):
+    """llama-server removed (or never installed) while a model runs: the next load fails with
+    the install hint before admission, so the full pool's LRU model keeps its slot."""
+    async with make_router(catalog, max_loaded_models=1) as router:
+        m1 = await router.load("user.m1")
+        router._llama_server_path = str(tmp_path / "removed" / "llama-server")
+        with pytest.raises(EngineMissingError) as info:
+            await router.load("user.m2")
+        assert info.value.status_code == 503 and "install-llama-server" in info.value.message
+        assert router.get_live("user.m1") is m1 and ready_pid(router, "user.m1")
+        assert not events(router, "evict")
+        assert router.get_live("user.m2") is None
 
 
 async def test_router_watchdog_kills_and_reloads_hung_backend(catalog, make_router):
