@@ -37,6 +37,7 @@ import httpx
 
 from ..errors import (
     BackendShutdownError,
+    CoolingDownError,
     InvalidRequestError,
     LemonadeError,
     ModelLoadError,
@@ -725,15 +726,34 @@ class Router:
         self.events.emit("crash", m.name, "crash", exit_code=code, pid=backend.pid,
                          pinned=m.pinned)
         self._notify()
-        if m.pinned and not self._guard.cooling_down(m.name):
-            # Every option, not only the process ones: the reloaded model must keep its
-            # per-model eviction settings too (they would silently fall back to the global
-            # ones once the model is unpinned).
-            self._spawn_background(self._quiet(self._ensure(
-                m.name, pinned=None, options=m.options,
-                given=frozenset(LoadOptions.__dataclass_fields__), reason="crash",
-                count_use=False,
-            )))
+        if m.pinned:
+            self._spawn_background(self._keep_pinned_loaded(m.name, m.options))
+
+    async def _keep_pinned_loaded(self, name: str, options: LoadOptions) -> None:
+        """Reload a crashed pinned model, waiting out crash-loop cooldowns in between.
+
+        A pin means "keep this loaded": when the model crash-loops into a cooldown it is tried
+        again once the cooldown ends (one try per cooldown, and those double up to their cap,
+        so this is no restart storm). It stops once the model is live, unpinned or unloaded,
+        on any other error (its next request tries again), or when the router stops.
+        """
+        while not self._closing and self._pins.get(name) and self.get_live(name) is None:
+            try:
+                # Every option, not only the process ones: the reloaded model must keep its
+                # per-model eviction settings too (they would silently fall back to the
+                # global ones once the model is unpinned).
+                await self._ensure(
+                    name, pinned=None, options=options,
+                    given=frozenset(LoadOptions.__dataclass_fields__), reason="crash",
+                    count_use=False,
+                )
+            except CoolingDownError as exc:
+                await asyncio.sleep(exc.retry_after_s)
+            except ModelLoadError:
+                continue  # counted by the guard: the next turn is refused into a cooldown
+            except LemonadeError as exc:
+                log.warning("Reload of pinned %s failed: %s", name, exc.message)
+                return
 
     # ------------------------------------------------------------------ memory
     def _backend_pids(self) -> list[int]:

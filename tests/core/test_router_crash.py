@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
 
@@ -164,6 +165,35 @@ async def test_router_missing_engine_costs_no_other_model_its_slot(
         assert router.get_live("user.m1") is m1 and ready_pid(router, "user.m1")
         assert not events(router, "evict")
         assert router.get_live("user.m2") is None
+
+
+async def test_router_pinned_model_is_reloaded_when_its_crash_cooldown_ends(
+    catalog, make_router, default_model_file, tmp_path, corrupt_gguf
+):
+    """A pinned model whose backend crashes and then cannot start goes into the crash-loop
+    cooldown; once the cooldown is over the router tries again by itself (a pin means "keep
+    this loaded"), without waiting for a request."""
+    weights = tmp_path / "flaky.gguf"
+    good = tmp_path / "good.gguf.bak"
+    shutil.copyfile(default_model_file, good)
+    os.link(good, weights)
+    catalog.add_user_model("user.flaky", str(weights))
+    async with make_router(catalog, max_loaded_models=2, crash_cooldown_s=1.0) as router:
+        m = await router.load("user.flaky", pinned=True)
+        old_pid = m.backend.pid
+        weights.unlink()
+        os.link(corrupt_gguf, weights)  # the next start fails: crash, failed reload, cooldown
+        os.kill(old_pid, signal.SIGKILL)
+        await wait_until(lambda: router._guard.cooling_down("user.flaky")
+                         and router.get_live("user.flaky") is None, 30,
+                         "the failed reload and the crash-loop cooldown")
+        weights.unlink()
+        os.link(good, weights)  # fixed while it cools down; nobody sends a request
+        new_pid = await wait_until(lambda: ready_pid(router, "user.flaky"), 30,
+                                   "the reload after the cooldown")
+        assert new_pid != old_pid
+        assert router.get_live("user.flaky").pinned
+        assert [e.reason for e in events(router, "load_failed", "user.flaky")] == ["crash"]
 
 
 async def test_router_watchdog_kills_and_reloads_hung_backend(catalog, make_router):
