@@ -117,6 +117,9 @@ class Router:
         self._pins: dict[str, bool] = {}
         self._transitions: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        #: Options of models whose backend crashed, until they load again: the reload that the
+        #: next request triggers must not fall back to defaults (a pinned one reloads at once).
+        self._crashed_options: dict[str, LoadOptions] = {}
         self._changed = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
         self._started = False
@@ -322,6 +325,7 @@ class Router:
         if name is None:
             targets = list(self._models.values())
             self._pins.clear()
+            self._crashed_options.clear()
         else:
             m = self._models.get(name)
             if m is None:
@@ -436,7 +440,7 @@ class Router:
     def _new_entry(
         self, spec: ModelSpec, options: LoadOptions, given: frozenset[str], pinned: bool | None
     ) -> LiveModel:
-        base = LoadOptions().merged(options, given)
+        base = self._crashed_options.pop(spec.name, LoadOptions()).merged(options, given)
         m = LiveModel(spec=spec, options=base)
         m.pinned = pinned if pinned is not None else self._pins.get(spec.name, False)
         if pinned is not None:
@@ -723,6 +727,7 @@ class Router:
         m.state = ModelState.UNLOADED
         if self._models.get(m.name) is m and m.name not in self._transitions:
             del self._models[m.name]
+            self._crashed_options[m.name] = m.options
         self.events.emit("crash", m.name, "crash", exit_code=code, pid=backend.pid,
                          pinned=m.pinned)
         self._notify()

@@ -97,6 +97,25 @@ async def test_router_crash_reload_keeps_pin_and_is_automatic(catalog, make_rout
         assert reload.reason == "crash" and reload.detail["pinned"] is True
 
 
+async def test_router_crashed_unpinned_model_comes_back_with_its_options(catalog, make_router):
+    """An unpinned model is not reloaded by itself after a crash; the request that reloads it
+    gets the options it was loaded with, not the defaults."""
+    async with make_router(catalog, max_loaded_models=2) as router:
+        options = LoadOptions(ctx_size=1024, evict_weight_factor=3.0)
+        m = await router.load("user.m1", options=options,
+                              given=frozenset({"ctx_size", "evict_weight_factor"}))
+        old_pid = m.backend.pid
+        os.kill(old_pid, signal.SIGKILL)
+        await wait_event(router, "crash", "user.m1")
+        assert router.get_live("user.m1") is None
+        new_pid, _ = await chat(router, "user.m1")
+        assert new_pid != old_pid
+        assert router.get_live("user.m1").options == options
+        with open(f"/proc/{new_pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert argv[argv.index(b"--ctx-size") + 1] == b"1024"
+
+
 async def test_router_corrupt_gguf_retries_once_then_cools_down(
     catalog, make_router, corrupt_gguf, tmp_path
 ):
