@@ -453,6 +453,10 @@ async def _client_cpu(ctx: Context, bare: BareLlama, n: int, rounds: int
     return out
 
 
+PER_REQUEST_NOTE = "in the benchmark process, same backend, thread CPU time / requests"
+PER_EVENT_NOTE = "in the benchmark process; llama-server sends about one event per token"
+
+
 def run_attribution(ctx: Context, server: JupyterServer, bare: BareLlama) -> None:
     """Where the proxy's time goes, in CPU time (robust to a shared machine).
 
@@ -490,19 +494,19 @@ def run_attribution(ctx: Context, server: JupyterServer, bare: BareLlama) -> Non
     ctx.add(Row(S1, "where it goes: upstream client CPU per request", "ms",
                 "raw asyncio HTTP/1.1", clients["raw"],
                 "UpstreamPool (the proxy's client)", clients["pool"], "median",
-                note="in the benchmark process, same backend, thread CPU time / requests"))
+                note=PER_REQUEST_NOTE))
     ctx.add(Row(S1, "where it goes: upstream client CPU per request, before", "ms",
                 "httpx.AsyncClient (the proxy's client until this run)", clients["httpx"],
                 "UpstreamPool (the proxy's client)", clients["pool"], "median",
-                note="in the benchmark process, same backend, thread CPU time / requests"))
+                note=PER_REQUEST_NOTE))
     ctx.add(Row(S2, "where it goes: upstream client CPU per SSE event", "ms",
                 "raw asyncio HTTP/1.1, chunked", clients["raw_stream"],
                 "UpstreamPool stream (what the proxy reads)", clients["pool_stream"], "median",
-                note="in the benchmark process; llama-server sends about one event per token"))
+                note=PER_EVENT_NOTE))
     ctx.add(Row(S2, "where it goes: upstream client CPU per SSE event, before", "ms",
                 "httpx aiter_raw (the proxy's client until this run)", clients["httpx_stream"],
                 "UpstreamPool stream (what the proxy reads)", clients["pool_stream"], "median",
-                note="in the benchmark process; llama-server sends about one event per token"))
+                note=PER_EVENT_NOTE))
     ctx.add(Row(S2, "where it goes: proxy's model-name rewrite per SSE event", "ms",
                 "passing the event through", [0.0],
                 "json.loads + json.dumps (_rewrite_events)", [_rewrite_cost_ms()], "median"))
