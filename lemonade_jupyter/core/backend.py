@@ -242,10 +242,11 @@ class Backend:
     async def probe(self, timeout_s: float) -> bool:
         """One liveness check: True when ``/health`` answers (any status) within the timeout.
 
-        A transport error is retried once at once: llama-server closes the connection after a
-        stream, and the pool may hand the probe such a dead keep-alive connection; without the
-        retry the watchdog counted those as failed probes and killed busy, healthy backends
-        mid-stream (found by the 16-stream benchmark). A timeout is not retried: that is a hang.
+        A transport error is retried once at once: the pool may hand the probe a keep-alive
+        connection the backend has just closed (llama-server closes them after a stream, and
+        when idle for 5 s). Counted as failed probes, those made the watchdog kill busy,
+        healthy backends mid-stream (found by the 16-stream benchmark, when streams still
+        shared this pool). A timeout is not retried: that is a hang.
         """
         for attempt in (1, 2):
             try:

@@ -174,10 +174,9 @@ class Router:
     async def stop(self) -> None:
         """Refuse new work, end in-flight requests, stop every backend, then our tasks.
 
-        The backend connection pool is closed *before* the backends are stopped: that ends
-        every proxied request at once (the proxy answers ``router_shutdown``) and makes
-        llama-server stop generating, which it must before it honours SIGTERM; otherwise a
-        stream in flight would hold shutdown for the whole stop grace.
+        Proxied requests must be cut before this runs (the server layer closes its
+        ``UpstreamPool`` first): llama-server ignores SIGTERM while it generates, so a stream
+        still in flight would hold shutdown for the whole stop grace.
         """
         if self._closing:
             return
@@ -209,7 +208,10 @@ class Router:
 
     @property
     def http(self) -> httpx.AsyncClient:
-        """The keep-alive connection pool shared by all requests to backends."""
+        """The pool for control traffic to backends: readiness, ``/props``, watchdog probes.
+
+        Proxied requests do not use it: the server layer has its own, cheaper pool
+        (``server/upstream.py``)."""
         if self._http is None:
             raise RuntimeError("Router.start() has not been awaited")
         return self._http
