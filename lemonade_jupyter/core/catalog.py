@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..api_paths import API_V1
 from ..errors import InvalidRequestError, ModelNotFoundError
 from .state_files import read_json_or_quarantine, write_json_atomic
 
@@ -119,7 +120,7 @@ class Catalog:
         spec = self._user.get(name) or self._builtin.get(name)
         if spec is None:
             raise ModelNotFoundError(
-                f"Model '{name}' is not in the catalog. See GET lemonade/api/v1/models.",
+                f"Model '{name}' is not in the catalog. See GET {API_V1}/models.",
                 param="model",
             )
         return spec

@@ -7,13 +7,14 @@ treats the model (a change applies in place).
 
 from __future__ import annotations
 
-import math
 import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import InvalidRequestError
+from .settings import check_value
+from .validation import check_number
 
 # Flags the router sets itself; a user may not override them through ``llamacpp_args``.
 RESERVED_FLAGS = frozenset(
@@ -50,20 +51,9 @@ class LoadOptions:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
 
-#: Larger numbers are never meaningful here (seconds, tokens, weights).
-_MAX_NUMBER = 1e12
-
-
-def _number(key: str, value: Any, *, minimum: float, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequestError(f"Parameter '{key}' must be a number", param=key)
-    if integer and not isinstance(value, int):
-        raise InvalidRequestError(f"Parameter '{key}' must be an integer", param=key)
-    if abs(value) > _MAX_NUMBER:  # also keeps huge ints away from float()/isfinite overflow
-        raise InvalidRequestError(f"Parameter '{key}' is too large", param=key)
-    if not math.isfinite(value) or value < minimum:
-        raise InvalidRequestError(f"Parameter '{key}' must be >= {minimum}", param=key)
-    return value
+#: Bounds of ``ctx_size`` (tokens).
+MIN_CTX_SIZE = 64
+MAX_CTX_SIZE = 1 << 20
 
 
 def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[str]]:
@@ -86,23 +76,15 @@ def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[
             values[key] = "" if key == "llamacpp_args" else None
             continue
         if key == "ctx_size":
-            values[key] = int(_number(key, value, minimum=64, integer=True))
-            if values[key] > 1 << 20:
-                raise InvalidRequestError("Parameter 'ctx_size' is too large", param=key)
+            values[key] = check_number(
+                key, value, minimum=MIN_CTX_SIZE, maximum=MAX_CTX_SIZE, integer=True
+            )
         elif key == "llamacpp_args":
             values[key] = _check_user_args(value)
-        elif key == "auto_evict":
-            if not isinstance(value, bool):
-                raise InvalidRequestError("Parameter 'auto_evict' must be a boolean", param=key)
-            values[key] = value
-        elif key == "evict_weight_factor":
-            values[key] = float(_number(key, value, minimum=0))
-            if values[key] == 0:
-                raise InvalidRequestError(
-                    "Parameter 'evict_weight_factor' must be > 0", param=key
-                )
         else:
-            values[key] = float(_number(key, value, minimum=0))
+            # The eviction options share their rules with the router-wide setting they
+            # override for one model.
+            values[key] = check_value(key, value)
     return LoadOptions(**values), frozenset(given)
 
 

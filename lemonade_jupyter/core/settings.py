@@ -1,70 +1,148 @@
-"""Router-wide settings and their validation for ``/internal/set``.
+"""Router-wide settings: one table, and everything derived from it.
 
-The server layer fills :class:`RouterSettings` from traitlets (``c.LemonadeApp.*``); the
-runtime-settable subset can then be changed through ``/internal/set`` and is persisted in the
-state file, so a value set at run time survives a restart.
+:data:`SETTINGS` lists every setting once: name, type, default, help text, bounds, whether
+``/internal/set`` may change it at run time and whether the state file keeps it across a
+restart. From it come the :class:`RouterSettings` dataclass the router reads, the checks of
+``/internal/set`` (:func:`validate_setting`) and of the config file (:func:`check_value`), the
+persisted keys (:data:`PERSISTED_KEYS`), and, in ``server/app.py``, the ``c.LemonadeApp.*``
+traits. Adding a setting is one entry in the table.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import KW_ONLY, asdict, dataclass, field, make_dataclass, replace
 from typing import Any
 
 from ..errors import InvalidRequestError
+from .validation import check_bool, check_number
+
+#: Upper bound of ``eviction_grace_s``: the engine sleeps this long before acting on memory
+#: pressure, and a long grace is an engine that never relieves it.
+MAX_EVICTION_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
-class RouterSettings:
-    """Everything the router reads; replaced as a whole, never mutated in place."""
+class Setting:
+    """One row of :data:`SETTINGS`."""
 
-    max_loaded_models: int = 1
-    auto_evict: bool = False
-    auto_evict_threshold_pct: float = 0.90
-    downsize_idle_timeout: float = 60.0
-    evict_idle_timeout: float = 300.0
-    evict_weight_factor: float = 1.0
-    restore_on_start: bool = True
-    crash_loop_threshold: int = 2
-    crash_cooldown_s: float = 5.0
-    crash_cooldown_max_s: float = 300.0
-    ready_timeout_s: float = 120.0
-    stop_grace_s: float = 5.0
-    watchdog_interval_s: float = 2.0
-    watchdog_probe_timeout_s: float = 3.0
-    watchdog_probe_failures: int = 3
-    memory_sample_interval_s: float = 2.0
-    eviction_interval_s: float = 5.0
-    eviction_grace_s: float = 0.25
-    backend_threads: int | None = None
+    name: str
+    type: type  # bool, int or float
+    default: Any
+    _: KW_ONLY
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    #: One more accepted value outside the bounds (-1: no limit).
+    special: int | None = None
+    #: The value that stands for ``None`` in a config file (a trait cannot be None).
+    none_as: int | None = None
+    #: ``/internal/set`` may change it while the router runs.
+    runtime: bool = False
+    #: The state file keeps it, so a value set at run time survives a restart.
+    persisted: bool = False
+    #: The error message for any bad value, instead of the generic one.
+    message: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def config_default(self) -> Any:
+        """The default as a config value (``none_as`` for ``None``)."""
+        return self.none_as if self.default is None else self.default
 
-    def with_updates(self, updates: Mapping[str, Any]) -> RouterSettings:
-        """Validate every key first, then apply all of them; a bad one changes nothing."""
-        checked = {key: validate_setting(key, value) for key, value in updates.items()}
-        return replace(self, **checked)
+    def check(self, value: Any) -> Any:
+        """Return ``value`` checked against this row; raise InvalidRequestError otherwise."""
+        key = self.name
+        try:
+            if self.type is bool:
+                return check_bool(key, value)
+            integer = self.type is int
+            if self.special is not None:
+                if check_number(key, value, integer=integer) == self.special:
+                    return value
+            return check_number(
+                key, value, minimum=self.minimum, maximum=self.maximum, integer=integer,
+                exclusive_minimum=self.exclusive_minimum,
+            )
+        except InvalidRequestError:
+            if self.message is None:
+                raise
+            raise InvalidRequestError(self.message, param=key) from None
+
+    def from_config(self, value: Any) -> Any:
+        """The router's value for a config value (``none_as`` becomes ``None``)."""
+        return None if self.none_as is not None and value == self.none_as else value
 
 
-#: Keys ``/internal/set`` accepts (the rest are start-up only).
-RUNTIME_KEYS = (
-    "max_loaded_models",
-    "auto_evict",
-    "auto_evict_threshold_pct",
-    "downsize_idle_timeout",
-    "evict_idle_timeout",
-    "evict_weight_factor",
-    "restore_on_start",
-    "memory_sample_interval_s",
-    "eviction_interval_s",
-    "eviction_grace_s",
+#: Every router setting, in the order of :class:`RouterSettings`' fields.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("max_loaded_models", int, 1, minimum=1, maximum=1_000_000, special=-1,
+            runtime=True, persisted=True,
+            message="max_loaded_models must be a positive integer or -1 (unlimited)",
+            help="Models kept loaded per type (llm, embedding, reranking...); -1 means no limit."),
+    Setting("auto_evict", bool, False, runtime=True, persisted=True,
+            help="Let the eviction engine downsize and unload idle models."),
+    Setting("auto_evict_threshold_pct", float, 0.90, minimum=0, exclusive_minimum=True,
+            maximum=1, runtime=True, persisted=True,
+            help="Memory pressure (used fraction of the fullest device) at which to evict, "
+            "(0, 1]."),
+    Setting("downsize_idle_timeout", float, 60.0, minimum=0, runtime=True,
+            help="Default seconds idle before a model is downsized."),
+    Setting("evict_idle_timeout", float, 300.0, minimum=0, runtime=True,
+            help="Default seconds idle before a model is unloaded."),
+    Setting("evict_weight_factor", float, 1.0, minimum=0, exclusive_minimum=True, runtime=True,
+            help="Default weight of a model's reload cost under memory pressure: candidates "
+            "rank by idle time / (load time x factor)."),
+    Setting("restore_on_start", bool, True, runtime=True, persisted=True,
+            help="Reload the models that were loaded (pinned first) at start."),
+    Setting("crash_loop_threshold", int, 2, minimum=1,
+            help="Failed starts or crashes in a row before a model cools down."),
+    Setting("crash_loop_window_s", float, 60.0, minimum=0,
+            help="Window in seconds within which failed starts and early deaths of one model "
+            "are counted by the crash-loop guard."),
+    Setting("crash_cooldown_s", float, 5.0, minimum=0,
+            help="First cooldown of a crash-looping model; doubles, capped."),
+    Setting("crash_cooldown_max_s", float, 300.0, minimum=0,
+            help="Cap of the doubling cooldown of a crash-looping model."),
+    Setting("ready_timeout_s", float, 120.0, minimum=0, exclusive_minimum=True,
+            help="Seconds a backend may take to answer /health with 200."),
+    Setting("stop_grace_s", float, 5.0, minimum=0,
+            help="Seconds a stopping backend gets after SIGTERM before SIGKILL."),
+    Setting("watchdog_interval_s", float, 2.0, minimum=0, exclusive_minimum=True,
+            help="Seconds between liveness probes of the backends."),
+    Setting("watchdog_probe_timeout_s", float, 3.0, minimum=0, exclusive_minimum=True,
+            help="Timeout of one liveness probe."),
+    Setting("watchdog_probe_failures", int, 3, minimum=1,
+            help="Failed probes in a row after which a hung backend is killed."),
+    Setting("memory_sample_interval_s", float, 2.0, minimum=0.1, runtime=True,
+            help="Seconds between memory samples while someone needs them."),
+    Setting("eviction_interval_s", float, 5.0, minimum=0.1, runtime=True,
+            help="Seconds between rounds of the eviction engine while auto-eviction is on."),
+    Setting("eviction_grace_s", float, 0.25, minimum=0, maximum=MAX_EVICTION_GRACE_S,
+            runtime=True,
+            help="Seconds the eviction engine waits before committing a decision; a model used "
+            "meanwhile is spared."),
+    Setting("backend_threads", int, None, minimum=0, none_as=0,
+            help="--threads for each llama-server; 0 lets llama.cpp use every core. Set it on a "
+            "small or shared machine: several backends spinning on all cores slow each other "
+            "down."),
 )
 
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
-#: Upper bound of ``eviction_grace_s``.
-MAX_EVICTION_GRACE_S = 60.0
+#: Keys ``/internal/set`` accepts (the rest are start-up only).
+RUNTIME_KEYS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.runtime)
+
+#: Keys the router keeps in its state file.
+PERSISTED_KEYS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.persisted)
+
+
+def check_value(key: str, value: Any) -> Any:
+    """Check a value of any setting (config file or run time); raise InvalidRequestError."""
+    setting = SETTINGS_BY_NAME.get(key)
+    if setting is None:
+        raise InvalidRequestError(f"Unknown setting '{key}'", param=key)
+    return setting.check(value)
 
 
 def validate_setting(key: str, value: Any) -> Any:
@@ -73,40 +151,41 @@ def validate_setting(key: str, value: Any) -> Any:
         raise InvalidRequestError(
             f"Unknown config key '{key}'; settable keys: {', '.join(RUNTIME_KEYS)}", param=key
         )
-    if key == "max_loaded_models":
-        if (isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1
-                or value > 1_000_000):
-            raise InvalidRequestError(
-                "max_loaded_models must be a positive integer or -1 (unlimited)", param=key
-            )
-        return value
-    if key in ("auto_evict", "restore_on_start"):
-        if not isinstance(value, bool):
-            raise InvalidRequestError(f"{key} must be a boolean", param=key)
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequestError(f"{key} must be a number", param=key)
-    if abs(value) > 1e12 or not math.isfinite(value):  # abs() first: huge ints overflow isfinite
-        raise InvalidRequestError(f"{key} must be a finite number below 1e12", param=key)
-    if key == "auto_evict_threshold_pct":
-        if not 0 < value <= 1:
-            raise InvalidRequestError(
-                "auto_evict_threshold_pct must be in (0, 1]", param=key
-            )
-    elif key == "evict_weight_factor":
-        if value <= 0:
-            raise InvalidRequestError("evict_weight_factor must be > 0", param=key)
-    elif key == "eviction_grace_s":
-        # The engine sleeps this long before acting on memory pressure: a long grace is an
-        # engine that never relieves it.
-        if not 0 <= value <= MAX_EVICTION_GRACE_S:
-            raise InvalidRequestError(
-                f"eviction_grace_s must be between 0 and {MAX_EVICTION_GRACE_S:g} seconds",
-                param=key,
-            )
-    elif key in ("memory_sample_interval_s", "eviction_interval_s"):
-        if value < 0.1:
-            raise InvalidRequestError(f"{key} must be >= 0.1", param=key)
-    elif value < 0:
-        raise InvalidRequestError(f"{key} must be >= 0", param=key)
-    return float(value)
+    return SETTINGS_BY_NAME[key].check(value)
+
+
+def _to_json(self: Any) -> dict[str, Any]:
+    return asdict(self)
+
+
+def _with_updates(self: Any, updates: Mapping[str, Any]) -> Any:
+    """Validate every key first, then apply all of them; a bad one changes nothing."""
+    checked = {key: validate_setting(key, value) for key, value in updates.items()}
+    return replace(self, **checked)
+
+
+def _annotation(setting: Setting) -> Any:
+    return setting.type | None if setting.default is None else setting.type
+
+
+#: Everything the router reads; replaced as a whole, never mutated in place. Generated from
+#: :data:`SETTINGS`: one field per row, with its default.
+RouterSettings = make_dataclass(
+    "RouterSettings",
+    [(s.name, _annotation(s), field(default=s.default)) for s in SETTINGS],
+    namespace={
+        "__module__": __name__,
+        "__doc__": "Everything the router reads; replaced as a whole, never mutated in place.",
+        "to_json": _to_json,
+        "with_updates": _with_updates,
+    },
+    frozen=True,
+)
+
+
+def from_config(values: Mapping[str, Any]) -> Any:
+    """:class:`RouterSettings` from config values (the traits), already checked: ``none_as``
+    becomes ``None``; a setting missing from ``values`` keeps its default."""
+    return RouterSettings(
+        **{s.name: s.from_config(values[s.name]) for s in SETTINGS if s.name in values}
+    )

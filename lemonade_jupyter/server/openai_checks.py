@@ -2,17 +2,18 @@
 
 llama-server validates requests as well, but only after the router has loaded the model for
 them, possibly evicting another model from its pool: a request that cannot succeed must be
-refused before it changes anything (issue 7: no state change on a rejected request; found by
-``tests/reliability/test_fuzz.py``). Only what the backend would refuse anyway is checked here;
+refused before it changes anything (a rejected request never changes the router's state; found
+by ``tests/reliability/test_fuzz.py``). Only what the backend would refuse anyway is checked here;
 every field we do not know passes through untouched.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from ..api_paths import API_V1
 from ..core.catalog import ModelSpec
+from ..core.validation import check_number
 from ..errors import InvalidRequestError
 
 #: Sampling and length fields that llama-server parses as numbers (int32 range).
@@ -38,7 +39,7 @@ def check_request(upstream_path: str, spec: ModelSpec, body: dict[str, Any]) -> 
     if spec.type in _NOT_GENERATIVE:
         raise InvalidRequestError(
             f"Model '{spec.name}' is a {spec.type} model and does not generate text; "
-            "use lemonade/api/v1/embeddings", param="model",
+            f"use {API_V1}/embeddings", param="model",
         )
     if upstream_path == "/v1/chat/completions":
         _check_messages(body.get("messages"))
@@ -48,10 +49,7 @@ def check_request(upstream_path: str, spec: ModelSpec, body: dict[str, Any]) -> 
         value = body.get(key)
         if value is None:
             continue
-        # abs() before isfinite(): a huge JSON integer overflows the float conversion.
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or abs(value) > _INT32_MAX or not math.isfinite(value)):
-            raise InvalidRequestError(f"Parameter '{key}' must be a number", param=key)
+        check_number(key, value, minimum=-_INT32_MAX, maximum=_INT32_MAX)
 
 
 def _check_messages(messages: Any) -> None:

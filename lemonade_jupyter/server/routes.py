@@ -6,6 +6,7 @@ from typing import Any
 
 from jupyter_server.utils import url_path_join
 
+from ..api_paths import ROUTE_PREFIX
 from . import observe, rest
 from .proxy import OpenAIProxyHandler
 
@@ -32,4 +33,4 @@ ROUTES: list[tuple[str, type, dict[str, Any]]] = [
 
 def handlers(base_url: str = "/") -> list[tuple[str, type, dict[str, Any]]]:
     """Tornado handler specs with absolute paths under ``base_url``."""
-    return [(url_path_join(base_url, "lemonade", path), cls, kw) for path, cls, kw in ROUTES]
+    return [(url_path_join(base_url, ROUTE_PREFIX, path), cls, kw) for path, cls, kw in ROUTES]

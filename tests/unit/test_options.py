@@ -1,10 +1,15 @@
-"""Load options parsed at the API boundary: types, ranges, reserved llama-server flags."""
+"""Load options parsed at the API boundary: types, ranges, reserved llama-server flags; and the
+one number validator they share with the settings and the server."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
 from lemonade_jupyter.core.options import RESERVED_FLAGS, LoadOptions, parse_load_options
+from lemonade_jupyter.core.settings import validate_setting
+from lemonade_jupyter.core.validation import MAX_MAGNITUDE, check_bool, check_number
 from lemonade_jupyter.errors import InvalidRequestError
 
 
@@ -46,6 +51,9 @@ BAD = [
     ("ctx_size", True),
     ("ctx_size", 8),
     ("ctx_size", 1 << 21),
+    ("ctx_size", 63),
+    ("ctx_size", 10**400),
+    ("ctx_size", -(10**400)),
     ("llamacpp_args", ["--threads", "2"]),
     ("llamacpp_args", "--foo 'unterminated"),
     ("llamacpp_args", "x" * 5000),
@@ -53,9 +61,14 @@ BAD = [
     ("auto_evict", 1),
     ("downsize_idle_timeout", -1),
     ("downsize_idle_timeout", "60"),
+    ("downsize_idle_timeout", 10**400),
+    ("downsize_idle_timeout", 1e13),
     ("evict_idle_timeout", float("nan")),
+    ("evict_idle_timeout", float("-inf")),
     ("evict_weight_factor", 0),
+    ("evict_weight_factor", -1),
     ("evict_weight_factor", False),
+    ("evict_weight_factor", float("inf")),
     ("no_such_option", 1),
 ]
 
@@ -76,3 +89,114 @@ def test_process_key_changes_only_with_process_options():
     assert ctx.process_key() != base.process_key()
     # fields that were not given are kept
     assert base.merged(LoadOptions(), frozenset()) == base
+
+
+def test_ctx_size_bounds_inclusive():
+    assert parse_load_options({"ctx_size": 64})[0].ctx_size == 64
+    assert parse_load_options({"ctx_size": 1 << 20})[0].ctx_size == 1 << 20
+    assert type(parse_load_options({"ctx_size": 4096})[0].ctx_size) is int
+
+
+EVICTION_SAMPLES = [0, 0.5, 1, 2, -1, -0.5, 1e12, 1e13, math.nan, math.inf, True, False, "1", None]
+
+
+@pytest.mark.parametrize("key", ["auto_evict", "downsize_idle_timeout", "evict_idle_timeout",
+                                 "evict_weight_factor"])
+def test_eviction_options_follow_the_setting_they_override(key):
+    """A per-model option accepts exactly what the router-wide setting of that name accepts."""
+    for value in EVICTION_SAMPLES:
+        if value is None:
+            continue  # an option's None means "back to the default"
+        try:
+            expected = validate_setting(key, value)
+        except InvalidRequestError:
+            with pytest.raises(InvalidRequestError):
+                parse_load_options({key: value})
+        else:
+            assert getattr(parse_load_options({key: value})[0], key) == expected
+
+
+# ------------------------------------------------------------------- the number validator
+def _message(key, value, **bounds):
+    with pytest.raises(InvalidRequestError) as info:
+        check_number(key, value, **bounds)
+    assert info.value.status_code == 400
+    assert info.value.param == key
+    return info.value.message
+
+
+@pytest.mark.parametrize("value", [True, False])
+@pytest.mark.parametrize("integer", [False, True])
+def test_bool_is_not_a_number(value, integer):
+    message = _message("k", value, integer=integer)
+    assert message == ("Parameter 'k' must be an integer" if integer
+                       else "Parameter 'k' must be a number")
+
+
+@pytest.mark.parametrize("value", ["1", None, [1], {"a": 1}, b"1", 1j])
+def test_non_numbers_are_refused(value):
+    assert _message("k", value) == "Parameter 'k' must be a number"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, MAX_MAGNITUDE * 1.0000001,
+                                   -MAX_MAGNITUDE * 2, 10**13, 10**400, -(10**400)])
+def test_non_finite_and_huge_are_refused(value):
+    """Huge ints must not reach float() or math.isfinite() (OverflowError, a 500)."""
+    message = _message("k", value)
+    assert message == "Parameter 'k' must be a finite number between -1e12 and 1e12"
+    with pytest.raises(InvalidRequestError):
+        check_number("k", value, integer=isinstance(value, int))
+
+
+def test_magnitude_limit_is_inclusive():
+    assert check_number("k", MAX_MAGNITUDE) == 1e12
+    assert check_number("k", -(10**12), integer=True) == -(10**12)
+    assert _message("k", 10**12 + 1, integer=True).endswith("between -1e12 and 1e12")
+
+
+def test_integer_mode():
+    assert check_number("k", 3, integer=True) == 3
+    assert type(check_number("k", 3, integer=True)) is int
+    assert _message("k", 3.0, integer=True) == "Parameter 'k' must be an integer"
+    assert type(check_number("k", 3)) is float
+
+
+@pytest.mark.parametrize(
+    "value,bounds,message",
+    [
+        (-1, {"minimum": 0}, ">= 0"),
+        (0.09, {"minimum": 0.1}, ">= 0.1"),
+        (0, {"minimum": 0, "exclusive_minimum": True}, "> 0"),
+        (6, {"maximum": 5}, "<= 5"),
+        (61, {"minimum": 0, "maximum": 60}, "between 0 and 60"),
+        (-0.1, {"minimum": 0, "maximum": 60}, "between 0 and 60"),
+        (0, {"minimum": 0, "maximum": 1, "exclusive_minimum": True}, "in (0, 1]"),
+        (1.5, {"minimum": 0, "maximum": 1, "exclusive_minimum": True}, "in (0, 1]"),
+        (63, {"minimum": 64, "maximum": 1 << 20, "integer": True}, "between 64 and 1048576"),
+    ],
+)
+def test_bounds_messages(value, bounds, message):
+    assert _message("k", value, **bounds) == f"Parameter 'k' must be {message}"
+
+
+@pytest.mark.parametrize(
+    "value,bounds",
+    [
+        (0, {"minimum": 0}),
+        (60, {"minimum": 0, "maximum": 60}),
+        (1, {"minimum": 0, "maximum": 1, "exclusive_minimum": True}),
+        (1e-12, {"minimum": 0, "exclusive_minimum": True}),
+        (-5, {}),
+    ],
+)
+def test_bounds_accept(value, bounds):
+    assert check_number("k", value, **bounds) == value
+
+
+def test_check_bool():
+    assert check_bool("b", True) is True and check_bool("b", False) is False
+    for value in (0, 1, "true", None, 1.0):
+        with pytest.raises(InvalidRequestError) as info:
+            check_bool("b", value)
+        assert info.value.message == "Parameter 'b' must be a boolean"
+        assert info.value.param == "b"

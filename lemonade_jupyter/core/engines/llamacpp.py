@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from ...errors import EngineMissingError
 from ..catalog import ModelSpec
 from ..options import LoadOptions
+from ..ports import LOOPBACK
 from .install import cached_binary
-
-#: Backends listen here only: nothing but this host's router may reach them.
-LOOPBACK = "127.0.0.1"
 
 INSTALL_HINT = "lemonade-jupyter install-llama-server"
 DEFAULT_CTX_SIZE = 2048
