@@ -2,7 +2,7 @@
 
 Every error the router can raise is a subclass of :class:`LemonadeError` and carries its
 HTTP status and OpenAI-style error ``type``/``code`` as class attributes, so the one place that
-renders errors (``server.base.LemonadeAPIHandler.write_error``) never needs an ``isinstance``
+renders errors (``server.base.LemonadeHandler.write_error``) never needs an ``isinstance``
 ladder. The kernel side imports only this module.
 
 ::
@@ -11,11 +11,20 @@ ladder. The kernel side imports only this module.
     ├── InvalidRequestError          400 invalid_request_error
     ├── ModelNotFoundError           404 model_not_found
     ├── SlotsPinnedError             409 slots_pinned_error (every slot of the pool is pinned)
+    ├── InsufficientMemoryError      409 insufficient_memory (pinned or busy models hold it)
     ├── CoolingDownError             503 + Retry-After (crash-loop guard)
     ├── EngineMissingError           503 engine_missing (names what to install)
     ├── ModelLoadError               500 model_load_error (backend could not start)
     ├── BackendShutdownError         503 router_shutdown
     ├── UpstreamError                502 upstream_error (backend transport failure mid-request)
+    │   └── BackendTransportError    502 the connection to a backend broke: replayed once
+    ├── HubError                     502 hub_error (the Hugging Face Hub answered unexpectedly)
+    │   ├── HubAuthError             401 hub_unauthorized (names HF_TOKEN)
+    │   ├── HubAccessError           403 hub_forbidden (gated repository; names HF_TOKEN)
+    │   ├── HubNotFoundError         404 checkpoint_not_found (repository, revision or file)
+    │   └── HubUnavailableError      503 hub_unavailable (offline or unreachable)
+    ├── InsufficientStorageError     507 insufficient_storage (a pull does not fit on disk)
+    ├── PullCancelledError           409 pull_cancelled
     └── ClientError                  kernel side; carries the server's status and envelope
 """
 
@@ -28,11 +37,20 @@ __all__ = [
     "InvalidRequestError",
     "ModelNotFoundError",
     "SlotsPinnedError",
+    "InsufficientMemoryError",
     "CoolingDownError",
     "EngineMissingError",
     "ModelLoadError",
     "BackendShutdownError",
     "UpstreamError",
+    "BackendTransportError",
+    "HubError",
+    "HubAuthError",
+    "HubAccessError",
+    "HubNotFoundError",
+    "HubUnavailableError",
+    "InsufficientStorageError",
+    "PullCancelledError",
     "ClientError",
     "error_body",
 ]
@@ -95,6 +113,32 @@ class SlotsPinnedError(LemonadeError):
         self.requested_model = requested_model
 
 
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.0f} MiB"
+
+
+class InsufficientMemoryError(LemonadeError):
+    """A model does not fit its device, and only pinned or busy models could make room."""
+
+    status_code = 409
+    error_type = "insufficient_memory_error"
+    code = "insufficient_memory"
+
+    def __init__(self, model_name: str, device: str, *, needed_bytes: int, free_bytes: int,
+                 pinned_bytes: int) -> None:
+        super().__init__(
+            f"Model '{model_name}' needs about {_mib(needed_bytes)} on {device}, where "
+            f"{_mib(free_bytes)} is free and pinned models hold {_mib(pinned_bytes)}; the rest "
+            "is held by busy models or other processes. Unpin or unload a model first, or "
+            "raise the memory budget.",
+            param="model", needed_bytes=needed_bytes, free_bytes=free_bytes,
+            pinned_bytes=pinned_bytes, device=device,
+        )
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+        self.pinned_bytes = pinned_bytes
+
+
 class CoolingDownError(LemonadeError):
     """The model's backend failed repeatedly; loads are refused until the cooldown ends."""
 
@@ -147,6 +191,70 @@ class UpstreamError(LemonadeError):
     status_code = 502
     error_type = "server_error"
     code = "upstream_error"
+
+
+class BackendTransportError(UpstreamError):
+    """The connection to a backend failed (refused, reset, closed mid-answer).
+
+    Raised by whatever sends a request to a backend (the proxy's upstream pool, a test's
+    client); ``Router.call`` catches it, reports the backend and replays the request once.
+    """
+
+
+class HubError(LemonadeError):
+    """The Hugging Face Hub answered a pull with something we cannot use."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "hub_error"
+
+
+class HubAuthError(HubError):
+    """The hub wants a token (private, gated or missing repository) or refused ``HF_TOKEN``."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "hub_unauthorized"
+
+
+class HubAccessError(HubError):
+    """The token is known but may not read the repository (gated: conditions not accepted)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "hub_forbidden"
+
+
+class HubNotFoundError(HubError):
+    """The repository, revision or file of a checkpoint does not exist on the hub."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "checkpoint_not_found"
+
+
+class HubUnavailableError(HubError):
+    """The hub cannot be reached (network down, ``HF_HUB_OFFLINE``) and the cache lacks it."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "hub_unavailable"
+
+
+class InsufficientStorageError(LemonadeError):
+    """A pull does not fit on the disk of the download cache."""
+
+    status_code = 507
+    error_type = "server_error"
+    code = "insufficient_storage"
+
+
+class PullCancelledError(LemonadeError):
+    """The pull was cancelled before it finished; nothing was registered."""
+
+    status_code = 409
+    error_type = "conflict_error"
+    code = "pull_cancelled"
 
 
 class ClientError(LemonadeError):

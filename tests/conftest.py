@@ -6,11 +6,13 @@ import os
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
+from lemonade_jupyter.core import lifecycle
 from lemonade_jupyter.core.catalog import DEFAULT_MODEL, default_model_path
 from lemonade_jupyter.core.engines.llamacpp import find_llama_server
+
+from tests.helpers.processes import assert_no_leftovers, backend_pids
 
 pytest_plugins = ["jupyter_server.pytest_plugin"]
 
@@ -46,37 +48,15 @@ def fake_llama_server_path() -> str:
     return str(FAKE_SERVER)
 
 
-def _llama_children() -> list[psutil.Process]:
-    me = psutil.Process()
-    return [p for p in me.children(recursive=True) if _is_backend(p)]
-
-
-def _is_backend(p: psutil.Process) -> bool:
-    try:
-        cmd = " ".join(p.cmdline())
-    except psutil.Error:
-        return False
-    return "llama-server" in cmd or "fake_llama_server" in cmd
-
-
 @pytest.fixture(autouse=True)
 def no_zombies_or_orphans():
-    """After every test: no zombie child of ours, and no backend left running by the test."""
-    before = {p.pid for p in _llama_children()}
+    """After every test: no zombie child of ours, and no backend left running by the test.
+
+    Both are given a few seconds to go (a reaper or an exit may lag the test's last line by a
+    moment); the test fails if either is still there when that time is up."""
+    before = backend_pids()
     yield
-    me = psutil.Process()
-    deadline_ok = True
-    zombies = []
-    for p in me.children(recursive=True):
-        try:
-            if p.status() == psutil.STATUS_ZOMBIE:
-                zombies.append(p.pid)
-        except psutil.NoSuchProcess:
-            pass
-    leftover = [p.pid for p in _llama_children() if p.pid not in before and p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE]
-    assert deadline_ok and not zombies, f"zombie children left: {zombies}"
-    assert not leftover, f"backend processes left running: {leftover}"
+    assert_no_leftovers(before)
 
 
 def pytest_report_header(config):
@@ -84,3 +64,14 @@ def pytest_report_header(config):
         return f"llama-server: {find_llama_server()}  python: {sys.version.split()[0]}"
     except Exception as exc:  # noqa: BLE001 - header only
         return f"llama-server: missing ({exc})"
+
+
+@pytest.fixture(autouse=True)
+def no_illegal_lifecycle_moves():
+    """After every test: the routers that ran in this process made no move that the lifecycle
+    table forbids (each is also logged as an internal error, but a log is easy to miss)."""
+    before = len(lifecycle.illegal_moves)
+    yield
+    moves = lifecycle.illegal_moves[before:]
+    del lifecycle.illegal_moves[before:]
+    assert not moves, f"illegal lifecycle moves: {moves}"

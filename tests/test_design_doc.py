@@ -8,19 +8,37 @@ from pathlib import Path
 import pytest
 
 import lemonade_jupyter.core as core
-from lemonade_jupyter.core import decisions, eviction, router, watchdog
+from lemonade_jupyter.core import (
+    cooldown, decisions, eviction, housekeeping, launcher, lifecycle, live_model, metrics,
+    model_table, preferences, router, transitions, watchdog,
+)
 from lemonade_jupyter.core.catalog import Catalog
 from lemonade_jupyter.server import base
 
 DOC = Path(core.__file__).parent / "DESIGN.md"
 NAMESPACES = {
     "Router": router.Router,
-    "EvictionEngine": eviction.EvictionEngine,
+    "ModelTable": model_table.ModelTable,
+    "ModelPreferences": preferences.ModelPreferences,
+    "CrashLoopGuard": cooldown.CrashLoopGuard,
+    "Transitions": transitions.Transitions,
+    "ChangeSignal": lifecycle.ChangeSignal,
+    "Launcher": launcher.Launcher,
     "Watchdog": watchdog.Watchdog,
     "LemonadeHandler": base.LemonadeHandler,
-    "LiveModel": router.LiveModel,
+    "LiveModel": live_model.LiveModel,
     "Lease": router.Lease,
     "decisions": decisions,
+    "eviction": eviction,
+    "lifecycle": lifecycle,
+    "housekeeping": housekeeping,
+    "model_table": model_table,
+    "transitions": transitions,
+    "preferences": preferences,
+    "cooldown": cooldown,
+    "launcher": launcher,
+    "router": router,
+    "metrics": metrics,
 }
 
 
@@ -32,6 +50,8 @@ def cited() -> list[str]:
 @pytest.mark.parametrize("name", cited())
 def test_design_doc_names_exist(name: str) -> None:
     parts = name.split(".")
+    if name.endswith((".json", ".md", ".py")):
+        return  # a path, not code
     if parts[0] in NAMESPACES:
         obj = NAMESPACES[parts[0]]
         for attr in parts[1:]:

@@ -12,11 +12,14 @@ from lemonade_jupyter import errors
 def test_public_api_all_pinned() -> None:
     assert lemonade_jupyter.__all__ == [
         "__version__", "load_ipython_extension", "unload_ipython_extension",
+        "openai_client", "async_openai_client",
     ]
     assert sorted(errors.__all__) == sorted([
         "LemonadeError", "InvalidRequestError", "ModelNotFoundError", "SlotsPinnedError",
-        "CoolingDownError", "EngineMissingError", "ModelLoadError", "BackendShutdownError",
-        "UpstreamError", "ClientError", "error_body",
+        "InsufficientMemoryError", "CoolingDownError", "EngineMissingError", "ModelLoadError", "BackendShutdownError",
+        "UpstreamError", "BackendTransportError", "HubError", "HubAuthError", "HubAccessError",
+        "HubNotFoundError", "HubUnavailableError", "InsufficientStorageError",
+        "PullCancelledError", "ClientError", "error_body",
     ])
     assert hasattr(lemonade_jupyter, "_jupyter_server_extension_points")
 
@@ -37,3 +40,4 @@ def test_public_api_package_import_is_light() -> None:
     loaded = _modules_after_import("lemonade_jupyter")
     assert "lemonade_jupyter.core.router" not in loaded
     assert "jupyter_server" not in loaded
+    assert "openai" not in loaded  # the OpenAI helpers import it only when called

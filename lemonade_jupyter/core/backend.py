@@ -14,8 +14,8 @@ import itertools
 import logging
 import os
 import secrets
-import socket
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -25,6 +25,7 @@ from . import process
 from .catalog import ModelSpec
 from .engines.llamacpp import LOOPBACK, LlamaCppEngine
 from .options import LoadOptions
+from .ports import free_port
 
 log = logging.getLogger(__name__)
 _generations = itertools.count(1)
@@ -44,13 +45,6 @@ class BackendState(enum.Enum):
     STOPPED = "stopped"
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the backend retries if it is taken)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
 class Backend:
     """A ``llama-server`` child: spawn, readiness probe, stop, exit notification.
 
@@ -68,6 +62,8 @@ class Backend:
         log_dir: Path,
         ready_timeout_s: float = 120.0,
         stop_grace_s: float = 5.0,
+        extra_args: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.spec = spec
         self.options = options
@@ -86,6 +82,12 @@ class Backend:
         self._reaper: asyncio.Task[int] | None = None
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._stop_requested = False
+        self._extra_args = list(extra_args)
+        self._extra_env = dict(extra_env or {})
+        #: Set by the router once a request was answered: its death is then not a crash loop.
+        self.served = False
+        #: Bytes per device that the engine reported for its buffers at load ("gpu0", "host").
+        self.buffer_report: dict[str, int] = {}
 
     # -- read-only views ------------------------------------------------------------------
     @property
@@ -108,6 +110,14 @@ class Backend:
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
+
+    def log_head(self, max_bytes: int = 262144) -> str:
+        """The start of the backend's log: what it printed while loading."""
+        try:
+            with open(self._log_path, "rb") as fh:
+                return fh.read(max_bytes).decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 12) -> str:
         """The last lines the backend printed, for error messages."""
@@ -137,11 +147,12 @@ class Backend:
         self.started_at = time.time()
         for attempt in range(3):
             self.port = free_port()
-            argv = self._engine.argv(self.spec, self.options, port=self.port)
+            argv = self._engine.argv(self.spec, self.options, port=self.port) + self._extra_args
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self._log_path, "ab") as log_file:
                 spawning = asyncio.ensure_future(
-                    process.spawn(argv, env=self._engine.env(self.api_key), log=log_file)
+                    process.spawn(argv, env={**self._engine.env(self.api_key), **self._extra_env},
+                                  log=log_file)
                 )
                 try:
                     self._proc = await asyncio.shield(spawning)

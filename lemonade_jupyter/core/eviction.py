@@ -1,194 +1,129 @@
-"""The eviction engine: downsize idle models, unload long-idle ones, free memory under pressure.
+"""The eviction engine's plan: downsize idle models, unload long-idle ones, relieve pressure.
 
-Opt-in (``auto_evict`` globally, or per model as a load option). One evaluation:
+Opt-in (``auto_evict`` globally, or per model as a load option). :func:`plan` is a pure
+function over a snapshot; the router carries the plan out (after a grace period in which a
+request rescues its model). One plan:
 
-1. **Tier 2, idle**: a model idle for ``evict_idle_timeout`` is unloaded (reason ``idle``).
-2. **Tier 1, idle**: a model idle for ``downsize_idle_timeout`` is downsized (reason ``idle``):
+1. **Idle, tier 2**: a model idle for ``evict_idle_timeout`` is unloaded (reason ``idle``).
+2. **Idle, tier 1**: a model idle for ``downsize_idle_timeout`` is downsized (reason ``idle``):
    its backend process stops but it keeps its slot, pin, options and statistics, and its next
    request restores it. Measured on the default model (``python -m benchmarks``, section 6):
    stopping frees all of its ~173 MB, llama-server's sleep mode keeps ~38 MB (frees 79%); the
    first chat after a restart took 483 ms against 395 ms after a wake from sleep. We take the
    memory: a downsize exists to free it, and the wake is only ~0.1 s faster.
-3. **Tier 2, pressure**: when the fullest memory device is at or over
-   ``auto_evict_threshold_pct``, one model is unloaded: the highest
-   ``idle_ms / (load_duration_ms × evict_weight_factor)`` (reason ``pressure``).
+3. **Pressure**: when the fullest memory device is at or over ``auto_evict_threshold_pct``,
+   one model is unloaded: the highest ``idle_ms / (load_duration_ms × evict_weight_factor)``
+   (reason ``pressure``).
 
-Pinned and busy models are never touched. Each decision waits ``eviction_grace_s`` before it
-commits; a request that arrives meanwhile (it counts as a use) rescues the model.
+Who may be touched at all is :func:`~.decisions.may_evict`: never a pinned or busy model.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import enum
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from .decisions import pressure_score
-from .live_model import LiveModel, ModelState
+from .decisions import EvictReason, may_downsize, may_evict, pressure_score
+from .lifecycle import ModelState
+from .live_model import ModelSnapshot
+from .settings import RouterSettings
 
-if TYPE_CHECKING:
-    from .router import Router
 
-log = logging.getLogger(__name__)
-
-#: A client polled /health or streams events within this many seconds: keep sampling memory.
-WATCHER_WINDOW_S = 15.0
-#: An eviction reports memory from a sample at most this old (taken before it commits).
-MEASURE_MAX_AGE_S = 0.5
-#: The background loop's longest nap between looks at its intervals.
-LOOP_NAP_S = 1.0
+class Action(str, enum.Enum):
+    DOWNSIZE = "downsize"
+    EVICT = "evict"
 
 
 @dataclass(frozen=True)
 class Decision:
-    """One planned action of an evaluation (the snapshot it was made on)."""
+    """One planned action, with the use mark of the snapshot it was made on.
+
+    ``mark`` (last use, busy) lets the router see whether the model was used between the plan
+    and the commit: a used model is rescued.
+    """
 
     model: str
-    action: str  # "downsize" | "evict"
-    reason: str  # "idle" | "pressure"
+    action: Action
+    reason: EvictReason
+    mark: tuple[float, bool]
     score: float | None = None
 
     def to_json(self) -> dict[str, object]:
-        data: dict[str, object] = {"model": self.model, "action": self.action,
-                                   "reason": self.reason}
+        data: dict[str, object] = {"model": self.model, "action": self.action.value,
+                                   "reason": self.reason.value}
         if self.score is not None:
             data["score"] = round(self.score, 3)
         return data
 
 
-class EvictionEngine:
-    """Evaluates the router's models periodically (or on demand) and acts on the decisions."""
+def use_mark(model: ModelSnapshot) -> tuple[float, bool]:
+    return (model.last_use, model.busy)
 
-    def __init__(self, router: Router) -> None:
-        self._router = router
-        self.last_watch = 0.0
 
-    # -- per-model effective options ------------------------------------------------------
-    def _enabled(self, m: LiveModel) -> bool:
-        opt = m.options.auto_evict
-        return self._router.settings.auto_evict if opt is None else opt
+def enabled_for(model: ModelSnapshot, settings: RouterSettings) -> bool:
+    opt = model.options.auto_evict
+    return settings.auto_evict if opt is None else opt
 
-    def _downsize_after(self, m: LiveModel) -> float:
-        v = m.options.downsize_idle_timeout
-        return self._router.settings.downsize_idle_timeout if v is None else v
 
-    def _evict_after(self, m: LiveModel) -> float:
-        v = m.options.evict_idle_timeout
-        return self._router.settings.evict_idle_timeout if v is None else v
+def any_enabled(models: Sequence[ModelSnapshot], settings: RouterSettings) -> bool:
+    return settings.auto_evict or any(m.options.auto_evict for m in models)
 
-    def _weight(self, m: LiveModel) -> float:
-        v = m.options.evict_weight_factor
-        return self._router.settings.evict_weight_factor if v is None else v
 
-    def any_enabled(self) -> bool:
-        return self._router.settings.auto_evict or any(
-            m.options.auto_evict for m in self._router.live_models()
-        )
+def _per_model(model: ModelSnapshot, settings: RouterSettings, key: str) -> float:
+    value = getattr(model.options, key)
+    return float(getattr(settings, key) if value is None else value)
 
-    # -- decisions (pure, on a snapshot) ------------------------------------------------------
-    def plan(self, pressure: float | None, now: float | None = None) -> list[Decision]:
-        """What one evaluation would do; ``pressure`` None means an idle-only pass."""
-        now = time.monotonic() if now is None else now
-        candidates = [
-            m for m in self._router.live_models()
-            if self._enabled(m) and not m.pinned and not m.is_busy
-            and m.state in (ModelState.READY, ModelState.DOWNSIZED)
-        ]
-        decisions: list[Decision] = []
-        taken: set[str] = set()
-        for m in candidates:
-            idle = m.idle_s(now)
-            if idle >= self._evict_after(m):
-                decisions.append(Decision(m.name, "evict", "idle"))
-                taken.add(m.name)
-            elif m.state is ModelState.READY and idle >= self._downsize_after(m):
-                decisions.append(Decision(m.name, "downsize", "idle"))
-                taken.add(m.name)
-        threshold = self._router.settings.auto_evict_threshold_pct
-        if pressure is not None and pressure >= threshold:
-            # Only a model that still holds memory frees any when unloaded.
-            holders = [m for m in candidates
-                       if m.name not in taken and m.state is ModelState.READY]
-            if holders:
-                scored = [(pressure_score(m, now, self._weight(m)), m) for m in holders]
-                score, victim = max(scored, key=lambda pair: pair[0])
-                decisions.append(Decision(victim.name, "evict", "pressure", score))
+
+def plan(models: Sequence[ModelSnapshot], settings: RouterSettings,
+         pressure: float | Mapping[str, float] | None,
+         now: float | None = None) -> list[Decision]:
+    """What one evaluation would do; ``pressure`` None means an idle-only pass.
+
+    ``pressure`` is the used fraction per device key (GPU UUIDs, ``"cpu"`` for RAM), or one
+    figure for every device. A device at or over the threshold loses one of the models whose
+    memory is on it: a model on the CPU relieves RAM, not a GPU.
+    """
+    now = time.monotonic() if now is None else now
+    candidates = [m for m in models
+                  if m.admitted and enabled_for(m, settings)
+                  and may_evict(m, EvictReason.IDLE)]
+    decisions: list[Decision] = []
+    taken: set[str] = set()
+    for m in candidates:
+        idle = m.idle_s(now)
+        if idle >= _per_model(m, settings, "evict_idle_timeout"):
+            decisions.append(Decision(m.name, Action.EVICT, EvictReason.IDLE, use_mark(m)))
+            taken.add(m.name)
+        elif may_downsize(m) and idle >= _per_model(m, settings, "downsize_idle_timeout"):
+            decisions.append(Decision(m.name, Action.DOWNSIZE, EvictReason.IDLE, use_mark(m)))
+            taken.add(m.name)
+    if pressure is None:
         return decisions
+    devices = sorted({d for m in candidates for d in m.devices})
+    for device in devices:
+        level = pressure if isinstance(pressure, (int, float)) else pressure.get(device)
+        if level is None or level < settings.auto_evict_threshold_pct:
+            continue
+        # Only a model that still holds memory there frees any when unloaded.
+        holders = [m for m in candidates
+                   if m.name not in taken and device in m.devices
+                   and m.state is ModelState.READY and may_evict(m, EvictReason.PRESSURE)]
+        if holders:
+            scored = [(pressure_score(m, now, _per_model(m, settings, "evict_weight_factor")), m)
+                      for m in holders]
+            score, victim = max(scored, key=lambda pair: pair[0])
+            decisions.append(Decision(victim.name, Action.EVICT, EvictReason.PRESSURE,
+                                      use_mark(victim), score))
+            taken.add(victim.name)
+    return decisions
 
-    # -- acting ------------------------------------------------------------------------------
-    async def evaluate(self, pressure: float | None) -> list[Decision]:
-        """Plan on a snapshot, wait the grace period, then commit what was not rescued."""
-        router = self._router
-        planned = self.plan(pressure)
-        if not planned:
-            return []
-        marks = {d.model: self._use_mark(d.model) for d in planned}
-        grace = router.settings.eviction_grace_s
-        if grace > 0:
-            await asyncio.sleep(grace)
-        if any(d.action == "evict" for d in planned):
-            # Measure now, so the eviction events report the memory really held (the model's
-            # figure is otherwise only as fresh as the last /health poll, or unknown).
-            await router.memory.fresh(MEASURE_MAX_AGE_S)
-        done = []
-        for decision in planned:
-            m = router.get_live(decision.model)
-            if m is None or self._use_mark(decision.model) != marks[decision.model]:
-                continue  # used (or gone) since the decision: rescued
-            if m.pinned or m.is_busy:
-                continue
-            if decision.action == "downsize":
-                if await router.downsize(m, decision.reason) is not None or (
-                    m.state is ModelState.DOWNSIZED
-                ):
-                    done.append(decision)
-            else:
-                await router.evict(m, decision.reason)
-                if router.get_live(decision.model) is not m:
-                    done.append(decision)
-        return done
 
-    def _use_mark(self, name: str) -> tuple[float, int] | None:
-        m = self._router.get_live(name)
-        return (m.last_use, m.in_flight + m.waiters) if m is not None else None
-
-    def note_watcher(self) -> None:
-        """A client looked at memory (``/health``, the event stream): keep sampling a while."""
-        self.last_watch = time.monotonic()
-
-    def sampling_needed(self) -> bool:
-        watching = (time.monotonic() - self.last_watch < WATCHER_WINDOW_S
-                    or self._router.events.subscriber_count > 0)
-        return watching or self.any_enabled()
-
-    async def run(self) -> None:
-        """Background loop: sample memory while needed, evaluate while auto-evict is on.
-
-        It naps at most ``LOOP_NAP_S`` at a time and compares against the intervals each time,
-        so an interval changed through ``/internal/set`` applies within a second (not after
-        the old interval ran out).
-        """
-        router = self._router
-        last_sample = last_eval = time.monotonic()  # the first round after one interval
-        while True:
-            settings = router.settings
-            await asyncio.sleep(min(settings.memory_sample_interval_s, LOOP_NAP_S))
-            settings = router.settings
-            now = time.monotonic()
-            if now - last_sample < settings.memory_sample_interval_s:
-                continue
-            if not self.sampling_needed():
-                continue
-            last_sample = now
-            try:
-                sample = await router.memory.sample()
-                now = time.monotonic()
-                if self.any_enabled() and now - last_eval >= settings.eviction_interval_s:
-                    last_eval = now
-                    await self.evaluate(sample.pressure)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one bad round must not end the engine
-                log.exception("Eviction engine round failed")
+def rescued(decision: Decision, now: ModelSnapshot | None) -> bool:
+    """True when the model was used, became busy or pinned, or left since the plan."""
+    if now is None or use_mark(now) != decision.mark:
+        return True
+    if decision.action is Action.DOWNSIZE:
+        return not may_downsize(now)
+    return not may_evict(now, decision.reason)

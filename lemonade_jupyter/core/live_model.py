@@ -1,45 +1,71 @@
-"""A model the router holds: its slot, pin, state, backend and usage statistics."""
+"""A model the router holds: its slot, state, backend and usage statistics.
+
+Its pin and load options are views of :class:`~.preferences.ModelPreferences` (one owner;
+a start in progress carries its new options until it succeeds);
+its state changes only through :meth:`LiveModel.set_state`, which checks the lifecycle table
+and wakes waiters; ``in_use`` is derived from the in-flight count.
+"""
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass, field
 
 from .backend import Backend
 from .catalog import ModelSpec
+from .lifecycle import ChangeSignal, ModelState, check_move
+from .memory import MemorySample
+from .memory_sources import ModelMemory
 from .options import LoadOptions
+from .placement import Placement
+from .preferences import ModelPreferences
 
 
-class ModelState(str, enum.Enum):
-    """What a live model is doing; the router is its only writer."""
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """What planners, metrics and views read: a copy, taken between two awaits."""
 
-    LOADING = "loading"
-    READY = "ready"
-    IN_USE = "in_use"
-    DOWNSIZING = "downsizing"
-    DOWNSIZED = "downsized"
-    EVICTING = "evicting"
-    UNLOADED = "unloaded"
+    name: str
+    type: str
+    state: ModelState
+    pinned: bool
+    admitted: bool
+    in_flight: int
+    busy: bool
+    last_use: float
+    load_duration_ms: float
+    options: LoadOptions
+    memory_bytes: int | None
+    device: str
+    #: Device keys where its memory counts: GPU UUIDs, or "cpu".
+    devices: tuple[str, ...] = ("cpu",)
+
+    def idle_s(self, now: float | None = None) -> float:
+        return max(0.0, (now if now is not None else time.monotonic()) - self.last_use)
 
 
-#: States in which a request can be sent to the backend right now.
-SERVING = frozenset({ModelState.READY, ModelState.IN_USE})
+@dataclass(frozen=True)
+class RouterSnapshot:
+    """The admitted models, the model types and the latest memory sample, as one copy."""
+
+    models: tuple[ModelSnapshot, ...]
+    types: tuple[str, ...]
+    memory: MemorySample | None
 
 
 @dataclass(eq=False)
 class LiveModel:
     """One slot of a pool. Owned and written by the router's event loop only.
 
-    ``admitted`` is False while a fresh load still waits for a slot; such an entry does not count
-    against its pool. ``in_flight`` counts requests between acquire and release; ``waiters``
-    counts callers waiting on its transition (they are about to use it).
+    ``admitted`` is False while a fresh load still waits for a slot; such an entry does not
+    count against its pool. ``in_flight`` counts requests between acquire and release;
+    ``waiters`` counts callers waiting on its transition (they are about to use it).
     """
 
     spec: ModelSpec
-    options: LoadOptions
-    pinned: bool = False
-    state: ModelState = ModelState.LOADING
+    preferences: ModelPreferences
+    changes: ChangeSignal
+    _state: ModelState = ModelState.LOADING
     backend: Backend | None = None
     admitted: bool = False
     in_flight: int = 0
@@ -50,6 +76,15 @@ class LiveModel:
     memory_bytes: int | None = None
     memory_freed_bytes: int | None = None
     device: str = "cpu"
+    #: Options of a start in progress; remembered in the preferences once it succeeds.
+    pending_options: LoadOptions | None = None
+    #: Where its backend runs, and what the router expects it to need there (None: unknown).
+    placement: Placement = field(default_factory=Placement)
+    estimate_bytes: int | None = None
+    #: Its memory per device with the source of each figure (``memory_bytes`` is the total
+    #: where it runs); the change of each GPU's used memory across its load.
+    memory: ModelMemory = field(default_factory=ModelMemory)
+    load_delta: dict[str, int] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -58,6 +93,36 @@ class LiveModel:
     @property
     def type(self) -> str:
         return self.spec.type
+
+    @property
+    def pinned(self) -> bool:
+        return self.preferences.pinned(self.name)
+
+    @property
+    def options(self) -> LoadOptions:
+        """The options of the start in progress, else the remembered ones."""
+        if self.pending_options is not None:
+            return self.pending_options
+        return self.preferences.options(self.name)
+
+    @property
+    def state(self) -> ModelState:
+        """The stored state, with READY shown as IN_USE while requests run."""
+        if self._state is ModelState.READY and self.in_flight > 0:
+            return ModelState.IN_USE
+        return self._state
+
+    @property
+    def stored_state(self) -> ModelState:
+        return self._state
+
+    def set_state(self, new: ModelState) -> None:
+        """The only writer of the state: checks the lifecycle table, then wakes waiters."""
+        if new is self._state:
+            return
+        check_move(self.name, self._state, new)
+        self._state = new
+        self.changes.notify()
 
     @property
     def is_busy(self) -> bool:
@@ -71,3 +136,21 @@ class LiveModel:
 
     def idle_s(self, now: float | None = None) -> float:
         return max(0.0, (now if now is not None else time.monotonic()) - self.last_use)
+
+    def snapshot(self) -> ModelSnapshot:
+        return ModelSnapshot(
+            name=self.name, type=self.type, state=self.state, pinned=self.pinned,
+            admitted=self.admitted, in_flight=self.in_flight, busy=self.is_busy,
+            last_use=self.last_use, load_duration_ms=self.load_duration_ms,
+            options=self.options, memory_bytes=self.memory_bytes, device=self.device,
+            devices=self.placement.device_keys,
+        )
+
+    def held_on(self, device_key: str) -> int:
+        """Bytes it holds on a device: measured when known, else its estimate's share."""
+        measured = self.memory.on(device_key)
+        if measured is not None:
+            return measured
+        if self.estimate_bytes is None or device_key not in self.placement.device_keys:
+            return 0
+        return self.estimate_bytes // len(self.placement.device_keys)

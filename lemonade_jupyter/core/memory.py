@@ -54,6 +54,30 @@ class MemorySample:
     per_pid: dict[int, int | None] = field(default_factory=dict)
     device_of_pid: dict[int, str] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
+    #: GPU memory per pid and device UUID, as NVML's process lists give it (None: unknown).
+    gpu_per_pid: dict[int, dict[str, int | None]] = field(default_factory=dict)
+    #: Resident memory per pid (the process's share of RAM).
+    rss_per_pid: dict[int, int | None] = field(default_factory=dict)
+    #: System RAM, also when the devices are GPUs (models on the CPU count against it).
+    ram: DeviceMemory | None = None
+
+    def gpus(self) -> tuple[DeviceMemory, ...]:
+        """The GPU devices, in NVML's (PCI bus) order: index i is GPU i."""
+        return tuple(d for d in self.devices if d.uuid)
+
+    def device(self, key: str) -> DeviceMemory | None:
+        """A device by key: a GPU's UUID, or ``"cpu"`` for the system RAM."""
+        if key == "cpu":
+            return self.ram or next((d for d in self.devices if not d.uuid), None)
+        return next((d for d in self.devices if d.uuid == key), None)
+
+    def pressure_by_device(self) -> dict[str, float]:
+        """Used fraction per device key (GPU UUIDs, and ``"cpu"`` for RAM)."""
+        out = {d.uuid: d.used_pct for d in self.gpus() if d.uuid}
+        ram = self.device("cpu")
+        if ram is not None:
+            out["cpu"] = ram.used_pct
+        return out
 
     @property
     def pressure(self) -> float:
@@ -118,6 +142,7 @@ class NvmlReader:
         devices = []
         per_pid: dict[int, int | None] = {}
         device_of: dict[int, str] = {}
+        gpu_per_pid: dict[int, dict[str, int | None]] = {}
         for handle in self._handles:
             info = nvml.nvmlDeviceGetMemoryInfo(handle)
             name = nvml.nvmlDeviceGetName(handle)
@@ -148,10 +173,13 @@ class NvmlReader:
                 prev = per_pid.get(pid)
                 per_pid[pid] = value if prev is None else prev + (value or 0)
                 device_of.setdefault(pid, uuid)
+                gpu_per_pid.setdefault(pid, {})[uuid] = value
+        rss = {pid: _process_rss(pid) for pid in wanted}
         # Children we asked about that hold no GPU memory: fall back to RSS (CPU backends).
         for pid in wanted - per_pid.keys():
-            per_pid[pid] = _process_rss(pid)
-        return MemorySample("nvml", tuple(devices), per_pid, device_of)
+            per_pid[pid] = rss[pid]
+        return MemorySample("nvml", tuple(devices), per_pid, device_of,
+                            gpu_per_pid=gpu_per_pid, rss_per_pid=rss, ram=_ram())
 
     def close(self) -> None:
         try:
@@ -166,12 +194,16 @@ def _is_nvml_error(exc: BaseException, nvml: Any) -> bool:
     return isinstance(error_cls, type) and isinstance(exc, error_cls)
 
 
-def system_sample(pids: Iterable[int]) -> MemorySample:
-    """System RAM as the one device, and each backend's RSS (with its children)."""
+def _ram() -> DeviceMemory:
     vm = psutil.virtual_memory()
-    used = int(vm.total - vm.available)
+    return DeviceMemory("system", int(vm.total), int(vm.total - vm.available))
+
+
+def system_sample(pids: Iterable[int]) -> MemorySample:
+    """System RAM as the one device, and each backend's RSS."""
+    ram = _ram()
     per_pid = {pid: _process_rss(pid) for pid in pids}
-    return MemorySample("system", (DeviceMemory("system", int(vm.total), used),), per_pid)
+    return MemorySample("system", (ram,), per_pid, rss_per_pid=dict(per_pid), ram=ram)
 
 
 class MemoryMonitor:
@@ -200,6 +232,14 @@ class MemoryMonitor:
         self._history_len = history
         self._listeners: list[Callable[[MemorySample], None]] = []
         self._lock = threading.Lock()
+        self._last_watch = 0.0
+
+    def note_watcher(self) -> None:
+        """A client looked at memory (``/health``, the event stream): keep sampling a while."""
+        self._last_watch = time.monotonic()
+
+    def watched_within(self, seconds: float) -> bool:
+        return time.monotonic() - self._last_watch < seconds
 
     def add_listener(self, listener: Callable[[MemorySample], None]) -> None:
         """Called on the loop with every new sample (the router updates per-model memory)."""

@@ -1,23 +1,21 @@
 """Prometheus metrics of one router, in a registry of its own.
 
 Counters follow the event stream (evictions by reason, restarts, load durations); gauges
-(loaded and pinned models per type, memory per model and per device) are read from the router
-at scrape time, so they can never drift from ``/health``.
+(loaded and pinned models per type, memory per model and per device) are read from a snapshot
+of the router taken at scrape time, so they can never drift from ``/health``. The metrics know
+the router only through that snapshot function and its event log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .events import Event
-
-if TYPE_CHECKING:
-    from .router import Router
+from .events import Event, EventLog
+from .live_model import RouterSnapshot
 
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
@@ -25,7 +23,7 @@ LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 class RouterMetrics:
     """Owns the registry; fed by router events, scraped by ``GET lemonade/metrics``."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, events: EventLog, snapshot: Callable[[], RouterSnapshot]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.evictions = Counter(
             "lemonade_evictions", "Models evicted, by reason", ["reason"], registry=self.registry
@@ -49,15 +47,15 @@ class RouterMetrics:
             "lemonade_load_duration_seconds", "Time from spawn to ready",
             buckets=LOAD_BUCKETS, registry=self.registry,
         )
-        self.registry.register(_StateCollector(router))
-        router.events.add_listener(self.on_event)
+        self.registry.register(_StateCollector(snapshot))
+        events.add_listener(self.on_event)
 
     def on_event(self, event: Event) -> None:
         if event.kind == "evict":
             self.evictions.labels(reason=event.reason or "unknown").inc()
         elif event.kind == "unload":
             # An explicit unload is also counted as an eviction with reason "manual", so
-            # one counter answers "why did models leave?" (issue 4 lists manual as a reason).
+            # one counter answers "why did models leave?".
             self.unloads.inc()
             self.evictions.labels(reason=event.reason or "manual").inc()
         elif event.kind == "downsize":
@@ -76,15 +74,15 @@ class RouterMetrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, router: Router) -> None:
-        self._router = router
+    def __init__(self, snapshot: Callable[[], RouterSnapshot]) -> None:
+        self._snapshot = snapshot
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        router = self._router
-        models = router.live_models()
+        state = self._snapshot()
+        models = state.models
         loaded = GaugeMetricFamily("lemonade_loaded_models", "Models holding a slot", labels=["type"])
         pinned = GaugeMetricFamily("lemonade_pinned_models", "Pinned models", labels=["type"])
-        for model_type in router.model_types():
+        for model_type in state.types:
             loaded.add_metric([model_type], sum(1 for m in models if m.type == model_type))
             pinned.add_metric(
                 [model_type], sum(1 for m in models if m.type == model_type and m.pinned)
@@ -98,7 +96,7 @@ class _StateCollector(Collector):
             if m.memory_bytes is not None:
                 per_model.add_metric([m.name], m.memory_bytes)
         yield per_model
-        sample = router.memory.latest
+        sample = state.memory
         total = GaugeMetricFamily("lemonade_device_memory_total_bytes", "Device memory",
                                   labels=["device", "source"])
         used = GaugeMetricFamily("lemonade_device_memory_used_bytes", "Device memory in use",

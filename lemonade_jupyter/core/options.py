@@ -22,6 +22,9 @@ RESERVED_FLAGS = frozenset(
         "-m", "--model", "--port", "--host", "--api-key", "--api-key-file", "-c",
         "--ctx-size", "--embeddings", "--embedding", "--sleep-idle-seconds", "-hf",
         "--hf-repo", "-mu", "--model-url", "--path", "--ssl-key-file", "--ssl-cert-file",
+        # placement: the gpu_layers and device options
+        "-ngl", "--gpu-layers", "--n-gpu-layers", "-dev", "--device", "-sm", "--split-mode",
+        "-mg", "--main-gpu", "-ts", "--tensor-split",
     }
 )
 
@@ -36,24 +39,34 @@ class LoadOptions:
     downsize_idle_timeout: float | None = None
     evict_idle_timeout: float | None = None
     evict_weight_factor: float | None = None
+    #: Layers offloaded to the GPU; None: every layer when the engine offloads and a GPU exists.
+    gpu_layers: int | None = None
+    #: None (auto: the GPU with the most free memory that fits), "cpu", or GPU indices.
+    device: str | tuple[int, ...] | None = None
 
-    PROCESS_KEYS = ("ctx_size", "llamacpp_args")
+    PROCESS_KEYS = ("ctx_size", "llamacpp_args", "gpu_layers", "device")
 
     def process_key(self) -> tuple[Any, ...]:
         """The part that, when it changes, requires a new backend process."""
-        return (self.ctx_size, self.llamacpp_args)
+        return tuple(getattr(self, k) for k in self.PROCESS_KEYS)
 
     def merged(self, other: LoadOptions, given: frozenset[str]) -> LoadOptions:
         """``self`` with the fields named in ``given`` taken from ``other``."""
         return replace(self, **{k: getattr(other, k) for k in given})
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+        data = {k: v for k, v in asdict(self).items() if v not in (None, "")}
+        if isinstance(self.device, tuple):
+            data["device"] = self.device[0] if len(self.device) == 1 else list(self.device)
+        return data
 
 
 #: Bounds of ``ctx_size`` (tokens).
 MIN_CTX_SIZE = 64
 MAX_CTX_SIZE = 1 << 20
+#: More layers than any model has: "all of them".
+MAX_GPU_LAYERS = 10_000
+MAX_GPUS = 64
 
 
 def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[str]]:
@@ -81,11 +94,37 @@ def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[
             )
         elif key == "llamacpp_args":
             values[key] = _check_user_args(value)
+        elif key == "gpu_layers":
+            values[key] = check_number(key, value, minimum=0, maximum=MAX_GPU_LAYERS,
+                                       integer=True)
+        elif key == "device":
+            values[key] = _check_device(value)
         else:
             # The eviction options share their rules with the router-wide setting they
             # override for one model.
             values[key] = check_value(key, value)
     return LoadOptions(**values), frozenset(given)
+
+
+def _check_device(value: Any) -> str | tuple[int, ...] | None:
+    """``"auto"`` (None), ``"cpu"``, a GPU index, or a list of distinct indices to split over.
+
+    Whether those GPUs exist is checked at load time, against the devices NVML reports."""
+    if value == "auto":
+        return None
+    if value == "cpu":
+        return "cpu"
+    indices = value if isinstance(value, list) else [value]
+    if (not indices or len(indices) > MAX_GPUS
+            or any(isinstance(i, bool) or not isinstance(i, int) for i in indices)):
+        raise InvalidRequestError(
+            "Parameter 'device' must be \"auto\", \"cpu\", a GPU index or a non-empty list "
+            "of GPU indices", param="device")
+    checked = tuple(int(check_number("device", i, minimum=0, maximum=MAX_GPUS - 1,
+                                     integer=True)) for i in indices)
+    if len(set(checked)) != len(checked):
+        raise InvalidRequestError("Parameter 'device' lists a GPU twice", param="device")
+    return checked
 
 
 def _check_user_args(value: Any) -> str:

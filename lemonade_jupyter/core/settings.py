@@ -53,6 +53,8 @@ class Setting:
     def check(self, value: Any) -> Any:
         """Return ``value`` checked against this row; raise InvalidRequestError otherwise."""
         key = self.name
+        if value is None and self.none_as is not None:
+            return None  # a nullable setting: null unsets it
         try:
             if self.type is bool:
                 return check_bool(key, value)
@@ -68,6 +70,12 @@ class Setting:
             if self.message is None:
                 raise
             raise InvalidRequestError(self.message, param=key) from None
+
+    def check_config(self, value: Any) -> Any:
+        """Check a config-file value: ``none_as`` (a trait cannot be None) passes as it is."""
+        if self.none_as is not None and value == self.none_as and not isinstance(value, bool):
+            return value
+        return self.check(value)
 
     def from_config(self, value: Any) -> Any:
         """The router's value for a config value (``none_as`` becomes ``None``)."""
@@ -122,6 +130,14 @@ SETTINGS: tuple[Setting, ...] = (
             runtime=True,
             help="Seconds the eviction engine waits before committing a decision; a model used "
             "meanwhile is spared."),
+    Setting("memory_budget_mib", float, None, minimum=0, exclusive_minimum=True, none_as=0,
+            runtime=True, persisted=True,
+            help="System memory (MiB) the models on the CPU may hold together; a load that "
+            "does not fit evicts idle unpinned models first (reason fit), else answers 409. "
+            "Unset (0 in a config file, null at run time): no budget."),
+    Setting("gpu_memory_reserve_mib", float, 512.0, minimum=0,
+            help="GPU memory (MiB) kept free on each device when admitting a model by fit: "
+            "room for other processes and the CUDA context."),
     Setting("backend_threads", int, None, minimum=0, none_as=0,
             help="--threads for each llama-server; 0 lets llama.cpp use every core. Set it on a "
             "small or shared machine: several backends spinning on all cores slow each other "
@@ -138,11 +154,11 @@ PERSISTED_KEYS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.persisted)
 
 
 def check_value(key: str, value: Any) -> Any:
-    """Check a value of any setting (config file or run time); raise InvalidRequestError."""
+    """Check a config-file value of any setting; raise InvalidRequestError."""
     setting = SETTINGS_BY_NAME.get(key)
     if setting is None:
         raise InvalidRequestError(f"Unknown setting '{key}'", param=key)
-    return setting.check(value)
+    return setting.check_config(value)
 
 
 def validate_setting(key: str, value: Any) -> Any:

@@ -1,59 +1,64 @@
-"""The watchdog: notices hung backends and reaps dead ones; it observes and reports only.
+"""The watchdog: finds hung backends; it observes and reports, the router acts.
 
-A backend that *exits* is noticed at once through its ``exited`` future (see
-``Router._on_backend_exit``). One that hangs (``SIGSTOP``, a deadlock) keeps its port open, so
-the watchdog probes ``/health`` of every serving backend each ``watchdog_interval_s`` and kills
-one that failed ``watchdog_probe_failures`` probes in a row; the exit path then reloads it.
+A backend that *exits* is noticed at once through its ``exited`` future. One that hangs
+(``SIGSTOP``, a deadlock) keeps its port open, so the watchdog probes ``/health`` of every
+serving backend each ``watchdog_interval_s``; :meth:`Watchdog.check_once` returns those that
+failed ``watchdog_probe_failures`` probes in a row, and the router kills them (which takes the
+crash path and reloads a pinned model).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
-from .live_model import SERVING
 
-if TYPE_CHECKING:
-    from .router import Router
+class Probed(Protocol):
+    """What the watchdog needs of a backend (``core.backend.Backend`` has it)."""
 
-log = logging.getLogger(__name__)
+    generation: int
+
+    async def probe(self, timeout_s: float) -> bool: ...
 
 
 class Watchdog:
-    """Periodic liveness probes of every serving backend of one router."""
+    """Counts failed liveness probes per backend generation.
 
-    def __init__(self, router: Router) -> None:
-        self._router = router
+    Owns ``_failures`` (generation → failed probes in a row); written only by
+    :meth:`check_once` on the router's loop.
+    """
+
+    def __init__(self) -> None:
         self._failures: dict[int, int] = {}
 
-    async def run(self) -> None:
-        """Probe forever; cancelled by ``Router.stop``."""
-        while True:
-            settings = self._router.settings
-            await asyncio.sleep(settings.watchdog_interval_s)
-            await self.check_once()
-
-    async def check_once(self) -> None:
-        """One round of probes, all in parallel."""
-        router = self._router
-        targets = [
-            (m, m.backend) for m in router.live_models()
-            if m.state in SERVING and m.backend is not None
-        ]
-        timeout = router.settings.watchdog_probe_timeout_s
-        results = await asyncio.gather(*(b.probe(timeout) for _m, b in targets))
+    async def check_once(self, backends: Sequence[Probed], *, timeout_s: float,
+                         failures_to_kill: int) -> list[Probed]:
+        """Probe every backend in parallel; return those that failed too often in a row."""
+        results = await asyncio.gather(*(b.probe(timeout_s) for b in backends))
+        hung = []
         alive = set()
-        for (m, backend), ok in zip(targets, results):
+        for backend, ok in zip(backends, results):
             alive.add(backend.generation)
             if ok:
                 self._failures.pop(backend.generation, None)
                 continue
             count = self._failures.get(backend.generation, 0) + 1
             self._failures[backend.generation] = count
-            if count >= router.settings.watchdog_probe_failures and m.backend is backend:
-                log.warning("Backend of %s failed %d probes; killing it", m.name, count)
-                await router.kill_hung(m, backend)
+            if count >= failures_to_kill:
+                hung.append(backend)
         for generation in list(self._failures):
             if generation not in alive:
                 del self._failures[generation]
+        return hung
+
+    def failures(self, generation: int) -> int:
+        return self._failures.get(generation, 0)
+
+
+async def run_every(interval_s: Callable[[], float],
+                    round_: Callable[[], Awaitable[None]]) -> None:
+    """Run ``round_`` forever, ``interval_s()`` apart (read each time: settings change)."""
+    while True:
+        await asyncio.sleep(interval_s())
+        await round_()

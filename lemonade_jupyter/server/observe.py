@@ -1,4 +1,5 @@
-"""Observation routes: the event stream (SSE), Prometheus metrics, and the pressure test hook."""
+"""Observation routes: the event stream (SSE), Prometheus metrics, the memory history, and the
+pressure test hook."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..core.events import Event
+from ..core.validation import check_number
 from ..errors import InvalidRequestError
 from .base import LemonadeHandler, PolledHandler
 
@@ -56,7 +58,7 @@ class EventsHandler(PolledHandler):
             # An id we never sent: the client saw an earlier run of the server (ids restart
             # at 1). Skipping up to it would hide every event until the ids caught up.
             last_id = None
-        self.router.eviction.note_watcher()
+        self.router.note_watcher()
         try:
             self.set_header("Content-Type", "text/event-stream")
             self.set_header("Cache-Control", "no-cache")
@@ -87,7 +89,7 @@ class EventsHandler(PolledHandler):
                     continue
                 self.write(sse_event(event))
                 sent = event.id
-                self.router.eviction.note_watcher()
+                self.router.note_watcher()
                 await self.flush()
         except StreamClosedError:
             pass
@@ -109,6 +111,36 @@ class MetricsHandler(PolledHandler):
                     set_content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+class MemoryHistoryHandler(PolledHandler):
+    """``GET lemonade/api/v1/memory/history[?since=T]``: the memory samples the router kept.
+
+    What a dashboard draws its chart from, so that a new one starts full. Reading it takes no
+    sample and does not keep the sampler running.
+    """
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        raw = self.get_argument("since", "")
+        since = None
+        if raw:
+            try:
+                since = check_number("since", float(raw))
+            except (ValueError, InvalidRequestError):
+                raise InvalidRequestError(
+                    "Parameter 'since' must be a Unix time in seconds", param="since"
+                ) from None
+        memory = self.router.memory
+        latest = memory.latest
+        samples = [{"time": t, "pressure": p} for t, p in list(memory.history)
+                   if since is None or t > since]
+        self.write_json({
+            "source": latest.source if latest is not None else None,
+            "devices": [d.to_json() for d in latest.devices] if latest is not None else [],
+            "samples": samples,
+        })
+
+
 class SimulatePressureHandler(LemonadeHandler):
     """``POST lemonade/internal/simulate-vram-pressure {"pct": x}``: one evaluation, now.
 
@@ -121,15 +153,14 @@ class SimulatePressureHandler(LemonadeHandler):
     async def post(self) -> None:
         body = self.json_body()
         pct = body.get("pct")
-        # Only comparisons: NaN and infinities fail them, and math.isfinite() would raise
-        # OverflowError (a 500) on a JSON integer too large for a float.
-        if (isinstance(pct, bool) or not isinstance(pct, (int, float))
-                or not (pct == -1 or 0 <= pct <= 1)):
+        try:
+            pressure = (None if check_number("pct", pct) == -1
+                        else check_number("pct", pct, minimum=0, maximum=1))
+        except InvalidRequestError:
             raise InvalidRequestError(
                 "Parameter 'pct' must be a number in [0, 1], or -1 for an idle-only pass",
                 param="pct",
-            )
-        pressure = None if pct == -1 else float(pct)
-        done = await self.router.eviction.evaluate(pressure)
+            ) from None
+        done = await self.router.evaluate_eviction(pressure)
         self.write_json({"status": "success", "pct": pct,
                          "actions": [d.to_json() for d in done]})

@@ -5,10 +5,14 @@ pool is all pinned), is forwarded over a keep-alive pool (``upstream.py``) with 
 and holds the lease until the answer (or the whole stream) is done, so a busy model is never
 evicted.
 
-Streaming: chunks are written and flushed as they arrive (``await flush()`` is the
-backpressure), never buffered; ``: ping`` comments keep the connection alive while a cold load or
-a long prefill keeps it silent; a client that goes away cancels the pump, which closes the
-backend request so llama-server stops generating.
+Streaming: whatever has arrived from the backend is written and flushed at once, events that
+arrived together in one write, never held back for more; before the next write the previous
+flush must have gone out (the backpressure: a client that reads slowly slows the backend). The
+events pass through as bytes: only the ``"model"`` field is rewritten to the name the client
+asked for (llama-server names its GGUF path), on the bytes, through JSON only for an event
+whose ``"model"`` is not a plain string field. ``: ping`` comments keep the connection alive
+while a cold load or a long prefill keeps it silent; a client that goes away cancels the pump,
+which closes the backend request so llama-server stops generating.
 
 Backend death: a non-streaming request is replayed once on a reloaded backend; a stream is
 replayed only if no data reached the client yet, else it ends with an SSE error event.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -25,10 +30,10 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..core.router import Lease
-from ..errors import InvalidRequestError, LemonadeError, UpstreamError, error_body
+from ..errors import InvalidRequestError, LemonadeError, error_body
 from .base import LemonadeHandler
 from .openai_checks import check_request
-from .upstream import UpstreamPool, UpstreamStream, UpstreamTransportError
+from .upstream import UpstreamPool, UpstreamResponse, UpstreamStream
 
 #: Default seconds of silence before a ``: ping`` comment (c.LemonadeApp.sse_ping_interval_s).
 DEFAULT_PING_INTERVAL_S = 2.0
@@ -36,6 +41,13 @@ DEFAULT_PING_INTERVAL_S = 2.0
 
 class _ClientGone(Exception):
     """The HTTP client closed its connection; stop quietly."""
+
+
+#: A ``"model"`` key right after ``{`` or ``,``, with a string value. Inside a JSON string
+#: every quote is escaped, so these bytes are always a key and its value, never text.
+_MODEL_FIELD = re.compile(rb'[{,]"model":"(?:[^"\\]|\\.)*"')
+#: Every place ``"model"`` appears (a key, whatever its value, or a string value).
+_MODEL_WORD = b'"model"'
 
 
 def _rewrite_model(payload: bytes, model: str) -> bytes:
@@ -48,6 +60,41 @@ def _rewrite_model(payload: bytes, model: str) -> bytes:
         data["model"] = model
         return json.dumps(data, separators=(",", ":")).encode()
     return payload
+
+
+class _Renamer:
+    """Sets ``"model"`` to the name the client asked for in JSON answers or whole SSE events.
+
+    llama-server names its GGUF path, the same way in every event of an answer, one field per
+    event, at its top level. So the bytes of that field are found once (a regular expression)
+    and then replaced as bytes, as long as they are the only ``"model"`` in the block: one
+    count, one replace, no parsing. Anything else goes through JSON, event by event.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._field = b'"model":' + json.dumps(model).encode()
+        self._seen: bytes | None = None  # the backend's field with the byte before it
+
+    def __call__(self, block: bytes) -> bytes:
+        words = block.count(_MODEL_WORD)
+        if not words:
+            return block
+        seen = self._seen
+        if seen is not None and block.count(seen) == words:
+            return block.replace(seen, seen[:1] + self._field)
+        out, found = _MODEL_FIELD.subn(lambda m: m.group()[:1] + self._field, block)
+        if found == words:
+            self._seen = _MODEL_FIELD.findall(block)[-1]
+            return out
+        if not block.startswith(b"data: "):
+            return _rewrite_model(block, self.model)
+        events = []
+        for event in block.split(b"\n\n"):
+            if event.startswith(b"data: {"):
+                event = b"data: " + _rewrite_model(event[6:], self.model)
+            events.append(event)
+        return b"\n\n".join(events)
 
 
 def _upstream_error(resp_status: int, payload: bytes) -> tuple[int, dict[str, Any]]:
@@ -116,47 +163,29 @@ class OpenAIProxyHandler(LemonadeHandler):
 
     # ------------------------------------------------------------------ non-streaming
     async def _forward(self, model: str) -> None:
-        router = self.router
-        for attempt in (1, 2):
-            lease = await router.acquire(model)
-            ok = False
-            try:
-                resp = await self.upstream.post(
-                    *lease.address, self.upstream_path, self.request.body,
-                    {**lease.headers(), "Content-Type": "application/json"},
-                )
-                ok = True
-            except UpstreamTransportError as exc:
-                await router.report_failure(lease)
-                if attempt == 1:
-                    continue
-                raise UpstreamError(f"The backend of '{model}' failed: {exc!r}") from exc
-            finally:
-                router.release(lease, ok=ok)
-            break
+        async def send(lease: Lease) -> UpstreamResponse:
+            return await self.upstream.post(
+                *lease.address, self.upstream_path, self.request.body,
+                {**lease.headers(), "Content-Type": "application/json"},
+            )
+
+        resp = await self.router.call(model, send)
         if resp.code >= 400:
             status, err = _upstream_error(resp.code, resp.body)
             self.write_json(err, status)
             return
         self.set_status(resp.code)
-        self.finish(_rewrite_model(resp.body, model))
+        self.finish(_Renamer(model)(resp.body))
 
     # ------------------------------------------------------------------ streaming
     async def _stream(self, model: str) -> None:
         try:
-            for attempt in (1, 2):
-                lease = await self._acquire_with_pings(model)
-                try:
-                    await self._pump_one(lease, model)
-                    return
-                except (UpstreamTransportError, UpstreamError) as exc:
-                    await self.router.report_failure(lease)
-                    if attempt == 1 and not self._data_sent:
-                        continue
-                    await self._fail(UpstreamError(
-                        f"The backend of '{model}' failed during the stream: {exc!r}"
-                    ))
-                    return
+            await self.router.call(
+                model, lambda lease: self._pump_one(lease, model),
+                # Replayed only while nothing reached the client; after that a replay
+                # would repeat tokens the client already has.
+                replayable=lambda: not self._data_sent, acquire=self._acquire_with_pings,
+            )
         except LemonadeError as exc:
             await self._fail(exc)
         except _ClientGone:
@@ -181,39 +210,29 @@ class OpenAIProxyHandler(LemonadeHandler):
             self.router.release(task.result(), ok=True)
 
     async def _pump_one(self, lease: Lease, model: str) -> None:
-        router = self.router
-        ok = False
+        """Stream one backend answer to the client (the lease is the router's to release)."""
+        resp = await self.upstream.stream(
+            *lease.address, self.upstream_path, self.request.body,
+            # llama-server closes the connection after a stream although it advertises
+            # keep-alive; saying so keeps that connection out of the pool.
+            {**lease.headers(), "Content-Type": "application/json", "Connection": "close"},
+        )
         try:
-            resp = await self.upstream.stream(
-                *lease.address, self.upstream_path, self.request.body,
-                # llama-server closes the connection after a stream although it advertises
-                # keep-alive; saying so keeps that connection out of the pool.
-                {**lease.headers(), "Content-Type": "application/json", "Connection": "close"},
-            )
-            try:
-                if resp.code >= 400:
-                    payload = await resp.read()
-                    status, err = _upstream_error(resp.code, payload)
-                    ok = True
-                    if not self._headers_sent:
-                        self.write_json(err, status)
-                    else:
-                        await self._write(b"data: " + json.dumps(err).encode() + b"\n\n")
-                        self.finish()
-                    return
-                first = await self._first_with_pings(resp)
-                if first is None:
-                    ok = True
+            if resp.code >= 400:
+                status, err = _upstream_error(resp.code, await resp.read())
+                if not self._headers_sent:
+                    self.write_json(err, status)
+                else:
+                    await self._write(b"data: " + json.dumps(err).encode() + b"\n\n")
                     self.finish()
-                    return
+                return
+            first = await self._first_with_pings(resp)
+            if first is not None:
                 self._commit_headers()
                 await self._relay(first, resp, model)
-                ok = True
-                self.finish()
-            finally:
-                await resp.aclose()
+            self.finish()
         finally:
-            router.release(lease, ok=ok)
+            await resp.aclose()
 
     async def _first_with_pings(self, chunks: UpstreamStream) -> bytes | None:
         """The first chunk, pinging while the backend is silent (prefill)."""
@@ -232,28 +251,33 @@ class OpenAIProxyHandler(LemonadeHandler):
                 nxt.cancel()
 
     async def _relay(self, first: bytes, chunks: UpstreamStream, model: str) -> None:
-        """Write SSE events as they complete, with ``model`` rewritten; flush each time."""
+        """Pass the events on as they complete, ``model`` renamed, everything that arrived in one
+        write; the previous write must have gone out before the next one starts."""
+        rename = _Renamer(model)
         pending = b""
-        chunk: bytes | None = first
-        while chunk is not None:
-            pending += chunk
-            cut = pending.rfind(b"\n\n")
-            if cut >= 0:
-                ready, pending = pending[: cut + 2], pending[cut + 2 :]
-                await self._write(self._rewrite_events(ready, model))
-                self._data_sent = True
-            chunk = await anext(chunks, None)
-        if pending:
-            await self._write(pending)
-
-    @staticmethod
-    def _rewrite_events(block: bytes, model: str) -> bytes:
-        out = []
-        for event in block.split(b"\n\n"):
-            if event.startswith(b"data: {"):
-                event = b"data: " + _rewrite_model(event[6:], model)
-            out.append(event)
-        return b"\n\n".join(out)
+        flushed: asyncio.Future[None] | None = None
+        chunk = first
+        try:
+            while chunk:
+                pending += chunk
+                cut = pending.rfind(b"\n\n") + 2
+                if cut >= 2:
+                    ready, pending = pending[:cut], pending[cut:]
+                    self.write(rename(ready))
+                    if flushed is not None:
+                        await flushed
+                    flushed = self.flush()
+                    self._data_sent = True
+                chunk = await chunks.next_chunk()
+            if pending:
+                self.write(pending)
+                if flushed is not None:
+                    await flushed
+                flushed = self.flush()
+            if flushed is not None:
+                await flushed
+        except StreamClosedError as exc:
+            raise _ClientGone() from exc
 
     def _commit_headers(self) -> None:
         if self._headers_sent:

@@ -1,4 +1,4 @@
-"""REST routes of the router: health, load/unload, pin, config, catalog (pull/delete/models).
+"""REST routes of the router: health, load/unload, pin, config, catalog (models/delete).
 
 Each handler validates its body completely before touching the router, so a rejected request
 changes nothing.
@@ -47,7 +47,7 @@ class HealthHandler(PolledHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.router.eviction.note_watcher()
+        self.router.note_watcher()
         memory = await self.router.memory.fresh(HEALTH_MEMORY_MAX_AGE_S)
         self.write_json(health_view(self.router, memory))
 
@@ -58,7 +58,11 @@ class ModelsHandler(PolledHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.write_json(models_view(self.router))
+        raw = self.get_argument("show_all", "false").strip().lower()
+        if raw not in ("true", "1", "false", "0", ""):
+            raise InvalidRequestError("Parameter 'show_all' must be true or false",
+                                      param="show_all")
+        self.write_json(models_view(self.router, show_all=raw in ("true", "1")))
 
 
 class LoadHandler(LemonadeHandler):
@@ -70,8 +74,9 @@ class LoadHandler(LemonadeHandler):
         body = self.json_body()
         name = model_name_param(body)
         assert name is not None
-        # Omitted keeps the pin (SPEC §3 rule 5); anything given that is not a JSON boolean,
-        # null included, is a 400 rather than a silent "omitted".
+        # Omitted keeps the live model's pin, else the remembered one, else false; anything
+        # given that is not a JSON boolean, null included, is a 400 rather than a silent
+        # "omitted".
         pinned = body.get("pinned")
         if "pinned" in body and not isinstance(pinned, bool):
             raise InvalidRequestError("Parameter 'pinned' must be a boolean", param="pinned")
@@ -146,24 +151,9 @@ class SetHandler(LemonadeHandler):
         self.write_json(config_view(self.router))
 
 
-class PullHandler(LemonadeHandler):
-    """``POST lemonade/api/v1/pull``: register a user model from a local GGUF file."""
-
-    @web.authenticated
-    @authorized
-    async def post(self) -> None:
-        body = self.json_body()
-        unknown = set(body) - {"model_name", "checkpoint", "recipe", "labels"}
-        if unknown:
-            raise InvalidRequestError(f"Unknown parameter '{sorted(unknown)[0]}'")
-        spec = self.router.catalog.add_user_model(
-            body.get("model_name"), body.get("checkpoint"), body.get("recipe"), body.get("labels")
-        )
-        self.write_json({"status": "success", **spec.to_json(), "type": spec.type})
-
-
 class DeleteHandler(LemonadeHandler):
-    """``POST lemonade/api/v1/delete``: remove a user model, unloading it first."""
+    """``POST lemonade/api/v1/delete``: remove a model (and its downloaded files), unloading
+    it first. The pull routes are in ``pull.py``."""
 
     @web.authenticated
     @authorized
@@ -171,14 +161,20 @@ class DeleteHandler(LemonadeHandler):
         body = self.json_body()
         name = model_name_param(body)
         assert name is not None
+        delete_files = body.get("delete_files", False)
+        if not isinstance(delete_files, bool):
+            raise InvalidRequestError("Parameter 'delete_files' must be a boolean",
+                                      param="delete_files")
         spec = self.router.catalog.get(name)
         if spec.builtin:
             raise InvalidRequestError(f"Model '{name}' is built in and cannot be deleted",
                                       param="model_name")
+        if spec.curated and not spec.downloaded:
+            raise ModelNotFoundError(f"Model '{name}' is not downloaded", param="model_name")
         if self.router.get_live(name) is not None:
             try:
                 await self.router.unload(name)
             except ModelNotFoundError:
                 pass  # unloaded meanwhile
-        self.router.catalog.remove_user_model(name)
-        self.write_json({"status": "success", "model_name": name})
+        removed = self.router.catalog.delete(name, delete_files=delete_files)
+        self.write_json({"status": "success", "model_name": name, "deleted_files": removed})

@@ -1,37 +1,64 @@
-"""Keep-alive HTTP/1.1 connections from the proxy to its backends.
+"""HTTP/1.1 from the proxy to its backends, on aiohttp's client.
 
-Every proxied request pays for its upstream client in the Jupyter server's CPU, and on a busy
-2-core machine that CPU is latency. httpx costs about 1.6 ms per request there and tornado's
-``AsyncHTTPClient`` opens a new connection each time (benchmarks, "where it goes"). This pool
-keeps tornado's own HTTP/1.1 parser (``HTTP1Connection`` in client mode) and only adds what
-tornado lacks: reusing the connection. That is 0.4–0.6 ms per request.
+Every proxied request, and every streamed token, costs the Jupyter server CPU. The client was
+chosen by measurement (``python -m benchmarks --only clients``, section 8 of
+``benchmarks/RESULTS.md``): per streamed SSE event at 1,000 tokens/s aiohttp cost about half of
+what tornado's HTTP/1.1 parser on our own pool did and less than tornado's
+``CurlAsyncHTTPClient`` (pycurl), and per plain request it was level with the pool and twice as
+fast as the curl client. So nothing here parses HTTP or keeps connections by hand; this module
+only sets aiohttp up for a backend that is llama-server, and says what its errors mean:
 
-Reuse rules: a connection goes back to the pool only after a complete answer on HTTP/1.1 with
-neither side asking to close; it is dropped once idle for ``idle_s`` (llama-server closes idle
-connections after 5 s) or when the peer has closed it, which a non-blocking peek shows. A request
-that fails on a reused connection before any answer arrived is sent once more on a fresh one: the
-backend closed that connection while idle, so it never saw the request.
+* Plain requests share keep-alive connections, dropped once idle for ``idle_s`` (llama-server
+  closes idle connections after 5 s). A request that fails before any answer because the
+  backend closed or reset the connection is sent once more, on a fresh connection: that is the
+  race of a pooled connection the backend closed just as we reused it, so the backend never saw
+  the request. aiohttp resends by itself only for idempotent methods, and these are POSTs.
+* A stream goes on a connection of its own, closed at its end: llama-server closes the
+  connection after a stream although its answer advertises keep-alive, so one put back in the
+  pool would fail the next request.
+* Backpressure is aiohttp's: its reader stops reading the socket while more than twice
+  ``read_bufsize`` bytes wait to be taken, so a client that reads slowly slows the backend down
+  instead of filling our memory. A read returns everything that has arrived, so events that
+  are already here are passed on in one write.
+* No ``Accept-Encoding`` (nor ``Accept``, ``User-Agent``): a backend must not compress what the
+  proxy passes on byte for byte.
+* :meth:`UpstreamPool.close` closes every connection at once, idle or in flight, so shutdown
+  does not wait for a backend that keeps streaming (llama-server ignores SIGTERM then).
+* Every transport failure, aiohttp's or the OS's, becomes :class:`UpstreamTransportError` here
+  and nowhere else, which ``Router.call`` reports and replays.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import socket
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tornado import httputil
-from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
-from tornado.iostream import IOStream, StreamClosedError
+import aiohttp
 
-_EOF = object()
-_CLOSED = object()
+from ..errors import BackendTransportError
+
+#: What a transport failure can look like (aiohttp's own errors, the OS's, a connect timeout).
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+#: The backend closed or reset a connection before any answer: resent once, on a fresh one.
+_CLOSED_BEFORE_ANSWER = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                         aiohttp.ClientConnectionResetError)
+#: Headers aiohttp would add on its own.
+_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
 
 
-class UpstreamTransportError(Exception):
-    """The connection to a backend failed before a complete answer (refused, reset, closed)."""
+class UpstreamTransportError(BackendTransportError):
+    """The connection to a backend failed before a complete answer (refused, reset, closed).
+
+    A :class:`BackendTransportError`, so ``Router.call`` reports the backend and replays."""
+
+
+def _transport_error(exc: BaseException, what: str) -> UpstreamTransportError:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        what = f"cannot connect to {exc.host}:{exc.port}"
+    detail = str(exc) or type(exc).__name__
+    return UpstreamTransportError(f"{what}: {detail}")
 
 
 @dataclass
@@ -39,277 +66,145 @@ class UpstreamResponse:
     """A complete, non-streamed answer."""
 
     code: int
-    headers: httputil.HTTPHeaders
+    headers: Mapping[str, str]
     body: bytes
 
 
-class _Reader(httputil.HTTPMessageDelegate):
-    """Collects one response; in streaming mode hands chunks over one at a time."""
-
-    def __init__(self, streaming: bool) -> None:
-        self.code: int | None = None
-        self.headers = httputil.HTTPHeaders()
-        self.chunks: list[bytes] = []
-        self.streaming = streaming
-        self._loop = asyncio.get_running_loop()
-        self.headers_ready: asyncio.Future[None] = self._loop.create_future()
-        # Streaming hand-over: at most one chunk (plus an end marker) waits here, because
-        # tornado reads no further until ``_taken`` resolves (backpressure). Plain futures, not
-        # an asyncio.Queue: this runs once per token, and the queue's bookkeeping cost more.
-        self._items: collections.deque[Any] = collections.deque()
-        self._waiting: asyncio.Future[None] | None = None
-        self._taken: asyncio.Future[None] | None = None
-
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> None:
-        assert isinstance(start_line, httputil.ResponseStartLine)
-        self.code = start_line.code
-        self.headers = headers
-        if not self.headers_ready.done():
-            self.headers_ready.set_result(None)
-
-    def data_received(self, chunk: bytes) -> Any:
-        if not self.streaming:
-            self.chunks.append(chunk)
-            return None
-        self._push(chunk)
-        self._taken = self._loop.create_future()
-        return self._taken  # tornado reads on once the consumer has taken this chunk
-
-    def finish(self) -> None:
-        if self.streaming:
-            self._push(_EOF)
-
-    def on_connection_close(self) -> None:
-        if self.streaming:
-            self._push(_CLOSED)
-        self.fail(UpstreamTransportError("the backend closed the connection"))
-
-    def _push(self, item: Any) -> None:
-        self._items.append(item)
-        if self._waiting is not None and not self._waiting.done():
-            self._waiting.set_result(None)
-
-    async def take(self) -> Any:
-        """The next chunk, ``_EOF`` or ``_CLOSED``."""
-        while not self._items:
-            self._waiting = self._loop.create_future()
-            await self._waiting
-        item = self._items.popleft()
-        if self._taken is not None and not self._taken.done():
-            self._taken.set_result(None)
-        return item
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.headers_ready.done():
-            self.headers_ready.set_exception(exc)
-            self.headers_ready.exception()  # retrieved: nobody may be waiting any more
-
-
 class UpstreamStream:
-    """A streamed answer: ``code``, ``headers``, then ``async for chunk in stream``."""
+    """A streamed answer: ``code``, ``headers``, then ``async for chunk in stream``.
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, int], stream: IOStream,
-                 reader: _Reader, task: asyncio.Task[bool], request_headers: dict[str, str]
-                 ) -> None:
-        self._pool, self._key, self._stream = pool, key, stream
-        self._request_headers = request_headers
-        self._reader, self._task = reader, task
-        self.code: int = reader.code or 0
-        self.headers = reader.headers
+    Each chunk is everything that has arrived since the last one, cut anywhere (not at event
+    boundaries)."""
+
+    def __init__(self, pool: UpstreamPool, response: aiohttp.ClientResponse) -> None:
+        self._pool = pool
+        self._response = response
+        self._content = response.content
+        self.code: int = response.status
+        self.headers: Mapping[str, str] = response.headers
 
     def __aiter__(self) -> UpstreamStream:
         return self
 
     async def __anext__(self) -> bytes:
-        item = await self._reader.take()
-        if item is _EOF:
+        chunk = await self.next_chunk()
+        if not chunk:
             raise StopAsyncIteration
-        if item is _CLOSED:
-            raise UpstreamTransportError("the backend closed the connection mid-answer")
-        return item  # type: ignore[no-any-return]
+        return chunk
+
+    async def next_chunk(self) -> bytes:
+        """Everything that has arrived (waiting for something); ``b""`` at the end."""
+        try:
+            return await self._content.readany()
+        except _TRANSPORT_ERRORS as exc:
+            raise _transport_error(exc, "the backend closed the connection mid-answer") from exc
 
     async def read(self) -> bytes:
         """The rest of the body at once (for error answers)."""
         return b"".join([chunk async for chunk in self])
 
     async def aclose(self) -> None:
-        """Give the connection back if the answer was read to its end, else close it."""
-        if self._task.done() and not self._task.cancelled() and self._task.exception() is None:
-            self._pool._checkin(self._key, self._stream, self._reader, self._task.result(),
-                                self._request_headers)
-            return
-        self._task.cancel()
-        self._pool._discard(self._stream)
+        """Close the stream's connection (it is never reused)."""
+        self._pool._streams.discard(self._response)
+        self._response.close()
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per backend ``(host, port)``; requests on tornado's parser."""
+    """Connections to the backends, by ``(host, port)``, over two aiohttp sessions.
 
-    def __init__(self, *, idle_s: float = 3.0, max_idle_per_backend: int = 32,
-                 connect_timeout_s: float = 5.0, max_body_bytes: int = 1 << 30) -> None:
+    ``_pooled`` keeps connections for plain requests; ``_once`` opens one for each request and
+    closes it after (streams, and the resend after a stale connection). Both are made on first
+    use, on the loop that uses them (aiohttp binds a session to its loop)."""
+
+    def __init__(self, *, idle_s: float = 3.0, connect_timeout_s: float = 5.0,
+                 read_bufsize: int = 1 << 16) -> None:
         self.idle_s = idle_s
-        self.max_idle_per_backend = max_idle_per_backend
         self.connect_timeout_s = connect_timeout_s
-        self._params = HTTP1ConnectionParameters(max_body_size=max_body_bytes)
-        self._idle: dict[tuple[str, int], list[tuple[IOStream, float]]] = {}
-        self._active: set[IOStream] = set()
+        self.read_bufsize = read_bufsize
+        self._pooled: aiohttp.ClientSession | None = None
+        self._once: aiohttp.ClientSession | None = None
+        #: Streams whose headers arrived and that are not closed yet.
+        self._streams: set[aiohttp.ClientResponse] = set()
+        #: Counts :meth:`close` calls: a connection closed by our own shutdown is no stale one.
+        self._closes = 0
+
+    def _session(self, pooled: bool) -> aiohttp.ClientSession:
+        session = self._pooled if pooled else self._once
+        if session is None or session.closed:
+            connector = (aiohttp.TCPConnector(limit=0, keepalive_timeout=self.idle_s)
+                         if pooled else aiohttp.TCPConnector(limit=0, force_close=True))
+            session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, read_bufsize=self.read_bufsize,
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
+            )
+            if pooled:
+                self._pooled = session
+            else:
+                self._once = session
+        return session
 
     async def post(self, host: str, port: int, path: str, body: bytes,
                    headers: dict[str, str]) -> UpstreamResponse:
         """Send a POST and read the whole answer."""
-        key = (host, port)
-        for attempt in (1, 2):
-            stream, reused = await self._connection(key, allow_reuse=attempt == 1)
-            reader = _Reader(streaming=False)
+        url = f"http://{host}:{port}{path}"
+        closes = self._closes
+        try:
             try:
-                conn = self._send(stream, key, path, body, headers)
-                still_open = await conn.read_response(reader)
-            except (StreamClosedError, OSError) as exc:
-                self._discard(stream)
-                if reused and reader.code is None:
-                    continue
-                raise UpstreamTransportError(str(exc) or type(exc).__name__) from exc
-            except BaseException:
-                self._discard(stream)  # cancelled mid-answer: the connection is in an unknown state
+                response = await self._session(True).post(url, data=body, headers=headers)
+            except aiohttp.ClientConnectorError:
                 raise
-            if reader.code is None:  # closed before any answer (tornado said so, not raised)
-                self._discard(stream)
-                if reused:
-                    continue
-                raise UpstreamTransportError("the backend closed the connection")
-            self._checkin(key, stream, reader, still_open, headers)
-            return UpstreamResponse(reader.code, reader.headers, b"".join(reader.chunks))
-        raise AssertionError("unreachable: the last attempt always uses a fresh connection")
+            except _CLOSED_BEFORE_ANSWER:
+                if closes != self._closes:
+                    raise
+                response = await self._session(False).post(url, data=body, headers=headers)
+            async with response:
+                return UpstreamResponse(response.status, response.headers, await response.read())
+        except _TRANSPORT_ERRORS as exc:
+            raise _transport_error(exc, "the backend request failed") from exc
 
     async def stream(self, host: str, port: int, path: str, body: bytes,
                      headers: dict[str, str]) -> UpstreamStream:
-        """Send a POST and return once the answer's headers are in; the body streams."""
-        key = (host, port)
-        for attempt in (1, 2):
-            stream, reused = await self._connection(key, allow_reuse=attempt == 1)
-            reader = _Reader(streaming=True)
-            task: asyncio.Future[bool] | None = None
-            try:
-                conn = self._send(stream, key, path, body, headers)
-                task = asyncio.ensure_future(conn.read_response(reader))
-                task.add_done_callback(lambda t, r=reader: _fail_reader(t, r))
-                await reader.headers_ready
-            except (UpstreamTransportError, StreamClosedError, OSError) as exc:
-                self._discard(stream)
-                if reused:
-                    continue
-                raise UpstreamTransportError(str(exc) or type(exc).__name__) from exc
-            except BaseException:
-                if task is not None:
-                    task.cancel()
-                self._discard(stream)
-                raise
-            assert task is not None
-            return UpstreamStream(self, key, stream, reader, task, headers)
-        raise AssertionError("unreachable: the last attempt always uses a fresh connection")
+        """Send a POST on a connection of its own; return once the answer's headers are in."""
+        try:
+            response = await self._session(False).post(f"http://{host}:{port}{path}", data=body,
+                                                       headers=headers)
+        except _TRANSPORT_ERRORS as exc:
+            raise _transport_error(exc, "the backend request failed") from exc
+        self._streams.add(response)
+        return UpstreamStream(self, response)
 
     def close(self) -> None:
         """Close every connection, idle or in use (the extension is stopping).
 
         In-flight requests fail at once instead of holding their backend busy: llama-server
         ignores SIGTERM while it streams, so shutdown would otherwise wait for its kill timeout.
+        The pool stays usable: a later request opens new connections.
         """
-        for idle in self._idle.values():
-            for stream, _ in idle:
-                stream.close()
-        self._idle.clear()
-        for stream in list(self._active):
-            self._discard(stream)
-
-    def idle_count(self, host: str, port: int) -> int:
-        return len(self._idle.get((host, port), ()))
-
-    # ------------------------------------------------------------------ internals
-    async def _connection(self, key: tuple[str, int], allow_reuse: bool) -> tuple[IOStream, bool]:
-        """An idle connection if there is one (and ``True``), else a fresh one."""
-        reused = self._checkout(key) if allow_reuse else None
-        stream = reused if reused is not None else await self._connect(key)
-        self._active.add(stream)
-        return stream, reused is not None
-
-    def _checkout(self, key: tuple[str, int]) -> IOStream | None:
-        idle = self._idle.get(key)
-        now = time.monotonic()
-        while idle:
-            stream, since = idle.pop()
-            if now - since < self.idle_s and _looks_open(stream):
-                return stream
-            self._discard(stream)
-        return None
-
-    def _checkin(self, key: tuple[str, int], stream: IOStream, reader: _Reader,
-                 still_open: bool, request_headers: dict[str, str]) -> None:
-        reusable = (
-            still_open
-            and not stream.closed()
-            and reader.headers.get("Connection", "").lower() != "close"
-            and request_headers.get("Connection", "").lower() != "close"
-        )
-        self._active.discard(stream)
-        idle = self._idle.setdefault(key, [])
-        if reusable and len(idle) < self.max_idle_per_backend:
-            idle.append((stream, time.monotonic()))
-        else:
-            self._discard(stream)
-
-    def _discard(self, stream: IOStream) -> None:
-        self._active.discard(stream)
-        stream.close()
-
-    async def _connect(self, key: tuple[str, int]) -> IOStream:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        stream = IOStream(sock)
-        try:
-            await asyncio.wait_for(stream.connect(key), self.connect_timeout_s)
-        except (StreamClosedError, OSError, asyncio.TimeoutError) as exc:
-            stream.close()
-            raise UpstreamTransportError(
-                f"cannot connect to {key[0]}:{key[1]}: {exc or type(exc).__name__}"
-            ) from exc
-        except BaseException:
-            stream.close()
-            raise
-        stream.set_nodelay(True)
-        return stream
-
-    def _send(self, stream: IOStream, key: tuple[str, int], path: str, body: bytes,
-              headers: dict[str, str]) -> HTTP1Connection:
-        conn = HTTP1Connection(stream, True, self._params)
-        out = httputil.HTTPHeaders(headers)
-        out["Host"] = f"{key[0]}:{key[1]}"
-        out["Content-Length"] = str(len(body))
-        conn.write_headers(httputil.RequestStartLine("POST", path, "HTTP/1.1"), out, body)
-        conn.finish()
-        return conn
+        self._closes += 1
+        for response in list(self._streams):
+            response.close()
+        self._streams.clear()
+        sessions = [s for s in (self._pooled, self._once) if s is not None and not s.closed]
+        self._pooled = self._once = None
+        for session in sessions:
+            # Closing the connector closes its connections now, the ones in flight too; what
+            # it returns (and the session's own close) only waits for the sockets to go.
+            closing = session.connector.close() if session.connector is not None else None
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                continue
+            task = asyncio.ensure_future(_settle(closing, session))
+            _CLOSING.add(task)
+            task.add_done_callback(_CLOSING.discard)
 
 
-def _looks_open(stream: IOStream) -> bool:
-    """True unless the peer closed this idle connection (or sent bytes nobody asked for)."""
-    if stream.closed():
-        return False
-    try:
-        stream.socket.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True  # nothing to read: still open and idle
-    except OSError:
-        return False
-    return False  # b"" is the peer's close; stray bytes make it unusable too
+#: Closing tasks, referenced until done (the loop keeps only weak references to tasks).
+_CLOSING: set[asyncio.Future[None]] = set()
 
 
-def _fail_reader(task: asyncio.Task[bool], reader: _Reader) -> None:
-    """If the read ended before the answer's headers, wake whoever waits for them."""
-    if task.cancelled():
-        reader.fail(UpstreamTransportError("request cancelled"))
-    elif task.exception() is not None:
-        reader.fail(task.exception())  # type: ignore[arg-type]
-    else:
-        reader.fail(UpstreamTransportError("the backend closed the connection"))
+async def _settle(closing: Any, session: aiohttp.ClientSession) -> None:
+    if closing is not None:
+        await closing
+    await session.close()

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.engines.llamacpp import EngineInfo
 from ..core.live_model import LiveModel
 from ..core.memory import MemorySample
 from ..core.router import Router
 from ..core.settings import RUNTIME_KEYS
+from ..errors import EngineMissingError
 
 
-def model_view(m: LiveModel) -> dict[str, Any]:
-    """One entry of ``all_models_loaded``. The backend's API key is never included."""
+def model_view(m: LiveModel, engine: EngineInfo | None = None) -> dict[str, Any]:
+    """One entry of ``all_models_loaded``. The backend's API key is never included.
+
+    ``engine``: what its backend runs (None while it has no backend)."""
     backend = m.backend
     return {
         "model_name": m.name,
@@ -34,7 +38,22 @@ def model_view(m: LiveModel) -> dict[str, Any]:
         "is_busy": m.in_flight > 0,
         "in_flight": m.in_flight,
         "device": m.device,
+        "placement": m.placement.to_json(),
+        # Per device (GPU UUIDs, "cpu" for RAM): bytes and the source of each figure.
+        "memory_by_device": {key: figure.to_json() for key, figure in
+                             [*m.memory.gpu.items(), ("cpu", m.memory.ram)]},
+        "memory_source": m.memory.sources(),
+        "estimate_bytes": m.estimate_bytes,
+        "engine": engine.to_json() if engine else None,
     }
+
+
+def engine_view(router: Router) -> dict[str, Any] | None:
+    """The engine the next backend start would use; None when there is none."""
+    try:
+        return router.launcher.engine().to_json()
+    except EngineMissingError:
+        return None
 
 
 def health_view(router: Router, memory: MemorySample | None) -> dict[str, Any]:
@@ -43,34 +62,42 @@ def health_view(router: Router, memory: MemorySample | None) -> dict[str, Any]:
     slots = router.slots()
     return {
         "status": "ok",
-        "all_models_loaded": [model_view(m) for m in models],
+        "all_models_loaded": [model_view(m, router.launcher.engine_of(m.backend))
+                              for m in models],
         "max_models": {t: slots for t in types},
         "pinned_models": {t: sum(1 for m in models if m.type == t and m.pinned) for t in types},
         "loaded_models": {t: sum(1 for m in models if m.type == t) for t in types},
         "memory": memory.to_json() if memory else {"source": "unknown", "devices": []},
+        "engine": engine_view(router),
     }
 
 
-def models_view(router: Router) -> dict[str, Any]:
-    """The OpenAI model list, with our catalog fields on each entry."""
+def models_view(router: Router, *, show_all: bool = False) -> dict[str, Any]:
+    """The OpenAI model list, with our catalog fields on each entry.
+
+    ``show_all`` adds the curated models that are not downloaded yet. ``checkpoint`` is where a
+    model comes from: its hub checkpoint, else its local file."""
     data = []
-    for spec in router.catalog.all():
+    for spec in router.catalog.all(include_not_downloaded=show_all):
         live = router.get_live(spec.name)
-        data.append(
-            {
-                "id": spec.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "lemonade",
-                "checkpoint": spec.checkpoint,
-                "recipe": spec.recipe,
-                "labels": list(spec.labels),
-                "type": spec.type,
-                "builtin": spec.builtin,
-                "loaded": live is not None,
-                "pinned": bool(live and live.pinned),
-            }
-        )
+        entry = {
+            "id": spec.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "lemonade",
+            "checkpoint": spec.source or spec.checkpoint,
+            "recipe": spec.recipe,
+            "labels": list(spec.labels),
+            "type": spec.type,
+            "builtin": spec.builtin,
+            "loaded": live is not None,
+            "pinned": bool(live and live.pinned),
+            "downloaded": spec.downloaded,
+            "size": spec.size(),
+        }
+        if spec.mmproj_source or spec.mmproj:
+            entry["mmproj"] = spec.mmproj_source or spec.mmproj
+        data.append(entry)
     return {"object": "list", "data": data}
 
 

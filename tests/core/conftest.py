@@ -7,10 +7,8 @@ on the way out, even when the test fails.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +19,11 @@ from lemonade_jupyter.core.catalog import Catalog
 from lemonade_jupyter.core.events import Event
 from lemonade_jupyter.core.router import Lease, Router
 from lemonade_jupyter.core.settings import RouterSettings
+from lemonade_jupyter.errors import BackendTransportError
+from tests.helpers.polling import wait_until
 
 #: Generous: a real load takes ~0.4 s, but this machine is shared and has 2 cores.
 DEADLINE_S = 30.0
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = DEADLINE_S,
-                     what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def events(router: Router, kind: str | None = None, model: str | None = None) -> list[Event]:
@@ -71,11 +58,11 @@ async def post(router: Router, lease: Lease, path: str, body: dict[str, Any],
 
 async def chat(router: Router, name: str, prompt: str = "Say hi",
                path: str = "/v1/chat/completions") -> tuple[int, dict[str, Any]]:
-    """One request through the router, as the proxy makes it (SPEC §5).
+    """One request through the router's replay-once call, as the proxy makes it.
 
-    Takes a lease (auto-loading the model), posts to its backend and, when the backend turns
-    out to be dead in transport, reports it and replays once through a new lease. Returns the
-    pid of the backend that answered and its JSON.
+    ``Router.call`` takes a lease (auto-loading the model) and, when the backend turns out to
+    be dead in transport, reports it and replays once through a new lease. Returns the pid of
+    the backend that answered and its JSON.
     """
     body: dict[str, Any] = {"max_tokens": 4, "temperature": 0}
     if path == "/v1/embeddings":
@@ -84,19 +71,17 @@ async def chat(router: Router, name: str, prompt: str = "Say hi",
         body["prompt"] = prompt
     else:
         body["messages"] = [{"role": "user", "content": prompt}]
-    for attempt in (1, 2):
-        async with router.lease(name) as lease:
-            try:
-                resp = await post(router, lease, path, body)
-            except httpx.TransportError:
-                if attempt == 2:
-                    raise
-                await router.report_failure(lease)
-                continue
-            assert resp.status_code == 200, resp.text
-            assert lease.backend.pid is not None
-            return lease.backend.pid, resp.json()
-    raise AssertionError("unreachable")
+
+    async def send(lease: Lease) -> tuple[int, dict[str, Any]]:
+        try:
+            resp = await post(router, lease, path, body)
+        except httpx.TransportError as exc:
+            raise BackendTransportError(repr(exc)) from exc
+        assert resp.status_code == 200, resp.text
+        assert lease.backend.pid is not None
+        return lease.backend.pid, resp.json()
+
+    return await router.call(name, send)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Crashes, hung and broken backends with real llama-server (SPEC §3 rules 6, 7, 10; §5)."""
+"""Crashes, hung and broken backends with real llama-server: reloads, one replay per request,
+the crash-loop cooldown and the watchdog."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from lemonade_jupyter.errors import (
     ModelNotFoundError,
 )
 
-from .conftest import chat, events, ready_pid, wait_event, wait_until
+from tests.helpers.polling import wait_until
+
+from .conftest import chat, events, ready_pid, wait_event
 
 
 def loads_after(router, event, model):
@@ -138,16 +141,19 @@ async def test_router_corrupt_gguf_retries_once_then_cools_down(
         assert router.get_live("user.bad") is None
         [failed] = events(router, "load_failed", "user.bad")
         assert failed.detail["error"]
-        # next try: refused at once with Retry-After, no third process
+        # next automatic try: refused at once with Retry-After, no third process
         started = time.monotonic()
         with pytest.raises(CoolingDownError) as cool:
-            await router.load("user.bad")
+            await chat(router, "user.bad")
         assert time.monotonic() - started < 1.0
         assert cool.value.status_code == 503 and cool.value.retry_after_s >= 1
         assert cool.value.headers()["Retry-After"] == str(cool.value.retry_after_s)
-        with pytest.raises(CoolingDownError):
-            await chat(router, "user.bad")
         assert len(list((tmp_path / "logs").glob("user.bad.*.log"))) == 2
+        # an explicit load is never refused: tried once (no retry), the engine's reason back
+        with pytest.raises(ModelLoadError, match="failed to load model"):
+            await router.load("user.bad")
+        assert len(list((tmp_path / "logs").glob("user.bad.*.log"))) == 3
+        assert router.get_live("user.m1") is pinned and ready_pid(router, "user.m1")
 
 
 async def test_router_missing_weights_is_not_found_at_once(
@@ -177,7 +183,7 @@ async def test_router_missing_engine_costs_no_other_model_its_slot(
     the install hint before admission, so the full pool's LRU model keeps its slot."""
     async with make_router(catalog, max_loaded_models=1) as router:
         m1 = await router.load("user.m1")
-        router._llama_server_path = str(tmp_path / "removed" / "llama-server")
+        router.launcher.llama_server_path = str(tmp_path / "removed" / "llama-server")
         with pytest.raises(EngineMissingError) as info:
             await router.load("user.m2")
         assert info.value.status_code == 503 and "install-llama-server" in info.value.message

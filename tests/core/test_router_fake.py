@@ -20,16 +20,15 @@ from lemonade_jupyter.core import process
 from lemonade_jupyter.core.catalog import Catalog
 from lemonade_jupyter.errors import CoolingDownError, ModelLoadError
 
-from .conftest import chat, events, post, ready_pid, wait_until
+from tests.helpers.fakes import clear_fake_knobs
+from tests.helpers.polling import wait_until
 
-KNOBS = ("FAKE_LLAMA_READY_AFTER", "FAKE_LLAMA_READY_FILE", "FAKE_LLAMA_FAIL_START", "FAKE_LLAMA_CRASH_AFTER_REQUESTS",
-         "FAKE_LLAMA_IGNORE_SIGTERM", "FAKE_LLAMA_TOKEN_DELAY")
+from .conftest import chat, events, post, ready_pid
 
 
 @pytest.fixture
 def fake_catalog(data_dir, tmp_path, monkeypatch):
-    for knob in KNOBS:
-        monkeypatch.delenv(knob, raising=False)
+    clear_fake_knobs(monkeypatch)
     weights = tmp_path / "tiny.gguf"
     weights.write_bytes(b"GGUF" + bytes(60))
     cat = Catalog(data_dir)
@@ -127,7 +126,7 @@ async def test_router_backend_ignoring_sigterm_is_killed_and_reaped(
 
 
 async def test_router_start_failure_reports_engine_reason_then_cools_down(
-    fake_catalog, make_fake_router, monkeypatch
+    fake_catalog, make_fake_router, monkeypatch, tmp_path
 ):
     async with make_fake_router(fake_catalog, max_loaded_models=-1) as router:
         await router.load("user.f2", pinned=True)
@@ -137,9 +136,18 @@ async def test_router_start_failure_reports_engine_reason_then_cools_down(
             await router.load("user.f1")
         assert [(e.model, e.reason) for e in events(router, "evict")] == [("user.f3", "retry")]
         assert ready_pid(router, "user.f2") and router.get_live("user.f2").pinned
+        # Cooling down: an automatic load (a request) is refused with the engine's reason...
         with pytest.raises(CoolingDownError) as info:
-            await router.load("user.f1")
+            await router.acquire("user.f1")
         assert "FAKE_LLAMA_FAIL_START" in info.value.message
+        # ...an explicit load never is: it is tried once, now, without the evicting retry.
+        logs = tmp_path / "logs"
+        assert len(list(logs.glob("user.f1.*.log"))) == 2  # the first try and its retry
+        with pytest.raises(ModelLoadError, match="FAKE_LLAMA_FAIL_START"):
+            await router.load("user.f1")
+        assert len(list(logs.glob("user.f1.*.log"))) == 3
+        monkeypatch.delenv("FAKE_LLAMA_FAIL_START")
+        assert ready_pid(router, (await router.load("user.f1")).name)
 
 
 async def test_router_ready_timeout_is_a_load_error(fake_catalog, make_fake_router, monkeypatch):

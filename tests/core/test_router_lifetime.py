@@ -1,4 +1,5 @@
-"""What survives a router restart, and what must not survive the router's process (§3.11, §7)."""
+"""What survives a router restart (pins, with their models reloaded), and what must not survive
+the router's process (its backends)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,14 @@ import textwrap
 import time
 
 import psutil
+import pytest
 
 from lemonade_jupyter.core.catalog import Catalog
+from lemonade_jupyter.core.options import LoadOptions
+from lemonade_jupyter.errors import ModelLoadError
+from tests.helpers.processes import gone
 
 from .conftest import events, ready_pid, wait_event
-
-
-def gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 async def test_router_restart_reloads_pinned_model_and_keeps_pin(
@@ -34,7 +31,7 @@ async def test_router_restart_reloads_pinned_model_and_keeps_pin(
         old_pid = ready_pid(router, "user.m1")
     assert gone(old_pid)
     state = json.loads((data_dir / "router_state.json").read_text())
-    assert state["pins"] == {"user.m1": True}
+    assert state["models"] == {"user.m1": {"pinned": True, "options": {}}}
     assert state["settings"]["max_loaded_models"] == 2
 
     # a fresh catalog and router on the same data dir, as after a server restart
@@ -60,6 +57,57 @@ async def test_router_restart_without_restore_keeps_remembered_pin(
         assert router.remembered_pin("user.m1")
         m = await router.load("user.m1")  # pin omitted: the remembered pin applies
         assert m.pinned
+
+
+async def test_router_restart_keeps_every_models_load_options(
+    catalog, make_router, data_dir
+):
+    """Live, pinned and crashed models all come back with the options they were loaded with,
+    not with the defaults: the options are persisted next to the pins."""
+    async with make_router(catalog, max_loaded_models=-1) as router:
+        await router.load("user.m1", pinned=True, options=LoadOptions(ctx_size=1024),
+                          given=frozenset({"ctx_size"}))
+        await router.load("user.m2", options=LoadOptions(ctx_size=768),
+                          given=frozenset({"ctx_size"}))
+        m3 = await router.load("user.m3", options=LoadOptions(ctx_size=640),
+                               given=frozenset({"ctx_size"}))
+        crashed = m3.backend.pid
+        os.kill(crashed, signal.SIGKILL)  # unpinned: not reloaded until its next request
+        await wait_event(router, "crash", "user.m3")
+        assert router.get_live("user.m3") is None
+    state = json.loads((data_dir / "router_state.json").read_text())
+    assert state["models"]["user.m3"] == {"pinned": False, "options": {"ctx_size": 640}}
+
+    async with make_router(Catalog(data_dir), max_loaded_models=-1) as router:
+        await wait_event(router, "reload", "user.m1")
+        await wait_event(router, "reload", "user.m2")
+        for name, ctx in (("user.m1", 1024), ("user.m2", 768)):
+            m = router.get_live(name)
+            assert m.options.ctx_size == ctx
+            argv = psutil.Process(m.backend.pid).cmdline()
+            assert argv[argv.index("--ctx-size") + 1] == str(ctx), argv
+        assert router.get_live("user.m1").pinned and not router.get_live("user.m2").pinned
+        assert router.get_live("user.m3") is None  # it was not loaded when the router stopped
+        m3 = await router.load("user.m3")  # options omitted: the remembered ones apply
+        argv = psutil.Process(m3.backend.pid).cmdline()
+        assert argv[argv.index("--ctx-size") + 1] == "640", argv
+        await router.unload("user.m3")  # an explicit unload forgets them
+        m3 = await router.load("user.m3")
+        assert m3.options.ctx_size is None
+        argv = psutil.Process(m3.backend.pid).cmdline()
+        assert argv[argv.index("--ctx-size") + 1] != "640", argv
+
+
+async def test_router_failed_load_keeps_the_previous_options(catalog, make_router, tmp_path):
+    """Options are remembered once a start with them succeeded: a bad one does not stick."""
+    async with make_router(catalog) as router:
+        await router.load("user.m1", options=LoadOptions(ctx_size=1024),
+                          given=frozenset({"ctx_size"}))
+        with pytest.raises(ModelLoadError):
+            await router.load("user.m1", options=LoadOptions(llamacpp_args="--no-such-flag"),
+                              given=frozenset({"llamacpp_args"}))
+        m = await router.load("user.m1")
+        assert m.options.ctx_size == 1024 and m.options.llamacpp_args == ""
 
 
 HOST_SCRIPT = textwrap.dedent("""

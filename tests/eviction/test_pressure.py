@@ -1,4 +1,4 @@
-"""Tier 2 under memory pressure: who goes, who stays (SPEC §4), with real backends.
+"""Tier 2 under memory pressure: who goes, who stays, with real backends.
 
 Pressure is simulated at 0.95 (over the default threshold 0.90) through
 ``/internal/simulate-vram-pressure``, which runs one evaluation synchronously and answers with
@@ -12,7 +12,13 @@ import time
 
 import httpx
 
-from .conftest import DEADLINE_S, join, pid_running, run_in_thread, sse_events, wait_until
+from lemonade_jupyter.core import eviction
+
+from tests.helpers.http import sse_events
+from tests.helpers.polling import wait_for
+from tests.helpers.processes import alive
+
+from .conftest import DEADLINE_S, join, run_in_thread
 
 
 def score(entry: dict) -> float:
@@ -22,7 +28,7 @@ def score(entry: dict) -> float:
 
 
 def wait_idle(lemon, name: str, seconds: float) -> None:
-    wait_until(lambda: lemon.model(name)["idle_s"] >= seconds, what=f"{name} idle {seconds} s")
+    wait_for(lambda: lemon.model(name)["idle_s"] >= seconds, what=f"{name} idle {seconds} s")
 
 
 def test_pressure_evicts_the_highest_score_and_leaves_the_pinned_one(lemon):
@@ -58,7 +64,7 @@ def test_pressure_evicts_the_highest_score_and_leaves_the_pinned_one(lemon):
     assert after["user.m1"]["status"] == "ready" and after["user.m1"]["pinned"] is True
     assert after["user.m1"]["pid"] == before["user.m1"]["pid"]
     assert after[other]["pid"] == before[other]["pid"]
-    wait_until(lambda: not pid_running(before[victim]["pid"]), what="the victim's process to end")
+    wait_for(lambda: not alive(before[victim]["pid"]), what="the victim's process to end")
     [event] = lemon.events("evict", victim)
     assert event.reason == "pressure"
     assert event.memory_before is not None and event.memory_before > 0
@@ -136,18 +142,17 @@ def test_a_busy_model_is_skipped(lemon):
 
     stop.set()
     assert join(thread, out) >= 1
-    wait_until(lambda: lemon.model("user.m1")["is_busy"] is False, what="the lease released")
+    wait_for(lambda: lemon.model("user.m1")["is_busy"] is False, what="the lease released")
     assert [a["model"] for a in lemon.simulate(0.95)] == ["user.m1"]
 
 
-def test_a_request_during_a_pending_eviction_rescues_the_model(lemon):
+def test_a_request_during_a_pending_eviction_rescues_the_model(lemon, monkeypatch):
     """The engine decides, waits ``eviction_grace_s``, then commits what nobody used meanwhile."""
     lemon.load("user.m1")
     lemon.set(auto_evict=True, eviction_grace_s=1.5)
     pid = lemon.model("user.m1")["pid"]
-    engine = lemon.router.eviction
     planned = threading.Event()
-    plan = engine.plan
+    plan = eviction.plan
 
     def spy(*args, **kwargs):
         decisions = plan(*args, **kwargs)
@@ -155,7 +160,8 @@ def test_a_request_during_a_pending_eviction_rescues_the_model(lemon):
             planned.set()
         return decisions
 
-    engine.plan = spy  # observe the moment the decision is made (it runs on the server thread)
+    # observe the moment the decision is made (it runs on the server thread)
+    monkeypatch.setattr(eviction, "plan", spy)
     started = time.monotonic()
     thread, out = run_in_thread(lambda: lemon.simulate(0.95))
     assert planned.wait(DEADLINE_S)

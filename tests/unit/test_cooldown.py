@@ -1,4 +1,4 @@
-"""The crash-loop guard: N failures in a row start a doubling, capped cooldown."""
+"""The crash-loop guard: N failures within a window start a doubling, capped cooldown."""
 
 from __future__ import annotations
 
@@ -64,3 +64,32 @@ def test_success_ends_the_streak_and_models_are_independent(clock):
     assert guard.cooling_down("b") and not guard.cooling_down("a")
     guard.forget("b")
     assert retry_after(guard, "b") is None
+
+
+def test_failures_count_only_within_the_window(clock):
+    guard = CrashLoopGuard(threshold=2, base_s=5, cap_s=60, window_s=30)
+    guard.failure("m", "x")
+    clock[0] += 31  # the first failure left the window
+    guard.failure("m", "x")
+    assert not guard.cooling_down("m")
+    clock[0] += 10
+    guard.failure("m", "x")  # two within 30 s
+    assert retry_after(guard, "m") == 5
+
+
+def test_early_death_counts_a_healthy_one_resets(clock):
+    guard = CrashLoopGuard(threshold=2, base_s=5, cap_s=60)
+    # killed after it served: not a crash loop, whatever the uptime
+    for _ in range(5):
+        guard.exited("m", uptime_s=1.0, served=True, reason="code -9")
+    assert not guard.cooling_down("m")
+    # up long enough without a request: ran fine too
+    guard.failure("m", "x")
+    guard.exited("m", uptime_s=cooldown.STABLE_UPTIME_S, served=False, reason="code -9")
+    guard.failure("m", "x")
+    assert not guard.cooling_down("m")
+    # died right after its start, twice: a crash loop
+    guard.exited("m", uptime_s=0.5, served=False, reason="code -11")
+    assert retry_after(guard, "m") == 5
+    with pytest.raises(CoolingDownError, match="code -11"):
+        guard.check("m")

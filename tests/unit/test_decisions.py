@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 
 from lemonade_jupyter.core.catalog import ModelSpec
-from lemonade_jupyter.core.decisions import admission, lru, pool, pressure_score, shrink_victims
-from lemonade_jupyter.core.live_model import LiveModel, ModelState
+from lemonade_jupyter.core.decisions import (
+    EvictReason, admission, lru, may_downsize, may_evict, pool, pressure_score, retry_victims,
+    shrink_victims,
+)
+from lemonade_jupyter.core.lifecycle import ModelState
+from lemonade_jupyter.core.live_model import ModelSnapshot
 from lemonade_jupyter.core.options import LoadOptions
 
 R, U, D, L, E = (ModelState.READY, ModelState.IN_USE, ModelState.DOWNSIZED,
@@ -15,13 +19,13 @@ R, U, D, L, E = (ModelState.READY, ModelState.IN_USE, ModelState.DOWNSIZED,
 
 def live(name: str, last_use: float, *, pinned: bool = False, state: ModelState = R,
          busy: bool = False, labels: tuple[str, ...] = ("llm",), admitted: bool = True,
-         load_ms: float = 1000.0) -> LiveModel:
-    m = LiveModel(spec=ModelSpec(name=name, checkpoint="/x.gguf", labels=labels),
-                  options=LoadOptions(), pinned=pinned, state=state, admitted=admitted,
-                  load_duration_ms=load_ms)
-    m.last_use = last_use
-    m.in_flight = 1 if busy else 0
-    return m
+         load_ms: float = 1000.0) -> ModelSnapshot:
+    spec = ModelSpec(name=name, checkpoint="/x.gguf", labels=labels)
+    return ModelSnapshot(
+        name=name, type=spec.type, state=state, pinned=pinned, admitted=admitted,
+        in_flight=1 if busy else 0, busy=busy, last_use=last_use, load_duration_ms=load_ms,
+        options=LoadOptions(), memory_bytes=None, device="cpu",
+    )
 
 
 def names(models):
@@ -116,3 +120,50 @@ def test_pressure_score_prefers_long_idle_and_cheap_reload():
     ranked = sorted([costly_idle, recent, cheap_idle],
                     key=lambda m: pressure_score(m, now, 1.0), reverse=True)
     assert names(ranked) == ["cheap", "costly", "recent"]
+
+
+# The one eviction rule, as a table of model situations × reasons.
+DS, UN = ModelState.DOWNSIZING, ModelState.UNLOADED
+SITUATIONS = [  # (label, state, pinned, busy)
+    ("ready", R, False, False),
+    ("ready pinned", R, True, False),
+    ("in use", U, False, True),
+    ("in use pinned", U, True, True),
+    ("ready with a caller waiting for its lease", R, False, True),
+    ("downsized", D, False, False),
+    ("downsized pinned", D, True, False),
+    ("loading", L, False, False),
+    ("downsizing", DS, False, False),
+    ("evicting", E, False, False),
+    ("unloaded", UN, False, False),
+]
+#: One letter per situation above, in order: y = may be evicted now, n = may not.
+MAY_EVICT = {
+    EvictReason.MANUAL: "yyyyyyynnnn",
+    EvictReason.LRU: "ynnnnynnnnn",
+    EvictReason.FIT: "ynnnnynnnnn",
+    EvictReason.RETRY: "ynnnnynnnnn",
+    EvictReason.IDLE: "ynnnnynnnnn",
+    EvictReason.PRESSURE: "ynnnnynnnnn",
+}
+MAY_DOWNSIZE = "ynnnnnnnnnn"
+
+
+@pytest.mark.parametrize("reason", list(EvictReason), ids=[r.value for r in EvictReason])
+def test_may_evict_table(reason):
+    assert set(MAY_EVICT) == set(EvictReason), "every reason has a row"
+    got = "".join("y" if may_evict(live(label, 1.0, pinned=p, state=s, busy=b), reason) else "n"
+                  for label, s, p, b in SITUATIONS)
+    assert got == MAY_EVICT[reason], list(zip([s[0] for s in SITUATIONS], got))
+
+
+def test_may_downsize_table():
+    got = "".join("y" if may_downsize(live(label, 1.0, pinned=p, state=s, busy=b)) else "n"
+                  for label, s, p, b in SITUATIONS)
+    assert got == MAY_DOWNSIZE
+
+
+def test_retry_victims_are_the_others_that_may_go():
+    models = [live("failed", 1), live("idle", 2), live("pinned", 3, pinned=True),
+              live("busy", 4, busy=True, state=U), live("waiting", 5, admitted=False)]
+    assert names(retry_victims(models, "failed")) == ["idle"]

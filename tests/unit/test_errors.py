@@ -1,4 +1,4 @@
-"""The exception tree: every error knows its HTTP status and type; bodies match SPEC §6."""
+"""The exception tree: every error knows its HTTP status and type, and renders as the envelope."""
 
 from __future__ import annotations
 
@@ -21,14 +21,19 @@ CLASSES = [obj for name in errors.__all__
 
 EXPECTED_STATUS = {
     "LemonadeError": 500, "InvalidRequestError": 400, "ModelNotFoundError": 404,
-    "SlotsPinnedError": 409, "CoolingDownError": 503, "EngineMissingError": 503,
+    "SlotsPinnedError": 409, "InsufficientMemoryError": 409, "CoolingDownError": 503, "EngineMissingError": 503,
     "ModelLoadError": 500, "BackendShutdownError": 503, "UpstreamError": 502,
+    "BackendTransportError": 502, "HubError": 502, "HubAuthError": 401, "HubAccessError": 403,
+    "HubNotFoundError": 404, "HubUnavailableError": 503, "InsufficientStorageError": 507,
+    "PullCancelledError": 409,
 }
 
 
 def make(cls):
     if cls is SlotsPinnedError:
         return cls("llm", "user.x")
+    if cls is errors.InsufficientMemoryError:
+        return cls("user.x", "cpu", needed_bytes=3 << 20, free_bytes=1 << 20, pinned_bytes=0)
     if cls is CoolingDownError:
         return cls("user.x", 4.2, "boom")
     if cls is ClientError:

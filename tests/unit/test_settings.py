@@ -144,13 +144,14 @@ def test_table_rows_are_consistent():
         if s.type is bool:
             assert s.minimum is None and s.maximum is None, s.name
         else:  # every default passes its own check (as a config value)
-            assert s.check(s.config_default) == s.config_default, s.name
+            assert s.check_config(s.config_default) == s.config_default, s.name
 
 
 def test_derived_key_sets():
     assert RUNTIME_KEYS == tuple(s.name for s in SETTINGS if s.runtime)
     assert PERSISTED_KEYS == (
         "max_loaded_models", "auto_evict", "auto_evict_threshold_pct", "restore_on_start",
+        "memory_budget_mib",
     )
     # A persisted value is restored through with_updates(), which takes runtime keys only.
     assert set(PERSISTED_KEYS) <= set(RUNTIME_KEYS)
@@ -168,7 +169,8 @@ def test_known_defaults_and_bounds():
 
 def _bad_values(s: Setting) -> list[object]:
     """Values the row must refuse: wrong types, non-finite, too large, out of bounds."""
-    bad: list[object] = ["1", None, [1], {"v": 1}]
+    # None unsets a nullable setting (one with a config stand-in for None): valid there.
+    bad: list[object] = ["1", [1], {"v": 1}] + ([] if s.none_as is not None else [None])
     if s.type is bool:
         return bad + [1, 0]
     bad += [True, False, math.nan, math.inf, -math.inf, 1e13, 10**400, -(10**400)]
@@ -237,6 +239,8 @@ def _other_value(s: Setting) -> object:
         return not s.default
     if s.type is int:
         return s.config_default + 2
+    if s.default is None:
+        return (s.minimum or 0) + 100.0
     if s.maximum is not None:
         value = (s.maximum + (s.minimum or 0)) / 3
     else:
@@ -274,8 +278,18 @@ def test_bad_config_value_is_a_trait_error_naming_the_trait(setting):
     else:
         bad = [v for v in _bad_values(setting)
                if type(v) is float or (type(v) is int and abs(v) < 1e300)]
+    bad = [v for v in bad if v != setting.none_as]  # the config stand-in for "unset"
     assert len(bad) >= 2
     app_class = _app_class()
     for value in bad:
         with pytest.raises(TraitError, match=f"^c.LemonadeApp.{setting.name}: "):
             app_class(config=Config({"LemonadeApp": {setting.name: value}}))
+
+
+def test_memory_budget_is_unset_by_default_and_null_unsets_it():
+    assert RouterSettings().memory_budget_mib is None
+    budget = RouterSettings().with_updates({"memory_budget_mib": 256})
+    assert budget.memory_budget_mib == 256
+    assert budget.with_updates({"memory_budget_mib": None}).memory_budget_mib is None
+    with pytest.raises(InvalidRequestError):
+        budget.with_updates({"memory_budget_mib": 0})

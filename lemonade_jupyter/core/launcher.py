@@ -1,0 +1,110 @@
+"""Starting one backend for one model: the engine to use, the checks before, one attempt.
+
+Separate from the router's lifecycle so that "can this model start at all?" (its weights
+file, the engine binary) is answered before admission evicts anybody, and so that the retry
+policy (in :mod:`.model_table`) does not mix with process details.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from ..errors import EngineMissingError, ModelNotFoundError
+from .backend import Backend
+from .catalog import ModelSpec
+from .engines.llamacpp import EngineInfo, LlamaCppEngine, find_engine
+from .memory_sources import parse_buffer_report
+from .options import LoadOptions
+from .placement import Placement
+from .settings import RouterSettings
+
+#: So that CUDA numbers the GPUs in NVML's (PCI bus) order, which placement uses.
+GPU_ENV = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+#: llama-server logs its buffer sizes per device at this verbosity; on a GPU they are the
+#: per-model figure NVML cannot give in most containers (about 30 more lines per request).
+GPU_LOG_ARGS = ["-lv", "4"]
+
+
+class Launcher:
+    """Finds the engine and starts backends; holds no per-model state.
+
+    ``llama_server_path`` is the configured engine path (None: look it up); it is read at
+    every start, so an engine installed or removed while the server runs is noticed (a native
+    build that finishes while models run on the prebuilt engine is used from the next start;
+    the order is in :mod:`.engines.lookup`).
+    """
+
+    def __init__(self, llama_server_path: str | None, log_dir: Path,
+                 settings: Callable[[], RouterSettings],
+                 http: Callable[[], httpx.AsyncClient]) -> None:
+        self.llama_server_path = llama_server_path
+        self.log_dir = log_dir
+        self._settings = settings
+        self._http = http
+        #: The engine each live backend runs, for ``/health`` (gone with the backend).
+        self._engines: weakref.WeakKeyDictionary[Backend, EngineInfo] = (
+            weakref.WeakKeyDictionary())
+
+    def check_can_start(self, spec: ModelSpec) -> None:
+        """Raise ModelNotFoundError (weights gone) or EngineMissingError before any eviction."""
+        check_weights(spec)
+        find_engine(self.llama_server_path)
+
+    def engine(self) -> EngineInfo:
+        """The engine the next start would use; raises EngineMissingError when there is none."""
+        return find_engine(self.llama_server_path)
+
+    def engine_of(self, backend: Backend | None) -> EngineInfo | None:
+        """The engine ``backend`` was started with (None for no backend)."""
+        return self._engines.get(backend) if backend is not None else None
+
+    def offloads(self) -> bool:
+        """Whether the next start's engine can put layers on a GPU (a CUDA build)."""
+        try:
+            return self.engine().offload
+        except EngineMissingError:
+            return False
+
+    async def start(self, spec: ModelSpec, options: LoadOptions,
+                    placement: Placement | None = None) -> Backend:
+        """One attempt: spawn and wait until ready; a failed start leaves no process behind.
+
+        The backend's ``buffer_report`` holds what the engine logged about its buffers per
+        device (empty when it logged none). Raises ModelNotFoundError, EngineMissingError or
+        ModelLoadError (with the engine's own last words).
+        """
+        check_weights(spec)  # again: restores and reloads come here without the load checks
+        settings = self._settings()
+        info = find_engine(self.llama_server_path)
+        engine = LlamaCppEngine(info.path, threads=settings.backend_threads, info=info)
+        placement = placement or Placement()
+        offload = self.offloads()
+        on_gpu = offload and not placement.on_cpu
+        backend = Backend(
+            engine, spec, options, http=self._http(), log_dir=self.log_dir,
+            ready_timeout_s=settings.ready_timeout_s, stop_grace_s=settings.stop_grace_s,
+            extra_args=placement.args(offload) + (GPU_LOG_ARGS if on_gpu else []),
+            extra_env=GPU_ENV,
+        )
+        try:
+            await backend.start()
+        except BaseException:
+            await backend.stop()
+            raise
+        self._engines[backend] = info
+        backend.buffer_report = parse_buffer_report(backend.log_head())
+        return backend
+
+
+def check_weights(spec: ModelSpec) -> None:
+    """Raise ModelNotFoundError (a 404, never retried) when the weights file is gone."""
+    if not spec.checkpoint or not os.path.isfile(spec.checkpoint):
+        raise ModelNotFoundError(
+            f"The weights file of '{spec.name}' ({spec.checkpoint or 'not installed'}) "
+            "does not exist", param="model",
+        )

@@ -1,0 +1,591 @@
+"""The live models and every change of their state: admission, loads, reloads, evictions.
+
+Rules in one place:
+
+* A pool is the admitted models of one type; it holds at most ``max_loaded_models`` (-1: no
+  limit). A fresh load into a full pool evicts the pool's least recently used model that
+  :func:`~.decisions.may_evict` lets go; when every member is pinned it fails with
+  :class:`SlotsPinnedError` and evicts nothing.
+* Loads, restores, reloads, downsizes and evictions are *transitions*, at most one per model
+  at a time (:mod:`.transitions`): everyone who needs the model awaits the same task.
+* No lock is ever held across an await. Decisions are plain functions over snapshots, taken
+  and acted on between two awaits; whoever must wait for "something changed" awaits the
+  :class:`~.lifecycle.ChangeSignal`, which every writer notifies.
+* A failed start evicts every model that may go for a retry and tries once more; during a
+  crash-loop cooldown an explicit load is tried once, without the retry.
+
+Owns ``_models`` (name → :class:`LiveModel`, loading entries included) and the transitions;
+written only on the router's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+from ..errors import (
+    InsufficientMemoryError, InvalidRequestError, LemonadeError, ModelLoadError,
+    ModelNotFoundError, SlotsPinnedError,
+)
+from . import placement as placing
+from . import process
+from .backend import Backend
+from .catalog import Catalog, ModelSpec
+from .cooldown import CrashLoopGuard
+from .decisions import (
+    EvictReason, admission, fit, may_downsize, may_evict, pool, retry_victims, shrink_victims,
+)
+from .engines.llamacpp import DEFAULT_CTX_SIZE
+from .gguf_facts import read_facts
+from .events import EventLog
+from .launcher import Launcher
+from .lifecycle import SERVING, ChangeSignal, ModelState, TransitionKind
+from .live_model import LiveModel, ModelSnapshot
+from .memory import MemorySample
+from .memory_sources import attribute
+from .options import LoadOptions
+from .preferences import ModelPreferences
+from .settings import RouterSettings
+from .transitions import Transitions
+
+log = logging.getLogger(__name__)
+
+
+class ModelTable:
+    """Keeps models loaded within per-type slots; the router's lifecycle engine."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        preferences: ModelPreferences,
+        guard: Callable[[], CrashLoopGuard],
+        launcher: Launcher,
+        events: EventLog,
+        changes: ChangeSignal,
+        settings: Callable[[], RouterSettings],
+        check_open: Callable[[], None],
+        persist: Callable[[], None],
+        measure: Callable[[], Awaitable[MemorySample]],
+        fresh: Callable[[float], Awaitable[MemorySample]],
+        on_crash: Callable[[str], None],
+    ) -> None:
+        self._catalog = catalog
+        self._prefs = preferences
+        self._guard = guard
+        self._launcher = launcher
+        self._events = events
+        self._changes = changes
+        self._settings = settings
+        self._check_open = check_open
+        self._persist = persist
+        self._measure = measure
+        self._fresh = fresh
+        self._on_crash = on_crash
+        self._models: dict[str, LiveModel] = {}
+        self.transitions = Transitions(changes)
+        #: What a model measured once it ran, by (weights file, process options): used
+        #: instead of the header estimate the next time it is admitted by fit.
+        self._measured: dict[tuple[object, ...], int] = {}
+
+    # ------------------------------------------------------------------ queries
+    def get(self, name: str) -> LiveModel | None:
+        """The admitted entry of ``name`` (a loading one included), else None."""
+        m = self._models.get(name)
+        return m if m is not None and m.admitted else None
+
+    def live(self) -> list[LiveModel]:
+        return [m for m in self._models.values() if m.admitted]
+
+    def entries(self) -> list[LiveModel]:
+        """Every entry, those still waiting for a slot included."""
+        return list(self._models.values())
+
+    def snapshots(self) -> list[ModelSnapshot]:
+        return [m.snapshot() for m in self._models.values()]
+
+    # ------------------------------------------------------------------ ensure
+    async def ensure(self, name: str, *, pinned: bool | None, options: LoadOptions,
+                     given: frozenset[str], reason: str, explicit: bool,
+                     count_use: bool = True) -> LiveModel:
+        """Make ``name`` serve (loading, restoring or reloading it) and return its entry.
+
+        ``explicit`` is a user's ``/load``: never refused by the crash-loop guard. Raises
+        ModelNotFoundError, SlotsPinnedError, CoolingDownError, EngineMissingError,
+        ModelLoadError, BackendShutdownError.
+        """
+        spec = self._catalog.get(name)
+        probed = False
+        while True:
+            self._check_open()
+            m = self._models.get(name)
+            if m is not None and m.backend is not None and m.backend.exited.done():
+                self.backend_exited(m, m.backend)
+                if self._models.get(name) is m and m.backend is not None:
+                    # Not a crash: a stop we asked for (evict, unload, kill) has reaped the
+                    # process but not returned yet. Its transition notifies when it has.
+                    await self._changes.wait()
+                continue
+            if m is None:
+                retry = self._may_start(name, explicit)
+                m = self._new_entry(spec, pinned, options, given)
+                task = self.transitions.start(
+                    name, TransitionKind.LOAD, self._load_task(m, reason, retry))
+                await self._await(m, task, TransitionKind.LOAD)
+                continue
+            current = self.transitions.current(name)
+            if current is not None:
+                await self._await(m, current.task, current.kind)
+                continue
+            if m.stored_state is ModelState.DOWNSIZED:
+                retry = self._may_start(name, explicit)
+                task = self.transitions.start(name, TransitionKind.RESTORE,
+                                              self._restore_task(m, TransitionKind.RESTORE,
+                                                                 reason, retry))
+                await self._await(m, task, TransitionKind.RESTORE)
+                continue
+            if m.state not in SERVING:
+                await self._changes.wait()
+                continue
+            if explicit and not probed:
+                # Re-check everything after this await: an eviction or a crash may have
+                # started meanwhile (pinning a model that is being evicted lost the pin).
+                probed = await self._answers(m)
+                continue
+            merged = m.options.merged(options, given)
+            if merged.process_key() != m.options.process_key():
+                m.pending_options = merged
+                task = self.transitions.start(name, TransitionKind.RELOAD, self._reload_task(m))
+                await self._await(m, task, TransitionKind.RELOAD)
+                continue
+            if merged != m.options:  # eviction options only: they apply in place
+                self._prefs.set_options(name, merged)
+                self._persist()
+            if pinned is not None:
+                self.set_pin(m, pinned)
+            if count_use:
+                m.touch()
+            return m
+
+    async def _answers(self, m: LiveModel) -> bool:
+        """An explicit load makes sure a live backend still answers; one that does not is
+        handled as a crash (a SIGKILL a moment ago is not reaped yet, a hung one is killed)."""
+        backend = m.backend
+        if backend is None:
+            return False
+        if await backend.probe(self._settings().watchdog_probe_timeout_s):
+            return True
+        if m.backend is backend and not backend.stop_requested:  # not our own eviction
+            if backend.exited.done():
+                self.backend_exited(m, backend)
+            else:
+                await self.kill(m, backend)
+        return False
+
+    def _may_start(self, name: str, explicit: bool) -> bool:
+        """Refuse an automatic start during a cooldown; say whether a failure may be retried."""
+        guard = self._guard()
+        if not explicit:
+            guard.check(name)
+            return True
+        return not guard.cooling_down(name)  # tried once, now
+
+    def _new_entry(self, spec: ModelSpec, pinned: bool | None, options: LoadOptions,
+                   given: frozenset[str]) -> LiveModel:
+        if pinned is not None:
+            self._prefs.set_pinned(spec.name, pinned)
+        m = LiveModel(spec=spec, preferences=self._prefs, changes=self._changes)
+        m.pending_options = self._prefs.options(spec.name).merged(options, given)
+        self._models[spec.name] = m
+        return m
+
+    async def _await(self, m: LiveModel, task: asyncio.Task[None],
+                     kind: TransitionKind) -> None:
+        """Wait for ``task``; a failed start fails every waiter, other outcomes re-loop.
+
+        While waiting the model counts as busy, so that nobody evicts it between the end of
+        its load and the moment the waiters take their lease.
+        """
+        m.waiters += 1
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                self._check_open()
+                return
+            raise
+        except LemonadeError:
+            if not kind.starts_a_backend:
+                return
+            raise
+        finally:
+            m.waiters -= 1
+            self._changes.notify()
+
+    # ------------------------------------------------------------------ transitions
+    async def _load_task(self, m: LiveModel, reason: str, retry: bool) -> None:
+        try:
+            # Checked before admission: a load that cannot even start must not cost another
+            # model its slot (a missing file or engine used to evict the pool's LRU model).
+            self._launcher.check_can_start(m.spec)
+            await self._place(m)  # refuses (409) before anyone is evicted if it cannot fit
+            await self._admit(m)
+            await self._make_room(m)
+            backend = await self._start_with_retry(m, retry)
+        except BaseException as exc:
+            self.forget(m)
+            refused = (SlotsPinnedError, InsufficientMemoryError, InvalidRequestError)
+            if isinstance(exc, LemonadeError) and not isinstance(exc, refused):
+                self._events.emit("load_failed", m.name, reason, error=exc.message[:500])
+            raise
+        self._install(m, backend)
+        m.touch()
+        self._events.emit(
+            "reload" if reason in ("crash", "restore") else "load", m.name, reason,
+            load_duration_ms=round(m.load_duration_ms, 1), pinned=m.pinned,
+        )
+        self._persist()
+
+    async def _restore_task(self, m: LiveModel, kind: TransitionKind, reason: str,
+                            retry: bool = True) -> None:
+        """Start a new backend for ``m`` in its slot (a downsized model, or a reload)."""
+        m.set_state(ModelState.LOADING)
+        try:
+            await self._place(m)
+            await self._make_room(m)
+            backend = await self._start_with_retry(m, retry)
+        except BaseException:
+            self.forget(m)
+            raise
+        self._install(m, backend)
+        self._events.emit(kind.value, m.name, reason,
+                          load_duration_ms=round(m.load_duration_ms, 1), pinned=m.pinned)
+
+    async def _reload_task(self, m: LiveModel) -> None:
+        """Process options changed: a new process in the same slot, pin kept."""
+        await self._drain(m)
+        if self._models.get(m.name) is not m:
+            return  # it crashed meanwhile; the next request loads it afresh
+        m.set_state(ModelState.LOADING)
+        old, m.backend = m.backend, None
+        if old is not None:
+            await old.stop()
+        # A "reload" event, not "restore": nothing was downsized, the options changed.
+        await self._restore_task(m, TransitionKind.RELOAD, "options")
+
+    async def _downsize_task(self, m: LiveModel) -> None:
+        if not may_downsize(m.snapshot()) or m.backend is None:
+            return
+        m.set_state(ModelState.DOWNSIZING)
+        pid = m.backend.pid
+        sample = await self._measure()  # measure right before: report what is really freed
+        if m.backend is None:
+            return  # it crashed while we measured; the crash path forgot it
+        before = sample.per_pid.get(pid) if pid is not None else None
+        old, m.backend = m.backend, None
+        await old.stop()
+        m.memory_freed_bytes = before
+        m.memory_bytes = 0
+        m.set_state(ModelState.DOWNSIZED)
+        self._events.emit("downsize", m.name, "idle", memory_before=before, memory_after=0)
+
+    async def _evict_task(self, m: LiveModel, reason: EvictReason) -> None:
+        if not may_evict(m.snapshot(), reason):
+            return  # rescued: used, pinned or busy since the decision
+        m.set_state(ModelState.EVICTING)
+        await self._drain(m)
+        if self._models.get(m.name) is not m:
+            return  # it crashed while draining; the crash event said so
+        before = m.memory_bytes
+        if m.backend is not None:
+            await m.backend.stop()
+        m.backend = None
+        self.forget(m)
+        kind = "unload" if reason is EvictReason.MANUAL else "evict"
+        self._events.emit(kind, m.name, reason.value, memory_before=before, memory_after=0)
+
+    # ------------------------------------------------------------------ admission and starts
+    async def _admit(self, m: LiveModel) -> None:
+        """Wait until ``m`` has a slot in its pool, evicting LRU models that may go."""
+        while True:
+            self._check_open()
+            members = [s for s in pool(self.snapshots(), m.type) if s.name != m.name]
+            decision = admission(members, self._settings().max_loaded_models)
+            if decision.admit:
+                m.admitted = True
+                self._changes.notify()
+                return
+            if decision.all_pinned:
+                raise SlotsPinnedError(m.type, m.name)
+            victim = self._models.get(decision.victim.name) if decision.victim else None
+            if victim is not None:
+                await self.evict(victim, EvictReason.LRU)
+                continue
+            await self._changes.wait()
+
+    async def _start_with_retry(self, m: LiveModel, retry: bool) -> Backend:
+        """Start a backend; on failure evict every model that may go and retry once."""
+        guard = self._guard()
+        try:
+            return await self._start(m)
+        except ModelLoadError as first:
+            guard.failure(m.name, first.message)
+            if not retry:
+                raise
+            log.warning("Load of %s failed, retrying once: %s", m.name, first.message)
+            victims = [self._models[s.name] for s in retry_victims(self.snapshots(), m.name)]
+            await asyncio.gather(*(self.evict(x, EvictReason.RETRY) for x in victims))
+            try:
+                return await self._start(m)
+            except ModelLoadError as second:
+                guard.failure(m.name, second.message)
+                raise
+
+    async def _start(self, m: LiveModel) -> Backend:
+        """One start on ``m``'s placement; on a GPU, measure the device's change across it."""
+        if m.placement.on_cpu:
+            return await self._launcher.start(m.spec, m.options, m.placement)
+        before = await self._measure()
+        backend = await self._launcher.start(m.spec, m.options, m.placement)
+        after = await self._measure()
+        m.load_delta = {}
+        for uuid in m.placement.uuids:
+            was, now = before.device(uuid), after.device(uuid)
+            if was is not None and now is not None:
+                m.load_delta[uuid] = max(0, now.used - was.used)
+        return backend
+
+    # ------------------------------------------------------------------ placement and fit
+    async def _place(self, m: LiveModel) -> None:
+        """Choose ``m``'s devices and estimate its need; refuse (409) a need that cannot fit.
+
+        The estimate is only made where a fit is checked: on a GPU, or on the CPU with a
+        memory budget (reading a GGUF header takes a while; it is cached per file)."""
+        settings = self._settings()
+        sample = await self._fresh(1.0)
+        gpus = sample.gpus()
+        offload = self._launcher.offloads()
+        on_gpu = offload and bool(gpus) and placing.choose(m.options, gpus, offload=offload) \
+            != placing.Placement()
+        need = None
+        if on_gpu or settings.memory_budget_mib is not None:
+            need = await self._need(m)
+        m.estimate_bytes = need
+        m.placement = placing.choose(m.options, gpus, offload=offload, need_bytes=need,
+                                     reserve_bytes=self._reserve_bytes())
+        m.device = m.placement.device_keys[0]
+        self._fit(m, sample, evict=False)
+
+    async def _need(self, m: LiveModel) -> int | None:
+        """The measured figure of an earlier run with the same file and options, else the
+        estimate from the GGUF header; None when the header cannot be read."""
+        measured = self._measured.get(self._measure_key(m))
+        if measured is not None:
+            return measured
+        try:
+            facts = await asyncio.to_thread(read_facts, m.spec.checkpoint)
+        except (OSError, ValueError) as exc:
+            log.info("No memory estimate for %s: %s", m.name, exc)
+            return None
+        return facts.estimate_bytes(m.options.ctx_size or DEFAULT_CTX_SIZE)
+
+    @staticmethod
+    def _measure_key(m: LiveModel) -> tuple[object, ...]:
+        return (m.spec.checkpoint, m.options.process_key())
+
+    def _reserve_bytes(self) -> int:
+        return int(self._settings().gpu_memory_reserve_mib * 1024 * 1024)
+
+    async def _make_room(self, m: LiveModel) -> None:
+        """Evict what the fit decision names, as one decision with reason ``fit``."""
+        victims = self._fit(m, await self._fresh(1.0), evict=True)
+        if victims:
+            await asyncio.gather(*(self.evict(v, EvictReason.FIT) for v in victims))
+
+    def _fit(self, m: LiveModel, sample: MemorySample, *, evict: bool) -> list[LiveModel]:
+        """The models to evict so ``m`` fits on each of its devices; 409 if none can do it."""
+        if m.estimate_bytes is None:
+            return []
+        budget = self._settings().memory_budget_mib
+        others = [x for x in self._models.values() if x is not m and x.admitted]
+        victims: list[LiveModel] = []
+        for key in m.placement.device_keys:
+            members = [x for x in others if key in x.placement.device_keys]
+            if key == placing.CPU:
+                if budget is None:
+                    continue
+                free = int(budget * 1024 * 1024) - sum(x.held_on(key) for x in members)
+                where = "the CPU (memory_budget_mib)"
+            else:
+                device = sample.device(key)
+                if device is None:
+                    continue
+                # Loading neighbours are not in the device's used memory yet.
+                pending = sum(x.held_on(key) for x in members if x.backend is None)
+                free = device.total - device.used - self._reserve_bytes() - pending
+                where = f"GPU {m.placement.gpus[m.placement.uuids.index(key)]}"
+            need = m.estimate_bytes // len(m.placement.device_keys)
+            decision = fit(need, free, [x.snapshot() for x in members],
+                           {x.name: x.held_on(key) for x in members})
+            if not decision.fits:
+                raise InsufficientMemoryError(
+                    m.name, where, needed_bytes=need, free_bytes=max(free, 0),
+                    pinned_bytes=decision.pinned)
+            victims += [self._models[v.name] for v in decision.victims
+                        if self._models[v.name] not in victims]
+        return victims if evict else []
+
+    def apply_memory_sample(self, sample: MemorySample) -> None:
+        """Attribute a memory sample to the live models (per device, with sources), and
+        remember each model's measured figure for its next admission."""
+        for m in self._models.values():
+            backend = m.backend
+            if backend is None or backend.pid is None:
+                continue
+            m.memory = attribute(backend.pid, m.placement, sample, backend.buffer_report,
+                                 m.load_delta)
+            total = m.memory.total_for(m.placement)
+            m.memory_bytes = total
+            if total is not None:
+                self._measured[self._measure_key(m)] = total
+
+    def _install(self, m: LiveModel, backend: Backend) -> None:
+        m.backend = backend
+        if m.pending_options is not None:  # a start with them succeeded: remember them
+            self._prefs.set_options(m.name, m.pending_options)
+            m.pending_options = None
+        m.load_duration_ms = backend.load_duration_ms
+        m.memory_bytes = None
+        m.set_state(ModelState.READY)
+        backend.exited.add_done_callback(lambda _f: self.backend_exited(m, backend))
+
+    # ------------------------------------------------------------------ leaving
+    def forget(self, m: LiveModel) -> None:
+        """The one place a model leaves the table (unloaded, failed, crashed, evicted)."""
+        m.pending_options = None
+        m.set_state(ModelState.UNLOADED)
+        if self._models.get(m.name) is m:
+            del self._models[m.name]
+            self._persist()  # the loaded set changed (a no-op while the router stops)
+        self._changes.notify()
+
+    async def evict(self, m: LiveModel, reason: EvictReason) -> bool:
+        """Evict ``m`` if :func:`may_evict` allows it once running transitions are done.
+
+        Single-flight: a load or restore in progress finishes first. Returns True when the
+        model is gone afterwards.
+        """
+        while (current := self.transitions.current(m.name)) is not None \
+                and current.kind is not TransitionKind.EVICT:
+            with contextlib.suppress(LemonadeError):
+                await asyncio.shield(current.task)
+        if self._models.get(m.name) is m:
+            await self.transitions.run(m.name, TransitionKind.EVICT, self._evict_task(m, reason))
+        return self._models.get(m.name) is not m
+
+    async def downsize(self, m: LiveModel) -> int | None:
+        """Release an idle model's memory, keeping its slot; the bytes freed, if known."""
+        if not may_downsize(m.snapshot()) or m.backend is None:
+            return None
+        await self.transitions.run(m.name, TransitionKind.DOWNSIZE, self._downsize_task(m))
+        return m.memory_freed_bytes if m.stored_state is ModelState.DOWNSIZED else None
+
+    async def unload(self, name: str | None) -> None:
+        """Explicitly unload one model (pinned too) or all; forget their pins and options.
+
+        A live model's pin is forgotten once it is gone, not before: forgotten first, it made
+        the model fair game for an LRU eviction racing the unload (an "evict" of a model the
+        user had pinned, found by the random-operations test)."""
+        if name is None:
+            targets = list(self._models.values())
+            live = {m.name for m in targets}
+            for remembered in self._prefs.names() - live:
+                self._prefs.forget(remembered)
+        else:
+            m = self._models.get(name)
+            if m is None:
+                self._catalog.get(name)  # an unknown name is a 404 of its own
+                raise ModelNotFoundError(f"Model '{name}' is not loaded", param="model_name")
+            targets = [m]
+
+        async def unload_one(m: LiveModel) -> None:
+            await self.evict(m, EvictReason.MANUAL)
+            if m.name not in self._models:  # not loaded again meanwhile, with its own pin
+                self._prefs.forget(m.name)
+
+        await asyncio.gather(*(unload_one(m) for m in targets))
+        self._changes.notify()
+        self._persist()
+
+    async def shrink(self) -> None:
+        """Evict LRU unpinned models until every pool fits the slots (busy ones when idle)."""
+        while True:
+            self._check_open()
+            slots = self._settings().max_loaded_models
+            snaps = self.snapshots()
+            victims = [v for t in {s.type for s in snaps if s.admitted}
+                       for v in shrink_victims(pool(snaps, t), slots)]
+            if not victims:
+                return
+            now = [self._models[v.name] for v in victims if may_evict(v, EvictReason.LRU)]
+            if now:
+                await asyncio.gather(*(self.evict(m, EvictReason.LRU) for m in now))
+            else:
+                await self._changes.wait()
+
+    async def _drain(self, m: LiveModel) -> None:
+        """Wait until no request is in flight on ``m`` (a busy model is never evicted)."""
+        while m.in_flight > 0:
+            await self._changes.wait()
+
+    # ------------------------------------------------------------------ pins
+    def set_pin(self, m: LiveModel, pinned: bool) -> None:
+        if self._prefs.set_pinned(m.name, pinned):
+            self._events.emit("pin" if pinned else "unpin", m.name, "manual")
+            self._changes.notify()
+        self._persist()
+
+    # ------------------------------------------------------------------ crashes
+    def backend_exited(self, m: LiveModel, backend: Backend, *, forced: bool = False) -> None:
+        """The backend of ``m`` exited: if we did not ask for it, it is a crash.
+
+        Idempotent: only the first call for the current backend acts. The model leaves its
+        pool; the router decides about a reload (a pinned model comes back at once).
+        """
+        if m.backend is not backend or (backend.stop_requested and not forced):
+            return
+        code = backend.exited.result() if backend.exited.done() else None
+        self._guard().exited(m.name, uptime_s=time.time() - backend.started_at,
+                             served=backend.served, reason=f"backend exited with code {code}")
+        m.backend = None
+        self.forget(m)
+        self._events.emit("crash", m.name, "crash", exit_code=code, pid=backend.pid,
+                          pinned=m.pinned)
+        self._on_crash(m.name)
+
+    async def kill(self, m: LiveModel, backend: Backend) -> None:
+        """Kill a backend that stopped answering and handle it as a crash.
+
+        SIGKILL at once: a hung process cannot stop gracefully, and a SIGSTOPped one that is
+        continued first serves the requests queued meanwhile, which took the whole stop grace
+        (5 s) before the reload in tests/reliability/test_faults.py.
+        """
+        if backend.pid is not None and not backend.exited.done():
+            process.signal_group(backend.pid, signal.SIGKILL)
+        await backend.stop()
+        self.backend_exited(m, backend, forced=True)
+
+    async def stop_all(self) -> None:
+        """Cancel transitions, stop every backend, forget every model (router shutdown)."""
+        tasks = self.transitions.tasks()
+        for task in tasks:
+            task.cancel()
+        backends = [m.backend for m in self._models.values() if m.backend is not None]
+        await asyncio.gather(*(b.stop() for b in backends), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for m in list(self._models.values()):
+            self.forget(m)
