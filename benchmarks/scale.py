@@ -178,6 +178,9 @@ async def _decisions(ctx: Context, live: int, catalog_size: int) -> None:
                 samples[label].append((time.perf_counter_ns() - t0) / 1000)
             if i % 100 == 99:
                 await asyncio.sleep(0)  # let the routers' own tasks run between batches
+        await big.memory.sample()  # every live model gets its measured figure
+        admission_us = _admission_decisions(big, ctx.reps(Reps(2000, 2000, 0),
+                                                          Reps(200, 200, 0)).max)
         mem_reps = ctx.reps(Reps(15, 15, 0), Reps(3, 3, 0))
         sampling: dict[str, list[float]] = {"small": [], "big": []}
         for i in range(mem_reps.max):
@@ -201,6 +204,12 @@ async def _decisions(ctx: Context, live: int, catalog_size: int) -> None:
                 Target("max_value", 200.0, "< 200 µs (0.2 ms)")))
     ctx.add(Row(S5, "routing decision p95", "µs", "1 model, 1 live", samples["small"],
                 f"{catalog_size} models, {live} live", samples["big"], "p95"))
+    ctx.raw["admission_decision_us"] = admission_us
+    ctx.add(Row(S5, f"admission decision, {live} live models", "µs",
+                "slots only (decisions.admission)", admission_us["slots"],
+                "slots + fit on RAM with a budget (FitAdmission.victims)", admission_us["fit"],
+                "median", Target("max_value", 1000.0, "< 1 ms"),
+                note="the pure decisions a fresh load takes before it starts a backend"))
     ctx.raw["memory_sample_ms"] = sampling
     ctx.add(Row(S5, "memory sample (RSS of every backend), as /health takes it", "ms",
                 "1 live", sampling["small"], f"{live} live", sampling["big"], "median",
@@ -209,6 +218,34 @@ async def _decisions(ctx: Context, live: int, catalog_size: int) -> None:
                 f"catalog of {catalog_size} + router, 0 live", [heap_idle / MB],
                 f"+ {live} live backends", [heap_live / MB], "median",
                 note=f"the catalog alone: {heap_catalog / MB:.2f} MB"))
+
+
+def _admission_decisions(router: Router, reps: int) -> dict[str, list[float]]:
+    """The decisions of one fresh load with ``router``'s live models: the slot decision
+    alone, and with admission by fit on RAM under a budget that needs a victim."""
+    from lemonade_jupyter.core.decisions import admission, pool
+    from lemonade_jupyter.core.live_model import LiveModel
+
+    table = router._table
+    live = table.live()
+    held = sum(m.held_on("cpu") for m in live)
+    router.settings = router.settings.with_updates({"memory_budget_mib": held / MB + 1})
+    newcomer = LiveModel(spec=live[0].spec, preferences=router.preferences,
+                         changes=router._changes, estimate_bytes=int(2 * MB))
+    samples: dict[str, list[float]] = {"slots": [], "fit": []}
+    sample = router.memory.latest
+    assert sample is not None
+    for i in range(reps):
+        for label in (("slots", "fit") if i % 2 == 0 else ("fit", "slots")):
+            t0 = time.perf_counter_ns()
+            members = pool(table.snapshots(), "llm")
+            admission(members, router.settings.max_loaded_models)
+            if label == "fit":
+                victims = table.fit.victims(newcomer, live, sample)
+                assert victims, "the budget must need a victim"
+            samples[label].append((time.perf_counter_ns() - t0) / 1000)
+    router.settings = router.settings.with_updates({"memory_budget_mib": None})
+    return samples
 
 
 def run_decisions(ctx: Context, live: int, catalog_size: int) -> None:

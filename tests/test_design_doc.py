@@ -9,8 +9,9 @@ import pytest
 
 import lemonade_jupyter.core as core
 from lemonade_jupyter.core import (
-    cooldown, decisions, eviction, housekeeping, launcher, lifecycle, live_model, metrics,
-    model_table, preferences, router, transitions, watchdog,
+    cooldown, decisions, eviction, fit_admission, gguf_facts, housekeeping, launcher, lifecycle,
+    live_model, memory_sources, metrics, model_table, placement, preferences, router,
+    transitions, watchdog,
 )
 from lemonade_jupyter.core.catalog import Catalog
 from lemonade_jupyter.server import base
@@ -39,6 +40,10 @@ NAMESPACES = {
     "launcher": launcher,
     "router": router,
     "metrics": metrics,
+    "FitAdmission": fit_admission.FitAdmission,
+    "placement": placement,
+    "gguf_facts": gguf_facts,
+    "memory_sources": memory_sources,
 }
 
 

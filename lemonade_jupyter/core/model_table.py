@@ -31,22 +31,19 @@ from ..errors import (
     InsufficientMemoryError, InvalidRequestError, LemonadeError, ModelLoadError,
     ModelNotFoundError, SlotsPinnedError,
 )
-from . import placement as placing
 from . import process
 from .backend import Backend
 from .catalog import Catalog, ModelSpec
 from .cooldown import CrashLoopGuard
 from .decisions import (
-    EvictReason, admission, fit, may_downsize, may_evict, pool, retry_victims, shrink_victims,
+    EvictReason, admission, may_downsize, may_evict, pool, retry_victims, shrink_victims,
 )
-from .engines.llamacpp import DEFAULT_CTX_SIZE
-from .gguf_facts import read_facts
+from .fit_admission import FitAdmission
 from .events import EventLog
 from .launcher import Launcher
 from .lifecycle import SERVING, ChangeSignal, ModelState, TransitionKind
 from .live_model import LiveModel, ModelSnapshot
 from .memory import MemorySample
-from .memory_sources import attribute
 from .options import LoadOptions
 from .preferences import ModelPreferences
 from .settings import RouterSettings
@@ -88,9 +85,7 @@ class ModelTable:
         self._on_crash = on_crash
         self._models: dict[str, LiveModel] = {}
         self.transitions = Transitions(changes)
-        #: What a model measured once it ran, by (weights file, process options): used
-        #: instead of the header estimate the next time it is admitted by fit.
-        self._measured: dict[tuple[object, ...], int] = {}
+        self.fit = FitAdmission(settings, lambda: launcher.offloads())
 
     # ------------------------------------------------------------------ queries
     def get(self, name: str) -> LiveModel | None:
@@ -345,6 +340,24 @@ class ModelTable:
                 guard.failure(m.name, second.message)
                 raise
 
+    # ------------------------------------------------------------------ placement and fit
+    async def _place(self, m: LiveModel) -> None:
+        """Choose ``m``'s devices and its need; 409 before anyone is evicted if it cannot fit."""
+        await self.fit.place(m, self._others(m), await self._fresh(1.0))
+
+    async def _make_room(self, m: LiveModel) -> None:
+        """Evict what the fit decision names, as one decision with reason ``fit``."""
+        victims = self.fit.victims(m, self._others(m), await self._fresh(1.0))
+        if victims:
+            await asyncio.gather(*(self.evict(v, EvictReason.FIT) for v in victims))
+
+    def _others(self, m: LiveModel) -> list[LiveModel]:
+        return [x for x in self._models.values() if x is not m and x.admitted]
+
+    def apply_memory_sample(self, sample: MemorySample) -> None:
+        """Attribute a memory sample to the live models (the router's memory listener)."""
+        self.fit.apply_sample(list(self._models.values()), sample)
+
     async def _start(self, m: LiveModel) -> Backend:
         """One start on ``m``'s placement; on a GPU, measure the device's change across it."""
         if m.placement.on_cpu:
@@ -358,100 +371,6 @@ class ModelTable:
             if was is not None and now is not None:
                 m.load_delta[uuid] = max(0, now.used - was.used)
         return backend
-
-    # ------------------------------------------------------------------ placement and fit
-    async def _place(self, m: LiveModel) -> None:
-        """Choose ``m``'s devices and estimate its need; refuse (409) a need that cannot fit.
-
-        The estimate is only made where a fit is checked: on a GPU, or on the CPU with a
-        memory budget (reading a GGUF header takes a while; it is cached per file)."""
-        settings = self._settings()
-        sample = await self._fresh(1.0)
-        gpus = sample.gpus()
-        offload = self._launcher.offloads()
-        on_gpu = offload and bool(gpus) and placing.choose(m.options, gpus, offload=offload) \
-            != placing.Placement()
-        need = None
-        if on_gpu or settings.memory_budget_mib is not None:
-            need = await self._need(m)
-        m.estimate_bytes = need
-        m.placement = placing.choose(m.options, gpus, offload=offload, need_bytes=need,
-                                     reserve_bytes=self._reserve_bytes())
-        m.device = m.placement.device_keys[0]
-        self._fit(m, sample, evict=False)
-
-    async def _need(self, m: LiveModel) -> int | None:
-        """The measured figure of an earlier run with the same file and options, else the
-        estimate from the GGUF header; None when the header cannot be read."""
-        measured = self._measured.get(self._measure_key(m))
-        if measured is not None:
-            return measured
-        try:
-            facts = await asyncio.to_thread(read_facts, m.spec.checkpoint)
-        except (OSError, ValueError) as exc:
-            log.info("No memory estimate for %s: %s", m.name, exc)
-            return None
-        return facts.estimate_bytes(m.options.ctx_size or DEFAULT_CTX_SIZE)
-
-    @staticmethod
-    def _measure_key(m: LiveModel) -> tuple[object, ...]:
-        return (m.spec.checkpoint, m.options.process_key())
-
-    def _reserve_bytes(self) -> int:
-        return int(self._settings().gpu_memory_reserve_mib * 1024 * 1024)
-
-    async def _make_room(self, m: LiveModel) -> None:
-        """Evict what the fit decision names, as one decision with reason ``fit``."""
-        victims = self._fit(m, await self._fresh(1.0), evict=True)
-        if victims:
-            await asyncio.gather(*(self.evict(v, EvictReason.FIT) for v in victims))
-
-    def _fit(self, m: LiveModel, sample: MemorySample, *, evict: bool) -> list[LiveModel]:
-        """The models to evict so ``m`` fits on each of its devices; 409 if none can do it."""
-        if m.estimate_bytes is None:
-            return []
-        budget = self._settings().memory_budget_mib
-        others = [x for x in self._models.values() if x is not m and x.admitted]
-        victims: list[LiveModel] = []
-        for key in m.placement.device_keys:
-            members = [x for x in others if key in x.placement.device_keys]
-            if key == placing.CPU:
-                if budget is None:
-                    continue
-                free = int(budget * 1024 * 1024) - sum(x.held_on(key) for x in members)
-                where = "the CPU (memory_budget_mib)"
-            else:
-                device = sample.device(key)
-                if device is None:
-                    continue
-                # Loading neighbours are not in the device's used memory yet.
-                pending = sum(x.held_on(key) for x in members if x.backend is None)
-                free = device.total - device.used - self._reserve_bytes() - pending
-                where = f"GPU {m.placement.gpus[m.placement.uuids.index(key)]}"
-            need = m.estimate_bytes // len(m.placement.device_keys)
-            decision = fit(need, free, [x.snapshot() for x in members],
-                           {x.name: x.held_on(key) for x in members})
-            if not decision.fits:
-                raise InsufficientMemoryError(
-                    m.name, where, needed_bytes=need, free_bytes=max(free, 0),
-                    pinned_bytes=decision.pinned)
-            victims += [self._models[v.name] for v in decision.victims
-                        if self._models[v.name] not in victims]
-        return victims if evict else []
-
-    def apply_memory_sample(self, sample: MemorySample) -> None:
-        """Attribute a memory sample to the live models (per device, with sources), and
-        remember each model's measured figure for its next admission."""
-        for m in self._models.values():
-            backend = m.backend
-            if backend is None or backend.pid is None:
-                continue
-            m.memory = attribute(backend.pid, m.placement, sample, backend.buffer_report,
-                                 m.load_delta)
-            total = m.memory.total_for(m.placement)
-            m.memory_bytes = total
-            if total is not None:
-                self._measured[self._measure_key(m)] = total
 
     def _install(self, m: LiveModel, backend: Backend) -> None:
         m.backend = backend

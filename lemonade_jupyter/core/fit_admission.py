@@ -1,0 +1,131 @@
+"""Admission by fit: where a model goes, what it needs there, and who makes room for it.
+
+Slots (``max_loaded_models``) say how many models a pool holds; memory says whether the next
+one fits. Before a backend starts, :meth:`FitAdmission.place` chooses its devices
+(:mod:`.placement`) and estimates its need: the figure measured the last time the same file ran
+with the same process options, else the GGUF header's estimate (:mod:`.gguf_facts`). Then
+:meth:`FitAdmission.victims` asks :func:`~.decisions.fit` on each of its devices: free memory
+(a GPU's free memory minus ``gpu_memory_reserve_mib``, or ``memory_budget_mib`` minus what the
+models on the CPU hold) against the need; the LRU unpinned idle models on that device are the
+victims, evicted as one decision with reason ``fit``; when pinned or busy models make it
+impossible, :class:`InsufficientMemoryError` (409) and nobody is evicted.
+
+Estimates are only made where a fit is checked (on a GPU, or with a RAM budget): reading a
+header takes a while, and without a budget a CPU load needs none.
+
+Owns ``_measured`` (what models measured once they ran); it also attributes each memory
+sample to the live models (:mod:`.memory_sources`). Runs on the router's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+from ..errors import InsufficientMemoryError
+from . import placement as placing
+from .decisions import fit
+from .engines.llamacpp import DEFAULT_CTX_SIZE
+from .gguf_facts import read_facts
+from .live_model import LiveModel
+from .memory import MemorySample
+from .memory_sources import attribute
+from .settings import RouterSettings
+
+log = logging.getLogger(__name__)
+MIB = 1024 * 1024
+
+
+class FitAdmission:
+    """Placement, need estimates and the fit decision for models about to start."""
+
+    def __init__(self, settings: Callable[[], RouterSettings],
+                 offloads: Callable[[], bool]) -> None:
+        self._settings = settings
+        self._offloads = offloads
+        self._measured: dict[tuple[object, ...], int] = {}
+
+    async def place(self, m: LiveModel, others: Sequence[LiveModel],
+                    sample: MemorySample) -> None:
+        """Choose ``m``'s devices and estimate its need there; refuse (409) a need that cannot
+        fit even if everyone who may go went (nobody is evicted here)."""
+        gpus = sample.gpus()
+        offload = self._offloads()
+        on_gpu = not placing.choose(m.options, gpus, offload=offload).on_cpu
+        need = None
+        if on_gpu or self._settings().memory_budget_mib is not None:
+            need = await self._need(m)
+        m.estimate_bytes = need
+        m.placement = placing.choose(m.options, gpus, offload=offload, need_bytes=need,
+                                     reserve_bytes=self._reserve_bytes())
+        m.device = m.placement.device_keys[0]
+        self.victims(m, others, sample)
+
+    def victims(self, m: LiveModel, others: Sequence[LiveModel],
+                sample: MemorySample) -> list[LiveModel]:
+        """The models to evict so ``m`` fits on each of its devices; 409 if none can do it."""
+        if m.estimate_bytes is None:
+            return []
+        budget = self._settings().memory_budget_mib
+        victims: list[LiveModel] = []
+        for key in m.placement.device_keys:
+            members = [x for x in others if key in x.placement.device_keys]
+            if key == placing.CPU:
+                if budget is None:
+                    continue
+                free = int(budget * MIB) - sum(x.held_on(key) for x in members)
+                where = "the CPU (memory_budget_mib)"
+            else:
+                device = sample.device(key)
+                if device is None:
+                    continue
+                # Neighbours still loading are not in the device's used memory yet.
+                pending = sum(x.held_on(key) for x in members if x.backend is None)
+                free = device.total - device.used - self._reserve_bytes() - pending
+                where = f"GPU {m.placement.gpus[m.placement.uuids.index(key)]}"
+            need = m.estimate_bytes // len(m.placement.device_keys)
+            by_name = {x.name: x for x in members}
+            decision = fit(need, free, [x.snapshot() for x in members],
+                           {x.name: x.held_on(key) for x in members})
+            if not decision.fits:
+                raise InsufficientMemoryError(
+                    m.name, where, needed_bytes=need, free_bytes=max(free, 0),
+                    pinned_bytes=decision.pinned)
+            victims += [by_name[v.name] for v in decision.victims
+                        if by_name[v.name] not in victims]
+        return victims
+
+    def apply_sample(self, models: Iterable[LiveModel], sample: MemorySample) -> None:
+        """Attribute a memory sample to the models (per device, with sources), and remember
+        each model's measured figure for its next admission."""
+        for m in models:
+            backend = m.backend
+            if backend is None or backend.pid is None:
+                continue
+            m.memory = attribute(backend.pid, m.placement, sample, backend.buffer_report,
+                                 m.load_delta)
+            total = m.memory.total_for(m.placement)
+            m.memory_bytes = total
+            if total is not None:
+                self._measured[_measure_key(m)] = total
+
+    async def _need(self, m: LiveModel) -> int | None:
+        """The measured figure of an earlier run with the same file and options, else the
+        estimate from the GGUF header; None when the header cannot be read."""
+        measured = self._measured.get(_measure_key(m))
+        if measured is not None:
+            return measured
+        try:
+            facts = await asyncio.to_thread(read_facts, m.spec.checkpoint)
+        except (OSError, ValueError) as exc:
+            log.info("No memory estimate for %s: %s", m.name, exc)
+            return None
+        return facts.estimate_bytes(m.options.ctx_size or DEFAULT_CTX_SIZE)
+
+    def _reserve_bytes(self) -> int:
+        return int(self._settings().gpu_memory_reserve_mib * MIB)
+
+
+def _measure_key(m: LiveModel) -> tuple[object, ...]:
+    return (m.spec.checkpoint, m.options.process_key())
