@@ -1,4 +1,5 @@
-"""Slots, LRU and pins with real llama-server backends (SPEC §3 rules 1, 2, 4, 5, 8, 9)."""
+"""Slots, LRU and pins with real llama-server backends: LRU per pool, the all-pinned 409,
+single-flight loads, pin on load, explicit unload of pinned models, shrinking the pools."""
 
 from __future__ import annotations
 

@@ -14,51 +14,22 @@ test's back. ``eviction_grace_s`` is 0 unless a test sets it.
 
 from __future__ import annotations
 
-from _polling import wait_for
-
-import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from lemonade_jupyter.core.settings import RouterSettings
 from lemonade_jupyter.server.embedded import EmbeddedServer
+from tests.helpers.http import api_client
 
 #: A real load takes ~0.4 s on an idle machine, several seconds on this shared 2-core one.
 DEADLINE_S = 60.0
 USER_MODELS = ("user.m1", "user.m2", "user.m3")
 SIMULATE = "internal/simulate-vram-pressure"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = DEADLINE_S,
-               what: str = "condition", interval: float = 0.05) -> Any:
-    """``_polling.wait_for`` with this suite's deadline."""
-    return wait_for(predicate, timeout, what, interval)
-
-
-def llama_children() -> dict[int, psutil.Process]:
-    """Running (not zombie) llama-server processes that descend from this test process."""
-    found = {}
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and "llama-server" in " ".join(p.cmdline()):
-                found[p.pid] = p
-        except psutil.Error:
-            pass
-    return found
-
-
-def pid_running(pid: int) -> bool:
-    """True while ``pid`` is a live (not zombie) process."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 class Lemonade:
@@ -67,9 +38,7 @@ class Lemonade:
     def __init__(self, server: EmbeddedServer) -> None:
         self.server = server
         self.base = server.url + "lemonade/"
-        self.auth = {"Authorization": f"token {server.token}"}
-        self.http = httpx.Client(base_url=self.base, headers=self.auth,
-                                 timeout=httpx.Timeout(120.0, connect=10.0))
+        self.http = api_client(self.base, server.token)
 
     @property
     def router(self) -> Any:
@@ -133,26 +102,6 @@ class Lemonade:
         resp = self.get("metrics")
         assert resp.status_code == 200, resp.text
         return resp.text
-
-
-def sse_events(resp: httpx.Response) -> Iterator[dict[str, Any]]:
-    """Parse an SSE response into ``{"id", "event", "data"}`` dicts (comments skipped)."""
-    block: dict[str, Any] = {}
-    for line in resp.iter_lines():
-        if not line:
-            if block:
-                yield block
-            block = {}
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(": ")
-        if field == "id":
-            block["id"] = int(value)
-        elif field == "event":
-            block["event"] = value
-        elif field == "data":
-            block["data"] = json.loads(value)
 
 
 #: Settings that keep every decision in the test's hands (see the module docstring).

@@ -16,7 +16,10 @@ from collections import Counter
 
 import psutil
 
-from .conftest import DEADLINE_S, join, llama_children, run_in_thread, wait_until
+from tests.helpers.polling import wait_for
+from tests.helpers.processes import backend_pids
+
+from .conftest import DEADLINE_S, join, run_in_thread
 
 CHURN_S = 5.0
 
@@ -89,9 +92,9 @@ def test_concurrent_load_unload_and_evaluations_leave_a_consistent_router(lemon)
     def consistent():
         health = lemon.health()
         listed = {m["pid"] for m in health["all_models_loaded"] if m["pid"] is not None}
-        return health if listed == set(llama_children()) else None
+        return health if listed == backend_pids() else None
 
-    health = wait_until(consistent, what="/health to match the llama-server processes")
+    health = wait_for(consistent, what="/health to match the llama-server processes")
     assert health["status"] == "ok"
     states = {m["model_name"]: m["status"] for m in health["all_models_loaded"]}
     assert states == {"user.m1": "ready", "user.m2": "downsized"}
@@ -104,4 +107,4 @@ def test_concurrent_load_unload_and_evaluations_leave_a_consistent_router(lemon)
 
     assert lemon.unload().status_code == 200
     assert lemon.health()["all_models_loaded"] == []
-    wait_until(lambda: llama_children() == {}, what="every backend to end")
+    wait_for(lambda: backend_pids() == set(), what="every backend to end")

@@ -1,4 +1,4 @@
-"""Tier 1 (downsize), hard-idle eviction and idleness, with real backends (SPEC §4).
+"""Tier 1 (downsize), hard-idle eviction and idleness, with real backends.
 
 A downsize stops the model's backend but keeps its slot, pin, options and statistics; its next
 request restores it. The figures printed here (``-s``) are the measured ones.
@@ -12,7 +12,10 @@ import time
 
 import psutil
 
-from .conftest import join, llama_children, pid_running, run_in_thread, wait_until
+from tests.helpers.polling import wait_for
+from tests.helpers.processes import alive, backend_pids
+
+from .conftest import join, run_in_thread
 
 MB = 1024 * 1024
 
@@ -33,7 +36,7 @@ def test_downsize_frees_the_memory_and_the_next_chat_restores_it(lemon):
     after = lemon.model("user.m1")
     assert after["status"] == "downsized"
     assert after["pid"] is None and after["backend_url"] is None
-    assert not pid_running(pid) and pid not in llama_children()
+    assert not alive(pid) and pid not in backend_pids()
     assert after["memory_bytes"] <= before["memory_bytes"] / 2
     assert after["memory_freed_bytes"] >= before["memory_bytes"] / 2
     # The slot, options and statistics stay.
@@ -55,7 +58,7 @@ def test_downsize_frees_the_memory_and_the_next_chat_restores_it(lemon):
     assert reply["choices"][0]["message"]["content"] is not None
     restored = lemon.model("user.m1")
     assert restored["status"] in ("ready", "in_use")
-    assert restored["pid"] not in (None, pid) and pid_running(restored["pid"])
+    assert restored["pid"] not in (None, pid) and alive(restored["pid"])
     assert restored["memory_bytes"] > 50 * MB
     [restore] = lemon.events("restore", "user.m1")
     assert restore.reason == "request" and restore.id > event.id
@@ -85,12 +88,12 @@ def test_a_pinned_model_stays_ready_and_pinning_a_downsized_model_restores_it(le
 
     # Pinning it again brings it back at once: a pinned model is never left asleep.
     assert lemon.pin("user.m1", True)["pinned"] is True
-    restored = wait_until(
+    restored = wait_for(
         lambda: (m := lemon.model("user.m1"))["status"] == "ready" and m,
         what="the pinned model to be restored",
     )
     assert restored["pinned"] is True
-    assert restored["pid"] not in (None, pid) and pid_running(restored["pid"])
+    assert restored["pid"] not in (None, pid) and alive(restored["pid"])
     kinds = [e.kind for e in lemon.events(model="user.m1")]
     assert kinds[-3:] == ["downsize", "pin", "restore"], kinds
     assert lemon.simulate(-1) == []
@@ -105,12 +108,12 @@ def test_a_request_during_a_downsize_waits_and_is_served(lemon):
     os.kill(pid, signal.SIGSTOP)
     try:
         thread, out = run_in_thread(lambda: lemon.simulate(-1))
-        wait_until(lambda: lemon.model("user.m1")["status"] == "downsizing",
+        wait_for(lambda: lemon.model("user.m1")["status"] == "downsizing",
                    what="the model to be downsizing", interval=0.02)
         sent = time.time()
         reply = lemon.chat("user.m1")
     finally:
-        if pid_running(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGCONT)
     assert reply["choices"][0]["message"]["content"] is not None
     assert join(thread, out) == [{"model": "user.m1", "action": "downsize", "reason": "idle"}]
@@ -119,8 +122,8 @@ def test_a_request_during_a_downsize_waits_and_is_served(lemon):
     assert sent < downsize.time < restore.time  # the request came before the downsize ended
     entry = lemon.model("user.m1")
     assert entry["status"] in ("ready", "in_use")
-    assert entry["pid"] != pid and pid_running(entry["pid"])
-    assert not pid_running(pid)
+    assert entry["pid"] != pid and alive(entry["pid"])
+    assert not alive(pid)
 
 
 def test_hard_idle_eviction_after_evict_idle_timeout(lemon):
@@ -134,14 +137,14 @@ def test_hard_idle_eviction_after_evict_idle_timeout(lemon):
     if time.monotonic() - loaded < 2.0:  # the pass surely ran before m1 was idle for 2 s
         assert early == []
         assert set(lemon.models()) == {"user.m1", "user.m2"}
-        wait_until(lambda: lemon.model("user.m1")["idle_s"] > 2.0, what="m1 idle for 2 s")
+        wait_for(lambda: lemon.model("user.m1")["idle_s"] > 2.0, what="m1 idle for 2 s")
         actions = lemon.simulate(-1)
     else:  # this machine stalled longer than the timeout: the first pass already took it
         actions = early
 
     assert actions == [{"model": "user.m1", "action": "evict", "reason": "idle"}]
     assert set(lemon.models()) == {"user.m2"}
-    assert not pid_running(pid)
+    assert not alive(pid)
     [event] = lemon.events("evict", "user.m1")
     assert event.reason == "idle" and event.memory_before > 0
     assert 'lemonade_evictions_total{reason="idle"} 1.0' in lemon.metrics()
@@ -151,11 +154,11 @@ def test_the_engine_loop_evicts_idle_models_by_itself(make_lemonade):
     lemon = make_lemonade(memory_sample_interval_s=0.1, eviction_interval_s=0.1)
     lemon.load("user.m1", downsize_idle_timeout=0.3, evict_idle_timeout=1.5)
     lemon.set(auto_evict=True)
-    wait_until(lambda: lemon.events("downsize", "user.m1"), what="the loop to downsize m1")
-    wait_until(lambda: lemon.model("user.m1") is None, what="the loop to evict m1")
+    wait_for(lambda: lemon.events("downsize", "user.m1"), what="the loop to downsize m1")
+    wait_for(lambda: lemon.model("user.m1") is None, what="the loop to evict m1")
     [event] = lemon.events("evict", "user.m1")
     assert event.reason == "idle"
-    assert llama_children() == {}
+    assert backend_pids() == set()
 
 
 def test_health_polls_never_count_as_use(lemon):

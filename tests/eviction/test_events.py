@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from .conftest import sse_events, wait_until
+from tests.helpers.http import sse_events
+from tests.helpers.polling import wait_for
 
 
 def first_events(lemon, n: int, **kwargs) -> list[dict]:
@@ -50,6 +51,6 @@ def test_a_closed_stream_unsubscribes(lemon):
         assert resp.status_code == 200
         lines = resp.iter_lines()  # kept: dropping the iterator would close the stream
         assert next(lines) == ": lemonade events"
-        wait_until(lambda: events.subscriber_count == 1, what="the subscription")
-    wait_until(lambda: events.subscriber_count == 0, what="the stream to unsubscribe")
+        wait_for(lambda: events.subscriber_count == 1, what="the subscription")
+    wait_for(lambda: events.subscriber_count == 0, what="the stream to unsubscribe")
     assert lemon.health()["status"] == "ok"

@@ -19,7 +19,8 @@ import pytest
 
 from lemonade_jupyter.core.memory import MemoryMonitor, NvmlReader
 
-from .conftest import pid_running, wait_until
+from tests.helpers.polling import wait_for
+from tests.helpers.processes import alive
 
 MB = 1024 * 1024
 GB = 1024 * MB
@@ -248,7 +249,7 @@ def test_the_router_reads_gpu_memory_through_nvml_end_to_end(monkeypatch, make_l
     nvml.devices[0]["compute"] = [proc(pids["user.m1"], 1234 * MB), proc(pids["user.m2"], None)]
 
     # /health shows a sample up to 1 s old: wait for one taken after the change.
-    health = wait_until(
+    health = wait_for(
         lambda: (h := lemon.health())["all_models_loaded"][0]["memory_bytes"] == 1234 * MB and h,
         what="a sample with m1's GPU memory")
     assert health["memory"] == {"source": "nvml", "devices": [
@@ -265,16 +266,16 @@ def test_the_router_reads_gpu_memory_through_nvml_end_to_end(monkeypatch, make_l
     # The GPU fills up: the engine's loop evicts the unpinned model for pressure by itself.
     nvml.devices[0]["used"] = int(0.97 * 80 * GB)
     lemon.set(auto_evict=True)
-    wait_until(lambda: lemon.model("user.m2") is None, what="a pressure eviction of m2")
+    wait_for(lambda: lemon.model("user.m2") is None, what="a pressure eviction of m2")
     [event] = lemon.events("evict", "user.m2")
     assert event.reason == "pressure"
-    wait_until(lambda: not pid_running(pids["user.m2"]), what="m2's backend to end")
+    wait_for(lambda: not alive(pids["user.m2"]), what="m2's backend to end")
     assert lemon.model("user.m1")["pid"] == pids["user.m1"]
 
     # The GPU is lost mid-run: system memory from then on, and everything still answers.
     lemon.set(auto_evict=False)
     nvml.fail["nvmlDeviceGetMemoryInfo"] = NVMLError_GpuIsLost("GPU is lost")
-    health = wait_until(lambda: (h := lemon.health())["memory"]["source"] == "system" and h,
+    health = wait_for(lambda: (h := lemon.health())["memory"]["source"] == "system" and h,
                         what="the fallback to system memory")
     [entry] = health["all_models_loaded"]
     assert entry["memory_bytes"] > 10 * MB and entry["device"] == "cpu"

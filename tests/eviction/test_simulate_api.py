@@ -1,4 +1,4 @@
-"""``POST lemonade/internal/simulate-vram-pressure``: input validation and auth (SPEC §4, §6).
+"""``POST lemonade/internal/simulate-vram-pressure``: input validation and auth.
 
 A rejected call is a 400 JSON envelope and evaluates nothing: the model that a valid call would
 downsize at once stays as it was.
@@ -6,13 +6,20 @@ downsize at once stays as it was.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 import httpx
 import pytest
 
 from lemonade_jupyter.core.settings import RouterSettings
 from lemonade_jupyter.server.embedded import EmbeddedServer
 
-from .conftest import SIMULATE, TEST_SETTINGS, Lemonade, llama_children
+from tests.helpers.envelope import assert_envelope
+from tests.helpers.processes import backend_pids
+
+from .conftest import SIMULATE, TEST_SETTINGS, Lemonade
 
 BAD_BODIES = [
     pytest.param({"pct": "0.95"}, id="string"),
@@ -44,12 +51,12 @@ BAD_RAW = [
 ]
 
 
-@pytest.fixture(scope="module")
-def armed(tmp_path_factory, llama_server_path, default_model_file):
-    """One server for the whole table: m1 loaded with ``downsize_idle_timeout: 0`` and
-    auto-evict on, so any evaluation that ran would downsize it."""
-    server = EmbeddedServer(data_dir=tmp_path_factory.mktemp("simulate"),
-                            settings=RouterSettings(**TEST_SETTINGS),
+@contextlib.contextmanager
+def armed_server(data_dir: Path, llama_server_path: str, default_model_file: str
+                 ) -> Iterator[Lemonade]:
+    """m1 loaded with ``downsize_idle_timeout: 0`` and auto-evict on, so any evaluation that
+    ran would downsize it."""
+    server = EmbeddedServer(data_dir=data_dir, settings=RouterSettings(**TEST_SETTINGS),
                             llama_server_path=llama_server_path)
     server.start()
     lemon = Lemonade(server)
@@ -62,16 +69,23 @@ def armed(tmp_path_factory, llama_server_path, default_model_file):
     finally:
         lemon.close()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def armed(tmp_path_factory, llama_server_path, default_model_file):
+    """One armed server for the whole table (no test of the table may change it)."""
+    with armed_server(tmp_path_factory.mktemp("simulate"), llama_server_path,
+                      default_model_file) as lemon:
+        yield lemon
     # The per-test orphan check sees this backend as older than each test: check it here.
-    assert llama_children() == {}
+    assert backend_pids() == set()
 
 
 def check_rejected(lemon, resp: httpx.Response, pid: int, events: int) -> None:
     assert resp.status_code == 400, resp.text
     assert resp.headers["content-type"].startswith("application/json")
-    error = resp.json()["error"]
+    error = assert_envelope(resp)  # a non-empty message and a type
     assert error["type"] == "invalid_request_error"
-    assert isinstance(error["message"], str) and error["message"]
     assert "Traceback" not in resp.text
     entry = lemon.model("user.m1")
     assert entry["status"] == "ready" and entry["pid"] == pid
@@ -107,9 +121,11 @@ def test_without_a_token_it_is_refused(armed):
         assert httpx.get(armed.base + path).status_code == 403
 
 
-def test_zz_a_valid_call_then_acts(armed):
-    """Runs last in this module: proves the table above would have been noticed."""
-    assert armed.post(SIMULATE, {"pct": 0}).json()["actions"] == [
-        {"model": "user.m1", "action": "downsize", "reason": "idle"}
-    ]
-    assert armed.model("user.m1")["status"] == "downsized"
+def test_a_valid_call_acts(tmp_path, llama_server_path, default_model_file):
+    """A server armed as the table's is acts on a valid call: so the table's unchanged model
+    proves each rejected call evaluated nothing. (Its own server: the table's must not change.)"""
+    with armed_server(tmp_path / "data", llama_server_path, default_model_file) as armed:
+        assert armed.post(SIMULATE, {"pct": 0}).json()["actions"] == [
+            {"model": "user.m1", "action": "downsize", "reason": "idle"}
+        ]
+        assert armed.model("user.m1")["status"] == "downsized"

@@ -15,6 +15,17 @@ Fault knobs, read from the environment (a router's children inherit the router's
 ``FAKE_LLAMA_CRASH_AFTER_REQUESTS=N`` answer N API requests, then exit 1 on the next one
 ``FAKE_LLAMA_IGNORE_SIGTERM=1``       ignore SIGTERM (the router must SIGKILL it)
 ``FAKE_LLAMA_TOKEN_DELAY``            seconds between SSE chunks
+``FAKE_LLAMA_STALE_KEEPALIVE=1``      streams advertise keep-alive, but the connection is dead
+                                      afterwards, as llama-server's are (see below)
+
+By default a stream answers ``Connection: close``. llama-server instead answers streams with
+chunked encoding and no ``Connection: close`` (keep-alive, as far as HTTP/1.1 says), then closes
+the connection; a client that pooled it and reuses it before the close reaches it gets no answer.
+``FAKE_LLAMA_STALE_KEEPALIVE=1`` makes that race certain: after a stream (unless the client asked
+for ``Connection: close``) the connection stays open but stale, and the next request that arrives
+on it is not answered: the fake closes every other stale connection, lets their closes land, then
+closes this one. So a client sees exactly one failed request on a stale pooled connection, and a
+fresh connection works.
 """
 
 from __future__ import annotations
@@ -23,12 +34,15 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOKENS = ["Hello", " from", " the", " fake", " llama", "."]
+#: Printed (to the backend's log) for each request that arrived on a stale connection.
+STALE_REQUEST_LINE = "fake: request on a stale keep-alive connection, not answered"
 
 
 def _env_float(name: str) -> float:
@@ -44,6 +58,8 @@ class _State:
         crash = os.environ.get("FAKE_LLAMA_CRASH_AFTER_REQUESTS")
         self.crash_after = int(crash) if crash else None
         self.token_delay = _env_float("FAKE_LLAMA_TOKEN_DELAY")
+        self.stale_keepalive = os.environ.get("FAKE_LLAMA_STALE_KEEPALIVE") == "1"
+        self.stale: set[socket.socket] = set()  # connections a stream left open but dead
         self.requests = 0
         self.lock = threading.Lock()
 
@@ -51,6 +67,31 @@ class _State:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     state: _State
+    _stale = False  # this connection carried a stream and is dead (FAKE_LLAMA_STALE_KEEPALIVE)
+
+    def handle_one_request(self) -> None:
+        if not self._stale:
+            super().handle_one_request()
+            return
+        # The next request (or the client's close) on a connection a stream left behind: no
+        # answer. Every other stale connection is closed first, and given a moment, so that a
+        # client that retries finds them closed and opens a fresh connection.
+        request = self.rfile.readline(65537)
+        with self.state.lock:
+            self.state.stale.discard(self.connection)
+            others = list(self.state.stale) if request else []
+            if request:
+                self.state.stale.clear()
+        if request:
+            print(STALE_REQUEST_LINE, flush=True)
+        for conn in others:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if others:
+            time.sleep(0.05)
+        self.close_connection = True
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
         sys.stdout.write("request: " + format % args + "\n")
@@ -127,21 +168,35 @@ class Handler(BaseHTTPRequestHandler):
                          "model": model, "pid": os.getpid(), "choices": [choice]})
 
     def _stream(self, chat: bool, model: str) -> None:
+        # Stale keep-alive: chunked, no "Connection: close" unless the client asked for it.
+        stale = self.state.stale_keepalive and not self.close_connection
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
+        if stale:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
-        self.close_connection = True
+
+        def send(data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if stale else data)
+            self.wfile.flush()
+
         for token in TOKENS:
             delta = {"delta": {"content": token}} if chat else {"text": token}
             chunk = {"object": "chat.completion.chunk" if chat else "text_completion",
                      "model": model, "choices": [{"index": 0, **delta, "finish_reason": None}]}
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.flush()
+            send(f"data: {json.dumps(chunk)}\n\n".encode())
             if self.state.token_delay:
                 time.sleep(self.state.token_delay)
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
+        send(b"data: [DONE]\n\n")
+        if stale:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            self._stale = True
+            with self.state.lock:
+                self.state.stale.add(self.connection)
 
 
 def main() -> None:

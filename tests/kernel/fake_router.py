@@ -1,8 +1,9 @@
 """An in-memory stand-in for the router's HTTP API, served through ``httpx.MockTransport``.
 
-Enough of SPEC §6 for fast magics/client tests: a catalog, slots per type (max 1), pins and the
-409 rule, config/set, pull, chat (streaming SSE and plain). It records every request so tests
-can assert what the kernel sent. Real-server behaviour is covered by the end-to-end tests.
+Enough of the HTTP API (docs/api.md) for fast magics/client tests: a catalog, slots per type
+(max 1), pins and the 409 rule, config/set, pull, chat (streaming SSE and plain). It records
+every request so tests can assert what the kernel sent. Real-server behaviour is covered by the
+end-to-end tests.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class FakeRouter:
         self.requests: list[tuple[str, str, Any]] = []
         self.chat_pieces = ["Hel", "lo", " there"]
         self.events: list[dict[str, Any]] = []
+        #: ``api/v1/memory/history`` samples (``{"time", "pressure"}``); None: no such route.
+        self.memory_samples: list[dict[str, float]] | None = None
 
     def client(self, **kwargs: Any) -> RouterClient:
         kwargs.setdefault("source", "fake router")
@@ -254,6 +257,13 @@ class FakeRouter:
         return httpx.Response(
             200, content="".join(lines).encode(), headers={"Content-Type": "text/event-stream"}
         )
+
+    def _memory_history(self, body: Any) -> httpx.Response:
+        if self.memory_samples is None:
+            return httpx.Response(404, json={"message": "Not Found"})
+        since = float(self.last_request.url.params.get("since") or 0)
+        samples = [x for x in self.memory_samples if x["time"] > since]
+        return httpx.Response(200, json={"source": "system", "devices": [], "samples": samples})
 
     def _events(self, body: Any) -> httpx.Response:
         after = int(self.last_request.headers.get("Last-Event-ID") or 0)

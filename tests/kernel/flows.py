@@ -10,7 +10,10 @@ from lemonade_jupyter.kernel.client import RouterClient
 from lemonade_jupyter.kernel.magics import LemonadeServerError
 from lemonade_jupyter.kernel.widgets import Dashboard
 
-from .conftest import loaded, use_client, wait_for
+from tests.helpers.http import loaded
+from tests.helpers.polling import wait_for
+
+from .conftest import use_client
 
 COPY = "user.smollm2-copy"
 

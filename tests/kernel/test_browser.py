@@ -17,10 +17,13 @@ import pytest
 
 from lemonade_jupyter.kernel.client import RouterClient
 
-from .conftest import REPO, ServerProcess, loaded, wait_for
+from tests.helpers import REPO
+from tests.helpers.artifacts import ARTIFACTS
+from tests.helpers.http import loaded
+from tests.helpers.jupyter import JupyterProcess
+from tests.helpers.polling import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = REPO / "test-artifacts"
 COPY = "user.smollm2-copy"
 
 # Not a skip: a missing browser is a missing install step (scripts/test.sh installs Debian
@@ -29,38 +32,40 @@ pytestmark = [pytest.mark.browser]
 
 
 @pytest.fixture
-def lab(tmp_path: Path, llama_server_path: str) -> Iterator[ServerProcess]:
+def lab(tmp_path: Path, llama_server_path: str) -> Iterator[JupyterProcess]:
     settings = tmp_path / "lab-settings"
     notification = (
         settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     )
     notification.parent.mkdir(parents=True)
     notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    server = ServerProcess(
+    server = JupyterProcess(
         tmp_path,
         app="jupyterlab",
-        llama_server_path=llama_server_path,
+        lemonade={"max_loaded_models": 1},
         extra_args=(
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ),
-        extra_env={
+        env={
+            "LEMONADE_LLAMA_SERVER": llama_server_path,
             "JUPYTERLAB_SETTINGS_DIR": str(settings),
             "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"),
         },
     )
-    shutil.copy(REPO / "notebooks" / "quickstart.ipynb", tmp_path / "work" / "quickstart.ipynb")
+    server.start()
+    shutil.copy(REPO / "notebooks" / "quickstart.ipynb", server.notebook_dir / "quickstart.ipynb")
     try:
         yield server
     finally:
         try:
-            server.client.unload()
+            server.router_client.unload()
         finally:
             server.stop()
 
 
 @pytest.mark.timeout(600)
-def test_browser_quickstart_dashboard_pin_toggle(lab: ServerProcess) -> None:
+def test_browser_quickstart_dashboard_pin_toggle(lab: JupyterProcess) -> None:
     assert Path(CHROMIUM).exists(), "Debian chromium is missing: apt-get install chromium"
     from playwright import sync_api
     ARTIFACTS.mkdir(exist_ok=True)

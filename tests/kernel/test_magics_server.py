@@ -14,24 +14,27 @@ from lemonade_jupyter.kernel.client import RouterClient
 from lemonade_jupyter.kernel.discovery import discover
 from lemonade_jupyter.kernel.magics import LemonadeMagics
 
-from .conftest import ServerProcess
+from tests.helpers.jupyter import JupyterProcess
+
 from .flows import dashboard_flow, magics_full_flow
 
 
 @pytest.fixture
 def server(
-    jupyter_server: ServerProcess, clean_router: list[RouterClient], monkeypatch: pytest.MonkeyPatch
-) -> ServerProcess:
+    jupyter_server: JupyterProcess,
+    clean_router: list[RouterClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> JupyterProcess:
     """The server, with this process posing as one of its kernels."""
-    clean_router.append(jupyter_server.client)
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter_server.root / "runtime"))
+    clean_router.append(jupyter_server.router_client)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter_server.runtime_dir))
     monkeypatch.setenv("JPY_PARENT_PID", str(jupyter_server.pid))
     for var in ("LEMONADE_JUPYTER_URL", "LEMONADE_JUPYTER_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     return jupyter_server
 
 
-def test_server_discovered_by_parent_pid(server: ServerProcess) -> None:
+def test_server_discovered_by_parent_pid(server: JupyterProcess) -> None:
     client = discover(mode="server")
     assert client.kind == "parent" and client.base_url.endswith(f":{server.port}/")
     assert client.token == server.token
@@ -40,7 +43,7 @@ def test_server_discovered_by_parent_pid(server: ServerProcess) -> None:
 
 
 def test_server_discovered_as_running_server_and_by_env(
-    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+    server: JupyterProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JPY_PARENT_PID", "1")  # not our server: found because it answers health
     client = discover(mode="server")
@@ -53,13 +56,13 @@ def test_server_discovered_as_running_server_and_by_env(
 
 
 def test_server_magics_full_flow(
-    ip: InteractiveShell, server: ServerProcess, default_model_name: str, default_model_file: str
+    ip: InteractiveShell, server: JupyterProcess, default_model_name: str, default_model_file: str
 ) -> None:
     magics = LemonadeMagics(ip, progress="text")  # auto discovery, like a kernel
     ip.register_magics(magics)
     magics_full_flow(
         ip,
-        server.client,
+        server.router_client,
         default_model_name,
         default_model_file,
         source="this kernel's Jupyter server at ",
@@ -69,6 +72,6 @@ def test_server_magics_full_flow(
 
 
 def test_server_dashboard_actions_reach_the_server(
-    server: ServerProcess, default_model_name: str
+    server: JupyterProcess, default_model_name: str
 ) -> None:
     dashboard_flow(discover(mode="server"), default_model_name)

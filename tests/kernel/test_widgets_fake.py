@@ -8,7 +8,8 @@ import ipywidgets as widgets
 
 from lemonade_jupyter.kernel.widgets import Dashboard
 
-from .conftest import wait_for
+from tests.helpers.polling import wait_for
+
 from .fake_router import DEFAULT, FakeRouter
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from ._harness import JupyterServer, alive, backend_children
+from tests.helpers.jupyter import JupyterProcess
+from tests.helpers.processes import alive, backend_children
 
 
 @pytest.fixture
@@ -44,17 +45,19 @@ def corrupt_gguf(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def jupyter_factory(tmp_path: Path, llama_server_path: str) -> Iterator[Callable[..., JupyterServer]]:
-    servers: list[JupyterServer] = []
+def jupyter_factory(
+    tmp_path: Path, llama_server_path: str
+) -> Iterator[Callable[..., JupyterProcess]]:
+    servers: list[JupyterProcess] = []
     counter = iter(range(1000))
 
     def start(root: Path | None = None, *, env: dict[str, str | None] | None = None,
-              **traits: Any) -> JupyterServer:
+              **traits: Any) -> JupyterProcess:
         traits.setdefault("llama_server_path", llama_server_path)
         traits.setdefault("restore_on_start", False)
         traits.setdefault("sse_ping_interval_s", 0.5)
-        server = JupyterServer(root or tmp_path / f"jupyter{next(counter)}", lemonade=traits,
-                               env_overrides=env or {})
+        server = JupyterProcess(root or tmp_path / f"jupyter{next(counter)}", lemonade=traits,
+                                env=env or {})
         servers.append(server)
         return server.start()
 

@@ -1,7 +1,7 @@
-"""Bad input (issue 7 §3): property-based fuzzing of every route's body, query and method.
+"""Bad input: property-based fuzzing of every route's body, query and method.
 
 Against a real ``jupyter server`` with a loaded model: no input yields a 5xx, every error is
-SPEC §6's envelope, and a rejected request changes nothing (``/health`` with last-use times,
+the JSON error envelope, and a rejected request changes nothing (``/health`` with last-use times,
 ``/internal/config``, ``/models`` and the state files compared before and after). Oversized
 bodies are refused, and ``pull`` takes only an existing regular file with the GGUF magic.
 """
@@ -24,7 +24,10 @@ from lemonade_jupyter.core.settings import RUNTIME_KEYS
 from lemonade_jupyter.server.base import MAX_BODY_BYTES
 from lemonade_jupyter.server.routes import ROUTES
 
-from ._harness import API, JupyterServer, assert_envelope, write_artifact
+from tests.helpers.artifacts import write_artifact
+from tests.helpers.envelope import assert_envelope
+from tests.helpers.http import API
+from tests.helpers.jupyter import JupyterProcess
 
 #: Fields of a /health entry that move by themselves.
 VOLATILE = {"idle_s", "memory_bytes", "memory_freed_bytes", "device"}
@@ -125,7 +128,7 @@ METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 
 
 # ---------------------------------------------------------------------------- helpers
-def snapshot(c: httpx.Client, server: JupyterServer) -> dict[str, Any]:
+def snapshot(c: httpx.Client, server: JupyterProcess) -> dict[str, Any]:
     """Everything a request could change, minus what moves by itself."""
     health = c.get(f"{API}/health").json()
     models = {m["model_name"]: {k: v for k, v in m.items() if k not in VOLATILE}
@@ -141,7 +144,7 @@ def snapshot(c: httpx.Client, server: JupyterServer) -> dict[str, Any]:
     }
 
 
-def settled_snapshot(c: httpx.Client, server: JupyterServer) -> dict[str, Any]:
+def settled_snapshot(c: httpx.Client, server: JupyterProcess) -> dict[str, Any]:
     """A snapshot once background work (state-file writes, loads) has settled."""
     previous = snapshot(c, server)
     deadline = time.monotonic() + 60

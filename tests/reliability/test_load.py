@@ -1,4 +1,4 @@
-"""Load (issue 7 §5): 64 concurrent streaming clients across 2 real models, 150 s.
+"""Load: 64 concurrent streaming clients across 2 real models, 150 s.
 
 Through a real ``jupyter server`` and its router: zero failed requests, every stream ends with
 ``[DONE]``, no backend restarted (the watchdog must not take a busy backend for a hung one), and
@@ -25,7 +25,8 @@ import httpx
 import psutil
 import pytest
 
-from ._harness import API, chat_body, loaded, write_artifact
+from tests.helpers.artifacts import write_artifact
+from tests.helpers.http import API, chat_body, loaded
 
 CLIENTS = 64
 SECONDS = float(os.environ.get("LEMONADE_LOAD_SECONDS", "150"))

@@ -1,4 +1,4 @@
-"""Security (issue 7 §6): nobody reaches a model without the Jupyter server's auth.
+"""Security: nobody reaches a model without the Jupyter server's auth.
 
 Walks every route the extension registers (``ROUTES``) without credentials and with a wrong
 token; browser-style cookie POSTs without the XSRF token; each backend's own API without its key;
@@ -22,16 +22,11 @@ from lemonade_jupyter.core.settings import RouterSettings
 from lemonade_jupyter.server.embedded import EmbeddedServer
 from lemonade_jupyter.server.routes import ROUTES
 
-from ._harness import (
-    API,
-    assert_envelope,
-    backend_children,
-    chat_body,
-    iter_sse_events,
-    loaded,
-    wait_for,
-    write_artifact,
-)
+from tests.helpers.artifacts import write_artifact
+from tests.helpers.envelope import assert_envelope
+from tests.helpers.http import API, chat_body, loaded, sse_events
+from tests.helpers.polling import wait_for
+from tests.helpers.processes import backend_children
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 #: A body that would do something if it got through.
@@ -198,7 +193,7 @@ def test_backends_need_their_key_bind_loopback_and_secrets_never_show(jupyter_fa
         }
         with c.stream("GET", f"{API}/events", params={"last_event_id": 0}) as resp:
             text = ""
-            for event in iter_sse_events(resp):
+            for event in sse_events(resp):
                 text += str(event)
                 if event["event"] == "reload":  # the history ends with the crash reload
                     break

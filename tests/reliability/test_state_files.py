@@ -1,4 +1,4 @@
-"""State files (issue 7 §2): atomic writes, and a corrupt or unreadable file at start is moved
+"""State files: atomic writes, and a corrupt or unreadable file at start is moved
 aside with a warning while the server starts and keeps everything else."""
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from lemonade_jupyter.core.router import Router
 from lemonade_jupyter.core.settings import RouterSettings
 from lemonade_jupyter.core.state_files import write_json_atomic
 
-from ._harness import API, loaded, wait_for, write_artifact
+from tests.helpers.artifacts import write_artifact
+from tests.helpers.http import API, loaded
+from tests.helpers.polling import wait_for
 
 WRITER = textwrap.dedent("""
     import sys

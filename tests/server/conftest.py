@@ -13,10 +13,7 @@ clients, against the fixture server).
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +22,9 @@ import pytest
 from traitlets.config import Config
 
 from lemonade_jupyter.server.app import LemonadeApp
+from tests.helpers.envelope import assert_envelope
+from tests.helpers.http import API
 
-#: The OpenAI-style API prefix, relative to the server's base_url.
-API = "lemonade/api/v1"
 #: Fields of a health entry that move on their own.
 VOLATILE = frozenset({"idle_s", "memory_bytes", "memory_freed_bytes", "device"})
 
@@ -50,19 +47,7 @@ class Answer:
     @property
     def error(self) -> dict[str, Any]:
         """The error object of an envelope; fails the test if the body is not one."""
-        assert_envelope(self)
-        return self.json["error"]  # type: ignore[no-any-return]
-
-
-def assert_envelope(answer: Answer) -> None:
-    """The body is the JSON error envelope ``{"error": {"message", "type", ...}}``."""
-    data = answer.json
-    assert isinstance(data, dict), f"not JSON ({answer.code}): {answer.body[:300]!r}"
-    err = data.get("error")
-    assert isinstance(err, dict), data
-    assert isinstance(err.get("message"), str) and err["message"], data
-    assert isinstance(err.get("type"), str) and err["type"], data
-    assert "Traceback" not in err["message"]
+        return assert_envelope(self)
 
 
 class Api:
@@ -113,22 +98,6 @@ class Api:
             body["labels"] = labels
         answer = await self.post(f"{API}/pull", body)
         assert answer.code == 200, answer.body
-
-
-async def wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
-) -> None:
-    """Poll a (sync or async) predicate until it holds; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from traitlets import TraitError
 
 from lemonade_jupyter.server.app import LemonadeApp
 
-from .conftest import API
+from tests.helpers.http import API
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,22 @@
 """Timing through the proxy, with the stdlib fake llama-server for deterministic timing:
 ``: ping`` comments during a slow cold load, chunks relayed as they come, concurrent requests
-sharing one load, and a loaded model answering while another one loads."""
+sharing one load, a loaded model answering while another one loads, and a stream's
+connection kept out of the proxy's pool."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import API, wait_until
+from tests.helpers.fakes import STALE_REQUEST_LINE
+from tests.helpers.http import API
+from tests.helpers.polling import wait_until
 
 
 @pytest.fixture
@@ -109,3 +114,25 @@ async def test_a_loaded_model_answers_while_another_one_loads(
 async def _loading(api, name: str) -> bool:
     entry = (await api.loaded()).get(name)
     return entry is not None and entry["status"] == "loading"
+
+
+async def test_a_streams_connection_never_serves_the_next_request(
+    api, server_url, token, default_model_name, monkeypatch
+):
+    """llama-server answers a stream as keep-alive, then closes the connection. The proxy asks
+    for ``Connection: close`` on streams, so that connection never goes back to its pool, where
+    the next request would meet it dead. The fake in its stale keep-alive mode logs every
+    request that arrives on such a connection."""
+    monkeypatch.setenv("FAKE_LLAMA_STALE_KEEPALIVE", "1")  # read by the backend at its start
+    await api.load(default_model_name)
+    pid = (await api.loaded())[default_model_name]["pid"]
+    stream = {"model": default_model_name, "stream": True,
+              "messages": [{"role": "user", "content": "Hi"}]}
+    for _ in range(3):
+        lines = await _stream_lines(f"{server_url}{API}/chat/completions", token, stream)
+        assert lines[-1][1] == "data: [DONE]"
+        answer = await api.post(f"{API}/chat/completions", {**stream, "stream": False})
+        assert answer.code == 200, answer.body
+    log = Path(os.readlink(f"/proc/{pid}/fd/1")).read_text(errors="replace")
+    assert log.count("POST /v1/chat/completions") == 6, log  # the fake served all six
+    assert STALE_REQUEST_LINE not in log

@@ -1,10 +1,10 @@
-"""``GET lemonade/api/v1/health`` and ``/models``: exact shapes of SPEC §6, with a real backend."""
+"""``GET lemonade/api/v1/health`` and ``/models``: their exact shapes, with a real backend."""
 
 from __future__ import annotations
 
 import psutil
 
-from .conftest import API
+from tests.helpers.http import API
 
 MODEL_KEYS = {
     "model_name", "checkpoint", "type", "recipe", "recipe_options", "pinned", "status", "pid",

@@ -9,7 +9,7 @@ from tornado import web
 from lemonade_jupyter.server.base import MAX_BODY_BYTES
 from lemonade_jupyter.server.routes import ROUTES
 
-from .conftest import API
+from tests.helpers.http import API
 
 POST_PATHS = [
     path for path, cls, _kw in ROUTES if cls.post is not web.RequestHandler.post

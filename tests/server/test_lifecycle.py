@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,27 +16,31 @@ from pathlib import Path
 
 import httpx
 import openai
-import psutil
 import pytest
 
-from .conftest import API
+from tests.helpers import REPO
+from tests.helpers.http import API, auth_headers
+from tests.helpers.jupyter import JupyterProcess
+from tests.helpers.processes import unreaped
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie is not running, but counts as not reaped: alive)."""
-    try:
-        psutil.Process(pid).status()
-        return True
-    except psutil.NoSuchProcess:
-        return False
+#: A streamed answer long enough to be still running when the test acts.
+LONG_STREAM = {"stream": True, "max_tokens": 1500, "ignore_eos": True,
+               "messages": [{"role": "user", "content": "Talk."}]}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+async def _stream(url: str, token: str, model: str, first_data: asyncio.Event) -> list[str]:
+    """Stream a long chat answer through the extension; set ``first_data`` at its first data
+    line; return every line once the stream ends."""
+    lines = []
+    async with httpx.AsyncClient(timeout=60) as http:
+        async with http.stream("POST", f"{url}{API}/chat/completions",
+                               json={"model": model, **LONG_STREAM},
+                               headers=auth_headers(token)) as resp:
+            async for line in resp.aiter_lines():
+                lines.append(line)
+                if line.startswith("data: {"):
+                    first_data.set()
+    return lines
 
 
 async def test_stop_extension_stops_every_backend(api, lemonade, server_url, token,
@@ -46,30 +49,16 @@ async def test_stop_extension_stops_every_backend(api, lemonade, server_url, tok
     await api.load(default_model_name, pinned=True)
     await api.load("user.embed")
     pids = [m["pid"] for m in (await api.loaded()).values()]
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    assert len(pids) == 2 and all(unreaped(p) for p in pids)
 
     # A stream in flight when the server stops.
     first_data = asyncio.Event()
-
-    async def stream() -> list[str]:
-        lines = []
-        body = {"model": default_model_name, "stream": True, "max_tokens": 1500,
-                "ignore_eos": True, "messages": [{"role": "user", "content": "Talk."}]}
-        async with httpx.AsyncClient(timeout=60) as http:
-            async with http.stream("POST", f"{server_url}{API}/chat/completions", json=body,
-                                   headers={"Authorization": f"token {token}"}) as resp:
-                async for line in resp.aiter_lines():
-                    lines.append(line)
-                    if line.startswith("data: {"):
-                        first_data.set()
-        return lines
-
-    streaming = asyncio.ensure_future(stream())
+    streaming = asyncio.ensure_future(_stream(server_url, token, default_model_name, first_data))
     await asyncio.wait_for(first_data.wait(), 60)
 
     await lemonade.stop_extension()
     # Every backend is stopped and reaped when stop_extension returns.
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if unreaped(p)]
     # The open stream ends (with an SSE error event) instead of hanging.
     lines = await asyncio.wait_for(streaming, 30)
     assert any('"error"' in line for line in lines if line.startswith("data: "))
@@ -87,18 +76,7 @@ async def test_stop_extension_with_a_stream_in_flight_is_prompt(
     in-flight upstream connections. Router.stop now closes the pool first."""
     await api.load(default_model_name)
     first_data = asyncio.Event()
-
-    async def stream() -> None:
-        body = {"model": default_model_name, "stream": True, "max_tokens": 1500,
-                "ignore_eos": True, "messages": [{"role": "user", "content": "Talk."}]}
-        async with httpx.AsyncClient(timeout=60) as http:
-            async with http.stream("POST", f"{server_url}{API}/chat/completions", json=body,
-                                   headers={"Authorization": f"token {token}"}) as resp:
-                async for line in resp.aiter_lines():
-                    if line.startswith("data: {"):
-                        first_data.set()
-
-    streaming = asyncio.ensure_future(stream())
+    streaming = asyncio.ensure_future(_stream(server_url, token, default_model_name, first_data))
     await asyncio.wait_for(first_data.wait(), 60)
     started = time.monotonic()
     await lemonade.stop_extension()
@@ -111,45 +89,14 @@ async def test_stop_extension_with_a_stream_in_flight_is_prompt(
 def jupyter_server(tmp_path, llama_server_path):
     """A real ``jupyter server`` subprocess with the extension enabled by its installed config
     (``etc/jupyter/jupyter_server_config.d``), base_url ``/jp/``; stopped with SIGTERM."""
-    port, token = _free_port(), "e2e-" + os.urandom(8).hex()
-    env = dict(os.environ)
-    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                     ("JUPYTER_RUNTIME_DIR", "runtime")):
-        env[var] = str(tmp_path / sub)
-    (tmp_path / "root").mkdir()
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser",
-         f"--port={port}", "--port-retries=0", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", "--ServerApp.base_url=/jp/",
-         f"--ServerApp.root_dir={tmp_path / 'root'}",
-         f"--LemonadeApp.data_dir={tmp_path / 'lemonade'}",
-         f"--LemonadeApp.llama_server_path={llama_server_path}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    base = f"http://127.0.0.1:{port}/jp/"
+    server = JupyterProcess(tmp_path, server_app={"base_url": "/jp/"}, enable_extension=False,
+                            lemonade={"llama_server_path": llama_server_path},
+                            token="e2e-" + os.urandom(8).hex())
+    server.start()
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                r = httpx.get(f"{base}{API}/health", headers={"Authorization": f"token {token}"})
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.1)
-        yield base, token, proc
+        yield server.url, server.token, server.proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        server.stop()
 
 
 def test_real_jupyter_server_streams_to_the_openai_client(jupyter_server, default_model_name):
@@ -187,7 +134,7 @@ def test_real_jupyter_server_streams_to_the_openai_client(jupyter_server, defaul
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     deadline = time.monotonic() + 10
-    while _alive(pid):
+    while unreaped(pid):
         assert time.monotonic() < deadline, f"backend {pid} outlived the Jupyter server"
         time.sleep(0.05)
 

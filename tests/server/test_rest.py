@@ -1,5 +1,5 @@
 """REST routes through a real Jupyter server and real llama-server backends, with every error
-of SPEC §6: status, ``type``, ``code`` and message."""
+they answer: status, ``type``, ``code`` and message."""
 
 from __future__ import annotations
 
@@ -11,18 +11,14 @@ import pytest
 
 from lemonade_jupyter.server.embedded import EmbeddedServer
 
-from .conftest import API, wait_until
+from tests.helpers.envelope import slots_pinned_envelope
+from tests.helpers.http import API
+from tests.helpers.polling import wait_until
+from tests.helpers.processes import gone
 
 PIN = "lemonade/internal/pin"
 PINNED_REQUIRED = "Parameter 'pinned' is required and must be a boolean"
 NAME_REQUIRED = "Parameter 'model' or 'model_name' is required"
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 # ---------------------------------------------------------------------------- /internal/pin
@@ -44,7 +40,7 @@ PIN_CASES = [
 
 
 async def test_pin_validation_messages(api, default_model_name):
-    """Every validation message of SPEC §6 verbatim; the loaded model is left as it was."""
+    """Every validation message verbatim; the loaded model is left as it was."""
     assert default_model_name == M
     await api.load(default_model_name)
     before = await api.loaded()
@@ -123,15 +119,7 @@ async def test_load_into_a_full_pinned_pool_is_409_and_evicts_nothing(
     before = await api.loaded()
     answer = await api.post(f"{API}/load", {"model_name": "user.alias"})
     assert answer.code == 409
-    assert answer.json == {
-        "error": {
-            "message": "All loaded models of type llm are pinned. Unload a model first.",
-            "type": "slots_pinned_error",
-            "code": "slots_pinned_error",
-            "param": "model",
-            "requested_model": "user.alias",
-        }
-    }
+    assert answer.json == slots_pinned_envelope("user.alias")
     after = await api.loaded()
     assert after.keys() == {default_model_name}
     assert after[default_model_name]["pid"] == before[default_model_name]["pid"]
@@ -147,7 +135,7 @@ async def test_load_into_a_full_unpinned_pool_evicts_the_lru(
     loaded = await api.load("user.alias")
     assert loaded["model_name"] == "user.alias" and loaded["pinned"] is False
     assert (await api.loaded()).keys() == {"user.alias"}
-    await wait_until(lambda: _gone(old_pid), what="the evicted backend to exit")
+    await wait_until(lambda: gone(old_pid), what="the evicted backend to exit")
 
 
 async def test_unload_one_pinned_model_then_all(api, default_model_name, default_model_file):
@@ -159,12 +147,12 @@ async def test_unload_one_pinned_model_then_all(api, default_model_name, default
     answer = await api.post(f"{API}/unload", {"model_name": default_model_name})
     assert answer.code == 200 and answer.json == {"status": "success"}
     assert (await api.loaded()).keys() == {"user.alias"}
-    assert _gone(pids[default_model_name])
+    assert gone(pids[default_model_name])
     answer = await api.post(f"{API}/unload", {})
     assert answer.code == 200 and answer.json == {"status": "success"}
     health = await api.health()
     assert health["all_models_loaded"] == [] and health["pinned_models"]["llm"] == 0
-    assert _gone(pids["user.alias"])
+    assert gone(pids["user.alias"])
 
 
 async def test_unload_unknown_or_not_loaded_model_is_404(api, default_model_name):
@@ -289,7 +277,7 @@ async def test_delete_unloads_first(api, default_model_file):
     answer = await api.post(f"{API}/delete", {"model_name": "user.alias"})
     assert answer.code == 200, answer.body
     assert answer.json["status"] == "success"
-    assert _gone(pid)
+    assert gone(pid)
     assert (await api.health())["all_models_loaded"] == []
     ids = [m["id"] for m in (await api.get(f"{API}/models")).json["data"]]
     assert "user.alias" not in ids
@@ -319,7 +307,7 @@ async def test_option_change_reloads_in_place_and_keeps_the_pin(api, default_mod
     assert entry["pid"] != first["pid"] and entry["pinned"] is True
     assert entry["recipe_options"]["ctx_size"] == 1024
     assert "1024" in psutil.Process(entry["pid"]).cmdline()
-    assert _gone(first["pid"])
+    assert gone(first["pid"])
 
 
 async def test_lowering_the_slots_shrinks_the_pool_but_keeps_pins(

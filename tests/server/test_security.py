@@ -11,7 +11,9 @@ from tornado import web
 
 from lemonade_jupyter.server.routes import ROUTES
 
-from .conftest import Answer, assert_envelope
+from tests.helpers.envelope import assert_envelope
+
+from .conftest import Answer
 
 PATHS = [path for path, _cls, _kw in ROUTES]
 
