@@ -22,12 +22,17 @@ NUMBER_FIELDS = (
     "seed", "presence_penalty", "frequency_penalty", "repeat_penalty",
 )
 _INT32_MAX = 2**31 - 1
+#: llama-server's reranking route, behind ``lemonade/api/v1/reranking``.
+RERANK_PATH = "/v1/rerank"
 #: Model types that serve text generation; the others have routes of their own.
 _NOT_GENERATIVE = ("embedding", "reranking")
 
 
 def check_request(upstream_path: str, spec: ModelSpec, body: dict[str, Any]) -> None:
     """Raise InvalidRequestError (400) when ``body`` cannot be served by ``spec`` on that route."""
+    if upstream_path == RERANK_PATH:
+        _check_rerank(spec, body)
+        return
     if upstream_path == "/v1/embeddings":
         if spec.type != "embedding":
             raise InvalidRequestError(
@@ -37,9 +42,10 @@ def check_request(upstream_path: str, spec: ModelSpec, body: dict[str, Any]) -> 
         _check_text_or_list(body, "input")
         return
     if spec.type in _NOT_GENERATIVE:
+        route = "reranking" if spec.type == "reranking" else "embeddings"
         raise InvalidRequestError(
             f"Model '{spec.name}' is a {spec.type} model and does not generate text; "
-            f"use {API_V1}/embeddings", param="model",
+            f"use {API_V1}/{route}", param="model",
         )
     if upstream_path == "/v1/chat/completions":
         _check_messages(body.get("messages"))
@@ -50,6 +56,30 @@ def check_request(upstream_path: str, spec: ModelSpec, body: dict[str, Any]) -> 
         if value is None:
             continue
         check_number(key, value, minimum=-_INT32_MAX, maximum=_INT32_MAX)
+
+
+def _check_rerank(spec: ModelSpec, body: dict[str, Any]) -> None:
+    """The reranking route: a reranking model, a query and documents to score (never streamed)."""
+    if spec.type != "reranking":
+        raise InvalidRequestError(
+            f"Model '{spec.name}' is a {spec.type} model; reranking needs a model registered "
+            "with the label 'reranking'", param="model",
+        )
+    if body.get("stream") is True:
+        raise InvalidRequestError("Reranking answers are not streamed", param="stream")
+    query = body.get("query")
+    if not isinstance(query, str) or not query:
+        raise InvalidRequestError("Parameter 'query' is required: a non-empty string",
+                                  param="query")
+    documents = body.get("documents")
+    if not isinstance(documents, list) or not documents or not all(
+            isinstance(d, str) for d in documents):
+        raise InvalidRequestError(
+            "Parameter 'documents' is required: a non-empty array of strings",
+            param="documents")
+    top_n = body.get("top_n")
+    if top_n is not None:
+        check_number("top_n", top_n, minimum=1, maximum=_INT32_MAX, integer=True)
 
 
 def _check_messages(messages: Any) -> None:

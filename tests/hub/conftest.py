@@ -1,0 +1,117 @@
+"""Fixtures of the hub tests: a fake Hugging Face Hub in a subprocess, and a private cache.
+
+The fake (``tests/fakes/fake_hub.py``) serves the default model's GGUF under several names:
+
+* ``test/SmolLM2-GGUF``: four quantizations (``Q4_1``, ``Q8_0``, ``Q4_K_M``, ``Q4_K_S``), an
+  mmproj file and a README;
+* ``test/split-GGUF``: the model split in two real GGUF parts (``…-00001-of-00002.gguf``);
+* ``test/flaky-GGUF``: the first download of each file is cut after 40 MiB;
+* ``test/slow-GGUF``: served at 40 MB/s, so that a pull is still running when a test acts;
+* ``test/private-GGUF``: needs ``HF_TOKEN`` = :data:`TOKEN`;
+* the repository of the curated ``SmolLM2-360M-Instruct-GGUF`` (as the catalog names it).
+
+Each test gets its own ``HF_HUB_CACHE`` (removed afterwards) and ``HF_ENDPOINT`` pointing at
+the fake; the server tests reuse the in-process Jupyter server of ``tests/server``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lemonade_jupyter.core.catalog import load_curated
+from lemonade_jupyter.core.hub import parse_checkpoint
+from tests.fakes.fake_hub import FakeHub
+from tests.server.conftest import (  # noqa: F401 - fixtures shared with the server tests
+    api, jp_server_config, lemonade, lemonade_data_dir, lemonade_traits, server_url, token,
+)
+
+from .gguf_split import split_gguf
+
+TOKEN = "hf_fake_token_for_the_tests"
+SMOL = "test/SmolLM2-GGUF"
+SPLIT = "test/split-GGUF"
+FLAKY = "test/flaky-GGUF"
+SLOW = "test/slow-GGUF"
+PRIVATE = "test/private-GGUF"
+CURATED = "SmolLM2-360M-Instruct-GGUF"
+#: Where the fake cuts a first download: a multiple of huggingface_hub's 10 MiB reads, so every
+#: byte sent before the cut was written to the cache (a partly read chunk would be lost and
+#: fetched again, which is the library's business, not ours).
+CUT_AT = 40 * 1024 * 1024
+SLOW_RATE = 40_000_000
+
+
+def curated_files(model: str, path: str) -> tuple[str, dict[str, str]]:
+    """The repository of a curated model and a file that its variant picks."""
+    spec = {s.name: s for s in load_curated()}[model]
+    ref = parse_checkpoint(spec.source)
+    assert ref is not None and ref.variant
+    stem = ref.repo_id.split("/")[1].removesuffix("-GGUF").lower()
+    return ref.repo_id, {f"{stem}-{ref.variant.lower()}.gguf": path}
+
+
+SPLIT_STEM = "SmolLM2-135M-Instruct-Q4_1"
+
+
+@pytest.fixture(scope="session")
+def hub_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the fake hub's own files live (its config, the README, the split parts)."""
+    return tmp_path_factory.mktemp("fake-hub")
+
+
+@pytest.fixture(scope="session")
+def split_parts(hub_dir: Path, default_model_file: str) -> list[Path]:
+    """The default model as a real two-part split GGUF, written on first use (seconds of
+    work that only the split test needs); the fake hub already serves these paths."""
+    parts = split_gguf(default_model_file, hub_dir, SPLIT_STEM)
+    assert parts == [hub_dir / name for name in split_names()]
+    return parts
+
+
+def split_names() -> list[str]:
+    return [f"{SPLIT_STEM}-{i:05d}-of-00002.gguf" for i in (1, 2)]
+
+
+@pytest.fixture(scope="session")
+def fake_hub(hub_dir: Path, default_model_file: str) -> Iterator[FakeHub]:
+    work = hub_dir
+    readme = work / "README.md"
+    readme.write_text("# SmolLM2 GGUF (test copy)\n")
+    m = default_model_file
+    curated_repo, curated = curated_files(CURATED, m)
+    repos = {
+        SMOL: {"files": {
+            "SmolLM2-135M-Instruct-Q4_1.gguf": m, "SmolLM2-135M-Instruct-Q8_0.gguf": m,
+            "SmolLM2-135M-Instruct-Q4_K_M.gguf": m, "SmolLM2-135M-Instruct-Q4_K_S.gguf": m,
+            "mmproj-SmolLM2-f16.gguf": m, "README.md": str(readme)}},
+        SPLIT: {"files": {name: str(work / name) for name in split_names()}},
+        FLAKY: {"files": {"SmolLM2-135M-Instruct-Q4_1.gguf": m}, "cut_at": CUT_AT},
+        SLOW: {"files": {"SmolLM2-135M-Instruct-Q4_1.gguf": m}, "rate": SLOW_RATE},
+        PRIVATE: {"files": {"SmolLM2-135M-Instruct-Q4_1.gguf": m}, "private": True},
+        curated_repo: {"files": curated},
+    }
+    with FakeHub(repos, work, token=TOKEN) as hub:
+        yield hub
+
+
+@pytest.fixture
+def hub_cache(fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+              ) -> Iterator[Path]:
+    """``HF_ENDPOINT`` at the fake, an empty private ``HF_HUB_CACHE``; no token, online."""
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    fake_hub.reset()
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def cached_files(cache: Path) -> list[Path]:
+    """Every file under the cache (blobs, partial downloads), links excluded."""
+    return sorted(p for p in cache.rglob("*") if p.is_file() and not p.is_symlink())
