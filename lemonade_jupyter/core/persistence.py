@@ -1,13 +1,16 @@
 """The router's state file: remembered pins, the loaded set and runtime settings.
 
 Kept in ``<data_dir>/router_state.json`` and rewritten after every change, off the event loop,
-by one worker thread so writes land in order.
+by one worker thread so writes land in order. :class:`DataDirLock` keeps a second router off a
+folder that a live one uses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +40,61 @@ class RouterStateStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class DataDirInUseError(RuntimeError):
+    """Another live router holds the lock of a data folder."""
+
+
+class DataDirLock:
+    """One router per data folder, across processes: an exclusive ``flock`` on
+    ``<data_dir>/router.lock``, held from :meth:`acquire` until :meth:`release` (or the
+    holder's death: the kernel drops a dead process's locks, so a crash leaves nothing stale).
+
+    The file holds the holder's pid, so a refusal can say who has the folder.
+    """
+
+    NAME = "router.lock"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / self.NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> str:
+        """The pid written by the current holder ('' when unknown)."""
+        try:
+            return self.path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
+
+    def acquire(self) -> None:
+        """Take the lock now or raise :class:`DataDirInUseError` naming the folder and holder."""
+        if self._fd is not None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = self.holder()
+            raise DataDirInUseError(
+                f"Another lemonade router{f' (pid {pid})' if pid else ''} already uses the data "
+                f"folder {self.data_dir}; two routers on one folder would restore each other's "
+                "models and overwrite each other's state. Stop the other one, or give this one "
+                "its own folder."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock back (idempotent). The file stays: removing it would race a waiter."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

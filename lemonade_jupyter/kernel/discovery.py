@@ -1,18 +1,25 @@
 """Which router this kernel talks to.
 
-Order (issue 5):
+Order:
 
 1. ``LEMONADE_JUPYTER_URL`` (+ ``LEMONADE_JUPYTER_TOKEN``) from the environment, else
    ``c.LemonadeMagics.server_url`` / ``token``: used as given, no probing.
-2. The Jupyter server this kernel belongs to: the server info file
+2. Under JupyterHub (the single-user server passes ``JUPYTERHUB_API_TOKEN`` and
+   ``JUPYTERHUB_SERVICE_URL`` to its kernels): that server, with the hub token, if it answers
+   ``lemonade/api/v1/health``. A bind address such as ``http://:8888/user/x/`` or
+   ``http://0.0.0.0:8888/...`` is reached on the loopback address.
+3. The Jupyter server this kernel belongs to: the server info file
    (``jupyter_server.serverapp.list_running_servers``) whose ``pid`` is the kernel's
    ``JPY_PARENT_PID`` (jupyter_client sets it to the pid of the process that launched the
    kernel), if it answers ``lemonade/api/v1/health``.
-3. Any other running Jupyter server that answers ``lemonade/api/v1/health``.
-4. An embedded router in this process (plain IPython, nbclient, a kernel of a server without
+4. Any other running Jupyter server that answers ``lemonade/api/v1/health``.
+5. An embedded router in this process (plain IPython, nbclient, a kernel of a server without
    the extension).
 
-``mode="server"`` stops after step 3 with an error; ``mode="embedded"`` goes straight to 4.
+Servers listening on a unix socket (``jupyter server --sock PATH``; their info file has
+``sock``) are reached through that socket. A server whose info file has no token (a hub's
+single-user server authenticates through the hub) gets ``JUPYTERHUB_API_TOKEN`` when there is
+one. ``mode="server"`` stops after step 4 with an error; ``mode="embedded"`` goes straight to 5.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -30,6 +38,8 @@ __all__ = ["discover", "running_servers"]
 
 ENV_URL = "LEMONADE_JUPYTER_URL"
 ENV_TOKEN = "LEMONADE_JUPYTER_TOKEN"
+HUB_TOKEN = "JUPYTERHUB_API_TOKEN"
+HUB_SERVICE_URL = "JUPYTERHUB_SERVICE_URL"
 
 
 def running_servers() -> list[dict[str, Any]]:
@@ -45,11 +55,27 @@ def running_servers() -> list[dict[str, Any]]:
 
 
 def _server_url(info: Mapping[str, Any]) -> str | None:
+    """The URL to reach a server by; for a unix-socket server, ``http://localhost{base_url}``
+    (the socket itself goes to the transport)."""
+    if info.get("sock"):
+        base = str(info.get("base_url") or "/")
+        return "http://localhost" + (base if base.startswith("/") else "/" + base)
     url = info.get("url")
-    if not url or info.get("sock"):
-        return None  # unix-socket servers are not reachable with a plain URL
+    if not url:
+        return None
     url = str(url)
     return url if url.endswith("/") else url + "/"
+
+
+def reachable_url(url: str) -> str:
+    """A bind URL as a client reaches it: an empty or wildcard host becomes the loopback."""
+    parts = urlsplit(url if "//" in url else "http://" + url)
+    host = parts.hostname or ""
+    if host in ("", "0.0.0.0", "::", "*"):
+        netloc = "127.0.0.1" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    out = urlunsplit(parts)
+    return out if out.endswith("/") else out + "/"
 
 
 def _answers_health(client: RouterClient, timeout: float) -> bool:
@@ -104,30 +130,51 @@ def discover(
             source=f"{server_url} (from c.LemonadeMagics.server_url)",
         )
 
+    notes = []
+    hub_token = env.get(HUB_TOKEN, "")
+    if hub_token and env.get(HUB_SERVICE_URL):
+        url = reachable_url(env[HUB_SERVICE_URL])
+        client = RouterClient(
+            url,
+            hub_token,
+            kind="hub",
+            timeout=timeout,
+            transport=transport,
+            source=f"this kernel's JupyterHub server at {url} (${HUB_SERVICE_URL})",
+        )
+        if _answers_health(client, probe_timeout):
+            return client
+        client.close()
+        notes.append(f"the JupyterHub server at {url} has no lemonade extension")
+
     servers = [dict(s) for s in list_servers()]
     parent = str(env.get("JPY_PARENT_PID", ""))
-    notes = []
     ordered = sorted(servers, key=lambda s: str(s.get("pid")) != parent)  # the parent first
     for info in ordered:
         url = _server_url(info)
         if url is None:
             continue
+        sock = str(info.get("sock") or "") or None
+        where = f"{url} on unix socket {sock}" if sock else url
         is_parent = bool(parent) and str(info.get("pid")) == parent
         if is_parent:
             source = (
-                f"this kernel's Jupyter server at {url} (pid {info.get('pid')}, JPY_PARENT_PID)"
+                f"this kernel's Jupyter server at {where} (pid {info.get('pid')}, JPY_PARENT_PID)"
             )
             kind = "parent"
         else:
-            source = f"a running Jupyter server at {url} (pid {info.get('pid')}, answers health)"
+            source = (
+                f"a running Jupyter server at {where} (pid {info.get('pid')}, answers health)"
+            )
             kind = "running"
         client = RouterClient(
             url,
-            str(info.get("token") or ""),
+            str(info.get("token") or "") or hub_token,
             kind=kind,
             source=source,
             timeout=timeout,
             transport=transport,
+            uds=sock,
         )
         if _answers_health(client, probe_timeout):
             return client

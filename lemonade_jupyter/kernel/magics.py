@@ -1,6 +1,6 @@
 """``%lemonade`` and ``%%lemonade``: drive the router from a notebook or IPython.
 
-Parse, call the client, return something that renders (STYLE B1). A user mistake raises
+Parse, call the client, return something that renders; decide nothing. A user mistake raises
 ``UsageError`` (IPython prints one line, no traceback); an error answered by the server raises
 ``LemonadeServerError``, a ``ClientError`` that IPython renders as the server's one-line message.
 """
@@ -22,6 +22,7 @@ from IPython.utils.text import dedent
 from traitlets import Enum, Float, Unicode
 
 from ..errors import ClientError
+from .chat import Chat, register_input_transformer
 from .client import RouterClient
 from .discovery import discover
 from .pools import catalog_type, pinned_slots_warning
@@ -76,11 +77,20 @@ def _build_parser() -> MagicArgumentParser:
     sub.add_parser("status", help="router, loaded models, slots and memory")
     sub.add_parser("models", help="the model catalog")
 
-    pull = sub.add_parser("pull", help="register a local GGUF as user.NAME")
+    pull = sub.add_parser(
+        "pull", help="download a catalog model, or a hub checkpoint or local GGUF as user.NAME"
+    )
     pull.add_argument("name")
-    pull.add_argument("path")
+    pull.add_argument(
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="ORG/REPO:VARIANT, ORG/REPO/FILE.gguf or a local .gguf path; "
+        "omitted: the catalog model NAME",
+    )
     pull.add_argument("--labels", default="", help="comma-separated labels, e.g. llm or embeddings")
     pull.add_argument("--recipe", default="llamacpp")
+    pull.add_argument("--mmproj", default=None, help="the repository's mmproj file (vision)")
     sub.add_parser("delete", help="remove a user model").add_argument("name")
 
     config = sub.add_parser("config", help="show the config, or set key=value ...")
@@ -90,7 +100,17 @@ def _build_parser() -> MagicArgumentParser:
     chat.add_argument("-o", "--output", metavar="NAME", help="store the reply in variable NAME")
     chat.add_argument("--max-tokens", type=int, default=None)
     chat.add_argument("--system", default=None, help="a system prompt")
+    chat.add_argument(
+        "-c",
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="continue the last %%lemonade chat conversation (its history is sent too)",
+    )
     chat.add_argument("model")
+
+    oai = sub.add_parser("openai", help="an openai.OpenAI client for this router")
+    oai.add_argument("--async", dest="asynchronous", action="store_true", help="AsyncOpenAI")
 
     dash = sub.add_parser("dashboard", help="a live panel of models, slots, memory and events")
     dash.add_argument(
@@ -125,6 +145,17 @@ def _split_chat(rest: str) -> tuple[list[str], str]:
         raise UsageError(f"cannot parse chat options: {exc}") from None
 
 
+def _looks_like_hub_checkpoint(text: str) -> bool:
+    """``ORG/REPO:VARIANT``, ``ORG/REPO`` or ``ORG/REPO/FILE.gguf`` (the server checks it)."""
+    if not text or text[0] in "/.~" or " " in text:
+        return False
+    if ":" in text:
+        return text.split(":", 1)[0].count("/") == 1
+    slashes = text.count("/")
+    return (slashes == 1 and not text.lower().endswith(".gguf")) or (
+        slashes >= 2 and text.lower().endswith(".gguf"))
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -147,7 +178,8 @@ class LemonadeMagics(Magics):
         ["auto", "server", "embedded"],
         "auto",
         config=True,
-        help="auto: env/config, this kernel's server, any server, else embedded; "
+        help="auto: env/config, the JupyterHub server, this kernel's server, any server, "
+        "else embedded; "
         "server: never start an embedded router; embedded: always use one.",
     )
     progress = Enum(
@@ -155,6 +187,12 @@ class LemonadeMagics(Magics):
         "auto",
         config=True,
         help="Load progress: an updating display (notebooks), dots (terminals), or nothing.",
+    )
+    chat_format = Enum(
+        ["auto", "markdown", "text"],
+        "auto",
+        config=True,
+        help="Chat replies: Markdown updated as it streams (notebooks), plain text (terminals).",
     )
     poll_interval = Float(1.0, config=True, help="Seconds between dashboard refreshes.")
     request_timeout = Float(600.0, config=True, help="Seconds to wait for a load or a reply.")
@@ -164,6 +202,10 @@ class LemonadeMagics(Magics):
         self._client: RouterClient | None = None
         self._parser = _build_parser()
         self.last_reply = ""
+        #: The conversation ``%lemonade chat --continue`` continues (a :class:`Chat`).
+        self.chat_session: Chat | None = None
+        if shell is not None:
+            register_input_transformer(shell)
 
     @property
     def client(self) -> RouterClient:
@@ -194,25 +236,33 @@ class LemonadeMagics(Magics):
           %lemonade unload [MODEL]     (no MODEL: unload every model, pinned ones too)
           %lemonade status             router in use, loaded models, slots, memory
           %lemonade models             the catalog (built-in and user.* models)
+          %lemonade pull NAME          download the catalog model NAME (see models)
+          %lemonade pull NAME ORG/REPO:VARIANT [--mmproj FILE] [--labels a,b]
+                                       download from the Hugging Face Hub as user.NAME
           %lemonade pull NAME PATH [--labels a,b]    register a local GGUF as user.NAME
           %lemonade delete user.NAME
           %lemonade config [key=value ...]   values are JSON when they parse (2, true, 0.8)
-          %lemonade chat [-o NAME] MODEL PROMPT
-          %%lemonade chat [-o NAME] MODEL    (the cell is the prompt)
-          %lemonade dashboard [--interval S]
+          %lemonade chat [-o NAME] [--continue] [--system S] [--max-tokens N] MODEL PROMPT
+          %%lemonade chat [-o NAME] [--continue] MODEL    (the cell is the prompt)
+          %lemonade openai [--async]   an openai.OpenAI client for this router
+          %lemonade dashboard [--interval S]   (one per kernel: a new one replaces the old)
           %lemonade COMMAND --help
 
         ``load`` warns before trying when every slot of the model's type is pinned (the server
-        would refuse with 409). The router is found in this order: $LEMONADE_JUPYTER_URL
-        (+ $LEMONADE_JUPYTER_TOKEN) or c.LemonadeMagics.server_url, this kernel's Jupyter
-        server, any running server with the extension, else an embedded router in the kernel;
-        ``%lemonade status`` says which.
+        would refuse with 409). ``chat`` streams the reply (Markdown in a notebook) and keeps
+        the conversation: ``--continue`` sends the earlier turns too. A prompt may end with
+        ``?``. The router is found in this order: $LEMONADE_JUPYTER_URL
+        (+ $LEMONADE_JUPYTER_TOKEN) or c.LemonadeMagics.server_url, the JupyterHub server
+        ($JUPYTERHUB_SERVICE_URL), this kernel's Jupyter server, any running server with the
+        extension, else an embedded router in the kernel; ``%lemonade status`` says which.
 
         Example::
 
           %load_ext lemonade_jupyter
           %lemonade load SmolLM2-135M-Instruct-GGUF --pinned
-          %lemonade chat SmolLM2-135M-Instruct-GGUF Say hello in five words.
+          %lemonade chat SmolLM2-135M-Instruct-GGUF What is the capital of France?
+          %lemonade chat --continue SmolLM2-135M-Instruct-GGUF And of Italy?
+          client = %lemonade openai
           %lemonade unpin SmolLM2-135M-Instruct-GGUF
           %lemonade dashboard
         """
@@ -316,14 +366,51 @@ class LemonadeMagics(Magics):
         return models_report(self.client.models())
 
     def _do_pull(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
-        name = args.name if args.name.startswith("user.") else f"user.{args.name}"
-        path = os.path.abspath(os.path.expanduser(args.path))
-        if not os.path.isfile(path):
-            raise UsageError(f"no such file: {path}")
         labels = [x.strip() for x in args.labels.split(",") if x.strip()]
-        answer = self.client.pull(name, path, recipe=args.recipe, labels=labels)
+        if args.checkpoint is None:  # a model of the catalog, by its name
+            return self._pull_with_progress(args.name, None, args, labels)
+        name = args.name if args.name.startswith("user.") else f"user.{args.name}"
+        path = os.path.abspath(os.path.expanduser(args.checkpoint))
+        if os.path.exists(path) or not _looks_like_hub_checkpoint(args.checkpoint):
+            if not os.path.isfile(path):
+                raise UsageError(f"no such file: {path}")
+            answer = self.client.pull(name, path, recipe=args.recipe, labels=labels)
+            kind = answer.get("type") or "llm"
+            return Message(f"Registered {name} ({kind}) from {path}", data=answer)
+        return self._pull_with_progress(name, args.checkpoint, args, labels)
+
+    def _pull_with_progress(
+        self, name: str, checkpoint: str | None, args: argparse.Namespace, labels: list[str]
+    ) -> Message:
+        """A hub download with a progress bar (notebook) or a byte counter (terminal); Ctrl-C
+        cancels it on the server, so nothing is registered."""
+        client = self.client
+        latest: dict[str, Any] = {}
+
+        def where() -> tuple[int, int | None] | None:
+            done = latest.get("bytes_downloaded")
+            return (int(done), latest.get("bytes_total")) if done is not None else None
+
+        def cancel() -> None:
+            try:
+                client.cancel_pull(name)
+            except ClientError as exc:
+                if exc.status_code != 404:  # 404: it ended meanwhile
+                    raise
+            print(f"\nCancelled the pull of {name}; nothing was registered.",
+                  file=sys.stderr, flush=True)
+
+        answer, seconds = run_with_progress(
+            f"Pulling {name}",
+            lambda: client.pull(name, checkpoint, recipe=args.recipe, labels=labels,
+                                mmproj=args.mmproj, progress=latest.update),
+            mode=self._progress_mode(),
+            progress=where,
+            on_interrupt=cancel,
+        )
         kind = answer.get("type") or "llm"
-        return Message(f"Registered {name} ({kind}) from {path}", data=answer)
+        source = answer.get("checkpoint") or checkpoint or name
+        return Message(f"Pulled {name} ({kind}) from {source} in {seconds:.1f} s", data=answer)
 
     def _do_delete(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
         answer = self.client.delete(args.name)
@@ -347,23 +434,36 @@ class LemonadeMagics(Magics):
             prompt = cell.strip()
         if not prompt:
             raise UsageError("no prompt: %lemonade chat MODEL PROMPT, or %%lemonade chat MODEL")
-        messages = [{"role": "system", "content": args.system}] if args.system else []
-        messages.append({"role": "user", "content": prompt})
+        session = self.chat_session
+        if args.resume and session is not None:
+            session.model = args.model
+            if args.system is not None:
+                session.system = args.system
+        else:
+            session = Chat(args.model, system=args.system, client=self.client)
+        self.chat_session = session
         params = {"max_tokens": args.max_tokens} if args.max_tokens else {}
-        pieces: list[str] = []
         try:
-            for piece in self.client.stream_chat(args.model, messages, **params):
-                pieces.append(piece)
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+            session.send(prompt, show=self._chat_mode(), **params)
         finally:
-            if pieces:
-                sys.stdout.write("\n")
-                sys.stdout.flush()
-            self.last_reply = "".join(pieces)
+            self.last_reply = session.last_reply
             if args.output:
                 self.shell.user_ns[args.output] = self.last_reply
         return None
+
+    def _chat_mode(self) -> str:
+        if self.chat_format != "auto":
+            return str(self.chat_format)
+        return "markdown" if getattr(self.shell, "kernel", None) is not None else "text"
+
+    def _do_openai(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
+        from .openai_support import async_openai_client, openai_client
+
+        try:
+            make = async_openai_client if args.asynchronous else openai_client
+            return make(self.client)
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
 
     def _do_dashboard(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
         from .widgets import Dashboard
@@ -371,4 +471,4 @@ class LemonadeMagics(Magics):
         interval = args.interval if args.interval is not None else self.poll_interval
         if interval <= 0:
             raise UsageError("--interval must be > 0")
-        return Dashboard(self.client, interval=interval)
+        return Dashboard.for_kernel(self.client, interval=interval)

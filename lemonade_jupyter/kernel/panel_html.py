@@ -10,9 +10,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..api_paths import API_V1
 from .pools import PoolSummary, format_bytes
 
-__all__ = ["slots_html", "sparkline_svg", "events_html", "header_html"]
+__all__ = [
+    "slots_html",
+    "sparkline_svg",
+    "events_html",
+    "header_html",
+    "activity_html",
+    "pull_states",
+]
 
 _PAD = " style='text-align:left;padding:0 1.2em 0 0'"
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -99,7 +107,7 @@ def events_html(
 ) -> str:
     """The most recent events, newest first, with their reasons."""
     if available is False:
-        body = "<i>this server has no event stream (lemonade/api/v1/events)</i>"
+        body = f"<i>this server has no event stream ({API_V1}/events)</i>"
     elif not events:
         body = "<i>no events yet</i>"
     else:
@@ -108,4 +116,102 @@ def events_html(
             + "".join(_event_line(e) for e in reversed(events[-limit:]))
             + "</ul>"
         )
-    return f"<div class='lemonade-events'><b>Recent events</b>{body}</div>"
+    return f"<div class='lemonade-events'><div><b>Recent events</b></div>{body}</div>"
+
+
+#: Words that mark a pull event as the end of its pull, or as a failure.
+_PULL_DONE = ("done", "finished", "complete", "completed", "success", "succeeded", "registered")
+_PULL_FAILED = ("failed", "error", "cancelled", "canceled", "aborted")
+_PULL_RUNNING = ("start", "started", "starting", "progress", "running", "downloading",
+                 "in_progress", "copying", "verifying", "queued", "pending")
+
+
+def _pull_phase(e: Mapping[str, Any]) -> str:
+    """``running``, ``done`` or ``failed`` for one event whose kind starts with ``pull``.
+
+    The router emits ``pull`` events with the reason ``start``, ``progress``, ``complete``,
+    ``error`` or ``cancelled``; a kind's suffix (``pull_failed``…) and a ``status``/``state``
+    detail are read too; an error in the detail is a failure; a pull event
+    with no word saying it is still running (``started``, ``progress``, ``downloading``…) is a
+    finished pull.
+    """
+    detail = e.get("detail") if isinstance(e.get("detail"), Mapping) else {}
+    words = {
+        str(e.get("kind", "")).removeprefix("pull").strip("_-. ").lower(),
+        str(e.get("reason") or "").lower(),
+        str(detail.get("status") or detail.get("state") or "").lower(),
+    } - {""}
+    if detail.get("error") or words & set(_PULL_FAILED):
+        return "failed"
+    if words & set(_PULL_DONE) or detail.get("done") is True:
+        return "done"
+    if words & set(_PULL_RUNNING) or detail.get("done") is False:
+        return "running"
+    return "done"
+
+
+def _fraction(detail: Mapping[str, Any]) -> float | None:
+    for done_key, total_key in (("bytes_downloaded", "bytes_total"), ("bytes", "total"),
+                                ("downloaded", "total_bytes"), ("completed", "total")):
+        done, total = detail.get(done_key), detail.get(total_key)
+        if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
+            return max(0.0, min(1.0, float(done) / float(total)))
+    percent = detail.get("percent")
+    if isinstance(percent, (int, float)) and not isinstance(percent, bool):
+        return max(0.0, min(1.0, percent / 100.0))
+    return None
+
+
+def pull_states(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The latest state of each pulled model, newest first: ``model``, ``phase``
+    (``running``/``done``/``failed``), ``fraction`` (None when unknown), ``time``, ``error``."""
+    latest: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if not str(e.get("kind", "")).startswith("pull"):
+            continue
+        detail = e.get("detail") if isinstance(e.get("detail"), Mapping) else {}
+        name = str(e.get("model") or detail.get("model_name") or "?")
+        latest[name] = {
+            "model": name,
+            "phase": _pull_phase(e),
+            "fraction": _fraction(detail),
+            "time": e.get("time"),
+            "error": str(detail.get("error") or ""),
+        }
+    return sorted(latest.values(), key=lambda p: -(p["time"] or 0))
+
+
+def activity_html(
+    loading: Mapping[str, float], events: Sequence[Mapping[str, Any]], now: float,
+    limit: int = 5,
+) -> str:
+    """Loads in progress (model → seconds seen loading) and pulls, running ones first."""
+    items = []
+    for name, seconds in loading.items():
+        items.append(
+            "<li class='lemonade-activity-load'><progress style='width:6em'></progress> "
+            f"loading <b>{html.escape(name)}</b> · {seconds:.0f} s</li>"
+        )
+    pulls = pull_states(events)
+    pulls.sort(key=lambda p: p["phase"] != "running")  # stable: running first, newest first
+    for p in pulls[:limit]:
+        name = html.escape(p["model"])
+        if p["phase"] == "running":
+            bar = (f"<progress style='width:6em' value='{p['fraction']:.3f}'></progress>"
+                   if p["fraction"] is not None else "<progress style='width:6em'></progress>")
+            pct = f" · {100 * p['fraction']:.0f}%" if p["fraction"] is not None else ""
+            items.append(
+                f"<li class='lemonade-activity-pull'>{bar} pulling <b>{name}</b>{pct}</li>"
+            )
+        elif p["phase"] == "failed":
+            why = f": {html.escape(p['error'][:200])}" if p["error"] else ""
+            items.append(f"<li class='lemonade-activity-pull' style='color:#c62828'>✗ pull of "
+                         f"<b>{name}</b> failed{why}</li>")
+        else:
+            when = (time.strftime("%H:%M:%S", time.localtime(float(p["time"])))
+                    if p["time"] else "?")
+            items.append(f"<li class='lemonade-activity-pull'>✓ pulled <b>{name}</b> "
+                         f"<code>{when}</code></li>")
+    body = ("<ul style='margin:0;padding-left:1.2em'>" + "".join(items) + "</ul>"
+            if items else "<i>no pull or load in progress</i>")
+    return f"<div class='lemonade-activity'><div><b>Pulls and loads</b></div>{body}</div>"

@@ -2,7 +2,9 @@
 
 Nothing here does I/O or decides anything for the router; the magics and the dashboard use
 these to *describe* what the server reported. The warning mirrors the router's own 409 rule
-(SPEC §3.2) only to tell the user before a load that it will be refused.
+(a fresh load into a full pool whose models are all pinned is refused with
+``slots_pinned_error`` and evicts nothing) only to tell the user before a load that it will be
+refused.
 """
 
 from __future__ import annotations

@@ -1,9 +1,18 @@
 """The live dashboard (ipywidgets 8): loaded models, slots, memory, events and a load form.
 
-A view over client data that decides nothing (STYLE B1). One daemon thread polls ``health``
+A view over client data that decides nothing. One daemon thread polls ``health``
 every ``interval`` seconds and applies the snapshot to the widgets (ipykernel 7 runs no asyncio
 tasks between cells, so a thread it is); an ``EventFeed`` thread follows the event stream.
 ``close()`` stops both threads before closing the widgets.
+
+One per kernel, like nvdashboard's panels: :meth:`Dashboard.for_kernel` (what
+``%lemonade dashboard`` calls) closes the dashboard opened before it, its poller and its event
+connection included.
+The memory chart is drawn from the history the server keeps (``GET
+lemonade/api/v1/memory/history``), so a new dashboard starts with the recent past; against a
+server without that route it builds its own from each refresh. Loads in progress (models in
+the ``loading`` state) and pulls (events whose kind starts with ``pull``) have a panel of their
+own.
 
 No feedback loop: the poller records the server's pin for each model *before* it sets the
 toggle, and the toggle's observer only calls the API when the new value differs from the
@@ -27,7 +36,7 @@ from traitlets import Bool, Float, List, Unicode
 from ..errors import ClientError
 from .client import RouterClient
 from .events import EventFeed
-from .panel_html import events_html, header_html, slots_html, sparkline_svg
+from .panel_html import activity_html, events_html, header_html, slots_html, sparkline_svg
 from .pools import (
     catalog_type,
     format_bytes,
@@ -37,7 +46,24 @@ from .pools import (
     pools,
 )
 
-__all__ = ["Dashboard", "ModelRow"]
+__all__ = ["Dashboard", "ModelRow", "close_current_dashboard", "current_dashboard"]
+
+_current: Dashboard | None = None
+_current_lock = threading.Lock()
+
+
+def current_dashboard() -> Dashboard | None:
+    """The dashboard :meth:`Dashboard.for_kernel` opened last in this kernel, if still open."""
+    return _current
+
+
+def close_current_dashboard(wait: bool = True) -> None:
+    """Close the kernel's dashboard, if any (its poller and event connection too)."""
+    global _current
+    with _current_lock:
+        old, _current = _current, None
+    if old is not None:
+        old.close(wait=wait)
 
 _COLUMNS = ("model", "type", "state", "pinned", "", "idle", "memory")
 _GRID = "minmax(12em, 2fr) 6em 7em 8em 7em 6em 7em"
@@ -114,14 +140,20 @@ class Dashboard(widgets.VBox):
         interval: float = 1.0,
         autostart: bool = True,
         follow_events: bool = True,
-        history: int = 60,
+        history: int = 120,
     ) -> None:
         self.client = client
         self.interval = float(interval)
         self.rows: dict[str, ModelRow] = {}
         self.health: dict[str, Any] = {}
         self.catalog: list[dict[str, Any]] = []
-        self.memory_history: collections.deque[dict[str, float]] = collections.deque(maxlen=history)
+        #: ``(time, pressure)``: the used fraction of the fullest device, oldest first.
+        self.memory_history: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=history
+        )
+        #: Whether the server keeps the history (None until asked).
+        self.server_history: bool | None = None
+        self._loading_since: dict[str, float] = {}
         self._server_pins: dict[str, bool] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -138,6 +170,7 @@ class Dashboard(widgets.VBox):
         self._action_error = ""
         self._memory_labels: dict[str, widgets.Label] = {}
         self.sparkline = widgets.HTML()
+        self.activity = widgets.HTML()
         self.table = widgets.GridBox(
             layout=widgets.Layout(grid_template_columns=_GRID, align_items="center")
         )
@@ -168,6 +201,7 @@ class Dashboard(widgets.VBox):
                     ],
                     layout=widgets.Layout(grid_gap="2em"),
                 ),
+                self.activity,
                 self.events,
                 widgets.HBox(
                     [self.model_dropdown, self.load_pinned, self.load_button, self.load_status]
@@ -180,6 +214,17 @@ class Dashboard(widgets.VBox):
             self.start()
 
     # -- lifecycle ----------------------------------------------------------------------------
+    @classmethod
+    def for_kernel(cls, client: RouterClient, **kwargs: Any) -> Dashboard:
+        """A new dashboard that replaces the kernel's previous one (closed without waiting for
+        its event connection, which ends within one read timeout)."""
+        global _current
+        close_current_dashboard(wait=False)
+        dash = cls(client, **kwargs)
+        with _current_lock:
+            _current = dash
+        return dash
+
     def start(self) -> None:
         """Start the poller (and the event feed); idempotent."""
         if self.feed is not None:
@@ -192,20 +237,28 @@ class Dashboard(widgets.VBox):
         self.polling = True
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the poller, the event feed and wait for running actions; idempotent."""
+        """Stop the poller, the event feed and wait for running actions; idempotent.
+
+        ``timeout=0`` asks them to stop without waiting."""
         self._stop.set()
         self._wake.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         if self.feed is not None:
-            self.feed.stop()
+            self.feed.stop(None if timeout else 0)
         self.wait_actions(timeout)
         self.polling = False
 
-    def close(self) -> None:
-        """Stop the threads, then close every widget of the panel (idempotent)."""
-        self.stop()
+    def close(self, wait: bool = True) -> None:
+        """Stop the threads, then close every widget of the panel (idempotent).
+
+        ``wait=False`` does not wait for the threads to end (they end on their own soon)."""
+        global _current
+        with _current_lock:
+            if _current is self:
+                _current = None
+        self.stop(5.0 if wait else 0)
         for row in self.rows.values():
             for w in row.cells:
                 w.close()
@@ -245,7 +298,35 @@ class Dashboard(widgets.VBox):
                 return
             self.health, self.error = health, self._action_error
             self.last_refresh = time.time()
+            self._fetch_memory_history(health.get("memory") or {})
             self._apply(health)
+
+    def _fetch_memory_history(self, memory: Mapping[str, Any]) -> None:
+        """Extend the chart's history: the server's samples since the last one we have, or,
+        from a server that keeps none, the pressure of this health snapshot."""
+        if self.server_history is not False:
+            since = self.memory_history[-1][0] if self.memory_history else None
+            try:
+                answer = self.client.memory_history(since)
+            except ClientError as exc:
+                if exc.status_code != 404:
+                    return  # shown by the next refresh if it persists
+                self.server_history = False
+            else:
+                self.server_history = True
+                for sample in answer.get("samples") or []:
+                    t, p = sample.get("time"), sample.get("pressure")
+                    if isinstance(t, (int, float)) and isinstance(p, (int, float)):
+                        if not self.memory_history or t > self.memory_history[-1][0]:
+                            self.memory_history.append((float(t), float(p)))
+                return
+        fractions = [
+            float(d.get("used") or 0) / float(d["total"])
+            for d in memory.get("devices") or []
+            if d.get("total")
+        ]
+        if fractions:
+            self.memory_history.append((time.time(), max(fractions)))
 
     def _apply(self, health: Mapping[str, Any]) -> None:
         now = time.time()
@@ -271,9 +352,9 @@ class Dashboard(widgets.VBox):
         self.models = names
         self.slots.value = slots_html(pools(health))
         self._apply_memory(health.get("memory") or {})
-        self.events.value = events_html(
-            self.feed.recent() if self.feed else [], self.feed.available if self.feed else False
-        )
+        recent = self.feed.recent() if self.feed else []
+        self.events.value = events_html(recent, self.feed.available if self.feed else False)
+        self._apply_activity(loaded, recent, now)
         options = [str(m.get("id")) for m in self.catalog if m.get("id")]
         if list(self.model_dropdown.options) != options:
             current = self.model_dropdown.value
@@ -282,12 +363,10 @@ class Dashboard(widgets.VBox):
                 self.model_dropdown.value = current if current in options else options[0]
 
     def _apply_memory(self, memory: Mapping[str, Any]) -> None:
-        sample: dict[str, float] = {}
         for d in memory.get("devices") or []:
             name = str(d.get("name") or "device")
             total, used = d.get("total") or 0, d.get("used") or 0
             frac = float(used) / float(total) if total else 0.0
-            sample[name] = frac
             bar = self.memory_bars.get(name)
             if bar is None:
                 bar = self.memory_bars[name] = widgets.FloatProgress(
@@ -304,9 +383,21 @@ class Dashboard(widgets.VBox):
             self._memory_labels[
                 name
             ].value = f"{format_bytes(used)} / {format_bytes(total)} ({100 * frac:.0f}%)"
-        if sample:
-            self.memory_history.append(sample)
-        self.sparkline.value = sparkline_svg(list(self.memory_history))
+        names = [str(d.get("name") or "device") for d in memory.get("devices") or []]
+        label = names[0] if len(names) == 1 else "fullest device"
+        self.sparkline.value = sparkline_svg([{label: p} for _, p in self.memory_history])
+
+    def _apply_activity(
+        self, loaded: list[Mapping[str, Any]], events: list[dict[str, Any]], now: float
+    ) -> None:
+        loading = [str(m["model_name"]) for m in loaded if m.get("status") == "loading"]
+        for name in loading:
+            self._loading_since.setdefault(name, now)
+        for name in [n for n in self._loading_since if n not in loading]:
+            del self._loading_since[name]
+        self.activity.value = activity_html(
+            {n: now - self._loading_since[n] for n in loading}, events, now
+        )
 
     # -- actions ------------------------------------------------------------------------------
     def _on_pin(self, name: str, pinned: bool) -> None:

@@ -4,14 +4,20 @@ Nothing happens in the constructor (Jupyter builds the app even for ``jupyter se
 list``). ``initialize_settings`` builds the router from the traits; the router's background
 tasks start in ``_start_jupyter_server_extension`` once the server's loop runs; and
 ``stop_extension`` stops every backend.
+
+The router's metrics also appear on Jupyter's own ``/metrics`` (prometheus_client's default
+registry, where jupyter-resource-usage puts its series too): a collector that yields the
+router's families is registered there while the extension runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import prometheus_client
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
+from prometheus_client.registry import Collector
 from traitlets import Bool, Float, Int, TraitError, TraitType, Unicode, default, validate
 
 from ..core.catalog import Catalog
@@ -29,6 +35,23 @@ def _setting_traits() -> dict[str, TraitType]:
     return {
         s.name: kinds[s.type](s.config_default, config=True, help=s.help) for s in SETTINGS
     }
+
+
+class _RouterFamilies(Collector):
+    """The router's metric families, yielded into another registry (Jupyter's ``/metrics``).
+
+    ``describe`` is empty so that the default registry does not collect at registration to
+    check names: the families belong to the router's own registry, which already checked them.
+    """
+
+    def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        self._registry = registry
+
+    def describe(self) -> list[object]:
+        return []
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield from self._registry.collect()
 
 
 def _trait_error(name: str, exc: InvalidRequestError) -> TraitError:
@@ -106,9 +129,17 @@ class LemonadeApp(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: object) -> None:
         await self.router.start()
+        self._jupyter_metrics = _RouterFamilies(self.router.metrics.registry)
+        prometheus_client.REGISTRY.register(self._jupyter_metrics)
         self.log.info("lemonade router started (data in %s)", self.data_dir)
 
     async def stop_extension(self) -> None:
+        bridge, self._jupyter_metrics = getattr(self, "_jupyter_metrics", None), None
+        if bridge is not None:
+            try:
+                prometheus_client.REGISTRY.unregister(bridge)
+            except KeyError:  # already gone
+                pass
         upstream = getattr(self, "upstream", None)
         if upstream is not None:
             upstream.close()

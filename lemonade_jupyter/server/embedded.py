@@ -6,14 +6,26 @@ token through jupyter_server's own ``IdentityProvider``, on 127.0.0.1, on a thre
 with its own asyncio loop (never the kernel's). The kernel talks to it over HTTP like to any
 server, so there is one code path for everything. The thread lives as long as the router, which
 matters: backends get a parent-death signal tied to the thread that spawned them.
+
+Its data folder is its own, never the Jupyter server's: ``$LEMONADE_EMBEDDED_DATA_DIR``, else
+``<jupyter data dir>/lemonade-embedded``. Sharing the server's folder made a kernel restore the
+server's pinned models into a second set of ``llama-server`` processes, and two routers rewrite
+one state file. A :class:`~lemonade_jupyter.core.persistence.DataDirLock` is held for the
+router's life: a folder given explicitly (argument or variable) that another router holds is
+refused with :class:`~lemonade_jupyter.core.persistence.DataDirInUseError`; when the default
+folder is held (a second kernel with its own embedded router), this router runs on a temporary
+folder instead, removed when it stops, and says so in :attr:`EmbeddedServer.note`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import shutil
 import socket
+import tempfile
 import threading
 from pathlib import Path
 
@@ -24,6 +36,7 @@ from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
 from ..core.catalog import Catalog
+from ..core.persistence import DataDirInUseError, DataDirLock
 from ..core.router import Router
 from ..core.settings import RouterSettings
 from .proxy import DEFAULT_PING_INTERVAL_S
@@ -42,6 +55,19 @@ def _log_request(handler: object) -> None:
     _access_log.log(level, "%d %s %s", status, request.method, request.uri)
 
 
+#: Overrides the embedded router's data folder (a folder of its own, never the server's).
+ENV_DATA_DIR = "LEMONADE_EMBEDDED_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """The embedded router's data folder: ``$LEMONADE_EMBEDDED_DATA_DIR`` or
+    ``<jupyter data dir>/lemonade-embedded`` (the server's is ``<jupyter data dir>/lemonade``)."""
+    explicit = os.environ.get(ENV_DATA_DIR)
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(jupyter_data_dir()) / "lemonade-embedded"
+
+
 class EmbeddedServer:
     """A router plus its HTTP API on a private thread; ``start()`` blocks until it serves."""
 
@@ -55,7 +81,15 @@ class EmbeddedServer:
     ) -> None:
         self.token = secrets.token_urlsafe(24)
         self.url = ""
-        self._data_dir = data_dir or Path(jupyter_data_dir()) / "lemonade"
+        #: Whether the folder was chosen by the caller or the environment (then a held lock is
+        #: an error) or is the default one (then a temporary folder is used instead).
+        self._explicit_dir = data_dir is not None or bool(os.environ.get(ENV_DATA_DIR))
+        self._requested_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self._data_dir = self._requested_dir
+        self._lock: DataDirLock | None = None
+        self._temp_dir: Path | None = None
+        #: A sentence about where the data lives when it is not the usual folder ('' if it is).
+        self.note = ""
         self._settings = settings
         self._llama_server_path = llama_server_path
         self._port = port
@@ -66,10 +100,50 @@ class EmbeddedServer:
         self._error: BaseException | None = None
         self.router: Router | None = None
 
+    @property
+    def data_dir(self) -> Path:
+        """The folder this router keeps its state and user models in."""
+        return self._data_dir
+
+    def _take_data_dir(self) -> None:
+        """Lock the data folder; fall back to a temporary one when the default is held."""
+        lock = DataDirLock(self._data_dir)
+        try:
+            lock.acquire()
+        except DataDirInUseError:
+            if self._explicit_dir:
+                raise
+            held = self._data_dir
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="lemonade-embedded-"))
+            self._data_dir = self._temp_dir
+            lock = DataDirLock(self._data_dir)
+            lock.acquire()
+            pid = DataDirLock(held).holder()
+            self.note = (
+                f"{held} is used by another embedded router{f' (pid {pid})' if pid else ''}; "
+                f"this one keeps its state in {self._data_dir} until it stops"
+            )
+            log.warning("lemonade: %s", self.note)
+        self._lock = lock
+
+    def _give_back_data_dir(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+        temp, self._temp_dir = self._temp_dir, None
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+            self._data_dir, self.note = self._requested_dir, ""
+
     def start(self, timeout_s: float = 60.0) -> None:
-        """Start the thread and wait until the API answers; raise what stopped it."""
+        """Start the thread and wait until the API answers; raise what stopped it.
+
+        Raises :class:`~lemonade_jupyter.core.persistence.DataDirInUseError` when an explicit
+        data folder is held by another router.
+        """
         if self._thread is not None:
             return
+        self._take_data_dir()
         self._thread = threading.Thread(target=self._run, name="lemonade-embedded", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout_s):
@@ -99,6 +173,7 @@ class EmbeddedServer:
         finally:
             self._ready.set()
             loop.close()
+            self._give_back_data_dir()
 
     async def _serve(self) -> None:
         self._stopped = asyncio.Event()

@@ -7,7 +7,8 @@ from typing import Any
 from jupyter_server.utils import url_path_join
 
 from ..api_paths import ROUTE_PREFIX
-from . import observe, rest
+from . import observe, pull, rest
+from .openai_checks import RERANK_PATH
 from .proxy import OpenAIProxyHandler
 
 #: (path under lemonade/, handler, init kwargs). Every handler here requires Jupyter auth;
@@ -17,17 +18,20 @@ ROUTES: list[tuple[str, type, dict[str, Any]]] = [
     ("api/v1/models", rest.ModelsHandler, {}),
     ("api/v1/load", rest.LoadHandler, {}),
     ("api/v1/unload", rest.UnloadHandler, {}),
-    ("api/v1/pull", rest.PullHandler, {}),
+    ("api/v1/pull", pull.PullHandler, {}),
+    ("api/v1/pull/cancel", pull.PullCancelHandler, {}),
     ("api/v1/delete", rest.DeleteHandler, {}),
     ("internal/pin", rest.PinHandler, {}),
     ("internal/config", rest.ConfigHandler, {}),
     ("internal/set", rest.SetHandler, {}),
     ("internal/simulate-vram-pressure", observe.SimulatePressureHandler, {}),
     ("api/v1/events", observe.EventsHandler, {}),
+    ("api/v1/memory/history", observe.MemoryHistoryHandler, {}),
     ("metrics", observe.MetricsHandler, {}),
     ("api/v1/chat/completions", OpenAIProxyHandler, {"upstream_path": "/v1/chat/completions"}),
     ("api/v1/completions", OpenAIProxyHandler, {"upstream_path": "/v1/completions"}),
     ("api/v1/embeddings", OpenAIProxyHandler, {"upstream_path": "/v1/embeddings"}),
+    ("api/v1/reranking", OpenAIProxyHandler, {"upstream_path": RERANK_PATH}),
 ]
 
 

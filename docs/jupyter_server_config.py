@@ -1,0 +1,68 @@
+# jupyter_server_config.py: every setting of the lemonade_jupyter server extension, with its
+# default. Put the lines you change in ~/.jupyter/jupyter_server_config.py (or the file that
+# `jupyter --paths` lists first under "config"). A bad value stops the server's start with a
+# TraitError naming the setting. The settings marked "runtime" can also be changed while the
+# server runs: `%lemonade config key=value` or POST lemonade/internal/set.
+c = get_config()  # noqa: F821 - provided by Jupyter when it reads this file
+
+# -- where things are ---------------------------------------------------------------------------
+# llama-server to run; empty: $LEMONADE_LLAMA_SERVER, PATH, the native build cached by
+# `lemonade-jupyter install-llama-server`, then the prebuilt engine.
+c.LemonadeApp.llama_server_path = ""
+# Pins, the loaded set, runtime settings and user models (default: <jupyter data dir>/lemonade).
+# c.LemonadeApp.data_dir = "/path/to/lemonade-data"
+
+# -- slots and pins -----------------------------------------------------------------------------
+# Models kept loaded per type (llm, embedding, reranking...); -1: no limit. (runtime)
+c.LemonadeApp.max_loaded_models = 1
+# Reload the models that were loaded, pinned ones first, when the server starts. (runtime)
+c.LemonadeApp.restore_on_start = True
+
+# -- the eviction engine (opt-in) ----------------------------------------------------------------
+# Let the engine downsize and unload idle unpinned models. (runtime)
+c.LemonadeApp.auto_evict = False
+# Memory pressure (used fraction of the fullest device) at which one model is evicted. (runtime)
+c.LemonadeApp.auto_evict_threshold_pct = 0.9
+# Seconds idle before a model is downsized (backend stopped, slot kept). (runtime)
+c.LemonadeApp.downsize_idle_timeout = 60.0
+# Seconds idle before a model is unloaded. (runtime)
+c.LemonadeApp.evict_idle_timeout = 300.0
+# Divides a model's score under pressure: a larger weight protects it. (runtime)
+c.LemonadeApp.evict_weight_factor = 1.0
+# Seconds between the engine's rounds while auto-eviction is on. (runtime)
+c.LemonadeApp.eviction_interval_s = 5.0
+# Seconds between a decision and its commit; a model used meanwhile is spared. (runtime)
+c.LemonadeApp.eviction_grace_s = 0.25
+
+# -- memory -------------------------------------------------------------------------------------
+# Seconds between memory samples while someone needs them (a dashboard, auto-eviction). (runtime)
+c.LemonadeApp.memory_sample_interval_s = 2.0
+# System memory (MiB) the models on the CPU may hold together; 0: no budget. (runtime)
+c.LemonadeApp.memory_budget_mib = 0
+# GPU memory (MiB) kept free on each device when admitting a model by fit.
+c.LemonadeApp.gpu_memory_reserve_mib = 512.0
+
+# -- backends: start, stop, crashes, hangs ------------------------------------------------------
+# --threads of each llama-server; 0 lets llama.cpp use every core ($LEMONADE_BACKEND_THREADS).
+c.LemonadeApp.backend_threads = 0
+# Seconds a backend may take to answer its /health.
+c.LemonadeApp.ready_timeout_s = 120.0
+# Seconds between SIGTERM and SIGKILL when a backend stops.
+c.LemonadeApp.stop_grace_s = 5.0
+# Failed starts or early deaths within the window that start a cooldown.
+c.LemonadeApp.crash_loop_threshold = 2
+c.LemonadeApp.crash_loop_window_s = 60.0
+# First cooldown of a crash-looping model, doubling up to the cap.
+c.LemonadeApp.crash_cooldown_s = 5.0
+c.LemonadeApp.crash_cooldown_max_s = 300.0
+# Liveness probes: every interval, each with a timeout; a backend that fails this many in a row
+# is killed (and takes the crash path).
+c.LemonadeApp.watchdog_interval_s = 2.0
+c.LemonadeApp.watchdog_probe_timeout_s = 3.0
+c.LemonadeApp.watchdog_probe_failures = 3
+
+# -- the HTTP side ------------------------------------------------------------------------------
+# Seconds of silence on a proxied stream (cold load, long prompt) before a ": ping" comment.
+c.LemonadeApp.sse_ping_interval_s = 2.0
+# Jupyter's own /metrics (which also carries the lemonade_* series) wants a login by default.
+c.ServerApp.authenticate_prometheus = True
