@@ -70,7 +70,7 @@ class FitAdmission:
         budget = self._settings().memory_budget_mib
         victims: list[LiveModel] = []
         for key in m.placement.device_keys:
-            members = [x for x in others if key in x.placement.device_keys]
+            members = [x for x in others if key in x.devices()]
             if key == placing.CPU:
                 if budget is None:
                     continue
@@ -107,6 +107,7 @@ class FitAdmission:
                                  m.load_delta)
             total = m.memory.total_for(m.placement)
             m.memory_bytes = total
+            m.device = (m.memory.gpu_keys(m.placement) or m.placement.device_keys)[0]
             if total is not None:
                 self._measured[_measure_key(m)] = total
 

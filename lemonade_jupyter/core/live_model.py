@@ -143,8 +143,12 @@ class LiveModel:
             admitted=self.admitted, in_flight=self.in_flight, busy=self.is_busy,
             last_use=self.last_use, load_duration_ms=self.load_duration_ms,
             options=self.options, memory_bytes=self.memory_bytes, device=self.device,
-            devices=self.placement.device_keys,
+            devices=self.devices(),
         )
+
+    def devices(self) -> tuple[str, ...]:
+        """Device keys where its memory counts: its placement's, plus GPUs NVML saw it on."""
+        return tuple(dict.fromkeys(self.placement.device_keys + tuple(self.memory.gpu)))
 
     def held_on(self, device_key: str) -> int:
         """Bytes it holds on a device: measured when known, else its estimate's share."""

@@ -70,12 +70,16 @@ class ModelMemory:
         return figure.bytes if figure is not None else None
 
     def total_for(self, placement: Placement) -> int | None:
-        """What the model holds where it runs: VRAM on the GPU, RSS on the CPU."""
-        if placement.on_cpu:
+        """What the model holds where it runs: VRAM on its GPUs, else RSS on the CPU."""
+        uuids = self.gpu_keys(placement)
+        if not uuids:
             return self.ram.bytes
-        values = [self.gpu[u].bytes for u in placement.uuids if u in self.gpu]
-        known = [v for v in values if v is not None]
+        known = [v for v in (self.gpu[u].bytes for u in uuids) if v is not None]
         return sum(known) if known else None
+
+    def gpu_keys(self, placement: Placement) -> tuple[str, ...]:
+        """The GPUs it holds memory on: its placement's, or those NVML saw it on."""
+        return placement.uuids if not placement.on_cpu else tuple(self.gpu)
 
     def sources(self) -> dict[str, str]:
         out = {uuid: f.source for uuid, f in self.gpu.items()}
@@ -102,4 +106,8 @@ def attribute(pid: int, placement: Placement, sample: MemorySample,
                 gpu[uuid] = Figure(load_delta[uuid], "device_delta")
             else:
                 gpu[uuid] = Figure(None, "unknown")
+    # A GPU NVML sees the backend on counts even where the router did not put it (a binary
+    # that offloads by itself): a figure that someone measured is one a user can trust.
+    for uuid, value in sample.gpu_per_pid.get(pid, {}).items():
+        gpu.setdefault(uuid, Figure(value, "nvml_process"))
     return ModelMemory(gpu, ram)

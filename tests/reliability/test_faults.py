@@ -355,11 +355,12 @@ def test_corrupt_gguf_load_error_then_cooldown_without_restart_storm(
 def test_llama_server_missing_names_the_install_command(jupyter_factory, tmp_path):
     empty = tmp_path / "empty-bin"
     empty.mkdir()
-    # Nothing configured, nothing in the environment, on PATH or in the cache.
+    # Nothing configured, nothing in the environment, on PATH or in the cache, and the
+    # prebuilt engine switched off.
     server = jupyter_factory(
         llama_server_path="",
         env={"LEMONADE_LLAMA_SERVER": None, "LEMONADE_CACHE_DIR": str(tmp_path / "no-cache"),
-             "PATH": f"{empty}:/bin"},
+             "PATH": f"{empty}:/bin", "LEMONADE_PREBUILT": "0"},
     )
     with server.client() as c:
         for resp in (c.post(f"{API}/load", json={"model_name": DEFAULT_MODEL}),
