@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Make gpu-bundle.tar.gz for scripts/gpu_check.sh: what a GPU machine without internet needs,
+# under 64 MiB. Run it here (it downloads from PyPI); carry the tarball and the repository.
+#   - llama.cpp's sources from the llama-cpp-python sdist, trimmed: the CPU and CUDA backends,
+#     the server and its libraries, one vocabulary GGUF (the models are made there);
+#   - wheels for Python 3.12 of what that machine lacks: jupyter_server and its dependencies
+#     (the router's proxy runs in a real Jupyter server), gguf, prometheus_client, platformdirs,
+#     huggingface_hub.
+# Usage: bash scripts/gpu_bundle.sh [OUT.tar.gz]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="$(realpath -m "${1:-gpu-bundle.tar.gz}")"
+PY="${PYTHON:-.venv/bin/python}"
+VERSION="$("$PY" -c 'from lemonade_jupyter.core.engines.install import LLAMA_CPP_PYTHON_VERSION as v; print(v)')"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+"$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$WORK/sdist"
+tar xzf "$WORK"/sdist/*.tar.gz -C "$WORK"
+SRC="$(echo "$WORK"/llama_cpp_python-*/vendor/llama.cpp)"
+DEST="$WORK/bundle/llama.cpp"
+mkdir -p "$DEST/models"
+# The build needs these; tests, docs, examples and the other backends it does not.
+for part in CMakeLists.txt CMakePresets.json cmake common include src tools vendor licenses LICENSE; do
+  [ -e "$SRC/$part" ] && cp -r "$SRC/$part" "$DEST/"
+done
+mkdir -p "$DEST/ggml/src"
+cp -r "$SRC/ggml/CMakeLists.txt" "$SRC/ggml/cmake" "$SRC/ggml/include" "$DEST/ggml/"
+for f in "$SRC"/ggml/src/*; do
+  case "$(basename "$f")" in
+    ggml-*) [ -d "$f" ] && continue ;;
+  esac
+  cp -r "$f" "$DEST/ggml/src/"
+done
+cp -r "$SRC/ggml/src/ggml-cpu" "$SRC/ggml/src/ggml-cuda" "$DEST/ggml/src/"
+# Backends that ggml's CMakeLists adds unconditionally get an empty folder.
+for d in "$SRC"/ggml/src/ggml-*/; do
+  name="$(basename "$d")"
+  [ -e "$DEST/ggml/src/$name" ] || { mkdir -p "$DEST/ggml/src/$name"; touch "$DEST/ggml/src/$name/CMakeLists.txt"; }
+done
+cp "$SRC/models/ggml-vocab-llama-spm.gguf" "$DEST/models/"
+"$PY" -m pip download -q -d "$WORK/bundle/wheels" --only-binary=:all: --python-version 3.12 \
+  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+  jupyter_server gguf prometheus_client platformdirs huggingface_hub ipython traitlets
+tar czf "$OUT" -C "$WORK/bundle" .
+echo "wrote $OUT ($(du -h "$OUT" | cut -f1))"
