@@ -25,7 +25,7 @@ from ..errors import ClientError
 from .chat import Chat, register_input_transformer
 from .client import RouterClient
 from .discovery import discover
-from .pools import catalog_type, pinned_slots_warning
+from .pools import catalog_type, pinned_memory_warning, pinned_slots_warning
 from .progress import run_with_progress
 from .rendering import Message, config_report, load_message, models_report, status_report
 
@@ -328,6 +328,9 @@ class LemonadeMagics(Magics):
         )
         if warning:
             print(f"Warning: {warning}", file=sys.stderr, flush=True)
+        memory_warning = pinned_memory_warning(health, client.config(), args.model)
+        if memory_warning:
+            print(f"Warning: {memory_warning}", file=sys.stderr, flush=True)
         options = {
             "pinned": args.pinned,
             "ctx_size": args.ctx_size,

@@ -215,3 +215,31 @@ def activity_html(
     body = ("<ul style='margin:0;padding-left:1.2em'>" + "".join(items) + "</ul>"
             if items else "<i>no pull or load in progress</i>")
     return f"<div class='lemonade-activity'><div><b>Pulls and loads</b></div>{body}</div>"
+
+
+#: Segment colours of the per-device bars: models in turn, then other use, then free.
+_SHARE_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2")
+
+
+def device_shares_html(shares: Sequence[Mapping[str, Any]]) -> str:
+    """One stacked bar per memory device: each model's share, other use, the free rest."""
+    if not shares:
+        return ""
+    rows = []
+    for share in shares:
+        total = share["total"] or 1
+        parts = [(f"{name}{' (pinned)' if pinned else ''}", size,
+                  _SHARE_COLOURS[i % len(_SHARE_COLOURS)])
+                 for i, (name, size, pinned) in enumerate(share["models"])]
+        parts += [("other", share["other"], "#bab0ac"), ("free", share["free"], "#eeeeee")]
+        segments = "".join(
+            f"<div title='{html.escape(label)}: {format_bytes(size)}' style='width:"
+            f"{100 * size / total:.2f}%;background:{colour}'></div>"
+            for label, size, colour in parts if size > 0)
+        legend = " · ".join(f"{html.escape(label)} {format_bytes(size)}"
+                            for label, size, _c in parts if size > 0)
+        rows.append(
+            f"<div class='lemonade-device-share'><b>{html.escape(share['device'])}</b>"
+            f"<div style='display:flex;height:10px;width:22em;border:1px solid #999'>"
+            f"{segments}</div><small>{legend}</small></div>")
+    return "".join(rows)

@@ -166,3 +166,47 @@ def format_seconds(s: float | None) -> str:
         return f"{minutes}m {sec:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
+
+
+def device_shares(health: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per memory device of a health snapshot: each model's share, other use, and what is free.
+
+    A GPU is matched by its UUID, the system RAM by ``cpu`` (the keys of ``memory_by_device``).
+    """
+    out = []
+    for d in (health.get("memory") or {}).get("devices") or []:
+        key = d.get("uuid") or "cpu"
+        models = []
+        for m in _loaded(health):
+            figure = (m.get("memory_by_device") or {}).get(key) or {}
+            if figure.get("bytes"):
+                models.append((str(m.get("model_name")), int(figure["bytes"]),
+                               bool(m.get("pinned"))))
+        total, used = int(d.get("total") or 0), int(d.get("used") or 0)
+        ours = sum(b for _n, b, _p in models)
+        out.append({"device": str(d.get("name") or key), "key": key, "total": total,
+                    "models": models, "other": max(0, used - ours),
+                    "free": max(0, total - used)})
+    return out
+
+
+def pinned_memory_warning(health: Mapping[str, Any], config: Mapping[str, Any],
+                          model_name: str) -> str | None:
+    """A warning when pinned models already hold (nearly) all of a device's room, so that a
+    load would likely be refused with 409 ``insufficient_memory``: the RAM budget
+    (``memory_budget_mib``) on the CPU, or 90 % of a GPU."""
+    if any(m.get("model_name") == model_name for m in _loaded(health)):
+        return None
+    budget = config.get("memory_budget_mib")
+    for share in device_shares(health):
+        pinned = sum(b for _n, b, p in share["models"] if p)
+        room = (float(budget) * 1024 * 1024 if share["key"] == "cpu" and budget
+                else 0.9 * share["total"] if share["key"] != "cpu" else None)
+        if room and pinned >= 0.9 * room:
+            names = ", ".join(n for n, _b, p in share["models"] if p)
+            where = "the memory budget" if share["key"] == "cpu" else share["device"]
+            return (f"pinned models ({names}) hold {format_bytes(pinned)} of "
+                    f"{format_bytes(int(room))} on {where}; loading {model_name} there will "
+                    "likely be refused with 409 (insufficient memory) unless you unpin or "
+                    "unload one of them first.")
+    return None

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .pools import format_bytes, format_seconds, model_idle_seconds, pools
+from .pools import device_shares, format_bytes, format_seconds, model_idle_seconds, pools
 
 __all__ = [
     "Table",
@@ -179,8 +179,14 @@ def status_report(health: Mapping[str, Any], source: str, now: float | None = No
         total, used = d.get("total"), d.get("used")
         pct = f"{100 * used / total:.0f}%" if total and used is not None else None
         mem_rows.append([d.get("name"), format_bytes(used), format_bytes(total), pct])
+    share_rows = [[s["device"], name + (" (pinned)" if pinned else ""), format_bytes(size)]
+                  for s in device_shares(health) for name, size, pinned in s["models"]]
+    engine = health.get("engine") or {}
+    engine_line = (f"Engine: {engine.get('flavour', '?')}"
+                   f"{' (offloads to GPU)' if engine.get('offload') else ''}: {engine.get('path')}"
+                   if engine else "Engine: none found")
     return Report(
-        [f"Router: {source}", f"Status: {health.get('status', '?')}"],
+        [f"Router: {source}", f"Status: {health.get('status', '?')}", engine_line],
         [
             loaded_table(health, now),
             Table(
@@ -195,6 +201,13 @@ def status_report(health: Mapping[str, Any], source: str, now: float | None = No
                 title=f"Memory ({memory.get('source', '?')})",
                 empty="no reading",
                 css_class="lemonade-memory",
+            ),
+            Table(
+                ["device", "model", "memory"],
+                share_rows,
+                title="Memory by model and device",
+                empty="no model holds memory",
+                css_class="lemonade-shares",
             ),
         ],
         data=dict(health),

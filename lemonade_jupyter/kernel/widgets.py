@@ -36,9 +36,12 @@ from traitlets import Bool, Float, List, Unicode
 from ..errors import ClientError
 from .client import RouterClient
 from .events import EventFeed
-from .panel_html import activity_html, events_html, header_html, slots_html, sparkline_svg
+from .panel_html import (
+    activity_html, device_shares_html, events_html, header_html, slots_html, sparkline_svg,
+)
 from .pools import (
     catalog_type,
+    device_shares,
     format_bytes,
     format_seconds,
     model_idle_seconds,
@@ -167,6 +170,9 @@ class Dashboard(widgets.VBox):
         self.slots = widgets.HTML()
         self.memory_box = widgets.VBox()
         self.memory_bars: dict[str, widgets.FloatProgress] = {}
+        #: Per device: each model's share of it, other use and the free rest.
+        self.shares = widgets.HTML()
+        self._last_health: Mapping[str, Any] = {}
         self._action_error = ""
         self._memory_labels: dict[str, widgets.Label] = {}
         self.sparkline = widgets.HTML()
@@ -196,7 +202,8 @@ class Dashboard(widgets.VBox):
                     [
                         widgets.VBox([widgets.HTML("<b>Slots</b>"), self.slots]),
                         widgets.VBox(
-                            [widgets.HTML("<b>Memory</b>"), self.memory_box, self.sparkline]
+                            [widgets.HTML("<b>Memory</b>"), self.memory_box, self.shares,
+                             self.sparkline]
                         ),
                     ],
                     layout=widgets.Layout(grid_gap="2em"),
@@ -351,6 +358,7 @@ class Dashboard(widgets.VBox):
             self.table.children = cells
         self.models = names
         self.slots.value = slots_html(pools(health))
+        self._last_health = health
         self._apply_memory(health.get("memory") or {})
         recent = self.feed.recent() if self.feed else []
         self.events.value = events_html(recent, self.feed.available if self.feed else False)
@@ -384,6 +392,7 @@ class Dashboard(widgets.VBox):
                 name
             ].value = f"{format_bytes(used)} / {format_bytes(total)} ({100 * frac:.0f}%)"
         names = [str(d.get("name") or "device") for d in memory.get("devices") or []]
+        self.shares.value = device_shares_html(device_shares(self._last_health))
         label = names[0] if len(names) == 1 else "fullest device"
         self.sparkline.value = sparkline_svg([{label: p} for _, p in self.memory_history])
 

@@ -128,10 +128,11 @@ def test_magics_load_warns_before_trying_when_all_slots_pinned(
     assert out.stderr.startswith("Warning: every llm slot (1/1) is pinned")
     assert "user.copy" in out.stderr
     assert "All loaded models of type llm are pinned" in out.stdout
-    # the warning came before the load was tried
-    assert [p for _, p, _ in fake.requests[-3:]] == [
+    # the warnings came before the load was tried
+    assert [p for _, p, _ in fake.requests[-4:]] == [
         "api/v1/health",
         "api/v1/models",
+        "internal/config",
         "api/v1/load",
     ]
     # no warning for a model that is itself loaded (a repeat load needs no slot)

@@ -106,7 +106,7 @@ def test_status_report_html_and_text() -> None:
     assert "GPU0" in text and "25%" in text and "3.0s" in text
     html = report._repr_html_()
     assert (
-        html.count("<table") == 3
+        html.count("<table") == 4
         and "lemonade-loaded" in html
         and "<td style='text-align:left'>a</td>" in html
     )
