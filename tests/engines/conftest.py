@@ -1,0 +1,38 @@
+"""A private engine world per test: an empty cache, nothing on PATH, no engine setting.
+
+Every lookup test starts from "no engine anywhere" and adds the ones it needs, so what the
+machine running the tests has installed (a native build in the real cache, a llama-server on
+PATH) never decides an outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+
+def make_executable(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+@pytest.fixture
+def bare_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache (``$LEMONADE_CACHE_DIR``), a ``PATH`` of one empty folder, no
+    ``$LEMONADE_LLAMA_SERVER`` and no CUDA hints; returns the folder on ``PATH``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("LEMONADE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    for var in ("LEMONADE_LLAMA_SERVER", "LEMONADE_PREBUILT", "CUDAARCHS"):
+        monkeypatch.delenv(var, raising=False)
+    # An empty toolkit folder: no nvcc, and /usr/local/cuda is not looked at.
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "no-cuda"))
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    assert not os.listdir(bin_dir)
+    return bin_dir
