@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from lemonade_jupyter.core.catalog import DEFAULT_MODEL
@@ -396,7 +397,8 @@ def test_sigkill_of_jupyter_server_leaves_no_backend_and_restart_restores(
         r = c.post(f"{API}/pull", json={"model_name": "user.mine", "checkpoint": model_files("mine"),
                                         "labels": ["llm", "custom"]})
         assert r.status_code == 200, r.text
-        assert c.post(f"{API}/load", json={"model_name": "user.mine", "pinned": True}).status_code == 200
+        assert c.post(f"{API}/load", json={"model_name": "user.mine", "pinned": True,
+                                            "ctx_size": 1024}).status_code == 200
         assert c.post(f"{API}/load", json={"model_name": DEFAULT_MODEL}).status_code == 200
         pids = [m["pid"] for m in server.health(c)["all_models_loaded"]]
     assert len(pids) == 2 and all(alive(p) for p in pids)
@@ -415,6 +417,10 @@ def test_sigkill_of_jupyter_server_leaves_no_backend_and_restart_restores(
                        90, "both models restored")
         assert now["user.mine"]["pinned"] is True
         assert now[DEFAULT_MODEL]["pinned"] is False
+        # The options it was loaded with came back too, not the defaults.
+        assert now["user.mine"]["recipe_options"] == {"ctx_size": 1024}
+        argv = psutil.Process(now["user.mine"]["pid"]).cmdline()
+        assert argv[argv.index("--ctx-size") + 1] == "1024"
         assert not set(pids) & {m["pid"] for m in now.values()}
         c.post(f"{API}/unload", json={})
     write_artifact("fault_server_sigkill.json", {"backends": len(pids),
