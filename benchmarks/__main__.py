@@ -24,13 +24,13 @@ from pathlib import Path
 from lemonade_jupyter.core.catalog import default_model_path
 from lemonade_jupyter.core.engines.llamacpp import find_llama_server
 
-from . import downsize, lifecycle, proxy, scale
+from . import clients, downsize, fast, lifecycle, proxy, scale
 from .common import Context
 from .procs import BareLlama, JupyterServer
 from .profiling import PySpy
 from .report import machine_info, now_iso, render_markdown, write_results
 
-SECTIONS = ("proxy", "cold", "swap", "downsize", "scale")
+SECTIONS = ("proxy", "cold", "swap", "downsize", "scale", "fast", "clients")
 REPO = Path(__file__).resolve().parent.parent
 FAKE_SERVER = REPO / "tests" / "fakes" / "fake_llama_server.py"
 
@@ -44,7 +44,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                    help="run only these sections")
     p.add_argument("--profile", action="store_true",
-                   help="record the Jupyter server with py-spy during sections 1-4 and 6 "
+                   help="record the Jupyter server with py-spy during sections 1-4, 6 and 7 "
                         "(needs py-spy; perturbs the figures)")
     return p.parse_args(argv)
 
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lemonade-bench-") as tmp:
         ctx = Context(smoke=args.smoke, llama_server=llama, model_file=model,
                       fake_server=str(FAKE_SERVER), tmp=Path(tmp),
-                      deadline=started + (60 if args.smoke else 400))
+                      deadline=started + (60 if args.smoke else 540),
+                      profile_dir=args.out if args.profile else None)
         threads = os.environ.get("LEMONADE_BACKEND_THREADS")
         ctx.notes.append(
             f"llama-server threads: {threads} (LEMONADE_BACKEND_THREADS), the same for the bare "
@@ -173,6 +174,10 @@ def _run_sections(args: argparse.Namespace, ctx: Context, errors: list[str]) -> 
         live, size = (10, 1000) if ctx.smoke else (50, 1000)
         section("5. scale: /health", lambda: scale.run_health(ctx, live, size))
         section("5. scale: decisions", lambda: scale.run_decisions(ctx, live, size))
+    if "fast" in args.only:
+        section("7. fast upstream", lambda: fast.run_fast(ctx))
+    if "clients" in args.only:
+        section("8. upstream clients", lambda: clients.run_clients(ctx))
 
 
 if __name__ == "__main__":

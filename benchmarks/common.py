@@ -40,6 +40,8 @@ class Context:
     loadavg_samples: list[list[float]] = field(default_factory=list)
     #: time.monotonic() after which sections take only their minimum repetitions.
     deadline: float = float("inf")
+    #: Where ``--profile`` puts the profiles of sections that start their own server (else None).
+    profile_dir: Path | None = None
 
     def reps(self, full: Reps, smoke: Reps) -> Reps:
         chosen = smoke if self.smoke else full

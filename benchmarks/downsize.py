@@ -1,4 +1,4 @@
-"""Section 6 (issue 4): what a downsize frees and what it costs to come back, by measurement.
+"""Section 6: what a downsize frees and what it costs to come back, by measurement.
 
 Three ways to give an idle model's memory back, each ending with the first chat after it:
 
@@ -6,8 +6,8 @@ Three ways to give an idle model's memory back, each ending with the first chat 
   {"pct": -1}`` on a model loaded with ``auto_evict``/``downsize_idle_timeout: 0``. The backend
   process stops; the next chat restores it.
 * **cold**: unload the model; the next chat loads it from scratch (auto-load).
-* **llama-server sleep mode** (the alternative SPEC §4 names): a bare ``llama-server`` with
-  ``--sleep-idle-seconds 1``; wait until ``GET /props`` shows ``is_sleeping: true``, measure its
+* **llama-server sleep mode** (the alternative to stopping the process): a bare
+  ``llama-server`` with ``--sleep-idle-seconds 1``; wait until ``GET /props`` shows ``is_sleeping: true``, measure its
   RSS, then time the request that wakes it.
 
 Memory is the RSS of the backend process (and its children) right before and after.
@@ -25,7 +25,7 @@ from .lifecycle import chat, loaded, post_ok
 from .procs import BareLlama, BenchmarkError, JupyterServer, is_running, rss_bytes
 from .report import Row
 
-S6 = "6. Downsize (issue 4)"
+S6 = "6. Downsize"
 MB = 1024 * 1024
 NAME = "user.bench-downsize"
 

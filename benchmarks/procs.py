@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,13 +28,15 @@ from typing import Any
 import httpx
 import psutil
 
-from lemonade_jupyter.core.backend import free_port
+from lemonade_jupyter.api_paths import ROUTE_PREFIX
 from lemonade_jupyter.core.catalog import ModelSpec
 from lemonade_jupyter.core.engines.llamacpp import LlamaCppEngine
 from lemonade_jupyter.core.options import LoadOptions
+from lemonade_jupyter.core.ports import free_port
 
 #: The readiness poll of the bare baseline (the brief: "poll fast, e.g. every 5 ms").
 BARE_POLL_S = 0.005
+REPO = Path(__file__).resolve().parent.parent
 
 
 class BenchmarkError(RuntimeError):
@@ -214,7 +217,7 @@ class JupyterServer:
         return f"http://127.0.0.1:{self.port}/"
 
     def api(self, path: str) -> str:
-        return f"{self.url}lemonade/{path}"
+        return f"{self.url}{ROUTE_PREFIX}{path}"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -248,6 +251,10 @@ class JupyterServer:
             "JUPYTER_CONFIG_DIR": str(self.workdir / "config"),
             "JUPYTER_DATA_DIR": str(self.workdir / "data"),
             "JUPYTER_PLATFORM_DIRS": "1",
+            # The package of this work tree, not a copy installed in the environment earlier:
+            # the server runs from a temporary folder, where an installed copy would win.
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
         })
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
@@ -356,6 +363,77 @@ class Relay:
         assert self._proc.stdout is not None
         if b"listening" not in self._proc.stdout.readline():
             raise BenchmarkError("the byte relay did not start")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_group(self._proc, 5.0)
+            self._proc = None
+
+
+class FastUpstream:
+    """``benchmarks.fast_upstream`` in a child process of its own (the baseline of section 7).
+
+    :meth:`launcher` writes the script a router runs in place of ``llama-server``, so the
+    router's backends are the same program, started the router's way.
+    """
+
+    def __init__(self, log_dir: Path, model: str = "/models/fast-upstream.gguf") -> None:
+        self.api_key = secrets.token_urlsafe(24)
+        self.port = free_port()
+        self._model = model
+        self._log = log_dir / f"fast-upstream-{self.port}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise BenchmarkError("the fast upstream is not running")
+        return self._proc.pid
+
+    @staticmethod
+    def launcher(folder: Path) -> str:
+        """An executable that runs the stand-in with this interpreter (for a router)."""
+        path = folder / "fast-upstream-server"
+        path.write_text("#!/bin/sh\n"
+                        f"exec {shlex.quote(sys.executable)} "
+                        f"{shlex.quote(str(REPO / 'benchmarks' / 'fast_upstream.py'))} \"$@\"\n")
+        path.chmod(0o755)
+        return str(path)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        with open(self._log, "wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, str(REPO / "benchmarks" / "fast_upstream.py"),
+                 "--port", str(self.port), "--model", self._model],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "LLAMA_API_KEY": self.api_key}, start_new_session=True,
+                preexec_fn=_die_with_us(),
+            )
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                if self._proc.poll() is not None:
+                    raise BenchmarkError(f"the fast upstream exited: {self._log.read_text()}")
+                try:
+                    if client.get(self.url + "/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchmarkError("the fast upstream did not start in time")
+                time.sleep(0.02)
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(self.url + "/stats", headers=self.headers,  # type: ignore[no-any-return]
+                         timeout=5).json()
 
     def stop(self) -> None:
         if self._proc is not None:

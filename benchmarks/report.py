@@ -1,4 +1,4 @@
-"""Rows of results, their verdicts against the issue's targets, and the JSON/Markdown output."""
+"""Rows of results, their verdicts against their targets, and the JSON/Markdown output."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from .stats import compare, summarize
 
 @dataclass(frozen=True)
 class Target:
-    """One target of issue 6: ``kind`` is max_diff, min_ratio or max_value (of the subject)."""
+    """The target of one row: ``kind`` is max_diff, min_ratio, or max_value or min_value (of
+    the subject)."""
 
     kind: str
     limit: float
@@ -24,10 +25,10 @@ class Target:
 
     def check(self, cmp: dict[str, Any]) -> str:
         value = {"max_diff": cmp.get("diff"), "min_ratio": cmp.get("ratio"),
-                 "max_value": cmp.get("subject")}[self.kind]
+                 "max_value": cmp.get("subject"), "min_value": cmp.get("subject")}[self.kind]
         if value is None:
             return "n/a"
-        ok = value >= self.limit if self.kind == "min_ratio" else value <= self.limit
+        ok = value >= self.limit if self.kind.startswith("min_") else value <= self.limit
         return "met" if ok else "missed"
 
 
@@ -197,7 +198,7 @@ def render_markdown(data: dict[str, Any], rows: list[Row]) -> str:
         "Each row: the baseline and the subject measured interleaved in the same run. Spread is "
         "p5–p95 (min–max under 10 samples). Ratio = subject/baseline, Diff = subject − baseline "
         "of the row's statistic (the median unless the figure says p95), with a 90% bootstrap "
-        "interval. Verdicts compare the point estimate with issue 6's targets.",
+        "interval. Verdicts compare the point estimate with the row's target.",
         "",
         markdown_table(rows),
     ]

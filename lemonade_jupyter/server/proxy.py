@@ -1,9 +1,9 @@
 """The OpenAI-compatible proxy: ``chat/completions``, ``completions`` and ``embeddings``.
 
 Each request takes a lease on its model (auto-loading it, with the same 409 as ``/load`` when its
-pool is all pinned), is forwarded over a keep-alive pool (``upstream.py``) with the backend's API key,
-and holds the lease until the answer (or the whole stream) is done, so a busy model is never
-evicted.
+pool is all pinned), is forwarded with the backend's API key (``upstream.py``: aiohttp, keep-alive
+connections for plain requests), and holds the lease until the answer (or the whole stream) is
+done, so a busy model is never evicted.
 
 Streaming: whatever has arrived from the backend is written and flushed at once, events that
 arrived together in one write, never held back for more; before the next write the previous

@@ -86,6 +86,24 @@ async def test_a_plain_answer_is_renamed(backend, api, default_model_file):
     assert default_model_file not in answer.body.decode()
 
 
+async def test_plain_requests_share_a_kept_connection_and_streams_get_their_own(
+    backend, lemonade, api
+):
+    before = await _stats(lemonade, backend)
+    for _ in range(10):
+        answer = await api.post(f"{API}/chat/completions", _body(backend, 3, 1e6, stream=False))
+        assert answer.code == 200, answer.body
+    for _ in range(3):
+        answer = await api.post(f"{API}/chat/completions", _body(backend, 3, 1e6))
+        assert answer.body.endswith(b"data: [DONE]\n\n")
+    after = await _stats(lemonade, backend)
+    # Each of our /stats calls opens one connection; the plain requests at most one more
+    # (a pooled one the backend dropped); each stream exactly one of its own.
+    assert after["requests"] - before["requests"] == 13
+    assert after["connections"] - before["connections"] <= 1 + 1 + 3
+    assert after["connections"] - before["connections"] >= 1 + 3
+
+
 async def test_a_client_that_stops_reading_holds_the_backend_back(
     backend, lemonade, server_url, token
 ):

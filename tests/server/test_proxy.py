@@ -12,17 +12,11 @@ import openai
 import psutil
 import pytest
 
-from .conftest import API, wait_until
+from tests.helpers.envelope import slots_pinned_envelope
+from tests.helpers.http import API
+from tests.helpers.polling import wait_until
 
-PINNED_409 = {
-    "error": {
-        "message": "All loaded models of type llm are pinned. Unload a model first.",
-        "type": "slots_pinned_error",
-        "code": "slots_pinned_error",
-        "param": "model",
-        "requested_model": "user.alias",
-    }
-}
+PINNED_409 = slots_pinned_envelope("user.alias")
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""The proxy's keep-alive pool (server/upstream.py) against a small in-process tornado server:
-connection reuse, what must not be reused, stale connections, streaming without buffering,
+"""The proxy's upstream client (server/upstream.py) against small in-process servers: connection
+reuse, what must not be reused, stale connections, streaming without buffering, backpressure,
 failures as ``UpstreamTransportError``, and shutdown closing in-flight requests."""
 
 from __future__ import annotations
@@ -9,32 +9,40 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from tornado import web
 from tornado.httpserver import HTTPServer
 
-from lemonade_jupyter.server import upstream as upstream_module
+from lemonade_jupyter.errors import BackendTransportError
 from lemonade_jupyter.server.upstream import UpstreamPool, UpstreamTransportError
+
+FLOOD_CHUNK = 256 * 1024
+FLOOD_CHUNKS = 64  # 16 MiB: far more than the socket buffers of a reader that stopped reading
+
+
+def _peer_port(handler: web.RequestHandler) -> int:
+    return int(handler.request.connection.stream.socket.getpeername()[1])
 
 
 class _Echo(web.RequestHandler):
-    """Answers with the body and the client's source port (which connection carried it)."""
+    """Answers with the body, the request's headers and which connection carried it."""
 
     def post(self) -> None:
         if self.get_query_argument("close", None):
             self.set_header("Connection", "close")
-        port = self.request.connection.stream.socket.getpeername()[1]
-        self.finish({"body": self.request.body.decode(), "peer_port": port,
-                     "host": self.request.headers.get("Host")})
+        self.finish({"body": self.request.body.decode(), "peer_port": _peer_port(self),
+                     "headers": dict(self.request.headers)})
 
 
 class _Stream(web.RequestHandler):
     """Sends ``n`` SSE events; after the first, waits until the test says go on."""
 
     async def post(self) -> None:
-        self.set_header("Content-Type", "text/event-stream")
         state = self.application.settings["state"]
+        state["stream_ports"].append(_peer_port(self))
+        self.set_header("Content-Type", "text/event-stream")
         for i in range(int(self.get_query_argument("n", "3"))):
             self.write(f"data: {i}\n\n")
             await self.flush()
@@ -46,12 +54,36 @@ class _Stream(web.RequestHandler):
             return
         self.finish()
 
+    def on_connection_close(self) -> None:
+        self.application.settings["state"]["closed"].set()
+
+
+class _Flood(web.RequestHandler):
+    """Writes FLOOD_CHUNKS chunks as fast as the client takes them, counting what went out."""
+
+    async def post(self) -> None:
+        state = self.application.settings["state"]
+        for _ in range(FLOOD_CHUNKS):
+            self.write(b"x" * FLOOD_CHUNK)
+            await self.flush()  # returns once the chunk is in the socket
+            state["flushed"] += 1
+        self.finish()
+
+
+class _Silent(web.RequestHandler):
+    """Never answers."""
+
+    async def post(self) -> None:
+        await asyncio.Event().wait()
+
 
 @contextlib.asynccontextmanager
-async def _backend() -> AsyncIterator[tuple[int, dict[str, asyncio.Event]]]:
+async def _backend() -> AsyncIterator[tuple[int, dict[str, Any]]]:
     """``(port, state)`` of a tornado server that drops idle connections after 0.3 s."""
-    state = {"first_sent": asyncio.Event(), "go_on": asyncio.Event()}
-    app = web.Application([(r"/echo", _Echo), (r"/stream", _Stream)], state=state)
+    state: dict[str, Any] = {"first_sent": asyncio.Event(), "go_on": asyncio.Event(),
+                             "closed": asyncio.Event(), "flushed": 0, "stream_ports": []}
+    app = web.Application([(r"/echo", _Echo), (r"/stream", _Stream), (r"/flood", _Flood),
+                           (r"/silent", _Silent)], state=state)
     server = HTTPServer(app, idle_connection_timeout=0.3)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -63,6 +95,52 @@ async def _backend() -> AsyncIterator[tuple[int, dict[str, asyncio.Event]]]:
     finally:
         server.stop()
         await server.close_all_connections()
+
+
+@contextlib.asynccontextmanager
+async def _raw_backend(stale: bool = False) -> AsyncIterator[dict[str, Any]]:
+    """A server that keeps every connection alive whatever the client asks (as llama-server
+    advertises after a stream) and answers with the number of the connection that carried the
+    request: plain, or as a chunked stream for ``/stream``.
+
+    ``stale``: a second request on a connection is not answered, the connection is closed: the
+    race of a pooled connection that the backend closed just as the client reused it."""
+    seen: dict[str, Any] = {"connections": 0, "requests": 0, "port": 0}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen["connections"] += 1
+        number, served = seen["connections"], 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                seen["requests"] += 1
+                if stale and served:
+                    return  # a request on a reused connection: closed without an answer
+                served += 1
+                body = json.dumps({"connection": number}).encode()
+                if head.startswith(b"POST /stream "):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                                 % (len(body), body))
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    seen["port"] = server.sockets[0].getsockname()[1]
+    async with server:
+        yield seen
 
 
 async def _echo(pool: UpstreamPool, port: int, body: bytes = b"hi", query: str = "") -> dict:
@@ -79,10 +157,21 @@ async def test_sequential_requests_share_one_connection():
         second = await _echo(pool, port, b"two")
         assert (first["body"], second["body"]) == ("one", "two")
         assert first["peer_port"] == second["peer_port"]
-        assert first["host"] == f"127.0.0.1:{port}"
-        assert pool.idle_count("127.0.0.1", port) == 1
+        assert first["headers"]["Host"] == f"127.0.0.1:{port}"
         pool.close()
-        assert pool.idle_count("127.0.0.1", port) == 0
+        third = await _echo(pool, port, b"three")  # close() dropped it; the pool still works
+        assert third["peer_port"] != first["peer_port"]
+        pool.close()
+
+
+async def test_no_header_of_its_own_that_changes_the_answer():
+    """No Accept-Encoding: the proxy passes the backend's bytes on as they are."""
+    async with _backend() as (port, _):
+        pool = UpstreamPool()
+        headers = (await _echo(pool, port))["headers"]
+        assert "Accept-Encoding" not in headers
+        assert headers["Content-Type"] == "text/plain"
+        pool.close()
 
 
 async def test_concurrent_requests_use_separate_connections_then_pool_them():
@@ -90,8 +179,10 @@ async def test_concurrent_requests_use_separate_connections_then_pool_them():
         pool = UpstreamPool()
         answers = await asyncio.gather(*(_echo(pool, port, str(i).encode()) for i in range(5)))
         assert sorted(a["body"] for a in answers) == [str(i) for i in range(5)]
-        assert len({a["peer_port"] for a in answers}) == 5
-        assert pool.idle_count("127.0.0.1", port) == 5
+        ports = {a["peer_port"] for a in answers}
+        assert len(ports) == 5
+        again = await asyncio.gather(*(_echo(pool, port) for _ in range(5)))
+        assert {a["peer_port"] for a in again} == ports
         pool.close()
 
 
@@ -99,7 +190,6 @@ async def test_connection_close_answer_is_not_pooled():
     async with _backend() as (port, _):
         pool = UpstreamPool()
         first = await _echo(pool, port, query="?close=1")
-        assert pool.idle_count("127.0.0.1", port) == 0
         second = await _echo(pool, port)
         assert first["peer_port"] != second["peer_port"]
         pool.close()
@@ -125,16 +215,17 @@ async def test_connection_older_than_idle_s_is_dropped():
         pool.close()
 
 
-async def test_request_on_a_stale_reused_connection_is_resent_on_a_fresh_one(monkeypatch):
-    """The race the peek cannot see: the backend closes just after the check."""
-    async with _backend() as (port, _):
+async def test_request_on_a_stale_reused_connection_is_resent_on_a_fresh_one():
+    async with _raw_backend(stale=True) as seen:
         pool = UpstreamPool()
-        first = await _echo(pool, port)
-        await asyncio.sleep(0.6)  # the server has closed it by now
-        monkeypatch.setattr(upstream_module, "_looks_open", lambda stream: True)
-        second = await _echo(pool, port, b"again")
-        assert second["body"] == "again"
-        assert second["peer_port"] != first["peer_port"]
+        first = await pool.post("127.0.0.1", seen["port"], "/", b"a", {})
+        second = await pool.post("127.0.0.1", seen["port"], "/", b"b", {})
+        assert (first.code, second.code) == (200, 200)
+        assert json.loads(first.body) == {"connection": 1}
+        # The second went out on the pooled connection, which the backend closed unanswered,
+        # then once more on a fresh connection.
+        assert json.loads(second.body) == {"connection": 2}
+        assert (seen["connections"], seen["requests"]) == (2, 3)
         pool.close()
 
 
@@ -143,9 +234,11 @@ async def test_refused_connection_is_an_upstream_transport_error():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: connections are refused
         pool = UpstreamPool()
-        with pytest.raises(UpstreamTransportError, match="cannot connect"):
-            await pool.post("127.0.0.1", port, "/echo", b"", {})
-    assert pool._active == set()
+        for send in (pool.post, pool.stream):
+            with pytest.raises(UpstreamTransportError, match="cannot connect") as info:
+                await send("127.0.0.1", port, "/echo", b"", {})
+            assert isinstance(info.value, BackendTransportError)  # what Router.call replays
+        pool.close()
 
 
 async def test_stream_hands_over_chunks_as_they_come():
@@ -161,18 +254,41 @@ async def test_stream_hands_over_chunks_as_they_come():
         rest = b"".join([chunk async for chunk in resp])
         assert rest == b"data: 1\n\ndata: 2\n\n"
         await resp.aclose()
-        assert pool.idle_count("127.0.0.1", port) == 0  # we asked for Connection: close
-        assert pool._active == set()
+        pool.close()
 
 
-async def test_stream_read_to_the_end_goes_back_to_the_pool():
-    async with _backend() as (port, state):
-        state["go_on"].set()
+async def test_a_streams_connection_is_never_reused():
+    """llama-server closes the connection after a stream while advertising keep-alive: neither
+    the next stream nor a plain request may go on it."""
+    async with _raw_backend() as seen:
         pool = UpstreamPool()
-        resp = await pool.stream("127.0.0.1", port, "/stream?n=2", b"", {})
-        assert await resp.read() == b"data: 0\n\ndata: 1\n\n"
+        numbers = []
+        for send in ("stream", "post", "stream", "post"):
+            if send == "stream":
+                resp = await pool.stream("127.0.0.1", seen["port"], "/stream", b"", {})
+                numbers.append(json.loads(await resp.read())["connection"])
+                await resp.aclose()
+            else:
+                answer = await pool.post("127.0.0.1", seen["port"], "/", b"", {})
+                numbers.append(json.loads(answer.body)["connection"])
+        # Plain requests share one connection; each stream had its own.
+        assert numbers == [1, 2, 3, 2]
+        pool.close()
+
+
+async def test_a_slow_reader_holds_the_backend_back():
+    """Backpressure: while nobody takes the chunks, the backend's writes stop going out."""
+    async with _backend() as (port, state):
+        pool = UpstreamPool()
+        resp = await pool.stream("127.0.0.1", port, "/flood", b"", {})
+        received = len(await resp.__anext__())
+        await asyncio.sleep(0.5)  # the backend writes until every buffer on the way is full
+        assert state["flushed"] < FLOOD_CHUNKS // 2
+        async for chunk in resp:
+            received += len(chunk)
+        assert received == FLOOD_CHUNK * FLOOD_CHUNKS
+        assert state["flushed"] == FLOOD_CHUNKS
         await resp.aclose()
-        assert pool.idle_count("127.0.0.1", port) == 1
         pool.close()
 
 
@@ -187,8 +303,7 @@ async def test_stream_cut_by_the_backend_raises_mid_answer():
                 # Whether the last event beats the reset is up to TCP; nothing else may come.
                 assert chunk == b"data: 1\n\n"
         await resp.aclose()
-        assert pool.idle_count("127.0.0.1", port) == 0
-        assert pool._active == set()
+        pool.close()
 
 
 async def test_close_fails_a_stream_in_flight_at_once():
@@ -200,8 +315,21 @@ async def test_close_fails_a_stream_in_flight_at_once():
         pool.close()
         with pytest.raises(UpstreamTransportError):
             await asyncio.wait_for(resp.__anext__(), 2)
+        await asyncio.wait_for(state["closed"].wait(), 2)  # the backend saw it go
         await resp.aclose()
-        assert pool._active == set()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_close_fails_a_request_waiting_for_its_answer_at_once(streamed):
+    async with _backend() as (port, _):
+        pool = UpstreamPool()
+        send = pool.stream if streamed else pool.post
+        task = asyncio.ensure_future(send("127.0.0.1", port, "/silent", b"", {}))
+        await asyncio.sleep(0.2)  # sent; the backend never answers
+        assert not task.done()
+        pool.close()
+        with pytest.raises(UpstreamTransportError):
+            await asyncio.wait_for(task, 2)
 
 
 async def test_cancelled_request_closes_its_connection():
@@ -212,5 +340,5 @@ async def test_cancelled_request_closes_its_connection():
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert pool.idle_count("127.0.0.1", port) == 0
-        assert pool._active == set()
+        await asyncio.wait_for(state["closed"].wait(), 2)  # the backend saw it go
+        pool.close()
