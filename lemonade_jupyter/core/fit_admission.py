@@ -46,6 +46,11 @@ class FitAdmission:
         self._offloads = offloads
         self._measured: dict[tuple[object, ...], int] = {}
 
+    def active(self) -> bool:
+        """Whether placement or fit has anything to decide: an engine that offloads, or a
+        RAM budget."""
+        return self._offloads() or self._settings().memory_budget_mib is not None
+
     async def place(self, m: LiveModel, others: Sequence[LiveModel],
                     sample: MemorySample) -> None:
         """Choose ``m``'s devices and estimate its need there; refuse (409) a need that cannot

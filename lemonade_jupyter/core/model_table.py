@@ -44,6 +44,7 @@ from .launcher import Launcher
 from .lifecycle import SERVING, ChangeSignal, ModelState, TransitionKind
 from .live_model import LiveModel, ModelSnapshot
 from .memory import MemorySample
+from .placement import Placement
 from .options import LoadOptions
 from .preferences import ModelPreferences
 from .settings import RouterSettings
@@ -342,11 +343,19 @@ class ModelTable:
 
     # ------------------------------------------------------------------ placement and fit
     async def _place(self, m: LiveModel) -> None:
-        """Choose ``m``'s devices and its need; 409 before anyone is evicted if it cannot fit."""
+        """Choose ``m``'s devices and its need; 409 before anyone is evicted if it cannot fit.
+
+        With an engine that cannot offload and no RAM budget there is nothing to choose or
+        check: the model runs on the CPU, without a memory sample (a thread hop) on its way."""
+        if not self.fit.active():
+            m.placement, m.estimate_bytes, m.device = Placement(), None, "cpu"
+            return
         await self.fit.place(m, self._others(m), await self._fresh(1.0))
 
     async def _make_room(self, m: LiveModel) -> None:
         """Evict what the fit decision names, as one decision with reason ``fit``."""
+        if m.estimate_bytes is None:
+            return  # no fit is checked for it
         victims = self.fit.victims(m, self._others(m), await self._fresh(1.0))
         if victims:
             await asyncio.gather(*(self.evict(v, EvictReason.FIT) for v in victims))
