@@ -26,11 +26,19 @@ _PAD = " style='text-align:left;padding:0 1.2em 0 0'"
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
-def header_html(source: str, refreshed: float | None, error: str = "") -> str:
-    """Title line: where the router is and when the panel last refreshed."""
+def header_html(source: str, refreshed: float | None, error: str = "",
+                engine: Mapping[str, Any] | None = None) -> str:
+    """Title line: where the router is, the engine it starts, when the panel last refreshed."""
     when = time.strftime("%H:%M:%S", time.localtime(refreshed)) if refreshed else "never"
+    engine_text = ""
+    if engine:
+        offload = " on the GPU" if engine.get("offload") else ""
+        path = html.escape(str(engine.get("path")))
+        flavour = html.escape(str(engine.get("flavour")))
+        engine_text = (f" · <span class='lemonade-engine' title='{path}'>"
+                       f"engine {flavour}{offload}</span>")
     out = (
-        f"<div class='lemonade-header'><b>lemonade</b> · {html.escape(source)} · "
+        f"<div class='lemonade-header'><b>lemonade</b> · {html.escape(source)}{engine_text} · "
         f"updated {when}</div>"
     )
     if error:

@@ -337,7 +337,8 @@ class Dashboard(widgets.VBox):
 
     def _apply(self, health: Mapping[str, Any]) -> None:
         now = time.time()
-        self.header.value = header_html(self.client.source, self.last_refresh, self.error)
+        self.header.value = header_html(self.client.source, self.last_refresh, self.error,
+                                        health.get("engine"))
         loaded = [m for m in health.get("all_models_loaded") or [] if m.get("model_name")]
         names = [str(m["model_name"]) for m in loaded]
         for m in loaded:
@@ -419,7 +420,8 @@ class Dashboard(widgets.VBox):
                 self.error = self._action_error = ""
             except ClientError as exc:
                 self.error = self._action_error = f"pin {name}: {exc}"
-                self.header.value = header_html(self.client.source, self.last_refresh, self.error)
+                self.header.value = header_html(self.client.source, self.last_refresh, self.error,
+                                        self._last_health.get("engine"))
                 row = self.rows.get(name)
                 if row is not None and name in self._server_pins:
                     row.pin.value = self._server_pins[name]  # equals the server: not sent again

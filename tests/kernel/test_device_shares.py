@@ -61,3 +61,11 @@ def test_load_warns_when_pinned_models_fill_the_budget_or_a_gpu():
                   [{"name": "H200 #0", "uuid": "GPU-0", "total": 140 * GIB, "used": 131 * GIB}])
     warning = pinned_memory_warning(full, {}, "e")
     assert warning and "H200 #0" in warning and "409" in warning
+
+
+def test_dashboard_header_says_which_engine_runs():
+    from lemonade_jupyter.kernel.panel_html import header_html
+
+    page = header_html("server http://x/", None, engine=H["engine"])
+    assert "engine cuda on the GPU" in page and "/c/llama-server" in page
+    assert "engine" not in header_html("server http://x/", None)
