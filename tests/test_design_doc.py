@@ -10,9 +10,11 @@ import pytest
 import lemonade_jupyter.core as core
 from lemonade_jupyter.core import (
     cooldown, decisions, eviction, fit_admission, gguf_facts, housekeeping, launcher, lifecycle,
-    live_model, memory_sources, metrics, model_table, placement, preferences, router,
-    transitions, watchdog,
+    live_model, memory_sources, metrics, model_table, persistence, placement, preferences,
+    router, transitions, watchdog,
 )
+from lemonade_jupyter.core import engines
+from lemonade_jupyter.core.engines import lookup
 from lemonade_jupyter.core.catalog import Catalog
 from lemonade_jupyter.server import base
 
@@ -44,6 +46,9 @@ NAMESPACES = {
     "placement": placement,
     "gguf_facts": gguf_facts,
     "memory_sources": memory_sources,
+    "persistence": persistence,
+    "engines": engines,
+    "lookup": lookup,
 }
 
 
