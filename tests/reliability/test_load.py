@@ -1,4 +1,4 @@
-"""Load: 64 concurrent streaming clients across 2 real models, 150 s.
+"""Load: 64 concurrent streaming clients across 2 real models, 150 s or more.
 
 Through a real ``jupyter server`` and its router: zero failed requests, every stream ends with
 ``[DONE]``, no backend restarted (the watchdog must not take a busy backend for a hung one), and
@@ -7,8 +7,9 @@ the Jupyter server's memory (RSS of its process) stays flat after warm-up.
 Why 150 s and not 60: the server's RSS climbs by about 6 MiB over the first 100-110 s of this
 load and is then flat to the MiB (a 180 s run: 92.8 MiB at 15 s, 98.2 at 110 s, 98.3 from 126 s
 to the end), while tracemalloc shows no growth of Python objects (the second test below). It is
-the allocator settling, and a 60 s run ends inside it. So the test runs past it and checks the
-last 40 s for flatness, plus a bound on all growth after the first 15 s.
+the allocator settling, and a 60 s run ends inside it. So the test runs past it, on until the
+last 40 s are flat (at most 300 s), and checks that flatness, plus a bound on all growth after
+the first 15 s.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ from tests.helpers.artifacts import write_artifact
 from tests.helpers.http import API, chat_body, loaded
 
 CLIENTS = 64
+#: The load runs at least this long, then on until the last FLAT_WINDOW_S are flat, at most
+#: MAX_SECONDS: when the allocator settles depends on the machine's load (this suite saw the
+#: plateau at 100-110 s on a quiet machine and at 140 s while other test runs shared the cores).
 SECONDS = float(os.environ.get("LEMONADE_LOAD_SECONDS", "150"))
+MAX_SECONDS = 300.0
 WARMUP_S = 15.0
 #: Allowed RSS growth of the Jupyter server from WARMUP_S to the end (measured: 5.5 MiB).
 RSS_GROWTH_LIMIT = 12 * 1024 * 1024
@@ -94,17 +99,30 @@ def test_64_streaming_clients_memory_flat_after_warmup(jupyter_factory, model_fi
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
 
+    def settled() -> bool:
+        """Ran long enough, and the last window is flat (or the cap is reached)."""
+        now = time.monotonic() - started
+        if now >= MAX_SECONDS:
+            return True
+        window = [r for t, r in list(rss) if t >= now - FLAT_WINDOW_S]
+        return now >= SECONDS and bool(window) and max(window) - window[0] <= FLAT_LIMIT
+
     async def run() -> dict[str, Any]:
         results: dict[str, Any] = {"ok": 0, "failed": 0, "chunks": 0, "errors": [],
                                    "latencies": []}
-        deadline = started + SECONDS
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not settled():
+                await asyncio.sleep(1.0)
+            stop.set()
         limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers(), limits=limits,
                                      timeout=httpx.Timeout(180, connect=30)) as client:
             async def one_client(i: int) -> None:
                 model = models[i % 2]
                 n = 0
-                while time.monotonic() < deadline:
+                while not stop.is_set():
                     t0 = time.monotonic()
                     ok, chunks, why = await stream_once(client, model, 8 + (i + n) % 9)
                     n += 1
@@ -116,7 +134,7 @@ def test_64_streaming_clients_memory_flat_after_warmup(jupyter_factory, model_fi
                         results["failed"] += 1
                         results["errors"].append(why)
 
-            await asyncio.gather(*(one_client(i) for i in range(CLIENTS)))
+            await asyncio.gather(watch(), *(one_client(i) for i in range(CLIENTS)))
         return results
 
     try:
@@ -206,11 +224,17 @@ def test_router_and_proxy_hold_no_memory_per_request(tmp_path, fake_llama_server
                 assert c.post(f"{API}/load", json={"model_name": name,
                                                    "pinned": True}).status_code == 200
         asyncio.run(batch(150))  # warm-up: pools, caches, lazily built objects
-        tracemalloc.start(1)
+        # Count what is allocated under our code (a lemonade_jupyter frame anywhere in the
+        # stack: the handlers, the router, the proxy and what they call): the test process
+        # also runs threads that earlier tests left to the garbage collector, whose
+        # allocations made the whole-process figure grow in a full suite run, not alone.
+        ours = [tracemalloc.Filter(True, "*lemonade_jupyter*", all_frames=True)]
+        tracemalloc.start(40)
         for _ in range(4):
             asyncio.run(batch(150))
             gc.collect()
-            traced.append(tracemalloc.get_traced_memory()[0])
+            snap = tracemalloc.take_snapshot().filter_traces(ours)
+            traced.append(sum(stat.size for stat in snap.statistics("filename")))
     finally:
         tracemalloc.stop()
         server.stop()
