@@ -217,6 +217,8 @@ def test_router_and_proxy_hold_no_memory_per_request(tmp_path, fake_llama_server
             await asyncio.gather(*(one(i) for i in range(n)))
 
     traced = []
+    access = logging.getLogger("tornado.access")
+    level = access.level
     try:
         with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
             for name in ("user.m0", "user.m1"):
@@ -252,8 +254,6 @@ def test_router_and_proxy_hold_no_memory_per_request(tmp_path, fake_llama_server
         # Each request's access-log record is ours to make but not to keep: in a full suite
         # run, handlers that earlier tests attached keep every record (about 1.4 KB per request
         # there, 0 alone). The router and proxy are what this test measures.
-        access = logging.getLogger("tornado.access")
-        level = access.level
         access.setLevel(logging.WARNING)
         tracemalloc.start(40)
         for _ in range(4):
@@ -261,7 +261,7 @@ def test_router_and_proxy_hold_no_memory_per_request(tmp_path, fake_llama_server
             traced.append(settled_traced())
     finally:
         tracemalloc.stop()
-        logging.getLogger("tornado.access").setLevel(level if "level" in locals() else 0)
+        access.setLevel(level)
         server.stop()
     growth = traced[-1] - min(traced)
     write_artifact("load_traced_memory.json", {"requests": 750, "traced_bytes": traced,
