@@ -6,12 +6,13 @@ request restores it. The figures printed here (``-s``) are the measured ones.
 
 from __future__ import annotations
 
-import os
-import signal
+import asyncio
+import threading
 import time
 
 import psutil
 
+from lemonade_jupyter.core import process
 from tests.helpers.polling import wait_for
 from tests.helpers.processes import alive, backend_pids
 
@@ -99,22 +100,35 @@ def test_a_pinned_model_stays_ready_and_pinning_a_downsized_model_restores_it(le
     assert lemon.simulate(-1) == []
 
 
-def test_a_request_during_a_downsize_waits_and_is_served(lemon):
-    """The backend is SIGSTOPped so its stop takes the whole ``stop_grace_s`` (2 s) before the
-    SIGKILL: a window in which the model is ``downsizing`` that a request can land in."""
+def test_a_request_during_a_downsize_waits_and_is_served(lemon, monkeypatch):
+    """The backend's stop is held at a gate (fault injection: a slow engine shutdown), so the
+    model stays ``downsizing`` for as long as the test wants, whatever the engine's own shutdown
+    time (~25 ms native, less on the prebuilt engine). A chat sent in that window must wait,
+    not fail, and be served by a restored backend once the downsize has ended."""
+    gate = threading.Event()
+    real_terminate = process.terminate
+
+    async def held_terminate(proc, grace_s):
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
+        return await real_terminate(proc, grace_s)
+
     lemon.load("user.m1", downsize_idle_timeout=0)
     lemon.set(auto_evict=True)
     pid = lemon.model("user.m1")["pid"]
-    os.kill(pid, signal.SIGSTOP)
+    monkeypatch.setattr(process, "terminate", held_terminate)
     try:
         thread, out = run_in_thread(lambda: lemon.simulate(-1))
         wait_for(lambda: lemon.model("user.m1")["status"] == "downsizing",
-                   what="the model to be downsizing", interval=0.02)
+                 what="the model to be downsizing", interval=0.02)
         sent = time.time()
-        reply = lemon.chat("user.m1")
+        chat_thread, chat_out = run_in_thread(lambda: lemon.chat("user.m1"))
+        time.sleep(0.5)
+        assert chat_thread.is_alive() and not chat_out, "the chat did not wait for the downsize"
+        assert lemon.model("user.m1")["status"] == "downsizing"
     finally:
-        if alive(pid):
-            os.kill(pid, signal.SIGCONT)
+        gate.set()
+    reply = join(chat_thread, chat_out)
     assert reply["choices"][0]["message"]["content"] is not None
     assert join(thread, out) == [{"model": "user.m1", "action": "downsize", "reason": "idle"}]
     [downsize] = lemon.events("downsize", "user.m1")
