@@ -16,9 +16,9 @@ import httpx
 import psutil
 import pytest
 
-from lemonade_jupyter.core import process
+from lemonade_jupyter.core import launcher, process
 from lemonade_jupyter.core.catalog import Catalog
-from lemonade_jupyter.errors import CoolingDownError, ModelLoadError
+from lemonade_jupyter.errors import CoolingDownError, EngineMissingError, ModelLoadError
 
 from tests.helpers.fakes import clear_fake_knobs
 from tests.helpers.polling import wait_until
@@ -274,3 +274,32 @@ async def test_router_crash_while_downsizing_does_not_wedge_the_model(
         pid, _ = await asyncio.wait_for(chat(router, "user.f1"), 20)
         assert pid != old.pid
         assert events(router, "crash", "user.f1")
+
+
+async def test_one_engine_lookup_per_start_and_a_new_path_looks_again(
+    fake_catalog, make_fake_router, monkeypatch, tmp_path
+):
+    """A start asks for the engine from the checks, placement, fit and the start itself; the
+    file checks of the lookup run once for all of them. Configuring another path looks again
+    at once (no stale answer), and so does a start after the lookup went stale."""
+    calls: list[str | None] = []
+    real = launcher.find_engine
+
+    def counted(configured=None, **kwargs):
+        calls.append(configured)
+        return real(configured, **kwargs)
+
+    monkeypatch.setattr(launcher, "find_engine", counted)
+    async with make_fake_router(fake_catalog, max_loaded_models=-1,
+                                memory_budget_mib=100_000) as router:
+        await router.load("user.f1")
+        assert len(calls) == 1  # with a budget, placement and fit both ask too
+        router.launcher.llama_server_path = str(tmp_path / "elsewhere" / "llama-server")
+        with pytest.raises(EngineMissingError):
+            await router.load("user.f2")
+        assert calls[-1] == str(tmp_path / "elsewhere" / "llama-server")
+        router.launcher.llama_server_path = real_path = calls[0]
+        monkeypatch.setattr(launcher, "ENGINE_LOOKUP_TTL_S", 0.0)
+        before = len(calls)
+        await router.load("user.f2")
+        assert calls[before:] and all(c == real_path for c in calls[before:])
