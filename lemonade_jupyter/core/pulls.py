@@ -191,6 +191,13 @@ class PullManager:
             job.cancel()
         return found
 
+    def cancel_all(self) -> list[PullJob]:
+        """Cancel every pull in flight (the router stops: a download must not outlive it)."""
+        found = self.jobs()
+        for job in found:
+            job.cancel()
+        return found
+
     def _forget(self, key: str, job: PullJob) -> None:
         if self._jobs.get(key) is job:
             del self._jobs[key]

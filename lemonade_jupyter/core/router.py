@@ -178,7 +178,8 @@ class Router:
                 log.warning("Could not restore %s at start: %s", name, exc.message)
 
     async def stop(self) -> None:
-        """Refuse new work, end in-flight requests, stop every backend, then our tasks.
+        """Refuse new work, cancel pulls, end in-flight requests, stop every backend, then our
+        tasks.
 
         Proxied requests must be cut before this runs (the server layer closes its
         ``UpstreamPool`` first): llama-server ignores SIGTERM while it generates, so a stream
@@ -188,6 +189,7 @@ class Router:
             return
         self.phase = RouterPhase.STOPPING
         self._changes.notify()
+        self.catalog.pulls.cancel_all()  # at their next chunk; their waiters get the error
         for task in list(self._background):
             task.cancel()
         if self._http is not None:

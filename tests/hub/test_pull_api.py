@@ -12,6 +12,7 @@ import asyncio
 import filecmp
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -370,3 +371,23 @@ async def test_reranking_model_has_its_own_pool_and_route(api, default_model_fil
     chat = await api.post(f"{API}/chat/completions", chat_body("user.rerank"))
     assert chat.code == 400 and f"{API}/reranking" in chat.error["message"]
     assert (await api.health())["loaded_models"] == {"llm": 1, "reranking": 1}
+
+
+async def test_a_pull_in_flight_ends_when_the_router_stops(
+        api, lemonade, hub_cache, fake_hub, default_model_file):
+    """A download must not outlive its router (a server stop, an embedded router closed)."""
+    pull = asyncio.ensure_future(api.post(f"{API}/pull", {"model_name": "user.s",
+                                                          "checkpoint": f"{SLOW}:Q4_1"}))
+
+    def downloading() -> bool:
+        return any(r == "progress" and d["bytes_downloaded"] > 0
+                   for r, d in pull_events(lemonade, "user.s"))
+
+    await wait_until(downloading, timeout=30, what="the pull to download bytes")
+    await lemonade.router.stop()
+    answer = await pull
+    assert answer.code == 409 and answer.error["code"] == "pull_cancelled", answer.body
+    await wait_until(lambda: not [t for t in threading.enumerate()
+                                  if t.name.startswith("lemonade-pull")],
+                     timeout=30, what="the download thread to end")
+    assert fake_hub.downloads("slow")[-1]["sent"] < os.path.getsize(default_model_file)
