@@ -106,6 +106,8 @@ class Router:
         self.events = events or EventLog()
         self.preferences = ModelPreferences()
         self.phase = RouterPhase.NEW
+        #: Things a user should know about this router's set-up (``/health`` shows them).
+        self.notes: list[str] = []
         # Backend logs (the engine's reason on a failed start). A directory we chose ourselves
         # is removed on a clean stop; one the caller gave is theirs.
         self._own_log_dir = log_dir is None

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from traitlets import Bool, Float, Int, TraitError, TraitType, Unicode, default, validate
 
 from ..core.catalog import Catalog
+from ..core.persistence import DataDirInUseError, DataDirLock
 from ..core.router import Router
 from ..core.settings import SETTINGS, RouterSettings, check_value, from_config
 from ..core.validation import check_number
@@ -110,18 +111,40 @@ class LemonadeApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         data_dir = Path(self.data_dir)
+        state_dir, note = self._take_data_dir(data_dir)
         self.router = Router(
             Catalog(data_dir),
             self.router_settings(),
             llama_server_path=self.llama_server_path or None,
-            data_dir=data_dir,
+            data_dir=state_dir,
         )
+        if note:
+            self.router.notes.append(note)
         self.upstream = UpstreamPool()
         self.settings.update({
             "lemonade_router": self.router,
             "lemonade_upstream": self.upstream,
             "lemonade_ping_interval_s": self.sse_ping_interval_s,
         })
+
+    def _take_data_dir(self, data_dir: Path) -> tuple[Path | None, str]:
+        """Lock the data folder for this server's router; (the folder for its state, a note).
+
+        Two servers of one user (JupyterHub's named servers share a home) would otherwise both
+        restore the pinned models, each into a backend of its own, and overwrite each other's
+        state file. The second one still serves, models and pulls included, but keeps no
+        state: it restores and saves nothing, and says so in the log and ``/health``.
+        """
+        self._data_lock = DataDirLock(data_dir)
+        try:
+            self._data_lock.acquire()
+        except DataDirInUseError as exc:
+            self._data_lock = None
+            note = (f"{exc} This server's router restores and saves no state (pins, loaded "
+                    "models, settings) while the other one runs.")
+            self.log.warning("lemonade: %s", note)
+            return None, note
+        return data_dir, ""
 
     def initialize_handlers(self) -> None:
         # Relative to the server's base_url, which ExtensionApp prepends.
@@ -146,3 +169,6 @@ class LemonadeApp(ExtensionApp):
         router = getattr(self, "router", None)
         if router is not None:
             await router.stop()
+        lock, self._data_lock = getattr(self, "_data_lock", None), None
+        if lock is not None:
+            lock.release()

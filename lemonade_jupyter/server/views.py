@@ -69,6 +69,7 @@ def health_view(router: Router, memory: MemorySample | None) -> dict[str, Any]:
         "loaded_models": {t: sum(1 for m in models if m.type == t) for t in types},
         "memory": memory.to_json() if memory else {"source": "unknown", "devices": []},
         "engine": engine_view(router),
+        "notes": list(router.notes),
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from traitlets import TraitError
 
+from lemonade_jupyter.core.persistence import DataDirLock
 from lemonade_jupyter.server.app import LemonadeApp
 
 from tests.helpers.http import API
@@ -50,3 +51,15 @@ async def test_missing_engine_is_a_clear_json_error(api, default_model_name):
         assert "/nonexistent/llama-server" in err["message"]
         assert "lemonade-jupyter install-llama-server" in err["message"]
     assert (await api.health())["all_models_loaded"] == []
+
+
+async def test_the_server_holds_its_data_folder_and_has_no_note(api, lemonade, lemonade_data_dir):
+    """One router per data folder: while this server runs, another router cannot take it
+    (``test_shared_data_dir.py`` shows what a second one does instead)."""
+    assert (await api.health())["notes"] == []
+    with pytest.raises(RuntimeError, match="already uses the data folder"):
+        DataDirLock(lemonade_data_dir).acquire()
+    await lemonade.stop_extension()
+    lock = DataDirLock(lemonade_data_dir)
+    lock.acquire()  # given back at stop
+    lock.release()
