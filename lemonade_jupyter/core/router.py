@@ -35,6 +35,7 @@ from ..errors import (
     LemonadeError, ModelLoadError, ModelNotFoundError, UpstreamError,
 )
 from . import eviction, placement
+from .aliases import ModelAliases
 from .backend import Backend, BackendState
 from .catalog import Catalog
 from .cooldown import CrashLoopGuard
@@ -105,6 +106,8 @@ class Router:
         self.settings = settings or RouterSettings()
         self.events = events or EventLog()
         self.preferences = ModelPreferences()
+        #: Other names of catalog models; every public entry point resolves them.
+        self.aliases = ModelAliases(data_dir, lambda name: name in catalog)
         self.phase = RouterPhase.NEW
         # Backend logs (the engine's reason on a failed start). A directory we chose ourselves
         # is removed on a clean stop; one the caller gave is theirs.
@@ -216,7 +219,11 @@ class Router:
         return self._table.live()
 
     def get_live(self, name: str) -> LiveModel | None:
-        return self._table.get(name)
+        return self._table.get(self.resolve(name))
+
+    def resolve(self, name: str) -> str:
+        """The model ``name`` stands for (an alias gives its model; anything else itself)."""
+        return self.aliases.resolve(name)
 
     def remembered_pin(self, name: str) -> bool:
         return self.preferences.pinned(name)
@@ -250,12 +257,14 @@ class Router:
             # A GPU that does not exist is a 400 before anything changes (not a failed reload).
             sample = await self.memory.fresh(5.0)
             placement.choose(options, sample.gpus(), offload=False)
+        name = self.resolve(name)
         await self.catalog.ensure_local(name, progress=self.events.emit)  # pulls it if needed
         return await self._table.ensure(name, pinned=pinned, options=options or LoadOptions(),
                                         given=given, reason=reason, explicit=reason == "load")
 
     async def acquire(self, name: str) -> Lease:
         """Auto-load ``name`` if needed and take a lease on its backend (one request)."""
+        name = self.resolve(name)
         await self.catalog.ensure_local(name, progress=self.events.emit)  # pulls it if needed
         m = await self._table.ensure(name, pinned=None, options=LoadOptions(),
                                      given=frozenset(), reason="request", explicit=False)
@@ -338,10 +347,11 @@ class Router:
         Forgets the remembered pin and options. Waits for in-flight requests to finish.
         Raises ModelNotFoundError for a model that is not loaded.
         """
-        await self._table.unload(name)
+        await self._table.unload(None if name is None else self.resolve(name))
 
     async def set_pinned(self, name: str, pinned: bool) -> LiveModel:
         """Pin or unpin a loaded model (no reload). Pinning a downsized model restores it."""
+        name = self.resolve(name)
         m = self.get_live(name)
         if m is None or m.state in (ModelState.EVICTING, ModelState.UNLOADED):
             if name not in self.catalog:
