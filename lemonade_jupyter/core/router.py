@@ -6,6 +6,8 @@ the router:
 * :class:`~.model_table.ModelTable`: the live models, admission, transitions, crashes.
 * :class:`~.preferences.ModelPreferences`: each model's pin and load options (persisted).
 * :class:`~.cooldown.CrashLoopGuard`: the start limit of crash-looping models.
+* :class:`~.aliases.ModelAliases`: other names of models, resolved at every public entry point
+  (:meth:`Router.resolve`), so below the router only model names exist.
 * :mod:`.eviction` (a pure plan), :mod:`.housekeeping` (the memory loop) and
   :class:`~.watchdog.Watchdog` (finds hung backends): they report, the router acts.
 * :class:`~.metrics.RouterMetrics` and the views read :meth:`Router.snapshot`.
