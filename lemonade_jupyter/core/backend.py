@@ -22,6 +22,7 @@ import httpx
 
 from ..errors import ModelLoadError
 from . import process
+from .backend_logs import log_path
 from .catalog import ModelSpec
 from .engines.llamacpp import LOOPBACK, LlamaCppEngine
 from .options import LoadOptions
@@ -75,7 +76,7 @@ class Backend:
         self.load_duration_ms = 0.0
         self._engine = engine
         self._http = http
-        self._log_path = log_dir / f"{spec.name.replace('/', '_')}.{self.generation}.log"
+        self._log_path = log_path(log_dir, spec.name, self.generation)
         self._ready_timeout_s = ready_timeout_s
         self._stop_grace_s = stop_grace_s
         self._proc: asyncio.subprocess.Process | None = None

@@ -18,7 +18,7 @@ from typing import Any
 #: Event kinds. ``evict`` carries a reason: lru, idle, pressure, manual, retry, crash.
 KINDS = (
     "load", "load_failed", "unload", "evict", "downsize", "restore", "pin", "unpin",
-    "crash", "reload", "config", "pull",
+    "crash", "reload", "config", "pull", "context",
 )
 
 

@@ -25,11 +25,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 from ..errors import InsufficientMemoryError
 from . import placement as placing
-from .decisions import fit
+from .context_size import largest_fitting_context, requested_context
+from .decisions import EvictReason, fit, may_evict
 from .engines.llamacpp import DEFAULT_CTX_SIZE
 from .gguf_facts import read_facts
 from .live_model import LiveModel
-from .memory import MemorySample
+from .memory import DeviceMemory, MemorySample
+from .options import AUTO_CTX_SIZE
 from .memory_sources import attribute
 from .settings import RouterSettings
 
@@ -51,44 +53,100 @@ class FitAdmission:
         RAM budget."""
         return self._offloads() or self._settings().memory_budget_mib is not None
 
+    async def resolve_context(self, m: LiveModel) -> None:
+        """Set ``m.ctx_size``, the context its next start asks for: the ``ctx_size`` option,
+        the default, or for -1 the trained context from the GGUF header (read off the loop);
+        :meth:`place` may lower a -1 to what fits."""
+        facts = None
+        if m.options.ctx_size == AUTO_CTX_SIZE:
+            try:
+                facts = await asyncio.to_thread(read_facts, m.spec.checkpoint)
+            except (OSError, ValueError) as exc:
+                log.warning("Cannot read the trained context of %s (using %d): %s",
+                            m.name, DEFAULT_CTX_SIZE, exc)
+        m.ctx_size = requested_context(m.options.ctx_size, facts)
+
     async def place(self, m: LiveModel, others: Sequence[LiveModel],
                     sample: MemorySample) -> None:
         """Choose ``m``'s devices and estimate its need there; refuse (409) a need that cannot
-        fit even if everyone who may go went (nobody is evicted here)."""
+        fit even if everyone who may go went (nobody is evicted here).
+
+        A ``ctx_size`` of -1 is capped here to the largest context that fits that room."""
         gpus = sample.gpus()
         offload = self._offloads()
         on_gpu = not placing.choose(m.options, gpus, offload=offload).on_cpu
         need = None
         if on_gpu or self._settings().memory_budget_mib is not None:
             need = await self._need(m)
+        self._set_placement(m, need, gpus, offload)
+        if need is not None and m.options.ctx_size == AUTO_CTX_SIZE:
+            room = self.room(m, others, sample)
+            if room is not None and need > room:
+                await self._cap_context(m, room)
+                self._set_placement(m, await self._need(m), gpus, offload)
+        self.victims(m, others, sample)
+
+    def _set_placement(self, m: LiveModel, need: int | None, gpus: tuple[DeviceMemory, ...],
+                       offload: bool) -> None:
         m.estimate_bytes = need
         m.placement = placing.choose(m.options, gpus, offload=offload, need_bytes=need,
                                      reserve_bytes=self._reserve_bytes())
         m.device = m.placement.device_keys[0]
-        self.victims(m, others, sample)
+
+    async def _cap_context(self, m: LiveModel, room: int) -> None:
+        try:
+            facts = await asyncio.to_thread(read_facts, m.spec.checkpoint)
+        except (OSError, ValueError):
+            return  # no header, no per-token figure: the fit check decides as it is
+        wanted = m.ctx_size or DEFAULT_CTX_SIZE
+        m.ctx_size = largest_fitting_context(facts, room, wanted)
+        log.info("%s: trained context %d does not fit in %d MiB; starting with %d",
+                 m.name, wanted, room // MIB, m.ctx_size)
+
+    def room(self, m: LiveModel, others: Sequence[LiveModel],
+             sample: MemorySample) -> int | None:
+        """The most memory ``m`` could get on its devices (summed over them): free memory
+        plus what every model that may be evicted for a fit holds. None where nothing is
+        checked (the CPU without a budget, a device the sample does not know)."""
+        rooms = []
+        for key in m.placement.device_keys:
+            members = [x for x in others if key in x.devices()]
+            free = self._free(m, key, members, sample)
+            if free is None:
+                return None
+            rooms.append(free + sum(x.held_on(key) for x in members
+                                    if may_evict(x.snapshot(), EvictReason.FIT)))
+        return min(rooms) * len(rooms) if rooms else None
+
+    def _free(self, m: LiveModel, key: str, members: Sequence[LiveModel],
+              sample: MemorySample) -> int | None:
+        """Free bytes for ``m`` on device ``key``; None where no fit is checked."""
+        if key == placing.CPU:
+            budget = self._settings().memory_budget_mib
+            if budget is None:
+                return None
+            return int(budget * MIB) - sum(x.held_on(key) for x in members)
+        device = sample.device(key)
+        if device is None:
+            return None
+        # Neighbours still loading are not in the device's used memory yet.
+        pending = sum(x.held_on(key) for x in members if x.backend is None)
+        return device.total - device.used - self._reserve_bytes() - pending
 
     def victims(self, m: LiveModel, others: Sequence[LiveModel],
                 sample: MemorySample) -> list[LiveModel]:
         """The models to evict so ``m`` fits on each of its devices; 409 if none can do it."""
         if m.estimate_bytes is None:
             return []
-        budget = self._settings().memory_budget_mib
         victims: list[LiveModel] = []
         for key in m.placement.device_keys:
             members = [x for x in others if key in x.devices()]
-            if key == placing.CPU:
-                if budget is None:
-                    continue
-                free = int(budget * MIB) - sum(x.held_on(key) for x in members)
-                where = "the CPU (memory_budget_mib)"
-            else:
-                device = sample.device(key)
-                if device is None:
-                    continue
-                # Neighbours still loading are not in the device's used memory yet.
-                pending = sum(x.held_on(key) for x in members if x.backend is None)
-                free = device.total - device.used - self._reserve_bytes() - pending
-                where = f"GPU {m.placement.gpus[m.placement.uuids.index(key)]}"
+            maybe_free = self._free(m, key, members, sample)
+            if maybe_free is None:
+                continue
+            free = maybe_free
+            where = ("the CPU (memory_budget_mib)" if key == placing.CPU
+                     else f"GPU {m.placement.gpus[m.placement.uuids.index(key)]}")
             need = m.estimate_bytes // len(m.placement.device_keys)
             by_name = {x.name: x for x in members}
             decision = fit(need, free, [x.snapshot() for x in members],
@@ -127,11 +185,12 @@ class FitAdmission:
         except (OSError, ValueError) as exc:
             log.info("No memory estimate for %s: %s", m.name, exc)
             return None
-        return facts.estimate_bytes(m.options.ctx_size or DEFAULT_CTX_SIZE)
+        return facts.estimate_bytes(m.ctx_size or m.options.ctx_size or DEFAULT_CTX_SIZE)
 
     def _reserve_bytes(self) -> int:
         return int(self._settings().gpu_memory_reserve_mib * MIB)
 
 
 def _measure_key(m: LiveModel) -> tuple[object, ...]:
-    return (m.spec.checkpoint, m.options.process_key())
+    # The context actually started with: a -1 can resolve differently from run to run.
+    return (m.spec.checkpoint, m.options.process_key(), m.ctx_size)

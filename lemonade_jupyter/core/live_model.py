@@ -9,7 +9,7 @@ and wakes waiters; ``in_use`` is derived from the in-flight count.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .backend import Backend
 from .catalog import ModelSpec
@@ -81,6 +81,9 @@ class LiveModel:
     #: Where its backend runs, and what the router expects it to need there (None: unknown).
     placement: Placement = field(default_factory=Placement)
     estimate_bytes: int | None = None
+    #: The context length its next (or current) start runs with: the ``ctx_size`` option
+    #: resolved (-1: the trained context, capped to what fits); None before its first start.
+    ctx_size: int | None = None
     #: Its memory per device with the source of each figure (``memory_bytes`` is the total
     #: where it runs); the change of each GPU's used memory across its load.
     memory: ModelMemory = field(default_factory=ModelMemory)
@@ -145,6 +148,12 @@ class LiveModel:
             options=self.options, memory_bytes=self.memory_bytes, device=self.device,
             devices=self.devices(),
         )
+
+    def start_options(self) -> LoadOptions:
+        """The options a start passes to the engine: ``ctx_size`` resolved."""
+        if self.ctx_size is None or self.ctx_size == self.options.ctx_size:
+            return self.options
+        return replace(self.options, ctx_size=self.ctx_size)
 
     def devices(self) -> tuple[str, ...]:
         """Device keys where its memory counts: its placement's, plus GPUs NVML saw it on."""

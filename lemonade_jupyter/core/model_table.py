@@ -347,10 +347,14 @@ class ModelTable:
 
         With an engine that cannot offload and no RAM budget there is nothing to choose or
         check: the model runs on the CPU, without a memory sample (a thread hop) on its way."""
+        await self.fit.resolve_context(m)
         if not self.fit.active():
             m.placement, m.estimate_bytes, m.device = Placement(), None, "cpu"
             return
+        wanted = m.ctx_size
         await self.fit.place(m, self._others(m), await self._fresh(1.0))
+        if m.ctx_size != wanted:
+            self._events.emit("context", m.name, "fit", trained=wanted, ctx_size=m.ctx_size)
 
     async def _make_room(self, m: LiveModel) -> None:
         """Evict what the fit decision names, as one decision with reason ``fit``."""
@@ -370,9 +374,9 @@ class ModelTable:
     async def _start(self, m: LiveModel) -> Backend:
         """One start on ``m``'s placement; on a GPU, measure the device's change across it."""
         if m.placement.on_cpu:
-            return await self._launcher.start(m.spec, m.options, m.placement)
+            return await self._launcher.start(m.spec, m.start_options(), m.placement)
         before = await self._measure()
-        backend = await self._launcher.start(m.spec, m.options, m.placement)
+        backend = await self._launcher.start(m.spec, m.start_options(), m.placement)
         after = await self._measure()
         m.load_delta = {}
         for uuid in m.placement.uuids:

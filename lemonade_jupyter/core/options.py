@@ -64,6 +64,9 @@ class LoadOptions:
 #: Bounds of ``ctx_size`` (tokens).
 MIN_CTX_SIZE = 64
 MAX_CTX_SIZE = 1 << 20
+#: ``ctx_size: -1``: the context the model was trained with (its GGUF header), capped by what
+#: fits in memory where admission by fit checks it (:mod:`.context_size`).
+AUTO_CTX_SIZE = -1
 #: More layers than any model has: "all of them".
 MAX_GPU_LAYERS = 10_000
 MAX_GPUS = 64
@@ -89,9 +92,7 @@ def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[
             values[key] = "" if key == "llamacpp_args" else None
             continue
         if key == "ctx_size":
-            values[key] = check_number(
-                key, value, minimum=MIN_CTX_SIZE, maximum=MAX_CTX_SIZE, integer=True
-            )
+            values[key] = _check_ctx_size(value)
         elif key == "llamacpp_args":
             values[key] = _check_user_args(value)
         elif key == "gpu_layers":
@@ -104,6 +105,20 @@ def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[
             # override for one model.
             values[key] = check_value(key, value)
     return LoadOptions(**values), frozenset(given)
+
+
+def _check_ctx_size(value: Any) -> int:
+    """A context length in tokens, or -1 for the model's trained context."""
+    if value == AUTO_CTX_SIZE and isinstance(value, int) and not isinstance(value, bool):
+        return AUTO_CTX_SIZE
+    try:
+        return int(check_number("ctx_size", value, minimum=MIN_CTX_SIZE,
+                                maximum=MAX_CTX_SIZE, integer=True))
+    except InvalidRequestError:
+        raise InvalidRequestError(
+            f"Parameter 'ctx_size' must be an integer between {MIN_CTX_SIZE} and "
+            f"{MAX_CTX_SIZE}, or -1 for the context the model was trained with",
+            param="ctx_size") from None
 
 
 def _check_device(value: Any) -> str | tuple[int, ...] | None:

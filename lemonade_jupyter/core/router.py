@@ -6,6 +6,8 @@ the router:
 * :class:`~.model_table.ModelTable`: the live models, admission, transitions, crashes.
 * :class:`~.preferences.ModelPreferences`: each model's pin and load options (persisted).
 * :class:`~.cooldown.CrashLoopGuard`: the start limit of crash-looping models.
+* :class:`~.aliases.ModelAliases`: other names of models, resolved at every public entry point
+  (:meth:`Router.resolve`), so below the router only model names exist.
 * :mod:`.eviction` (a pure plan), :mod:`.housekeeping` (the memory loop) and
   :class:`~.watchdog.Watchdog` (finds hung backends): they report, the router acts.
 * :class:`~.metrics.RouterMetrics` and the views read :meth:`Router.snapshot`.
@@ -35,6 +37,7 @@ from ..errors import (
     LemonadeError, ModelLoadError, ModelNotFoundError, UpstreamError,
 )
 from . import eviction, placement
+from .aliases import ModelAliases
 from .backend import Backend, BackendState
 from .catalog import Catalog
 from .cooldown import CrashLoopGuard
@@ -105,6 +108,8 @@ class Router:
         self.settings = settings or RouterSettings()
         self.events = events or EventLog()
         self.preferences = ModelPreferences()
+        #: Other names of catalog models; every public entry point resolves them.
+        self.aliases = ModelAliases(data_dir, lambda name: name in catalog)
         self.phase = RouterPhase.NEW
         #: Things a user should know about this router's set-up (``/health`` shows them).
         self.notes: list[str] = []
@@ -220,7 +225,11 @@ class Router:
         return self._table.live()
 
     def get_live(self, name: str) -> LiveModel | None:
-        return self._table.get(name)
+        return self._table.get(self.resolve(name))
+
+    def resolve(self, name: str) -> str:
+        """The model ``name`` stands for (an alias gives its model; anything else itself)."""
+        return self.aliases.resolve(name)
 
     def remembered_pin(self, name: str) -> bool:
         return self.preferences.pinned(name)
@@ -254,12 +263,14 @@ class Router:
             # A GPU that does not exist is a 400 before anything changes (not a failed reload).
             sample = await self.memory.fresh(5.0)
             placement.choose(options, sample.gpus(), offload=False)
+        name = self.resolve(name)
         await self.catalog.ensure_local(name, progress=self.events.emit)  # pulls it if needed
         return await self._table.ensure(name, pinned=pinned, options=options or LoadOptions(),
                                         given=given, reason=reason, explicit=reason == "load")
 
     async def acquire(self, name: str) -> Lease:
         """Auto-load ``name`` if needed and take a lease on its backend (one request)."""
+        name = self.resolve(name)
         await self.catalog.ensure_local(name, progress=self.events.emit)  # pulls it if needed
         m = await self._table.ensure(name, pinned=None, options=LoadOptions(),
                                      given=frozenset(), reason="request", explicit=False)
@@ -342,10 +353,11 @@ class Router:
         Forgets the remembered pin and options. Waits for in-flight requests to finish.
         Raises ModelNotFoundError for a model that is not loaded.
         """
-        await self._table.unload(name)
+        await self._table.unload(None if name is None else self.resolve(name))
 
     async def set_pinned(self, name: str, pinned: bool) -> LiveModel:
         """Pin or unpin a loaded model (no reload). Pinning a downsized model restores it."""
+        name = self.resolve(name)
         m = self.get_live(name)
         if m is None or m.state in (ModelState.EVICTING, ModelState.UNLOADED):
             if name not in self.catalog:

@@ -22,6 +22,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -324,6 +325,33 @@ class RouterClient:
     def delete(self, model_name: str) -> dict[str, Any]:
         """``POST api/v1/delete``: remove a user model (unloading it first)."""
         return dict(self.request("POST", "api/v1/delete", json_body={"model_name": model_name}))
+
+    def aliases(self) -> dict[str, str]:
+        """``GET api/v1/alias``: every alias and the model it names."""
+        return dict(self.request("GET", "api/v1/alias").get("aliases") or {})
+
+    def add_alias(self, model_name: str, alias: str) -> dict[str, Any]:
+        """``POST api/v1/alias``: make ``alias`` another name of ``model_name``."""
+        return dict(self.request("POST", "api/v1/alias",
+                                 json_body={"model_name": model_name, "alias": alias}))
+
+    def remove_alias(self, alias: str) -> dict[str, Any]:
+        """``POST api/v1/alias/remove``: forget ``alias``."""
+        return dict(self.request("POST", "api/v1/alias/remove", json_body={"alias": alias}))
+
+    def log_tail(self, model_name: str, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of a model's backend log, redacted by the server
+        (``GET api/v1/logs/MODEL?tail=N&follow=false``: the stream ends after them)."""
+        path = f"api/v1/logs/{quote(model_name, safe='')}?tail={int(lines)}&follow=false"
+        with (
+            map_http_errors(self.base_url),
+            self._http.stream("GET", path, headers={"Accept": "text/event-stream"}) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                raise error_from_response(response)
+            return [event["data"] for event in iter_sse(response.iter_lines())
+                    if event.get("event") == "log"]
 
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]], **params: Any) -> str:
         """Non-streaming ``chat/completions``; returns the assistant's text."""

@@ -92,6 +92,13 @@ def _build_parser() -> MagicArgumentParser:
     pull.add_argument("--recipe", default="llamacpp")
     pull.add_argument("--mmproj", default=None, help="the repository's mmproj file (vision)")
     sub.add_parser("delete", help="remove a user model").add_argument("name")
+    alias = sub.add_parser("alias", help="MODEL ALIAS: another name for MODEL; "
+                           "--remove ALIAS; alone: list the aliases")
+    alias.add_argument("names", nargs="*", metavar="MODEL ALIAS")
+    alias.add_argument("--remove", metavar="ALIAS", default=None, help="forget ALIAS")
+    logs = sub.add_parser("logs", help="the last lines of MODEL's backend log")
+    logs.add_argument("model")
+    logs.add_argument("-n", "--lines", type=int, default=20, metavar="N")
 
     config = sub.add_parser("config", help="show the config, or set key=value ...")
     config.add_argument("pairs", nargs="*", metavar="key=value")
@@ -229,7 +236,7 @@ class LemonadeMagics(Magics):
 
         Usage::
 
-          %lemonade load MODEL [--pinned] [--ctx-size N] [--auto-evict | --no-auto-evict]
+          %lemonade load MODEL [--pinned] [--ctx-size N|-1] [--auto-evict | --no-auto-evict]
                                [--llamacpp-args "..."] [--downsize-idle-timeout S]
                                [--evict-idle-timeout S] [--evict-weight-factor F]
           %lemonade pin MODEL          %lemonade unpin MODEL
@@ -241,6 +248,10 @@ class LemonadeMagics(Magics):
                                        download from the Hugging Face Hub as user.NAME
           %lemonade pull NAME PATH [--labels a,b]    register a local GGUF as user.NAME
           %lemonade delete user.NAME
+          %lemonade alias MODEL ALIAS  ALIAS is another name for MODEL (every command and
+                                       request takes it); %lemonade alias lists them
+          %lemonade alias --remove ALIAS
+          %lemonade logs MODEL [-n N]  the last N lines of MODEL's backend log (redacted)
           %lemonade config [key=value ...]   values are JSON when they parse (2, true, 0.8)
           %lemonade chat [-o NAME] [--continue] [--system S] [--max-tokens N] MODEL PROMPT
           %%lemonade chat [-o NAME] [--continue] MODEL    (the cell is the prompt)
@@ -319,8 +330,9 @@ class LemonadeMagics(Magics):
         return None
 
     def _do_load(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
-        if args.ctx_size is not None and args.ctx_size <= 0:
-            raise UsageError("--ctx-size must be a positive number of tokens")
+        if args.ctx_size is not None and args.ctx_size <= 0 and args.ctx_size != -1:
+            raise UsageError("--ctx-size must be a positive number of tokens, or -1 for the "
+                             "context the model was trained with")
         client = self.client
         health = client.health()
         warning = pinned_slots_warning(
@@ -418,6 +430,30 @@ class LemonadeMagics(Magics):
     def _do_delete(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
         answer = self.client.delete(args.name)
         return Message(f"Deleted {args.name}", data=answer)
+
+    def _do_alias(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
+        if args.remove is not None:
+            if args.names:
+                raise UsageError("%lemonade alias --remove ALIAS takes no other name")
+            answer = self.client.remove_alias(args.remove)
+            return Message(f"Removed alias {args.remove} (of {answer.get('model_name')})",
+                           data=answer)
+        if not args.names:
+            listed = self.client.aliases()
+            text = "\n".join(f"{a} -> {m}" for a, m in listed.items()) or "No aliases"
+            return Message(text, data=listed)
+        if len(args.names) != 2:
+            raise UsageError("usage: %lemonade alias MODEL ALIAS")
+        answer = self.client.add_alias(*args.names)
+        return Message(f"{answer.get('alias')} is now an alias of {answer.get('model_name')}",
+                       data=answer)
+
+    def _do_logs(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
+        if not 0 < args.lines <= 10_000:
+            raise UsageError("-n must be between 1 and 10000")
+        lines = self.client.log_tail(args.model, args.lines)
+        return Message("\n".join(lines) or f"No log yet for {args.model}",
+                       data={"model": args.model, "lines": lines})
 
     def _do_config(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
         if not args.pairs:

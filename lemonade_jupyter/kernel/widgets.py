@@ -69,14 +69,17 @@ def close_current_dashboard(wait: bool = True) -> None:
         old.close(wait=wait)
 
 _COLUMNS = ("model", "type", "state", "pinned", "", "idle", "memory")
-_GRID = "minmax(12em, 2fr) 6em 7em 8em 7em 6em 7em"
+_GRID = "minmax(12em, 2fr) 6em 7em 8em 13em 6em 7em"
+#: Lines a row's "logs" button shows.
+LOG_LINES = 20
 
 
 class ModelRow:
     """The widgets of one loaded model's row in the table."""
 
     def __init__(
-        self, name: str, on_pin: Callable[[str, bool], None], on_unload: Callable[[str], None]
+        self, name: str, on_pin: Callable[[str, bool], None], on_unload: Callable[[str], None],
+        on_logs: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.label = widgets.HTML(f"<b>{html.escape(name)}</b>")
@@ -98,14 +101,29 @@ class ModelRow:
             layout=widgets.Layout(width="6.5em"),
         )
         self.unload.add_class("lemonade-unload-button")
+        self.logs = widgets.Button(
+            description="logs",
+            icon="file-text-o",
+            tooltip=f"the last {LOG_LINES} lines of {name}'s backend log",
+            layout=widgets.Layout(width="5.5em"),
+        )
+        self.logs.add_class("lemonade-logs-button")
+        self.actions = widgets.HBox([self.unload, self.logs])
         self.idle = widgets.Label()
         self.memory = widgets.Label()
         self.pin.observe(lambda change: on_pin(name, bool(change["new"])), names="value")
         self.unload.on_click(lambda _button: on_unload(name))
+        if on_logs is not None:
+            self.logs.on_click(lambda _button: on_logs(name))
 
     @property
     def cells(self) -> list[widgets.Widget]:
-        return [self.label, self.type, self.state, self.pin, self.unload, self.idle, self.memory]
+        return [self.label, self.type, self.state, self.pin, self.actions, self.idle, self.memory]
+
+    def close(self) -> None:
+        """Close every widget of the row (the buttons inside the actions box too)."""
+        for w in [*self.cells, self.unload, self.logs]:
+            w.close()
 
     def apply(self, m: Mapping[str, Any], now: float) -> None:
         """Show one health entry. The caller has already recorded the server's pin."""
@@ -181,6 +199,9 @@ class Dashboard(widgets.VBox):
             layout=widgets.Layout(grid_template_columns=_GRID, align_items="center")
         )
         self.table.add_class("lemonade-model-table")
+        #: The last lines of one model's log, fetched when its "logs" button is clicked.
+        self.log_view = widgets.HTML()
+        self.log_view.add_class("lemonade-log-view")
         self.events = widgets.HTML()
         self.model_dropdown = widgets.Dropdown(
             description="model", options=[], layout=widgets.Layout(width="24em")
@@ -198,6 +219,7 @@ class Dashboard(widgets.VBox):
                 self.header,
                 widgets.HTML("<b>Loaded models</b>"),
                 self.table,
+                self.log_view,
                 widgets.HBox(
                     [
                         widgets.VBox([widgets.HTML("<b>Slots</b>"), self.slots]),
@@ -267,8 +289,7 @@ class Dashboard(widgets.VBox):
                 _current = None
         self.stop(5.0 if wait else 0)
         for row in self.rows.values():
-            for w in row.cells:
-                w.close()
+            row.close()
         for w in _descendants(self):
             w.close()
         super().close()
@@ -346,11 +367,11 @@ class Dashboard(widgets.VBox):
             self._server_pins[name] = bool(m.get("pinned"))  # before the toggle moves
             row = self.rows.get(name)
             if row is None:
-                row = self.rows[name] = ModelRow(name, self._on_pin, self._on_unload)
+                row = self.rows[name] = ModelRow(name, self._on_pin, self._on_unload,
+                                                 self._on_logs)
             row.apply(m, now)
         for gone in [n for n in self.rows if n not in names]:
-            for w in self.rows.pop(gone).cells:
-                w.close()
+            self.rows.pop(gone).close()
             self._server_pins.pop(gone, None)
         cells: list[widgets.Widget] = list(self._headers)
         for name in names:
@@ -433,6 +454,26 @@ class Dashboard(widgets.VBox):
             row.unload.disabled = True
             row.unload.description = "unloading"
         self._spawn(f"unload {name}", lambda: self.client.unload(name))
+
+    def _on_logs(self, name: str) -> None:
+        """Show the last lines of ``name``'s backend log once (fetched on a worker thread)."""
+        self.log_view.value = f"<i>reading the log of {html.escape(name)}…</i>"
+
+        def show() -> None:
+            try:
+                lines = self.client.log_tail(name, LOG_LINES)
+            except ClientError as exc:
+                self.log_view.value = (f"<span style='color:#c62828'>logs {html.escape(name)}: "
+                                       f"{html.escape(str(exc))}</span>")
+                return
+            text = html.escape("\n".join(lines)) or "<i>no log yet</i>"
+            self.log_view.value = (
+                f"<b>Log of {html.escape(name)}</b> (last {LOG_LINES} lines)"
+                f"<pre style='max-height:20em;overflow:auto;font-size:85%'>{text}</pre>")
+
+        worker = threading.Thread(target=show, name=f"lemonade-logs {name}", daemon=True)
+        self._workers.append(worker)
+        worker.start()
 
     def _start_load(self) -> None:
         name = self.model_dropdown.value

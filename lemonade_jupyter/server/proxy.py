@@ -149,7 +149,7 @@ class OpenAIProxyHandler(LemonadeHandler):
         if not isinstance(stream, bool):
             raise InvalidRequestError("Parameter 'stream' must be a boolean", param="stream")
         # Unknown model (404) or a body it cannot serve (400): refused before any auto-load.
-        check_request(self.upstream_path, self.router.catalog.get(model), body)
+        check_request(self.upstream_path, self.router.catalog.get(self.router.resolve(model)), body)
         if stream and self.upstream_path != "/v1/embeddings":
             self._pump = asyncio.ensure_future(self._stream(model))
             try:

@@ -85,7 +85,7 @@ class LoadHandler(LemonadeHandler):
         self.write_json(
             {
                 "status": "success",
-                "model_name": m.name,
+                "model_name": name,  # the name asked for: an alias stays an alias
                 "checkpoint": m.spec.checkpoint,
                 "recipe": m.spec.recipe,
                 "pinned": m.pinned,
@@ -126,7 +126,7 @@ class PinHandler(LemonadeHandler):
                 "Parameter 'pinned' is required and must be a boolean", param="pinned"
             )
         m = await self.router.set_pinned(name, pinned)
-        self.write_json({"status": "success", "model_name": m.name, "pinned": m.pinned})
+        self.write_json({"status": "success", "model_name": name, "pinned": m.pinned})
 
 
 class ConfigHandler(PolledHandler):
@@ -165,6 +165,7 @@ class DeleteHandler(LemonadeHandler):
         if not isinstance(delete_files, bool):
             raise InvalidRequestError("Parameter 'delete_files' must be a boolean",
                                       param="delete_files")
+        name = self.router.resolve(name)
         spec = self.router.catalog.get(name)
         if spec.builtin:
             raise InvalidRequestError(f"Model '{name}' is built in and cannot be deleted",
@@ -177,4 +178,5 @@ class DeleteHandler(LemonadeHandler):
             except ModelNotFoundError:
                 pass  # unloaded meanwhile
         removed = self.router.catalog.delete(name, delete_files=delete_files)
+        self.router.aliases.drop_model(name)
         self.write_json({"status": "success", "model_name": name, "deleted_files": removed})

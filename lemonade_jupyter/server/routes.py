@@ -7,7 +7,7 @@ from typing import Any
 from jupyter_server.utils import url_path_join
 
 from ..api_paths import ROUTE_PREFIX
-from . import observe, pull, rest
+from . import aliases, logs, observe, pull, rest
 from .openai_checks import RERANK_PATH
 from .proxy import OpenAIProxyHandler
 
@@ -21,11 +21,14 @@ ROUTES: list[tuple[str, type, dict[str, Any]]] = [
     ("api/v1/pull", pull.PullHandler, {}),
     ("api/v1/pull/cancel", pull.PullCancelHandler, {}),
     ("api/v1/delete", rest.DeleteHandler, {}),
+    ("api/v1/alias", aliases.AliasHandler, {}),
+    ("api/v1/alias/remove", aliases.AliasRemoveHandler, {}),
     ("internal/pin", rest.PinHandler, {}),
     ("internal/config", rest.ConfigHandler, {}),
     ("internal/set", rest.SetHandler, {}),
     ("internal/simulate-vram-pressure", observe.SimulatePressureHandler, {}),
     ("api/v1/events", observe.EventsHandler, {}),
+    ("api/v1/logs/(?P<model>[^/]+)", logs.LogsHandler, {}),
     ("api/v1/memory/history", observe.MemoryHistoryHandler, {}),
     ("metrics", observe.MetricsHandler, {}),
     ("api/v1/chat/completions", OpenAIProxyHandler, {"upstream_path": "/v1/chat/completions"}),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.engines.llamacpp import EngineInfo
+from ..core.engines.llamacpp import DEFAULT_CTX_SIZE, EngineInfo
 from ..core.live_model import LiveModel
 from ..core.memory import MemorySample
 from ..core.router import Router
@@ -44,6 +44,8 @@ def model_view(m: LiveModel, engine: EngineInfo | None = None) -> dict[str, Any]
                              [*m.memory.gpu.items(), ("cpu", m.memory.ram)]},
         "memory_source": m.memory.sources(),
         "estimate_bytes": m.estimate_bytes,
+        # The context its backend runs with (a ctx_size of -1 resolved).
+        "ctx_size": (backend.options.ctx_size or DEFAULT_CTX_SIZE) if backend else None,
         "engine": engine.to_json() if engine else None,
     }
 
@@ -95,6 +97,7 @@ def models_view(router: Router, *, show_all: bool = False) -> dict[str, Any]:
             "pinned": bool(live and live.pinned),
             "downloaded": spec.downloaded,
             "size": spec.size(),
+            "aliases": router.aliases.of(spec.name),
         }
         if spec.mmproj_source or spec.mmproj:
             entry["mmproj"] = spec.mmproj_source or spec.mmproj

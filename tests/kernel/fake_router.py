@@ -49,6 +49,9 @@ class FakeRouter:
         self.events: list[dict[str, Any]] = []
         #: ``api/v1/memory/history`` samples (``{"time", "pressure"}``); None: no such route.
         self.memory_samples: list[dict[str, float]] | None = None
+        #: Backend log lines per model for ``api/v1/logs/MODEL`` (a model not here: 404).
+        self.logs: dict[str, list[str]] = {}
+        self.aliases: dict[str, str] = {}
 
     def client(self, **kwargs: Any) -> RouterClient:
         kwargs.setdefault("source", "fake router")
@@ -92,11 +95,43 @@ class FakeRouter:
         path = request.url.path.removeprefix("/lemonade/")
         body = json.loads(request.content) if request.content else None
         self.requests.append((request.method, path, body))
+        if path.startswith("api/v1/logs/"):
+            self.last_request = request
+            return self._logs(path.removeprefix("api/v1/logs/"), request)
         handler = getattr(self, "_" + path.replace("/", "_").replace("api_v1_", ""), None)
         if handler is None:
             return httpx.Response(404, json={"message": "Not Found"})
         self.last_request = request
         return handler(body or {})
+
+    def _logs(self, model: str, request: httpx.Request) -> httpx.Response:
+        if model not in self.logs:
+            return self._error(404, f"Model '{model}' is not in the catalog",
+                               "invalid_request_error", "model_not_found")
+        tail = int(request.url.params.get("tail", "100"))
+        lines = self.logs[model][-tail:] if tail else []
+        text = ": log\n\nevent: start\ndata: {\"generation\": 1}\n\n" + "".join(
+            f"event: log\ndata: {line}\n\n" for line in lines)
+        return httpx.Response(200, text=text, headers={"Content-Type": "text/event-stream"})
+
+    def _alias(self, body: dict[str, Any]) -> httpx.Response:
+        if not body:
+            return httpx.Response(200, json={"aliases": dict(self.aliases)})
+        name, alias = body.get("model_name"), body.get("alias")
+        if name not in self.catalog:
+            return self._error(404, f"Model '{name}' is not in the catalog",
+                               "invalid_request_error", "model_not_found")
+        if alias in self.catalog or self.aliases.get(alias, name) != name:
+            return self._error(400, f"'{alias}' clashes", "invalid_request_error")
+        self.aliases[alias] = name
+        return httpx.Response(200, json={"status": "success", "alias": alias, "model_name": name})
+
+    def _alias_remove(self, body: dict[str, Any]) -> httpx.Response:
+        alias = body.get("alias")
+        if alias not in self.aliases:
+            return self._error(404, f"'{alias}' is not an alias", "invalid_request_error")
+        return httpx.Response(200, json={"status": "success", "alias": alias,
+                                         "model_name": self.aliases.pop(alias)})
 
     def _health(self, body: Any) -> httpx.Response:
         return httpx.Response(200, json=self.health())

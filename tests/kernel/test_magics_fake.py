@@ -261,3 +261,39 @@ def test_magics_configurable_traits() -> None:
         assert magics.client.kind == "config" and magics.client.token == "abc"
     finally:
         shell.config = old
+
+
+def test_magics_alias_add_list_remove_and_logs(
+    ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics
+) -> None:
+    msg = ip.run_line_magic("lemonade", f"alias {DEFAULT} smol")
+    assert repr(msg) == f"smol is now an alias of {DEFAULT}"
+    assert fake.requests[-1] == ("POST", "api/v1/alias", {"model_name": DEFAULT, "alias": "smol"})
+    assert repr(ip.run_line_magic("lemonade", "alias")) == f"smol -> {DEFAULT}"
+    with pytest.raises(LemonadeServerError, match="clashes"):
+        ip.run_line_magic("lemonade", "alias embedder smol")
+    with pytest.raises(UsageError):
+        ip.run_line_magic("lemonade", "alias only-one")
+    msg = ip.run_line_magic("lemonade", "alias --remove smol")
+    assert repr(msg) == f"Removed alias smol (of {DEFAULT})" and fake.aliases == {}
+    assert repr(ip.run_line_magic("lemonade", "alias")) == "No aliases"
+
+    fake.logs[DEFAULT] = ["first", "second", "third"]
+    msg = ip.run_line_magic("lemonade", f"logs {DEFAULT} -n 2")
+    assert repr(msg) == "second\nthird"
+    assert fake.last_request.url.params["tail"] == "2"
+    with pytest.raises(UsageError):
+        ip.run_line_magic("lemonade", f"logs {DEFAULT} -n 0")
+
+
+def test_magics_load_takes_ctx_size_minus_one(
+    ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics
+) -> None:
+    ip.run_line_magic("lemonade", f"load {DEFAULT} --ctx-size -1")
+    assert _calls_last(fake, "api/v1/load") == {"model_name": DEFAULT, "ctx_size": -1}
+    with pytest.raises(UsageError, match="-1"):
+        ip.run_line_magic("lemonade", f"load {DEFAULT} --ctx-size -2")
+
+
+def _calls_last(fake: FakeRouter, path: str) -> object:
+    return [b for _, p, b in fake.requests if p == path][-1]

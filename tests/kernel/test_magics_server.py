@@ -13,6 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from lemonade_jupyter.kernel.client import RouterClient
 from lemonade_jupyter.kernel.discovery import discover
 from lemonade_jupyter.kernel.magics import LemonadeMagics
+from lemonade_jupyter.kernel.widgets import Dashboard
 
 from tests.helpers.jupyter import JupyterProcess
 
@@ -75,3 +76,33 @@ def test_server_dashboard_actions_reach_the_server(
     server: JupyterProcess, default_model_name: str
 ) -> None:
     dashboard_flow(discover(mode="server"), default_model_name)
+
+
+def test_server_alias_logs_and_trained_context_from_the_magics_and_the_dashboard(
+    ip: InteractiveShell, server: JupyterProcess, default_model_name: str
+) -> None:
+    """``%lemonade alias``, ``load ALIAS --ctx-size -1``, ``logs`` and the dashboard's logs
+    button, against the real server (a real backend's real log)."""
+    magics = LemonadeMagics(ip, progress="none")
+    ip.register_magics(magics)
+    router = server.router_client
+    ip.run_line_magic("lemonade", f"alias {default_model_name} smol-magic")
+    try:
+        assert router.aliases() == {"smol-magic": default_model_name}
+        msg = ip.run_line_magic("lemonade", "load smol-magic --ctx-size -1")
+        assert repr(msg).startswith("Loaded smol-magic")
+        [entry] = router.health()["all_models_loaded"]
+        assert entry["model_name"] == default_model_name and entry["ctx_size"] == 8192
+        logs = ip.run_line_magic("lemonade", "logs smol-magic -n 5")
+        assert len(logs.data["lines"]) == 5
+        assert router.token not in repr(logs)
+        dash = Dashboard(router, autostart=False, follow_events=False)
+        try:
+            dash.rows[default_model_name].logs.click()
+            dash.wait_actions()
+            assert f"Log of {default_model_name}" in dash.log_view.value
+            assert "<pre" in dash.log_view.value and "no log yet" not in dash.log_view.value
+        finally:
+            dash.close()
+    finally:
+        ip.run_line_magic("lemonade", "alias --remove smol-magic")

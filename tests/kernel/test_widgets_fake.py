@@ -152,3 +152,30 @@ def test_dashboard_is_a_widget_tree(fake: FakeRouter) -> None:
         assert "lemonade-dashboard" in dash._dom_classes
     finally:
         dash.close()
+
+
+def test_dashboard_logs_button_shows_the_last_lines_once(fake: FakeRouter) -> None:
+    client = fake.client()
+    client.load(DEFAULT)
+    fake.logs[DEFAULT] = [f"line {i} <b>" for i in range(30)]
+    dash = Dashboard(client, autostart=False, follow_events=False)
+    try:
+        row = dash.rows[DEFAULT]
+        assert row.logs in row.actions.children and dash.log_view.value == ""
+        row.logs.click()
+        dash.wait_actions()
+        [(method, path, _body)] = [r for r in fake.requests if r[1].startswith("api/v1/logs/")]
+        assert (method, path) == ("GET", f"api/v1/logs/{DEFAULT}")
+        assert fake.last_request.url.params["tail"] == "20"
+        assert fake.last_request.url.params["follow"] == "false"
+        view = dash.log_view.value
+        assert f"Log of {DEFAULT}" in view
+        assert "line 29 &lt;b&gt;" in view and "line 10 &lt;b&gt;" in view  # escaped
+        assert "line 9 " not in view
+        # A model without a log (gone on the server): the error, not a traceback.
+        del fake.logs[DEFAULT]
+        row.logs.click()
+        dash.wait_actions()
+        assert "is not in the catalog" in dash.log_view.value
+    finally:
+        dash.close()

@@ -5,10 +5,13 @@ what the official ``openai`` client sends)."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from tornado import web
 
+from lemonade_jupyter.core.catalog import DEFAULT_MODEL
 from lemonade_jupyter.server.routes import ROUTES
 
 from tests.helpers.envelope import assert_envelope
@@ -34,6 +37,8 @@ async def _call(
     http: httpx.AsyncClient, base: str, method: str, path: str, headers: dict[str, str]
 ) -> Answer:
     """One request; for a stream (the event route) only the status and headers are read."""
+    # A route with a path parameter (``(?P<model>...)``) is called for the default model.
+    path = re.sub(r"\(\?P<\w+>[^)]*\)", DEFAULT_MODEL, path)
     async with http.stream(method, f"{base}lemonade/{path}", headers=headers,
                            content=b"{}" if method == "POST" else None) as resp:
         if resp.headers.get("content-type", "").startswith("text/event-stream"):

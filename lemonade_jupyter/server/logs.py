@@ -1,0 +1,124 @@
+"""``GET lemonade/api/v1/logs/{model}``: a model's backend log as a server-sent event stream.
+
+The last ``tail`` lines of its newest log first, then every new line as the backend writes it
+(the file is polled from a worker thread, :data:`POLL_S` apart), across reloads: a new backend
+starts a new file, announced by a ``start`` event, and the stream goes on with it. Every line
+is redacted on its way out (:func:`~lemonade_jupyter.core.backend_logs.redact`): the backends'
+API keys and the Jupyter token never leave.
+
+A model that has not started yet (or is unloaded) streams nothing until it starts. The
+stream never counts as Jupyter activity, like the event stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ..core.backend_logs import LogFollower, redact
+from ..core.validation import check_number
+from ..errors import InvalidRequestError, ModelNotFoundError
+from .base import PolledHandler
+from .observe import KEEPALIVE_S
+
+#: Seconds between two looks at the file.
+POLL_S = 0.25
+DEFAULT_TAIL = 100
+MAX_TAIL = 10_000
+
+
+class LogsHandler(PolledHandler):
+    """``GET lemonade/api/v1/logs/{model}[?tail=N&follow=false]``: the backend log as SSE.
+
+    ``tail`` (default 100, 0 to 10000) lines first; ``follow=false`` ends the stream after
+    them. 404 for a name that is neither a model nor an alias.
+    """
+
+    def initialize(self) -> None:
+        self._closed = asyncio.Event()
+
+    def on_connection_close(self) -> None:
+        self._closed.set()
+
+    @web.authenticated
+    @authorized
+    async def get(self, model: str) -> None:
+        tail = self._tail()
+        follow = self.get_argument("follow", "true").strip().lower()
+        if follow not in ("true", "1", "false", "0"):
+            raise InvalidRequestError("Parameter 'follow' must be true or false",
+                                      param="follow")
+        name = self.router.resolve(model)
+        if name not in self.router.catalog:
+            raise ModelNotFoundError(f"Model '{model}' is not in the catalog", param="model")
+        follower = LogFollower(self.router.launcher.log_dir, name)
+        lines = await asyncio.to_thread(follower.start, tail)
+        try:
+            self.set_header("Content-Type", "text/event-stream")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+            self.write(f": log of {name}\n\n".encode())
+            if follower.path is not None:
+                self._start_event(follower.generation)
+            self._write_lines(lines)
+            await self.flush()
+            if follow in ("true", "1"):
+                await self._follow(follower)
+        except StreamClosedError:
+            return
+        if not self._closed.is_set():
+            self.finish()
+
+    def _tail(self) -> int:
+        raw = self.get_argument("tail", str(DEFAULT_TAIL))
+        try:
+            return int(check_number("tail", int(raw), minimum=0, maximum=MAX_TAIL,
+                                    integer=True))
+        except (ValueError, InvalidRequestError):
+            raise InvalidRequestError(
+                f"Parameter 'tail' must be an integer between 0 and {MAX_TAIL}",
+                param="tail") from None
+
+    async def _follow(self, follower: LogFollower) -> None:
+        """Send new lines until the client goes; a ping after :data:`KEEPALIVE_S` of quiet."""
+        quiet = 0.0
+        while not self._closed.is_set():
+            try:
+                await asyncio.wait_for(self._closed.wait(), POLL_S)
+                return
+            except asyncio.TimeoutError:
+                pass
+            old, generation, new = await asyncio.to_thread(follower.step)
+            self._write_lines(old)
+            if generation is not None:
+                self._start_event(generation)
+                self._write_lines(new)
+            if old or generation is not None:
+                quiet = 0.0
+                await self.flush()
+                continue
+            quiet += POLL_S
+            if quiet >= KEEPALIVE_S:
+                quiet = 0.0
+                self.write(b": ping\n\n")
+                await self.flush()
+
+    def _start_event(self, generation: int) -> None:
+        self.write(f"event: start\ndata: {json.dumps({'generation': generation})}\n\n".encode())
+
+    def _write_lines(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        secrets = self._secrets()
+        self.write("".join(f"event: log\ndata: {redact(line, secrets)}\n\n"
+                           for line in lines).encode())
+
+    def _secrets(self) -> list[str]:
+        """What must never be shown: every live backend's key and the Jupyter token."""
+        keys = [m.backend.api_key for m in self.router.live_models() if m.backend is not None]
+        token = getattr(self.identity_provider, "token", "") or self.settings.get("token", "")
+        return [*keys, token] if isinstance(token, str) else keys
