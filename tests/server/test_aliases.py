@@ -37,7 +37,7 @@ async def model_entries(api) -> dict[str, dict]:
 
 
 async def test_alias_routes_every_call_to_its_model_and_persists_across_a_restart(
-    api, client, lemonade_data_dir
+    api, client, lemonade, lemonade_data_dir
 ):
     answer = await api.post(f"{API}/alias", {"model_name": DEFAULT_MODEL, "alias": "smol"})
     assert answer.code == 200, answer.body
@@ -60,7 +60,8 @@ async def test_alias_routes_every_call_to_its_model_and_persists_across_a_restar
     assert (await api.post(f"{API}/unload", {"model_name": "smol"})).code == 200
     assert await api.loaded() == {}
 
-    # A new server over the same data folder knows the alias and routes it.
+    # A new server over the same data folder (once this one let go of it) knows the alias.
+    await lemonade.stop_extension()
     other = EmbeddedServer(data_dir=lemonade_data_dir)
     other.start()
     try:

@@ -243,7 +243,7 @@ async def test_pull_rejects_bad_checkpoints(api, tmp_path, not_gguf, default_mod
     assert (await api.get(f"{API}/models")).json == before
 
 
-async def test_pull_registers_and_persists(api, lemonade_data_dir, default_model_file):
+async def test_pull_registers_and_persists(api, lemonade, lemonade_data_dir, default_model_file):
     answer = await api.post(f"{API}/pull", {"model_name": "user.embed",
                                             "checkpoint": default_model_file,
                                             "recipe": "llamacpp", "labels": ["embeddings"]})
@@ -255,7 +255,9 @@ async def test_pull_registers_and_persists(api, lemonade_data_dir, default_model
     assert models["user.embed"]["checkpoint"] == default_model_file
     assert (await api.health())["max_models"] == {"embedding": 1, "llm": 1}
 
-    # A new server over the same data dir (the embedded one: same handlers, fresh router).
+    # A new server over the same data dir (the embedded one: same handlers, fresh router),
+    # once this one let go of it.
+    await lemonade.stop_extension()
     other = EmbeddedServer(data_dir=lemonade_data_dir)
     other.start()
     try:
