@@ -50,6 +50,8 @@ from .model_table import ModelTable
 from .options import LoadOptions
 from .persistence import RouterStateStore
 from .preferences import ModelPreferences
+from .remote import RemoteRegistry
+from .remote_metrics import RemoteCollector
 from .settings import PERSISTED_KEYS, RouterSettings
 from .watchdog import Watchdog, run_every
 
@@ -132,6 +134,10 @@ class Router:
         self.memory.add_listener(self._table.apply_memory_sample)
         self._watchdog = Watchdog()
         self.metrics = RouterMetrics(self.events, self.snapshot)
+        # Remote models (recipe "remote") live beside the table, never in it: no slot, no
+        # eviction, no pin. The registry owns them and their replicas' probe loop.
+        self.remote = RemoteRegistry(data_dir, self.events, lambda: self.settings)
+        self.metrics.registry.register(RemoteCollector(self.remote))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -158,6 +164,7 @@ class Router:
                 if pinned is True and name in known:
                     self.preferences.set_pinned(name, True)
         self._spawn(run_every(lambda: self.settings.watchdog_interval_s, self.check_backends))
+        self._spawn(self.remote.run())
         self._spawn(memory_loop(
             settings=lambda: self.settings, sampling_needed=self._sampling_needed,
             evicting=self._evicting, sample=self.memory.sample,
@@ -338,10 +345,13 @@ class Router:
         Forgets the remembered pin and options. Waits for in-flight requests to finish.
         Raises ModelNotFoundError for a model that is not loaded.
         """
+        if name is not None:
+            self.refuse_remote(name, "unloaded")
         await self._table.unload(name)
 
     async def set_pinned(self, name: str, pinned: bool) -> LiveModel:
         """Pin or unpin a loaded model (no reload). Pinning a downsized model restores it."""
+        self.refuse_remote(name, "pinned" if pinned else "unpinned")
         m = self.get_live(name)
         if m is None or m.state in (ModelState.EVICTING, ModelState.UNLOADED):
             if name not in self.catalog:
@@ -477,6 +487,14 @@ class Router:
                 if m.backend is not None and m.backend.pid is not None]
 
     # ------------------------------------------------------------------ helpers
+    def refuse_remote(self, name: str, what: str) -> None:
+        """Remote models run on their upstream: there is nothing here to pin or unload."""
+        if name in self.remote:
+            raise InvalidRequestError(
+                f"'{name}' is a remote model: it runs on its upstream and is not loaded here "
+                f"(it takes no slot and is never evicted), so it cannot be {what}",
+                param="model")
+
     def _check_open(self) -> None:
         if self.phase is RouterPhase.NEW:
             raise RuntimeError("Router.start() has not been awaited")

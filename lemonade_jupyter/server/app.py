@@ -26,6 +26,7 @@ from ..core.settings import SETTINGS, RouterSettings, check_value, from_config
 from ..core.validation import check_number
 from ..errors import InvalidRequestError
 from .routes import handlers
+from .remote_upstream import RemoteUpstream
 from .upstream import UpstreamPool
 
 
@@ -80,6 +81,12 @@ class LemonadeApp(ExtensionApp):
         help="Seconds of silence (cold load, prefill) before a ': ping' SSE comment.",
     )
 
+    remote_ca_bundle = Unicode(
+        "", config=True,
+        help="PEM file of CA certificates to trust for https remote models; empty: the "
+        "system's store. Certificates are always verified.",
+    )
+
     @validate(*(s.name for s in SETTINGS))
     def _validate_setting(self, proposal: dict) -> object:
         """Reject a bad value in the config file with the same rule as /internal/set."""
@@ -116,8 +123,11 @@ class LemonadeApp(ExtensionApp):
             llama_server_path=self.llama_server_path or None,
             data_dir=data_dir,
         )
+        self.router.remote.ca_bundle = self.remote_ca_bundle or None
         self.upstream = UpstreamPool()
+        self.remote_upstream = RemoteUpstream()
         self.settings.update({
+            "lemonade_remote_upstream": self.remote_upstream,
             "lemonade_router": self.router,
             "lemonade_upstream": self.upstream,
             "lemonade_ping_interval_s": self.sse_ping_interval_s,
@@ -143,6 +153,9 @@ class LemonadeApp(ExtensionApp):
         upstream = getattr(self, "upstream", None)
         if upstream is not None:
             upstream.close()
+        remote_upstream = getattr(self, "remote_upstream", None)
+        if remote_upstream is not None:
+            await remote_upstream.close()
         router = getattr(self, "router", None)
         if router is not None:
             await router.stop()
