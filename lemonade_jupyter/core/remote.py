@@ -55,6 +55,8 @@ class Replica:
     #: None until the first probe or request says.
     up: bool | None = None
     in_flight: int = 0
+    #: Requests sent to it so far: among equally busy replicas the least used goes first.
+    sent: int = 0
     latency_ms: float | None = None
     last_error: str = ""
     #: Failures in a row (probes or requests); sets the back-off.
@@ -261,10 +263,11 @@ class RemoteRegistry:
         if not left:
             return None
         rank = {True: 0, None: 1, False: 2}
-        return min(left, key=lambda r: (rank[r.up], r.in_flight, r.failures))
+        return min(left, key=lambda r: (rank[r.up], r.in_flight, r.sent))
 
     def started(self, replica: Replica) -> None:
         replica.in_flight += 1
+        replica.sent += 1
 
     def finished(self, replica: Replica, model: str, outcome: str) -> None:
         """A request ended: ``ok`` (an answer, whatever its status), or how it failed."""
