@@ -302,7 +302,7 @@ class RemoteRegistry:
                          else f"HTTP {resp.status_code} to the probe")
 
     async def _get_models(self, spec: ReplicaSpec) -> httpx.Response:
-        timeout = self._settings().remote_timeout_s
+        timeout = self._settings().remote_connect_timeout_s
         if self._http is None:  # before the loop started (a pull right at start)
             async with httpx.AsyncClient(verify=self.tls) as client:
                 return await client.get(f"{spec.base_url}/models", headers=spec.auth_headers(),
