@@ -292,3 +292,38 @@ async def test_bad_pull_bodies_are_400s_that_register_nothing(api, monkeypatch, 
     assert (await api.health())["remote_models"] == []
     assert NAME not in {m["id"] for m in (await api.get(f"{API}/models")).json["data"]}
     assert not (lemonade_data_dir / "remote_models.json").exists()
+
+
+def test_the_key_never_reaches_the_jupyter_log(llama_server_path, default_model_file, tmp_path):
+    """A Jupyter server of its own (``--debug``: every request and decision logged) serves a
+    remote model through a pull, chat, a stream, a replica's death and failed requests; its
+    log then holds the replicas' URLs and failures, and neither key."""
+    from tests.helpers.jupyter import JupyterProcess
+
+    servers = start_replicas(llama_server_path, default_model_file, tmp_path)
+    jupyter = JupyterProcess(tmp_path / "jupyter", extra_args=("--debug",),
+                             lemonade={"remote_probe_backoff_max_s": 1.0},
+                             env={env: s.api_key for env, s in zip(KEY_ENVS, servers)})
+    try:
+        jupyter.start()
+        with jupyter.client(timeout=60) as c:
+            assert c.post(f"{API}/pull", json=pull_body(servers)).status_code == 200
+            chat = {"model": NAME, "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 2}
+            assert c.post(f"{API}/chat/completions", json=chat).status_code == 200
+            streamed = c.post(f"{API}/chat/completions", json={**chat, "stream": True})
+            assert streamed.status_code == 200 and "data: " in streamed.text
+            servers[0].kill()
+            for _ in range(3):
+                assert c.post(f"{API}/chat/completions", json=chat).status_code == 200
+            servers[1].kill()
+            failed = c.post(f"{API}/chat/completions", json=chat)
+            assert failed.status_code == 502
+            assert c.post(f"{API}/load", json={"model_name": NAME}).status_code == 502
+    finally:
+        jupyter.stop()
+        for s in servers:
+            s.kill()
+    log = jupyter.log_text()
+    assert servers[0].base_url in log and "is down" in log  # the log saw it all
+    assert_no_key(log, servers)
