@@ -49,6 +49,8 @@ class FakeRouter:
         self.events: list[dict[str, Any]] = []
         #: ``api/v1/memory/history`` samples (``{"time", "pressure"}``); None: no such route.
         self.memory_samples: list[dict[str, float]] | None = None
+        #: ``remote_models`` of ``/health`` (remote models and their replicas).
+        self.remote: list[dict[str, Any]] = []
 
     def client(self, **kwargs: Any) -> RouterClient:
         kwargs.setdefault("source", "fake router")
@@ -84,6 +86,7 @@ class FakeRouter:
                 "source": "system",
                 "devices": [{"name": "system", "total": 1000, "used": 250}],
             },
+            "remote_models": self.remote,
         }
 
     def handle(self, request: httpx.Request) -> httpx.Response:
