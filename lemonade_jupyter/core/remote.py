@@ -150,7 +150,12 @@ class RemoteRegistry:
                 now = time.monotonic()
                 due = [r for r in self._replicas.values() if r.next_probe <= now]
                 if due:
-                    await asyncio.gather(*(self._probe(r) for r in due))
+                    results = await asyncio.gather(*(self._probe(r) for r in due),
+                                                   return_exceptions=True)
+                    for replica, result in zip(due, results):
+                        if isinstance(result, Exception):  # a bug must not end the loop
+                            log.error("Probe of %s failed", replica.url, exc_info=result)
+                            self._set_up(replica, False, type(result).__name__)
                 waits = [r.next_probe for r in self._replicas.values()]
                 timeout = max(0.0, min(waits) - time.monotonic()) if waits else None
                 with contextlib.suppress(asyncio.TimeoutError):

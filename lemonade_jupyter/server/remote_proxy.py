@@ -29,7 +29,6 @@ from ..core.remote import RemoteModel, RemoteRegistry, Replica
 from ..errors import RemoteTimeoutError, RemoteUnreachableError, UpstreamError
 from .openai_checks import check_request
 from .remote_upstream import RemoteStream, RemoteUpstream, ReplicaFailure, ReplicaTimeout
-from .upstream import UpstreamResponse
 
 if TYPE_CHECKING:
     from .proxy import OpenAIProxyHandler
