@@ -12,7 +12,8 @@ router sent (the remote spec's ``upstream_model``):
 ``echo-key``     401 whose message repeats the ``Authorization`` header it got
 ``midstream``    a stream that sends one event, then drops the connection
 
-Every request's path and ``Authorization`` header are recorded in :attr:`FakeUpstream.seen`.
+``POST /v1/embeddings`` and ``POST /v1/rerank`` answer in OpenAI's and lemonade's shapes, with
+the ``model`` they were sent. Every request's path and ``Authorization`` header are recorded in :attr:`FakeUpstream.seen`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/rerank", self._rerank)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
@@ -75,6 +78,20 @@ class FakeUpstream:
             return web.json_response({"error": {"message": "bad key"}}, status=401)
         return web.json_response({"object": "list",
                                   "data": [{"id": m, "object": "model"} for m in MODELS]})
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        body = await request.json()
+        return web.json_response({"object": "list", "model": body.get("model"), "data": [
+            {"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}]})
+
+    async def _rerank(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        body = await request.json()
+        return web.json_response({"model": body.get("model"), "results": [
+            {"index": i, "relevance_score": float(-i)} for i in range(len(body["documents"]))]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         authorized = self._authorized(request)

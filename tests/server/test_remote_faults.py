@@ -171,3 +171,24 @@ def _server_tls(certificate):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
     return context
+
+
+@pytest.mark.parametrize("label, route, body, upstream_path", [
+    ("embeddings", "embeddings", {"input": "hello"}, "/v1/embeddings"),
+    ("reranking", "reranking", {"query": "q", "documents": ["a", "b"]}, "/v1/rerank"),
+])
+async def test_embeddings_and_reranking_go_to_the_upstream_routes(api, fake, label, route, body,
+                                                                  upstream_path):
+    answer = await api.post(f"{API}/pull", {
+        "model_name": "user.enc", "recipe": "remote", "base_url": fake.base_url,
+        "upstream_model": "ok", "api_key_env": "FAKE_UPSTREAM_KEY", "labels": [label]})
+    assert answer.code == 200, answer.body
+    served = await api.post(f"{API}/{route}", {"model": "user.enc", **body})
+    assert served.code == 200, served.body
+    assert served.json["model"] == "user.enc"
+    assert (upstream_path, f"Bearer {KEY}") in fake.seen
+    # The same checks as for local models: a chat request to it is refused before any upstream.
+    refused = await api.post(f"{API}/chat/completions", {
+        "model": "user.enc", "messages": [{"role": "user", "content": "hi"}]})
+    assert refused.code == 400 and "does not generate text" in refused.error["message"]
+    assert chats_seen(fake) == 0
