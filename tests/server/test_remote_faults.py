@@ -192,3 +192,26 @@ async def test_embeddings_and_reranking_go_to_the_upstream_routes(api, fake, lab
         "model": "user.enc", "messages": [{"role": "user", "content": "hi"}]})
     assert refused.code == 400 and "does not generate text" in refused.error["message"]
     assert chats_seen(fake) == 0
+
+
+async def test_a_stream_that_cannot_connect_fails_over_before_its_first_byte(api, upstream_key):
+    first = await FakeUpstream(key=KEY).start()
+    second = await FakeUpstream(key=KEY).start()
+    try:
+        answer = await api.post(f"{API}/pull", {
+            "model_name": "user.pair", "recipe": "remote", "upstream_model": "ok",
+            "base_urls": [first.base_url, second.base_url], "api_key_env": "FAKE_UPSTREAM_KEY"})
+        assert answer.code == 200, answer.body
+        assert answer.json["registered"][0]["status"] == "ready"
+        await first.stop()  # still "up" for the router: the next probe is 10 s away
+        streamed = await api.post(f"{API}/chat/completions", {
+            "model": "user.pair", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]})
+        assert streamed.code == 200, streamed.body
+        assert streamed.body.decode().count('"model":"user.pair"') == 3
+        assert chats_seen(second) == 1
+        states = {r["base_url"]: r["state"]
+                  for r in (await api.health())["remote_models"][0]["replicas"]}
+        assert states == {first.base_url: "down", second.base_url: "up"}
+    finally:
+        await second.stop()
