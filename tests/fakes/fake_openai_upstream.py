@@ -13,7 +13,8 @@ router sent (the remote spec's ``upstream_model``):
 ``midstream``    a stream that sends one event, then drops the connection
 
 ``POST /v1/embeddings`` and ``POST /v1/rerank`` answer in OpenAI's and lemonade's shapes, with
-the ``model`` they were sent. Every request's path and ``Authorization`` header are recorded in :attr:`FakeUpstream.seen`.
+the ``model`` they were sent. Every request's path and ``Authorization`` header are recorded
+in :attr:`FakeUpstream.seen`.
 """
 
 from __future__ import annotations
