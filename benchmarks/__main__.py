@@ -24,13 +24,13 @@ from pathlib import Path
 from lemonade_jupyter.core.catalog import default_model_path
 from lemonade_jupyter.core.engines.llamacpp import find_llama_server
 
-from . import clients, downsize, fast, lifecycle, proxy, scale
+from . import clients, downsize, fast, lifecycle, proxy, remote, scale
 from .common import Context
 from .procs import BareLlama, JupyterServer
 from .profiling import PySpy
 from .report import machine_info, now_iso, render_markdown, write_results
 
-SECTIONS = ("proxy", "cold", "swap", "downsize", "scale", "fast", "clients")
+SECTIONS = ("proxy", "cold", "swap", "downsize", "scale", "fast", "clients", "remote")
 REPO = Path(__file__).resolve().parent.parent
 FAKE_SERVER = REPO / "tests" / "fakes" / "fake_llama_server.py"
 
@@ -133,7 +133,8 @@ def _run_sections(args: argparse.Namespace, ctx: Context, errors: list[str]) -> 
             traceback.print_exc()
         print(f"[benchmarks] {name} done in {time.monotonic() - t0:.1f} s", flush=True)
 
-    if set(args.only) & {"proxy", "cold", "swap", "downsize"}:
+    if set(args.only) & {"proxy", "cold", "swap", "downsize", "remote"}:
+        remote.prepare_key()  # in the environment the Jupyter server inherits
         server = JupyterServer(ctx.tmp / "main", {
             "max_loaded_models": -1, "restore_on_start": False,
             # No background eviction rounds: section 6 drives them itself, synchronously.
@@ -161,6 +162,9 @@ def _run_sections(args: argparse.Namespace, ctx: Context, errors: list[str]) -> 
                     section("4. swap", lambda: lifecycle.run_swap(ctx, server), server.pid)
                 if "downsize" in args.only:
                     section("6. downsize", lambda: downsize.run_downsize(ctx, server),
+                            server.pid)
+                if "remote" in args.only:
+                    section("9. remote model", lambda: remote.run_remote(ctx, server),
                             server.pid)
         finally:
             kills = [ln for ln in server.log_tail(10_000).splitlines() if "killing it" in ln]

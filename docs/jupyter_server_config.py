@@ -61,6 +61,18 @@ c.LemonadeApp.watchdog_interval_s = 2.0
 c.LemonadeApp.watchdog_probe_timeout_s = 3.0
 c.LemonadeApp.watchdog_probe_failures = 3
 
+# -- remote models (recipe "remote": vLLM, KServe, TGI, Ray Serve, another lemonade) ------------
+# PEM file of the CA certificates to trust for https upstreams; empty: the system's store.
+# Certificates are always verified.
+c.LemonadeApp.remote_ca_bundle = ""
+# Seconds to connect to a replica (and the timeout of a probe).
+c.LemonadeApp.remote_connect_timeout_s = 5.0
+# Seconds a replica may stay silent during a request before a 504.
+c.LemonadeApp.remote_timeout_s = 300.0
+# Probes (GET /models) of a replica that answers, and the cap of the back-off of one that is down.
+c.LemonadeApp.remote_probe_interval_s = 10.0
+c.LemonadeApp.remote_probe_backoff_max_s = 30.0
+
 # -- the HTTP side ------------------------------------------------------------------------------
 # Seconds of silence on a proxied stream (cold load, long prompt) before a ": ping" comment.
 c.LemonadeApp.sse_ping_interval_s = 2.0

@@ -17,7 +17,9 @@ ladder. The kernel side imports only this module.
     ├── ModelLoadError               500 model_load_error (backend could not start)
     ├── BackendShutdownError         503 router_shutdown
     ├── UpstreamError                502 upstream_error (backend transport failure mid-request)
-    │   └── BackendTransportError    502 the connection to a backend broke: replayed once
+    │   ├── BackendTransportError    502 the connection to a backend broke: replayed once
+    │   ├── RemoteUnreachableError   502 upstream_unreachable (no replica of a remote model answers)
+    │   └── RemoteTimeoutError       504 upstream_timeout (a remote model's replica timed out)
     ├── HubError                     502 hub_error (the Hugging Face Hub answered unexpectedly)
     │   ├── HubAuthError             401 hub_unauthorized (names HF_TOKEN)
     │   ├── HubAccessError           403 hub_forbidden (gated repository; names HF_TOKEN)
@@ -44,6 +46,8 @@ __all__ = [
     "BackendShutdownError",
     "UpstreamError",
     "BackendTransportError",
+    "RemoteUnreachableError",
+    "RemoteTimeoutError",
     "HubError",
     "HubAuthError",
     "HubAccessError",
@@ -199,6 +203,20 @@ class BackendTransportError(UpstreamError):
     Raised by whatever sends a request to a backend (the proxy's upstream pool, a test's
     client); ``Router.call`` catches it, reports the backend and replays the request once.
     """
+
+
+class RemoteUnreachableError(UpstreamError):
+    """No replica of a remote model could be reached (refused, unresolvable, TLS failure)."""
+
+    code = "upstream_unreachable"
+
+
+class RemoteTimeoutError(UpstreamError):
+    """A remote model's replica did not answer within ``remote_timeout_s``."""
+
+    status_code = 504
+    error_type = "timeout_error"
+    code = "upstream_timeout"
 
 
 class HubError(LemonadeError):

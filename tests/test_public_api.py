@@ -17,7 +17,8 @@ def test_public_api_all_pinned() -> None:
     assert sorted(errors.__all__) == sorted([
         "LemonadeError", "InvalidRequestError", "ModelNotFoundError", "SlotsPinnedError",
         "InsufficientMemoryError", "CoolingDownError", "EngineMissingError", "ModelLoadError", "BackendShutdownError",
-        "UpstreamError", "BackendTransportError", "HubError", "HubAuthError", "HubAccessError",
+        "UpstreamError", "BackendTransportError", "RemoteUnreachableError", "RemoteTimeoutError",
+        "HubError", "HubAuthError", "HubAccessError",
         "HubNotFoundError", "HubUnavailableError", "InsufficientStorageError",
         "PullCancelledError", "ClientError", "error_body",
     ])

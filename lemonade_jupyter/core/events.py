@@ -19,6 +19,8 @@ from typing import Any
 KINDS = (
     "load", "load_failed", "unload", "evict", "downsize", "restore", "pin", "unpin",
     "crash", "reload", "config", "pull", "context",
+    # Remote models: registered/deleted, and a replica found reachable or unreachable.
+    "remote", "reachable", "unreachable",
 )
 
 

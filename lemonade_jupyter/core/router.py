@@ -53,6 +53,8 @@ from .model_table import ModelTable
 from .options import LoadOptions
 from .persistence import RouterStateStore
 from .preferences import ModelPreferences
+from .remote import RemoteRegistry
+from .remote_metrics import RemoteCollector
 from .settings import PERSISTED_KEYS, RouterSettings
 from .watchdog import Watchdog, run_every
 
@@ -100,6 +102,7 @@ class Router:
         *,
         llama_server_path: str | None = None,
         data_dir: Path | None = None,
+        keep_state: bool = True,
         log_dir: Path | None = None,
         events: EventLog | None = None,
         nvml: Any | None = None,
@@ -122,7 +125,9 @@ class Router:
                             f"lemonade-backends-{os.getpid()}-{id(self):x}"),
             settings=lambda: self.settings, http=lambda: self.http,
         )
-        self._store = RouterStateStore(data_dir)
+        # ``keep_state`` False: another router holds ``data_dir``; pins, the loaded set and
+        # settings are then neither restored nor saved (registrations and aliases still are).
+        self._store = RouterStateStore(data_dir if keep_state else None)
         self._guard = self._new_guard()
         self._changes = ChangeSignal()
         self._http: httpx.AsyncClient | None = None
@@ -139,6 +144,10 @@ class Router:
         self.memory.add_listener(self._table.apply_memory_sample)
         self._watchdog = Watchdog()
         self.metrics = RouterMetrics(self.events, self.snapshot)
+        # Remote models (recipe "remote") live beside the table, never in it: no slot, no
+        # eviction, no pin. The registry owns them and their replicas' probe loop.
+        self.remote = RemoteRegistry(data_dir, self.events, lambda: self.settings)
+        self.metrics.registry.register(RemoteCollector(self.remote))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -165,6 +174,7 @@ class Router:
                 if pinned is True and name in known:
                     self.preferences.set_pinned(name, True)
         self._spawn(run_every(lambda: self.settings.watchdog_interval_s, self.check_backends))
+        self._spawn(self.remote.run())
         self._spawn(memory_loop(
             settings=lambda: self.settings, sampling_needed=self._sampling_needed,
             evicting=self._evicting, sample=self.memory.sample,
@@ -353,11 +363,15 @@ class Router:
         Forgets the remembered pin and options. Waits for in-flight requests to finish.
         Raises ModelNotFoundError for a model that is not loaded.
         """
-        await self._table.unload(None if name is None else self.resolve(name))
+        if name is not None:
+            name = self.resolve(name)
+            self.refuse_remote(name, "unloaded")
+        await self._table.unload(name)
 
     async def set_pinned(self, name: str, pinned: bool) -> LiveModel:
         """Pin or unpin a loaded model (no reload). Pinning a downsized model restores it."""
         name = self.resolve(name)
+        self.refuse_remote(name, "pinned" if pinned else "unpinned")
         m = self.get_live(name)
         if m is None or m.state in (ModelState.EVICTING, ModelState.UNLOADED):
             if name not in self.catalog:
@@ -493,6 +507,14 @@ class Router:
                 if m.backend is not None and m.backend.pid is not None]
 
     # ------------------------------------------------------------------ helpers
+    def refuse_remote(self, name: str, what: str) -> None:
+        """Remote models run on their upstream: there is nothing here to pin or unload."""
+        if name in self.remote:
+            raise InvalidRequestError(
+                f"'{name}' is a remote model: it runs on its upstream and is not loaded here "
+                f"(it takes no slot and is never evicted), so it cannot be {what}",
+                param="model")
+
     def _check_open(self) -> None:
         if self.phase is RouterPhase.NEW:
             raise RuntimeError("Router.start() has not been awaited")

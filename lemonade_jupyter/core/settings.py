@@ -142,6 +142,18 @@ SETTINGS: tuple[Setting, ...] = (
             help="--threads for each llama-server; 0 lets llama.cpp use every core. Set it on a "
             "small or shared machine: several backends spinning on all cores slow each other "
             "down."),
+    # -- remote models (an OpenAI-compatible upstream; see core/remote.py) --------------------
+    Setting("remote_connect_timeout_s", float, 5.0, minimum=0, exclusive_minimum=True,
+            help="Seconds to connect to a remote model's replica (and the timeout of a probe); "
+            "a replica that does not connect in time is marked down."),
+    Setting("remote_timeout_s", float, 300.0, minimum=0, exclusive_minimum=True,
+            help="Seconds a remote model's replica may stay silent during a request (504 after "
+            "that, and the replica is marked down)."),
+    Setting("remote_probe_interval_s", float, 10.0, minimum=0.1,
+            help="Seconds between probes (GET /models) of a remote replica that answers."),
+    Setting("remote_probe_backoff_max_s", float, 30.0, minimum=0.1,
+            help="Cap of the doubling back-off (from 0.5 s) between probes of a remote replica "
+            "that is down."),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -78,10 +78,11 @@ def pools(health: Mapping[str, Any]) -> list[PoolSummary]:
 
 
 def catalog_type(models: Iterable[Mapping[str, Any]], model_name: str) -> str | None:
-    """The ``type`` the catalog (``GET api/v1/models``) gives ``model_name``, or None if unknown."""
+    """The ``type`` the catalog (``GET api/v1/models``) gives ``model_name``, or None if unknown
+    or remote (a remote model takes no slot, so no pool can refuse it)."""
     for m in models:
         if m.get("id") == model_name or m.get("model_name") == model_name:
-            return str(m.get("type") or "llm")
+            return None if m.get("recipe") == "remote" else str(m.get("type") or "llm")
     return None
 
 

@@ -48,6 +48,7 @@ from .pools import (
     pinned_slots_warning,
     pools,
 )
+from .remote_panel import remote_models_html
 
 __all__ = ["Dashboard", "ModelRow", "close_current_dashboard", "current_dashboard"]
 
@@ -203,6 +204,8 @@ class Dashboard(widgets.VBox):
         self.log_view = widgets.HTML()
         self.log_view.add_class("lemonade-log-view")
         self.events = widgets.HTML()
+        #: Remote models (no slot): status and replicas; empty while there are none.
+        self.remote = widgets.HTML()
         self.model_dropdown = widgets.Dropdown(
             description="model", options=[], layout=widgets.Layout(width="24em")
         )
@@ -220,6 +223,7 @@ class Dashboard(widgets.VBox):
                 widgets.HTML("<b>Loaded models</b>"),
                 self.table,
                 self.log_view,
+                self.remote,
                 widgets.HBox(
                     [
                         widgets.VBox([widgets.HTML("<b>Slots</b>"), self.slots]),
@@ -380,6 +384,7 @@ class Dashboard(widgets.VBox):
             self.table.children = cells
         self.models = names
         self.slots.value = slots_html(pools(health))
+        self.remote.value = remote_models_html(health.get("remote_models") or [])
         self._last_health = health
         self._apply_memory(health.get("memory") or {})
         recent = self.feed.recent() if self.feed else []

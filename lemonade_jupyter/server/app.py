@@ -27,6 +27,7 @@ from ..core.settings import SETTINGS, RouterSettings, check_value, from_config
 from ..core.validation import check_number
 from ..errors import InvalidRequestError
 from .routes import handlers
+from .remote_upstream import RemoteUpstream
 from .upstream import UpstreamPool
 
 
@@ -81,6 +82,12 @@ class LemonadeApp(ExtensionApp):
         help="Seconds of silence (cold load, prefill) before a ': ping' SSE comment.",
     )
 
+    remote_ca_bundle = Unicode(
+        "", config=True,
+        help="PEM file of CA certificates to trust for https remote models; empty: the "
+        "system's store. Certificates are always verified.",
+    )
+
     @validate(*(s.name for s in SETTINGS))
     def _validate_setting(self, proposal: dict) -> object:
         """Reject a bad value in the config file with the same rule as /internal/set."""
@@ -111,29 +118,34 @@ class LemonadeApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         data_dir = Path(self.data_dir)
-        state_dir, note = self._take_data_dir(data_dir)
+        note = self._take_data_dir(data_dir)
         self.router = Router(
             Catalog(data_dir),
             self.router_settings(),
             llama_server_path=self.llama_server_path or None,
-            data_dir=state_dir,
+            data_dir=data_dir,
+            keep_state=not note,
         )
         if note:
             self.router.notes.append(note)
+        self.router.remote.ca_bundle = self.remote_ca_bundle or None
         self.upstream = UpstreamPool()
+        self.remote_upstream = RemoteUpstream()
         self.settings.update({
+            "lemonade_remote_upstream": self.remote_upstream,
             "lemonade_router": self.router,
             "lemonade_upstream": self.upstream,
             "lemonade_ping_interval_s": self.sse_ping_interval_s,
         })
 
-    def _take_data_dir(self, data_dir: Path) -> tuple[Path | None, str]:
-        """Lock the data folder for this server's router; (the folder for its state, a note).
+    def _take_data_dir(self, data_dir: Path) -> str:
+        """Lock the data folder for this server's router; '' or a note saying it is held.
 
         Two servers of one user (JupyterHub's named servers share a home) would otherwise both
         restore the pinned models, each into a backend of its own, and overwrite each other's
         state file. The second one still serves, models and pulls included, but keeps no
-        state: it restores and saves nothing, and says so in the log and ``/health``.
+        router state (pins, loaded models, settings): it restores and saves none, and says so in
+        the log and ``/health``. Registered models, remote models and aliases are shared.
         """
         self._data_lock = DataDirLock(data_dir)
         try:
@@ -143,8 +155,8 @@ class LemonadeApp(ExtensionApp):
             note = (f"{exc} This server's router restores and saves no state (pins, loaded "
                     "models, settings) while the other one runs.")
             self.log.warning("lemonade: %s", note)
-            return None, note
-        return data_dir, ""
+            return note
+        return ""
 
     def initialize_handlers(self) -> None:
         # Relative to the server's base_url, which ExtensionApp prepends.
@@ -166,6 +178,9 @@ class LemonadeApp(ExtensionApp):
         upstream = getattr(self, "upstream", None)
         if upstream is not None:
             upstream.close()
+        remote_upstream = getattr(self, "remote_upstream", None)
+        if remote_upstream is not None:
+            await remote_upstream.close()
         router = getattr(self, "router", None)
         if router is not None:
             await router.stop()

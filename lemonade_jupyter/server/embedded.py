@@ -41,6 +41,7 @@ from ..core.router import Router
 from ..core.settings import RouterSettings
 from .proxy import DEFAULT_PING_INTERVAL_S
 from .routes import handlers
+from .remote_upstream import RemoteUpstream
 from .upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ class EmbeddedServer:
             data_dir=self._data_dir,
         )
         upstream = UpstreamPool()
+        remote_upstream = RemoteUpstream()
         identity = IdentityProvider(token=self.token)
         app = Application(
             handlers("/"),
@@ -192,6 +194,7 @@ class EmbeddedServer:
             authorizer=AllowAllAuthorizer(identity_provider=identity),
             lemonade_router=self.router,
             lemonade_upstream=upstream,
+            lemonade_remote_upstream=remote_upstream,
             lemonade_ping_interval_s=DEFAULT_PING_INTERVAL_S,
             serverapp=None,
             xsrf_cookies=False,
@@ -214,5 +217,6 @@ class EmbeddedServer:
         finally:
             server.stop()
             upstream.close()
+            await remote_upstream.close()
             await self.router.stop()
             await server.close_all_connections()

@@ -33,6 +33,7 @@ from ..core.router import Lease
 from ..errors import InvalidRequestError, LemonadeError, error_body
 from .base import LemonadeHandler
 from .openai_checks import check_request
+from .remote_proxy import RemoteForwarding
 from .upstream import UpstreamPool, UpstreamResponse, UpstreamStream
 
 #: Default seconds of silence before a ``: ping`` comment (c.LemonadeApp.sse_ping_interval_s).
@@ -114,8 +115,8 @@ def _upstream_error(resp_status: int, payload: bytes) -> tuple[int, dict[str, An
     return status, error_body(message, err_type, code="backend_error")
 
 
-class OpenAIProxyHandler(LemonadeHandler):
-    """Forwards one OpenAI-style POST to the model's backend."""
+class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
+    """Forwards one OpenAI-style POST to the model's backend (or a remote model's replica)."""
 
     upstream_path: str
 
@@ -148,6 +149,10 @@ class OpenAIProxyHandler(LemonadeHandler):
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequestError("Parameter 'stream' must be a boolean", param="stream")
+        if model in self.router.remote:  # a remote model: no lease, its replicas (remote_proxy)
+            await self.forward_remote(model, body,
+                                      stream and self.upstream_path != "/v1/embeddings")
+            return
         # Unknown model (404) or a body it cannot serve (400): refused before any auto-load.
         check_request(self.upstream_path, self.router.catalog.get(self.router.resolve(model)), body)
         if stream and self.upstream_path != "/v1/embeddings":

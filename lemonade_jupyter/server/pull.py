@@ -26,6 +26,7 @@ from ..core.hub import parse_checkpoint
 from ..core.pulls import PullJob
 from ..errors import InvalidRequestError, LemonadeError, ModelNotFoundError
 from .base import LemonadeHandler
+from .remote_rest import pull_remote
 
 #: Seconds of silence on a pull stream before a ``: ping`` comment.
 PULL_KEEPALIVE_S = 5.0
@@ -56,6 +57,10 @@ class PullHandler(LemonadeHandler):
     @authorized
     async def post(self) -> None:
         body = self.json_body()
+        remote = await pull_remote(self.router, body)  # recipe "remote" (remote_rest)
+        if remote is not None:
+            self.write_json(remote)
+            return
         unknown = set(body) - PULL_KEYS
         if unknown:
             key = sorted(unknown)[0]

@@ -14,6 +14,7 @@ from tornado import web
 from ..core.options import parse_load_options
 from ..errors import InvalidRequestError, ModelNotFoundError
 from .base import LemonadeHandler, PolledHandler
+from .remote_rest import delete_remote, load_remote
 from .views import config_view, health_view, models_view
 
 #: How old a memory sample ``/health`` may show before it takes a new one.
@@ -74,6 +75,9 @@ class LoadHandler(LemonadeHandler):
         body = self.json_body()
         name = model_name_param(body)
         assert name is not None
+        if name in self.router.remote:  # nothing to load: probe it (remote_rest)
+            self.write_json(await load_remote(self.router, name, body))
+            return
         # Omitted keeps the live model's pin, else the remembered one, else false; anything
         # given that is not a JSON boolean, null included, is a 400 rather than a silent
         # "omitted".
@@ -166,6 +170,10 @@ class DeleteHandler(LemonadeHandler):
             raise InvalidRequestError("Parameter 'delete_files' must be a boolean",
                                       param="delete_files")
         name = self.router.resolve(name)
+        remote = delete_remote(self.router, name)
+        if remote is not None:
+            self.write_json(remote)
+            return
         spec = self.router.catalog.get(name)
         if spec.builtin:
             raise InvalidRequestError(f"Model '{name}' is built in and cannot be deleted",

@@ -13,6 +13,7 @@ from ..core.memory import MemorySample
 from ..core.router import Router
 from ..core.settings import RUNTIME_KEYS
 from ..errors import EngineMissingError
+from .remote_rest import remote_model_entries, remote_view
 
 
 def model_view(m: LiveModel, engine: EngineInfo | None = None) -> dict[str, Any]:
@@ -72,6 +73,7 @@ def health_view(router: Router, memory: MemorySample | None) -> dict[str, Any]:
         "memory": memory.to_json() if memory else {"source": "unknown", "devices": []},
         "engine": engine_view(router),
         "notes": list(router.notes),
+        "remote_models": [remote_view(m) for m in router.remote.all()],
     }
 
 
@@ -102,6 +104,7 @@ def models_view(router: Router, *, show_all: bool = False) -> dict[str, Any]:
         if spec.mmproj_source or spec.mmproj:
             entry["mmproj"] = spec.mmproj_source or spec.mmproj
         data.append(entry)
+    data.extend(remote_model_entries(router))
     return {"object": "list", "data": data}
 
 

@@ -52,6 +52,8 @@ class FakeRouter:
         #: Backend log lines per model for ``api/v1/logs/MODEL`` (a model not here: 404).
         self.logs: dict[str, list[str]] = {}
         self.aliases: dict[str, str] = {}
+        #: ``remote_models`` of ``/health`` (remote models and their replicas).
+        self.remote: list[dict[str, Any]] = []
 
     def client(self, **kwargs: Any) -> RouterClient:
         kwargs.setdefault("source", "fake router")
@@ -87,6 +89,7 @@ class FakeRouter:
                 "source": "system",
                 "devices": [{"name": "system", "total": 1000, "used": 250}],
             },
+            "remote_models": self.remote,
         }
 
     def handle(self, request: httpx.Request) -> httpx.Response:

@@ -8,6 +8,7 @@ import pytest
 
 from lemonade_jupyter.kernel.panel_html import events_html, slots_html, sparkline_svg
 from lemonade_jupyter.kernel.pools import (
+    catalog_type,
     format_bytes,
     format_seconds,
     idle_seconds,
@@ -157,3 +158,13 @@ def test_panel_fragments() -> None:
     html = events_html(events, True)
     assert "reason: lru" in html and "&lt;m&gt;" in html and "freed 200 B" in html
     assert "no event stream" in events_html([], False)
+
+
+def test_loading_a_remote_model_never_warns_of_pinned_slots() -> None:
+    """A remote model takes no slot: a pool full of pins cannot refuse it."""
+    health = _health([("a", "llm", True)], 1)
+    models = [{"id": "user.vllm", "type": "llm", "recipe": "remote"},
+              {"id": "user.local", "type": "llm", "recipe": "llamacpp"}]
+    assert catalog_type(models, "user.vllm") is None
+    assert pinned_slots_warning(health, "user.vllm", catalog_type(models, "user.vllm")) is None
+    assert pinned_slots_warning(health, "user.local", catalog_type(models, "user.local"))

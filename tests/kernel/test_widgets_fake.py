@@ -179,3 +179,31 @@ def test_dashboard_logs_button_shows_the_last_lines_once(fake: FakeRouter) -> No
         assert "is not in the catalog" in dash.log_view.value
     finally:
         dash.close()
+
+
+def test_dashboard_shows_remote_models_with_their_replicas(fake: FakeRouter) -> None:
+    fake.remote = [{
+        "model_name": "user.vllm", "upstream_model": "meta-llama/Llama-3", "status": "ready",
+        "in_flight": 2, "latency_ms": 12.4, "replicas": [
+            {"base_url": "https://a.example/v1", "state": "up", "last_error": None},
+            {"base_url": "https://b.example/v1", "state": "down",
+             "last_error": "cannot connect"}]}]
+    dash = Dashboard(fake.client(), autostart=False, follow_events=False)
+    try:
+        assert dash.remote in dash.children
+        shown = dash.remote.value
+        assert "user.vllm" in shown and "meta-llama/Llama-3" in shown
+        assert "ready" in shown and "1/2 up" in shown and "2 in flight" in shown
+        assert "12 ms" in shown
+        assert "https://b.example/v1: down (cannot connect)" in shown
+        assert "https://a.example/v1" not in shown  # replicas that are up need no line
+        assert dash.models == []  # no slot: not a row of the loaded models
+        fake.remote[0].update(status="unreachable")
+        fake.remote[0]["replicas"][0]["state"] = "down"
+        dash.refresh()
+        assert "unreachable" in dash.remote.value and "0/2 up" in dash.remote.value
+        fake.remote.clear()
+        dash.refresh()
+        assert dash.remote.value == ""
+    finally:
+        dash.close()

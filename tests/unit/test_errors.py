@@ -23,7 +23,8 @@ EXPECTED_STATUS = {
     "LemonadeError": 500, "InvalidRequestError": 400, "ModelNotFoundError": 404,
     "SlotsPinnedError": 409, "InsufficientMemoryError": 409, "CoolingDownError": 503, "EngineMissingError": 503,
     "ModelLoadError": 500, "BackendShutdownError": 503, "UpstreamError": 502,
-    "BackendTransportError": 502, "HubError": 502, "HubAuthError": 401, "HubAccessError": 403,
+    "BackendTransportError": 502, "RemoteUnreachableError": 502, "RemoteTimeoutError": 504,
+    "HubError": 502, "HubAuthError": 401, "HubAccessError": 403,
     "HubNotFoundError": 404, "HubUnavailableError": 503, "InsufficientStorageError": 507,
     "PullCancelledError": 409,
 }

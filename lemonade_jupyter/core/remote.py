@@ -1,0 +1,372 @@
+"""Remote models: the registry, the state of their replicas, and the probe loop.
+
+:class:`RemoteRegistry` is the one owner (on the router's loop) of
+
+* the remote models by name (persisted in ``<data_dir>/remote_models.json``: URLs and the
+  *names* of the environment variables holding keys, never a key);
+* one :class:`Replica` per upstream server (``base_url`` + ``api_key_env``), shared by every
+  model registered on it: whether it answers, its requests in flight, its last probe latency,
+  and when to probe it next;
+* the probe task (``run``), which the router starts and cancels with its own life.
+
+Requests go to the replica with the fewest requests in flight among those that answer
+(:meth:`RemoteRegistry.choose`); the server layer reports back what happened
+(:meth:`RemoteRegistry.started`, ``finished``, ``failed``). A replica that refused a connection
+or timed out is marked down and probed again with back-off (0.5 s doubling up to
+``remote_probe_backoff_max_s``); one that answers is probed every ``remote_probe_interval_s``.
+A probe is ``GET {base_url}/models`` with the key. Every change of a replica's state is an
+event (``reachable`` / ``unreachable``), with the model's resulting status.
+
+Remote models never enter the model table: they take no slot, are never evicted and cannot be
+pinned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..errors import InvalidRequestError, ModelNotFoundError, RemoteUnreachableError
+from .events import EventLog
+from .remote_spec import RemotePull, RemoteSpec, ReplicaSpec, is_upstream_model
+from .state_files import read_json_or_quarantine, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+#: First back-off of a replica found down; it doubles up to ``remote_probe_backoff_max_s``.
+FIRST_BACKOFF_S = 0.5
+
+
+@dataclass(eq=False)
+class Replica:
+    """The live state of one upstream server. Written only by :class:`RemoteRegistry`."""
+
+    spec: ReplicaSpec
+    #: None until the first probe or request says.
+    up: bool | None = None
+    in_flight: int = 0
+    #: Requests sent to it so far: among equally busy replicas the least used goes first.
+    sent: int = 0
+    latency_ms: float | None = None
+    last_error: str = ""
+    #: Failures in a row (probes or requests); sets the back-off.
+    failures: int = 0
+    next_probe: float = 0.0
+    changed_at: float = field(default_factory=time.time)
+
+    @property
+    def url(self) -> str:
+        return self.spec.base_url
+
+    @property
+    def state(self) -> str:
+        return {True: "up", False: "down", None: "unknown"}[self.up]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base_url": self.url, "state": self.state, "in_flight": self.in_flight,
+                "latency_ms": self.latency_ms, "last_error": self.last_error or None,
+                "api_key_env": self.spec.api_key_env, "since": round(self.changed_at, 3)}
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """A remote model and its replicas (live objects: read them, never write them)."""
+
+    spec: RemoteSpec
+    replicas: tuple[Replica, ...]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def status(self) -> str:
+        """``ready`` (a replica answers), ``unreachable`` (none does), ``unknown`` (not probed)."""
+        states = {r.up for r in self.replicas}
+        if True in states:
+            return "ready"
+        return "unknown" if None in states else "unreachable"
+
+    @property
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self.replicas)
+
+    def latency_ms(self) -> float | None:
+        """The last probe latency of the fastest replica that answers."""
+        figures = [r.latency_ms for r in self.replicas if r.up and r.latency_ms is not None]
+        return min(figures) if figures else None
+
+
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """Certificate verification on, against the system store or ``ca_bundle`` (a PEM file)."""
+    return ssl.create_default_context(cafile=ca_bundle or None)
+
+
+class RemoteRegistry:
+    """Remote models and their replicas; see the module docstring for what it owns."""
+
+    def __init__(self, data_dir: Path | None, events: EventLog,
+                 settings: Callable[[], Any]) -> None:
+        self._path = data_dir / "remote_models.json" if data_dir else None
+        self._events = events
+        self._settings = settings
+        self._specs: dict[str, RemoteSpec] = {}
+        self._replicas: dict[tuple[str, str | None], Replica] = {}
+        self._wake = asyncio.Event()
+        self._http: httpx.AsyncClient | None = None
+        #: PEM file of the CA certificates to trust (``c.LemonadeApp.remote_ca_bundle``).
+        self.ca_bundle: str | None = None
+        self._tls: ssl.SSLContext | None = None
+        #: Requests by (model, replica URL, outcome), for the metrics.
+        self.requests: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self._load()
+
+    # ------------------------------------------------------------------ lifetime
+    @property
+    def tls(self) -> ssl.SSLContext:
+        """The TLS context of every connection to an upstream (probes and requests)."""
+        if self._tls is None:
+            self._tls = tls_context(self.ca_bundle)
+        return self._tls
+
+    async def run(self) -> None:
+        """The probe loop (the router's background task): probe each replica when it is due.
+
+        Runs until cancelled; closes its HTTP client then."""
+        self._http = httpx.AsyncClient(verify=self.tls, follow_redirects=False)
+        try:
+            while True:
+                self._wake.clear()
+                now = time.monotonic()
+                due = [r for r in self._replicas.values() if r.next_probe <= now]
+                if due:
+                    results = await asyncio.gather(*(self._probe(r) for r in due),
+                                                   return_exceptions=True)
+                    for replica, result in zip(due, results):
+                        if isinstance(result, Exception):  # a bug must not end the loop
+                            log.error("Probe of %s failed", replica.url, exc_info=result)
+                            self._set_up(replica, False, type(result).__name__)
+                waits = [r.next_probe for r in self._replicas.values()]
+                timeout = max(0.0, min(waits) - time.monotonic()) if waits else None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:
+            client, self._http = self._http, None
+            await client.aclose()
+
+    # ------------------------------------------------------------------ queries
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def get(self, name: str) -> RemoteModel | None:
+        spec = self._specs.get(name)
+        return None if spec is None else self._model(spec)
+
+    def require(self, name: str) -> RemoteModel:
+        model = self.get(name)
+        if model is None:
+            raise ModelNotFoundError(f"Model '{name}' is not a remote model", param="model")
+        return model
+
+    def all(self) -> list[RemoteModel]:
+        return [self._model(s) for s in sorted(self._specs.values(), key=lambda s: s.name)]
+
+    def _model(self, spec: RemoteSpec) -> RemoteModel:
+        return RemoteModel(spec, tuple(self._replica(r) for r in spec.replicas))
+
+    def _replica(self, spec: ReplicaSpec) -> Replica:
+        key = (spec.base_url, spec.api_key_env)
+        replica = self._replicas.get(key)
+        if replica is None:
+            replica = self._replicas[key] = Replica(spec)
+            self._wake.set()
+        return replica
+
+    # ------------------------------------------------------------------ registration
+    async def register(self, pull: RemotePull, taken: Iterable[str] = ()) -> list[RemoteModel]:
+        """Register one model, or every model the upstream lists (no ``upstream_model``).
+
+        ``taken``: names of local models, which a remote one may not shadow. The replicas are
+        probed before this returns, so the answer says whether they are reachable. Raises
+        InvalidRequestError for a name taken, RemoteUnreachableError when a list is asked for
+        and no replica answers with one (nothing is registered then)."""
+        if pull.name in set(taken):
+            raise InvalidRequestError(
+                f"'{pull.name}' is a local model; delete it first or choose another name",
+                param="model_name")
+        if pull.upstream_model is not None:
+            specs = [pull.spec(pull.upstream_model)]
+        else:
+            listed = await self._list_models(pull.replicas)
+            specs = [pull.spec(m, listed=True) for m in listed]
+        for old in [s for s in self._specs.values()
+                    if s.name == pull.name or s.group == pull.name]:
+            del self._specs[old.name]
+        for spec in specs:
+            self._specs[spec.name] = spec
+        self._forget_unused_replicas()
+        self._save()
+        await asyncio.gather(*(self._probe(self._replica(r)) for r in pull.replicas))
+        for spec in specs:
+            self._events.emit("remote", spec.name, "registered",
+                              replicas=[r.base_url for r in spec.replicas])
+        return [self._model(s) for s in specs]
+
+    def remove(self, name: str) -> list[str]:
+        """Forget a remote model, or every model registered under a list's name; return them."""
+        gone = [s.name for s in self._specs.values() if s.name == name or s.group == name]
+        if not gone:
+            raise ModelNotFoundError(f"Model '{name}' is not a remote model", param="model_name")
+        for n in gone:
+            del self._specs[n]
+            self._events.emit("remote", n, "deleted")
+        self._forget_unused_replicas()
+        self._save()
+        return sorted(gone)
+
+    def groups(self) -> set[str]:
+        return {s.group for s in self._specs.values() if s.group}
+
+    async def _list_models(self, replicas: Iterable[ReplicaSpec]) -> list[str]:
+        """The model ids of the first replica that lists them."""
+        problems = []
+        for spec in replicas:
+            try:
+                resp = await self._get_models(spec)
+                ids = [m.get("id") for m in resp.json().get("data", [])]
+            except (httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
+                problems.append(f"{spec.base_url}: {_describe(exc)}")
+                continue
+            if resp.status_code >= 400:
+                problems.append(f"{spec.base_url}: HTTP {resp.status_code}")
+                continue
+            good = sorted({i for i in ids if is_upstream_model(i)})
+            if good:
+                return good
+            problems.append(f"{spec.base_url}: lists no model")
+        raise RemoteUnreachableError(
+            "Could not list the upstream's models (give 'upstream_model' to register one "
+            "without listing): " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ requests
+    def choose(self, name: str, tried: Iterable[Replica] = ()) -> Replica | None:
+        """The replica for the next request: fewest in flight among those that answer, then
+        those not probed yet, then those found down (the probe may lag a recovery). None once
+        every replica was ``tried``."""
+        model = self.require(name)
+        left = [r for r in model.replicas if r not in set(tried)]
+        if not left:
+            return None
+        rank = {True: 0, None: 1, False: 2}
+        return min(left, key=lambda r: (rank[r.up], r.in_flight, r.sent))
+
+    def started(self, replica: Replica) -> None:
+        replica.in_flight += 1
+        replica.sent += 1
+
+    def finished(self, replica: Replica, model: str, outcome: str) -> None:
+        """A request ended: ``ok`` (an answer, whatever its status), or how it failed."""
+        replica.in_flight = max(0, replica.in_flight - 1)
+        self.requests[(model, replica.url, outcome)] += 1
+        if outcome == "ok" and replica.up is not True:
+            self._set_up(replica, True, "")
+
+    def failed(self, replica: Replica, reason: str) -> None:
+        """A request could not reach ``replica`` (refused, timed out): mark it down now."""
+        self._set_up(replica, False, reason)
+
+    async def probe_model(self, name: str) -> RemoteModel:
+        """Probe every replica of ``name`` now (``/load`` of a remote model)."""
+        model = self.require(name)
+        await asyncio.gather(*(self._probe(r) for r in model.replicas))
+        return model
+
+    # ------------------------------------------------------------------ probing
+    async def _probe(self, replica: Replica) -> None:
+        start = time.monotonic()
+        try:
+            resp = await self._get_models(replica.spec)
+        except httpx.HTTPError as exc:
+            self._set_up(replica, False, _describe(exc))
+            return
+        replica.latency_ms = round((time.monotonic() - start) * 1000, 2)
+        if resp.status_code >= 500:
+            self._set_up(replica, False, f"HTTP {resp.status_code}")
+        else:
+            self._set_up(replica, True, "" if resp.status_code < 400
+                         else f"HTTP {resp.status_code} to the probe")
+
+    async def _get_models(self, spec: ReplicaSpec) -> httpx.Response:
+        timeout = self._settings().remote_connect_timeout_s
+        if self._http is None:  # before the loop started (a pull right at start)
+            async with httpx.AsyncClient(verify=self.tls) as client:
+                return await client.get(f"{spec.base_url}/models", headers=spec.auth_headers(),
+                                        timeout=timeout)
+        return await self._http.get(f"{spec.base_url}/models", headers=spec.auth_headers(),
+                                    timeout=timeout)
+
+    def _set_up(self, replica: Replica, up: bool, error: str) -> None:
+        """The one writer of a replica's state: schedules its next probe, emits a change."""
+        settings = self._settings()
+        now = time.monotonic()
+        replica.last_error = error
+        if up:
+            replica.failures = 0
+            replica.next_probe = now + settings.remote_probe_interval_s
+        else:
+            replica.failures += 1
+            replica.next_probe = now + min(settings.remote_probe_backoff_max_s,
+                                           FIRST_BACKOFF_S * 2 ** (replica.failures - 1))
+        self._wake.set()
+        if replica.up is up:
+            return
+        replica.up = up
+        replica.changed_at = time.time()
+        for spec in self._specs.values():
+            if replica.spec in spec.replicas:
+                model = self._model(spec)
+                self._events.emit(
+                    "reachable" if up else "unreachable", spec.name, "probe",
+                    replica=replica.url, model_status=model.status,
+                    replicas_up=sum(1 for r in model.replicas if r.up), error=error or None)
+        if not up:
+            log.warning("Remote replica %s is down: %s", replica.url, error)
+
+    # ------------------------------------------------------------------ persistence
+    def _forget_unused_replicas(self) -> None:
+        used = {(r.base_url, r.api_key_env) for s in self._specs.values() for r in s.replicas}
+        for key in set(self._replicas) - used:
+            del self._replicas[key]
+
+    def _save(self) -> None:
+        if self._path is not None:
+            write_json_atomic(self._path, [s.to_json() for s in self._specs.values()])
+
+    def _load(self) -> None:
+        if self._path is None:
+            return
+        for entry in read_json_or_quarantine(self._path, list) or []:
+            spec = RemoteSpec.from_json(entry)
+            if spec is None:
+                log.warning("Skipping bad entry in %s: %r", self._path, entry)
+                continue
+            self._specs[spec.name] = spec
+
+
+def _describe(exc: BaseException) -> str:
+    """A failure in words, without headers (so never a key)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({exc})" if str(exc) else "cannot connect"
+    return str(exc) or type(exc).__name__
