@@ -264,6 +264,30 @@ class RouterClient:
         data = answer.get("data", []) if isinstance(answer, dict) else answer
         return [m for m in data if isinstance(m, dict)]
 
+    def add_remote(
+        self,
+        model_name: str,
+        base_urls: Sequence[str],
+        upstream_model: str | None = None,
+        api_key_env: str | Sequence[str | None] | None = None,
+        labels: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """``POST api/v1/pull`` with ``recipe: "remote"``: register a model served by an
+        OpenAI-compatible engine elsewhere (vLLM, KServe, another lemonade), one URL per
+        replica. ``api_key_env`` names the server's environment variable(s) with the key: the
+        key itself never leaves the server. Without ``upstream_model``, every model the
+        upstream lists is registered as ``model_name/ID``."""
+        body: dict[str, Any] = {"model_name": model_name, "recipe": "remote",
+                                "base_urls": list(base_urls)}
+        if upstream_model is not None:
+            body["upstream_model"] = upstream_model
+        if api_key_env is not None:
+            body["api_key_env"] = (api_key_env if isinstance(api_key_env, str)
+                                   else list(api_key_env))
+        if labels:
+            body["labels"] = list(labels)
+        return dict(self.request("POST", "api/v1/pull", json_body=body))
+
     def pull(
         self,
         model_name: str,

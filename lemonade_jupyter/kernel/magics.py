@@ -92,6 +92,15 @@ def _build_parser() -> MagicArgumentParser:
     pull.add_argument("--recipe", default="llamacpp")
     pull.add_argument("--mmproj", default=None, help="the repository's mmproj file (vision)")
     sub.add_parser("delete", help="remove a user model").add_argument("name")
+    remote = sub.add_parser("remote", help="NAME URL [URL ...]: a model served elsewhere "
+                            "(vLLM, KServe, ...), one OpenAI /v1 URL per replica")
+    remote.add_argument("name")
+    remote.add_argument("urls", nargs="+", metavar="URL")
+    remote.add_argument("--model", default=None, metavar="UPSTREAM",
+                        help="its name there; omitted: every model the upstream lists")
+    remote.add_argument("--key-env", default=None, metavar="VAR[,VAR]",
+                        help="the server's environment variable(s) holding the API key")
+    remote.add_argument("--labels", default="", help="comma-separated labels")
     alias = sub.add_parser("alias", help="MODEL ALIAS: another name for MODEL; "
                            "--remove ALIAS; alone: list the aliases")
     alias.add_argument("names", nargs="*", metavar="MODEL ALIAS")
@@ -430,6 +439,19 @@ class LemonadeMagics(Magics):
     def _do_delete(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
         answer = self.client.delete(args.name)
         return Message(f"Deleted {args.name}", data=answer)
+
+    def _do_remote(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
+        name = args.name if args.name.startswith("user.") else f"user.{args.name}"
+        keys = None
+        if args.key_env:
+            parts = [k.strip() or None for k in args.key_env.split(",")]
+            keys = parts[0] if len(parts) == 1 else parts
+        labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+        answer = self.client.add_remote(name, args.urls, args.model, keys, labels)
+        names = [m.get("model_name") for m in answer.get("registered") or []] or [name]
+        return Message(f"Registered remote {', '.join(map(str, names))} "
+                       f"({len(args.urls)} replica{'s' if len(args.urls) > 1 else ''})",
+                       data=answer)
 
     def _do_alias(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
         if args.remove is not None:

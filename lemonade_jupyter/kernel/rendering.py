@@ -181,6 +181,9 @@ def status_report(health: Mapping[str, Any], source: str, now: float | None = No
         mem_rows.append([d.get("name"), format_bytes(used), format_bytes(total), pct])
     share_rows = [[s["device"], name + (" (pinned)" if pinned else ""), format_bytes(size)]
                   for s in device_shares(health) for name, size, pinned in s["models"]]
+    remote_rows = [[m.get("model_name"), m.get("upstream_model"), m.get("status"),
+                    _replicas_text(m.get("replicas") or []), m.get("in_flight")]
+                   for m in health.get("remote_models") or []]
     engine = health.get("engine") or {}
     engine_line = (f"Engine: {engine.get('flavour', '?')}"
                    f"{' (offloads to GPU)' if engine.get('offload') else ''}: {engine.get('path')}"
@@ -209,9 +212,21 @@ def status_report(health: Mapping[str, Any], source: str, now: float | None = No
                 empty="no model holds memory",
                 css_class="lemonade-shares",
             ),
+            *([Table(["model", "upstream", "status", "replicas", "in flight"], remote_rows,
+                     title="Remote models (no slot)", css_class="lemonade-remote")]
+              if remote_rows else []),
         ],
         data=dict(health),
     )
+
+
+def _replicas_text(replicas: Sequence[Mapping[str, Any]]) -> str:
+    """``1/2 up``, then each replica that is not up with its last error."""
+    up = sum(1 for r in replicas if r.get("state") == "up")
+    down = [f"{r.get('base_url')}: {r.get('state')}"
+            + (f" ({r['last_error']})" if r.get("last_error") else "")
+            for r in replicas if r.get("state") != "up"]
+    return "; ".join([f"{up}/{len(replicas)} up", *down])
 
 
 def models_report(models: Sequence[Mapping[str, Any]]) -> Report:

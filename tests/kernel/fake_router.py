@@ -252,6 +252,13 @@ class FakeRouter:
         return httpx.Response(200, json=self.config)
 
     def _pull(self, body: dict[str, Any]) -> httpx.Response:
+        if body.get("recipe") == "remote":  # the server's answer: the registered models
+            name = body["model_name"]
+            registered = [{"model_name": name if body.get("upstream_model") else f"{name}/{i}",
+                           "recipe": "remote", "replicas": body["base_urls"]}
+                          for i in ([body["upstream_model"]] if body.get("upstream_model")
+                                    else ["a", "b"])]
+            return httpx.Response(200, json={"status": "success", "registered": registered})
         labels = body.get("labels") or ["llm"]
         kind = "embedding" if "embeddings" in labels else "llm"
         self.catalog[body["model_name"]] = {

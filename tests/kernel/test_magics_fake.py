@@ -297,3 +297,23 @@ def test_magics_load_takes_ctx_size_minus_one(
 
 def _calls_last(fake: FakeRouter, path: str) -> object:
     return [b for _, p, b in fake.requests if p == path][-1]
+
+
+def test_magics_remote_registers_replicas_with_key_variables_never_keys(
+    ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics
+) -> None:
+    msg = ip.run_line_magic(
+        "lemonade", "remote vllm https://a.example/v1 https://b.example/v1 "
+        "--model meta-llama/Llama-3 --key-env KEY_A,KEY_B --labels llm,tools")
+    assert fake.requests[-1] == ("POST", "api/v1/pull", {
+        "model_name": "user.vllm", "recipe": "remote",
+        "base_urls": ["https://a.example/v1", "https://b.example/v1"],
+        "upstream_model": "meta-llama/Llama-3", "api_key_env": ["KEY_A", "KEY_B"],
+        "labels": ["llm", "tools"]})
+    assert repr(msg) == "Registered remote user.vllm (2 replicas)"
+    msg = ip.run_line_magic("lemonade", "remote user.kserve http://k.example/v1 --key-env K")
+    assert fake.requests[-1][2] == {"model_name": "user.kserve", "recipe": "remote",
+                                    "base_urls": ["http://k.example/v1"], "api_key_env": "K"}
+    assert repr(msg) == "Registered remote user.kserve/a, user.kserve/b (1 replica)"
+    with pytest.raises(UsageError):
+        ip.run_line_magic("lemonade", "remote user.nourl")

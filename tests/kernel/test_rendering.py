@@ -168,3 +168,17 @@ def test_loading_a_remote_model_never_warns_of_pinned_slots() -> None:
     assert catalog_type(models, "user.vllm") is None
     assert pinned_slots_warning(health, "user.vllm", catalog_type(models, "user.vllm")) is None
     assert pinned_slots_warning(health, "user.local", catalog_type(models, "user.local"))
+
+
+def test_status_report_lists_remote_models_with_replicas_that_are_not_up() -> None:
+    health = {**_health([("a", "llm", True)]), "remote_models": [{
+        "model_name": "user.vllm", "upstream_model": "llama", "status": "ready", "in_flight": 3,
+        "replicas": [{"base_url": "https://a/v1", "state": "up", "last_error": None},
+                     {"base_url": "https://b/v1", "state": "down",
+                      "last_error": "cannot connect"}]}]}
+    text = status_report(health, "server").text()
+    assert "Remote models (no slot)" in text
+    [row] = [line for line in text.splitlines() if "user.vllm" in line]
+    assert "llama" in row and "ready" in row and row.rstrip().endswith("3")
+    assert "1/2 up; https://b/v1: down (cannot connect)" in row
+    assert "Remote models" not in status_report(_health([("a", "llm", True)]), "server").text()
