@@ -208,16 +208,23 @@ async def test_tokenize_detokenize_and_apply_template(api, lemonade, default_mod
 
 
 async def test_tokenizing_takes_no_slot(api, lemonade, default_model_name):
-    """Tokenizing is answered beside running generations: it never waits for a slot."""
-    await api.load(default_model_name)
-    live = lemonade.router.get_live(default_model_name)
-    lease = await lemonade.router.acquire(default_model_name, slot=False)
+    """Tokenizing is answered beside running generations: with the one slot of a model taken
+    and no room to wait, a chat is refused (429) while tokenizing still answers."""
+    await api.load(default_model_name, parallel=1, max_queue=0)
+    held = await lemonade.router.acquire(default_model_name)  # the only slot
     try:
-        assert lease.slot is False and live.busy_slots == 0 and live.in_flight == 1
+        chat = await api.post(f"{API}/chat/completions", {
+            "model": default_model_name, "messages": [{"role": "user", "content": "hi"}]})
+        assert chat.code == 429, chat.body
+        for route, body in (("tokenize", {"content": "x"}), ("detokenize", {"tokens": [28]}),
+                            ("apply-template", {"messages": [{"role": "user",
+                                                              "content": "hi"}]}),
+                            ("messages/count_tokens", {"messages": [{"role": "user",
+                                                                     "content": "hi"}]})):
+            answer = await api.post(f"{API}/{route}", {"model": default_model_name, **body})
+            assert answer.code == 200, (route, answer.body)
     finally:
-        lemonade.router.release(lease)
-    answer = await api.post(f"{API}/tokenize", {"model": default_model_name, "content": "x"})
-    assert answer.code == 200 and live.busy_slots == 0
+        lemonade.router.release(held)
 
 
 # ---------------------------------------------------------------------------- refused up front
