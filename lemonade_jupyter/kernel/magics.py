@@ -27,7 +27,9 @@ from .client import RouterClient
 from .discovery import discover
 from .pools import catalog_type, pinned_memory_warning, pinned_slots_warning
 from .progress import run_with_progress
-from .rendering import Message, config_report, load_message, models_report, status_report
+from .rendering import (
+    Message, config_report, load_message, models_report, stats_line, status_report,
+)
 
 __all__ = ["LemonadeMagics", "LemonadeServerError"]
 
@@ -100,6 +102,10 @@ def _build_parser() -> MagicArgumentParser:
     chat.add_argument("-o", "--output", metavar="NAME", help="store the reply in variable NAME")
     chat.add_argument("--max-tokens", type=int, default=None)
     chat.add_argument("--system", default=None, help="a system prompt")
+    chat.add_argument(
+        "--stats", action="store_true",
+        help="after the reply, print its time to first token, tokens/s and token counts",
+    )
     chat.add_argument(
         "-c",
         "--continue",
@@ -242,15 +248,17 @@ class LemonadeMagics(Magics):
           %lemonade pull NAME PATH [--labels a,b]    register a local GGUF as user.NAME
           %lemonade delete user.NAME
           %lemonade config [key=value ...]   values are JSON when they parse (2, true, 0.8)
-          %lemonade chat [-o NAME] [--continue] [--system S] [--max-tokens N] MODEL PROMPT
-          %%lemonade chat [-o NAME] [--continue] MODEL    (the cell is the prompt)
+          %lemonade chat [-o NAME] [--continue] [--system S] [--max-tokens N] [--stats]
+                         MODEL PROMPT
+          %%lemonade chat [-o NAME] [--continue] [--stats] MODEL    (the cell is the prompt)
           %lemonade openai [--async]   an openai.OpenAI client for this router
           %lemonade dashboard [--interval S]   (one per kernel: a new one replaces the old)
           %lemonade COMMAND --help
 
         ``load`` warns before trying when every slot of the model's type is pinned (the server
         would refuse with 409). ``chat`` streams the reply (Markdown in a notebook) and keeps
-        the conversation: ``--continue`` sends the earlier turns too. A prompt may end with
+        the conversation: ``--continue`` sends the earlier turns too; ``--stats`` prints the
+        reply's time to first token, tokens/s and token counts. A prompt may end with
         ``?``. The router is found in this order: $LEMONADE_JUPYTER_URL
         (+ $LEMONADE_JUPYTER_TOKEN) or c.LemonadeMagics.server_url, the JupyterHub server
         ($JUPYTERHUB_SERVICE_URL), this kernel's Jupyter server, any running server with the
@@ -452,6 +460,8 @@ class LemonadeMagics(Magics):
             self.last_reply = session.last_reply
             if args.output:
                 self.shell.user_ns[args.output] = self.last_reply
+        if args.stats:
+            print(stats_line(self.client.stats()))
         return None
 
     def _chat_mode(self) -> str:
