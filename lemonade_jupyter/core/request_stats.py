@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 #: The ``timings`` object of llama-server: flat, numbers only, so it ends at the first ``}``.
-_TIMINGS = re.compile(rb'"timings":(\{[^{}]*\})')
+_TIMINGS = re.compile(rb'"timings"\s*:\s*(\{[^{}]*\})')
 
 
 @dataclass(frozen=True)

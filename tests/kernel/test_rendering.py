@@ -14,7 +14,9 @@ from lemonade_jupyter.kernel.pools import (
     pinned_slots_warning,
     pools,
 )
-from lemonade_jupyter.kernel.rendering import Table, config_report, models_report, status_report
+from lemonade_jupyter.kernel.rendering import (
+    Table, config_report, models_report, stats_line, status_report,
+)
 
 
 def _health(loaded: list[tuple[str, str, bool]], slots: int = 1) -> dict[str, Any]:
@@ -157,3 +159,13 @@ def test_panel_fragments() -> None:
     html = events_html(events, True)
     assert "reason: lru" in html and "&lt;m&gt;" in html and "freed 200 B" in html
     assert "no event stream" in events_html([], False)
+
+
+def test_stats_line_of_chat_stats():
+    stats = {"model": "m", "route": "/v1/chat/completions", "time_to_first_token": 0.0421,
+             "tokens_per_second": 48.26, "input_tokens": 7, "cached_tokens": 24,
+             "output_tokens": 4, "finished_at": 1.0}
+    assert stats_line(stats) == ("time to first token 0.042 s · 48.3 tokens/s · 7 input tokens "
+                                 "(24 cached) · 4 output tokens")
+    assert "cached" not in stats_line({**stats, "cached_tokens": 0})
+    assert stats_line({k: None for k in stats}) == "No request statistics yet."
