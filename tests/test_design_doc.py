@@ -11,7 +11,7 @@ import lemonade_jupyter.core as core
 from lemonade_jupyter.core import (
     cooldown, decisions, eviction, fit_admission, gguf_facts, housekeeping, launcher, lifecycle,
     live_model, memory_sources, metrics, model_table, persistence, placement, preferences,
-    router, transitions, watchdog,
+    request_slots, request_stats, router, transitions, watchdog,
 )
 from lemonade_jupyter.core import engines
 from lemonade_jupyter.core.engines import lookup
@@ -49,6 +49,8 @@ NAMESPACES = {
     "persistence": persistence,
     "engines": engines,
     "lookup": lookup,
+    "request_slots": request_slots,
+    "RequestStats": request_stats.RequestStats,
 }
 
 
