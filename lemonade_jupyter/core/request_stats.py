@@ -33,9 +33,10 @@ class RequestRecord:
     time_to_first_token: float
     #: Generated tokens per second of decoding.
     tokens_per_second: float
-    #: Prompt tokens the engine processed, and those it reused from its cache.
+    #: Prompt tokens the engine processed, those it reused from its cache, and both together.
     input_tokens: int
     cached_tokens: int
+    prompt_tokens: int
     output_tokens: int
     #: Wall-clock time the request ended (seconds since the epoch).
     finished_at: float
@@ -87,6 +88,7 @@ class RequestStats:
             tokens_per_second=_number(timings, "predicted_per_second"),
             input_tokens=int(_number(timings, "prompt_n")),
             cached_tokens=int(_number(timings, "cache_n")),
+            prompt_tokens=int(_number(timings, "prompt_n") + _number(timings, "cache_n")),
             output_tokens=int(_number(timings, "predicted_n")),
             finished_at=time.time(),
         )

@@ -34,6 +34,7 @@ RESPONSES = EngineRoute("/v1/responses", streams=True, records_stats=True)
 MESSAGES = EngineRoute("/v1/messages", streams=True, records_stats=True)
 COUNT_TOKENS = EngineRoute("/v1/messages/count_tokens", uses_slot=False)
 INFILL = EngineRoute("/infill", streams=True, records_stats=True)
+COMPLETION = EngineRoute("/completion", streams=True, records_stats=True)
 TOKENIZE = EngineRoute("/tokenize", uses_slot=False)
 DETOKENIZE = EngineRoute("/detokenize", uses_slot=False)
 APPLY_TEMPLATE = EngineRoute("/apply-template", uses_slot=False)
@@ -49,6 +50,7 @@ PROXIED: dict[str, EngineRoute] = {
     "messages": MESSAGES,
     "messages/count_tokens": COUNT_TOKENS,
     "infill": INFILL,
+    "completion": COMPLETION,  # llama.cpp's own completion route (not OpenAI's)
     "tokenize": TOKENIZE,
     "detokenize": DETOKENIZE,
     "apply-template": APPLY_TEMPLATE,

@@ -188,6 +188,17 @@ async def test_infill_refusal_of_the_engine_arrives_in_our_envelope(api, lemonad
     assert ours.error["code"] == "backend_error"
 
 
+async def test_llama_cpp_completion_answers_what_the_engine_answers(api, lemonade,
+                                                                    default_model_name):
+    body = {"model": default_model_name, "prompt": "Once upon a time", "n_predict": 6,
+            **GREEDY}
+    ours = await api.post(f"{API}/completion", body)
+    assert ours.code == 200, ours.body
+    engine = (await direct(lemonade, default_model_name, "/completion", body)).json()
+    assert ours.json["content"] == engine["content"] and ours.json["tokens_predicted"] == 6
+    assert ours.json["model"] == default_model_name
+
+
 # ---------------------------------------------------------------------------- tokenizer, template
 async def test_tokenize_detokenize_and_apply_template(api, lemonade, default_model_name):
     tokens = await api.post(f"{API}/tokenize",
@@ -242,6 +253,7 @@ BAD_BODIES = [
     ("detokenize", {"tokens": [-1]}, "tokens"),
     ("apply-template", {"messages": "hi"}, "messages"),
     ("rerank", {"query": "q", "documents": ["d"]}, "model"),  # not a reranking model
+    ("completion", {"prompt": []}, "prompt"),
 ]
 
 
@@ -255,7 +267,7 @@ async def test_bodies_that_cannot_succeed_are_refused_before_a_load(
     assert (await api.health())["all_models_loaded"] == []  # nothing loaded or evicted
 
 
-@pytest.mark.parametrize("route", ["responses", "messages", "infill", "tokenize",
+@pytest.mark.parametrize("route", ["responses", "messages", "infill", "completion", "tokenize",
                                    "detokenize", "apply-template", "messages/count_tokens",
                                    "rerank"])
 async def test_unknown_model_is_404_on_every_route(api, route):

@@ -33,6 +33,7 @@ def assert_stats_match(stats: dict, timings: dict, model: str, route: str) -> No
     assert stats["tokens_per_second"] == pytest.approx(timings["predicted_per_second"])
     assert stats["input_tokens"] == timings["prompt_n"]
     assert stats["cached_tokens"] == timings["cache_n"]
+    assert stats["prompt_tokens"] == timings["prompt_n"] + timings["cache_n"]
     assert stats["output_tokens"] == timings["predicted_n"]
 
 
@@ -53,6 +54,7 @@ async def test_stats_after_a_chat_match_the_engine_timings(api, default_model_na
     stats = (await api.get(f"{API}/stats")).json
     assert_stats_match(stats, answer.json["timings"], default_model_name, "/v1/chat/completions")
     assert stats["output_tokens"] == answer.json["usage"]["completion_tokens"]
+    assert stats["prompt_tokens"] == answer.json["usage"]["prompt_tokens"]
 
     # Streamed: the timings are in the last event before [DONE].
     events = []

@@ -33,7 +33,7 @@ def test_record_reads_the_last_timings_of_a_stream():
     assert rec.to_json() | {"finished_at": 0} == {
         "model": "user.m", "route": "/v1/chat/completions", "time_to_first_token": 0.1005,
         "tokens_per_second": 48.25, "input_tokens": 7, "cached_tokens": 24,
-        "output_tokens": 4, "finished_at": 0,
+        "prompt_tokens": 31, "output_tokens": 4, "finished_at": 0,
     }
 
 
