@@ -108,7 +108,7 @@ async def test_fourth_of_four_requests_to_a_one_slot_model_gets_429(api, lemonad
 
     await wait_until(two_waiting, timeout=60, what="two requests waiting for the slot")
     entry = (await api.loaded())[default_model_name]
-    assert entry["in_flight"] == 1 and entry["is_busy"] is True
+    assert (entry["in_flight"], entry["queued"], entry["is_busy"]) == (1, 2, True)
     fourth = await api.post(f"{API}/chat/completions", long)
     assert fourth.code == 429, fourth.body
     assert fourth.headers["Retry-After"] == "1"
