@@ -5,6 +5,9 @@ answering what the engine answers; and bodies that cannot succeed refused before
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
 import sys
 
@@ -14,6 +17,7 @@ import openai
 import pytest
 
 from tests.helpers.http import API
+from tests.helpers.polling import wait_until
 
 #: llama-server's own answer is compared with ours: greedy sampling gives the same tokens.
 GREEDY = {"temperature": 0, "seed": 1}
@@ -130,6 +134,30 @@ async def test_anthropic_errors_come_back_as_the_anthropic_client_reads_them(
         await claude.messages.create(model=default_model_name, max_tokens=4, messages=[])
     assert bad.value.body["error"]["param"] == "messages"
     assert (await api.health())["all_models_loaded"] == []
+
+
+async def test_messages_replayed_once_when_the_backend_dies_mid_request(api, lemonade,
+                                                                      default_model_name):
+    """The replay rule of chat holds on the new routes: a plain request whose backend is
+    killed while it generates is sent again to a reloaded backend and answered."""
+    await api.load(default_model_name)
+    first = lemonade.router.get_live(default_model_name).backend
+    body = {"model": default_model_name, "max_tokens": 400, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Tell a long story."}]}
+    request = asyncio.ensure_future(api.post(f"{API}/messages", body))
+
+    async def generating() -> bool:
+        async with httpx.AsyncClient(timeout=5) as http:
+            slots = await http.get(f"{first.url}/slots", headers=first.auth_headers())
+        return any(slot.get("is_processing") for slot in slots.json())
+
+    await wait_until(generating, timeout=30, what="the backend to start generating")
+    os.kill(first.pid, signal.SIGKILL)
+    answer = await request
+    assert answer.code == 200, answer.body
+    assert answer.json["usage"]["output_tokens"] == 400
+    live = lemonade.router.get_live(default_model_name)
+    assert live.backend is not first and live.backend.pid != first.pid
 
 
 # ---------------------------------------------------------------------------- rerank and infill
