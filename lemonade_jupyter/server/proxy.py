@@ -207,9 +207,9 @@ class OpenAIProxyHandler(LemonadeHandler):
         except _ClientGone:
             return
 
-    def _acquire(self, model: str) -> Lease:
+    async def _acquire(self, model: str) -> Lease:
         """A lease for this route: with one of the backend's slots, or none (tokenizing)."""
-        return self.router.acquire(model, slot=self.route.uses_slot)  # type: ignore[return-value]
+        return await self.router.acquire(model, slot=self.route.uses_slot)
 
     async def _acquire_with_pings(self, model: str) -> Lease:
         """Acquire a lease; if that takes long (cold load, a full model), commit SSE headers
