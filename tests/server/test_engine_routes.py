@@ -136,15 +136,16 @@ async def test_anthropic_errors_come_back_as_the_anthropic_client_reads_them(
     assert (await api.health())["all_models_loaded"] == []
 
 
-async def test_messages_replayed_once_when_the_backend_dies_mid_request(api, lemonade,
-                                                                      default_model_name):
+async def test_responses_replayed_once_when_the_backend_dies_mid_request(api, lemonade,
+                                                                       default_model_name):
     """The replay rule of chat holds on the new routes: a plain request whose backend is
-    killed while it generates is sent again to a reloaded backend and answered."""
+    killed while it generates is sent again to a reloaded backend and answered whole.
+    (``ignore_eos`` makes the length certain; llama-server's messages route ignores it.)"""
     await api.load(default_model_name)
     first = lemonade.router.get_live(default_model_name).backend
-    body = {"model": default_model_name, "max_tokens": 400, "ignore_eos": True,
-            "messages": [{"role": "user", "content": "Tell a long story."}]}
-    request = asyncio.ensure_future(api.post(f"{API}/messages", body))
+    body = {"model": default_model_name, "max_output_tokens": 400, "ignore_eos": True,
+            "input": "Tell a long story."}
+    request = asyncio.ensure_future(api.post(f"{API}/responses", body))
 
     async def generating() -> bool:
         async with httpx.AsyncClient(timeout=5) as http:
