@@ -180,6 +180,17 @@ async def test_cold_stream_tells_its_load_as_reasoning_content(client, default_m
     assert reasoning_of(await chat_stream(client, default_model_name)) == ""
 
 
+@pytest.mark.parametrize("lemonade_traits", [{"stream_loading_state": True}], indirect=True)
+async def test_loading_state_tells_the_eviction_that_makes_room(api, client, default_model_name,
+                                                                default_model_file):
+    await api.pull("user.other", default_model_file)
+    await api.load(default_model_name)  # the one llm slot
+    told = reasoning_of(await chat_stream(client, "user.other"))
+    assert f"Unloading {default_model_name} to make room (lru)." in told
+    assert told.index("Unloading") < told.index("Model user.other is loaded")
+    assert set((await api.loaded())) == {"user.other"}
+
+
 async def test_loading_state_is_off_by_default(client, default_model_name):
     chunks = await chat_stream(client, default_model_name)
     assert reasoning_of(chunks) == "" and content_of(chunks).strip()
