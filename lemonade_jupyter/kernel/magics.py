@@ -72,6 +72,10 @@ def _build_parser() -> MagicArgumentParser:
     load.add_argument("--downsize-idle-timeout", type=float, default=None, metavar="S")
     load.add_argument("--evict-idle-timeout", type=float, default=None, metavar="S")
     load.add_argument("--evict-weight-factor", type=float, default=None, metavar="F")
+    load.add_argument("--parallel", type=int, default=None, metavar="N",
+                      help="requests the model generates for at once (llama-server slots)")
+    load.add_argument("--max-queue", type=int, default=None, metavar="N",
+                      help="requests that may wait for a free slot before a 429; -1: no bound")
 
     for name, text in (("pin", "pin a loaded model"), ("unpin", "unpin a loaded model")):
         sub.add_parser(name, help=text).add_argument("model")
@@ -238,6 +242,7 @@ class LemonadeMagics(Magics):
           %lemonade load MODEL [--pinned] [--ctx-size N] [--auto-evict | --no-auto-evict]
                                [--llamacpp-args "..."] [--downsize-idle-timeout S]
                                [--evict-idle-timeout S] [--evict-weight-factor F]
+                               [--parallel N] [--max-queue N]
           %lemonade pin MODEL          %lemonade unpin MODEL
           %lemonade unload [MODEL]     (no MODEL: unload every model, pinned ones too)
           %lemonade status             router in use, loaded models, slots, memory
@@ -347,6 +352,8 @@ class LemonadeMagics(Magics):
             "downsize_idle_timeout": args.downsize_idle_timeout,
             "evict_idle_timeout": args.evict_idle_timeout,
             "evict_weight_factor": args.evict_weight_factor,
+            "parallel": args.parallel,
+            "max_queue": args.max_queue,
         }
         answer, seconds = run_with_progress(
             f"Loading {args.model}",
