@@ -17,6 +17,9 @@ c.LemonadeApp.llama_server_path = ""
 c.LemonadeApp.max_loaded_models = 1
 # Reload the models that were loaded, pinned ones first, when the server starts. (runtime)
 c.LemonadeApp.restore_on_start = True
+# Requests that may wait for a model whose parallel slots are all busy before a 429 with
+# Retry-After; -1: no bound. The load option max_queue overrides it per model. (runtime)
+c.LemonadeApp.max_queue = -1
 
 # -- the eviction engine (opt-in) ----------------------------------------------------------------
 # Let the engine downsize and unload idle unpinned models. (runtime)
@@ -76,5 +79,8 @@ c.LemonadeApp.remote_probe_backoff_max_s = 30.0
 # -- the HTTP side ------------------------------------------------------------------------------
 # Seconds of silence on a proxied stream (cold load, long prompt) before a ": ping" comment.
 c.LemonadeApp.sse_ping_interval_s = 2.0
+# A streaming chat request that waits for a cold load first gets the load's progress as
+# reasoning_content chunks (chat UIs show it as the model thinking).
+c.LemonadeApp.stream_loading_state = False
 # Jupyter's own /metrics (which also carries the lemonade_* series) wants a login by default.
 c.ServerApp.authenticate_prometheus = True

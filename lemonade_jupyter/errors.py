@@ -13,6 +13,7 @@ ladder. The kernel side imports only this module.
     ├── SlotsPinnedError             409 slots_pinned_error (every slot of the pool is pinned)
     ├── InsufficientMemoryError      409 insufficient_memory (pinned or busy models hold it)
     ├── CoolingDownError             503 + Retry-After (crash-loop guard)
+    ├── QueueFullError               429 + Retry-After (too many requests wait for a model)
     ├── EngineMissingError           503 engine_missing (names what to install)
     ├── ModelLoadError               500 model_load_error (backend could not start)
     ├── BackendShutdownError         503 router_shutdown
@@ -41,6 +42,7 @@ __all__ = [
     "SlotsPinnedError",
     "InsufficientMemoryError",
     "CoolingDownError",
+    "QueueFullError",
     "EngineMissingError",
     "ModelLoadError",
     "BackendShutdownError",
@@ -160,6 +162,30 @@ class CoolingDownError(LemonadeError):
             message += f" Last error: {reason}"
         super().__init__(message, param="model")
         self.retry_after_s = seconds
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class QueueFullError(LemonadeError):
+    """Every slot of a model is busy and its queue of waiting requests is full.
+
+    Answered at once instead of an unbounded wait (the ``max_queue`` setting and load
+    option); ``Retry-After`` says when a slot is likely to be free again.
+    """
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "queue_full"
+
+    def __init__(self, model_name: str, *, slots: int, queued: int,
+                 retry_after_s: int = 1) -> None:
+        super().__init__(
+            f"Model '{model_name}' is busy: its {slots} slot(s) are in use and {queued} "
+            "request(s) already wait for it (max_queue). Retry later.",
+            param="model", slots=slots, queued=queued,
+        )
+        self.retry_after_s = retry_after_s
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}

@@ -12,6 +12,7 @@ from lemonade_jupyter.core import (
     cooldown, decisions, eviction, fit_admission, gguf_facts, housekeeping, launcher, lifecycle,
     live_model, memory_sources, metrics, model_table, persistence, placement, preferences,
     remote, remote_metrics, remote_spec, router, transitions, watchdog,
+    request_slots, request_stats, router, transitions, watchdog,
 )
 from lemonade_jupyter.core import engines
 from lemonade_jupyter.core.engines import lookup
@@ -53,6 +54,8 @@ NAMESPACES = {
     "remote": remote,
     "remote_spec": remote_spec,
     "remote_metrics": remote_metrics,
+    "request_slots": request_slots,
+    "RequestStats": request_stats.RequestStats,
 }
 
 

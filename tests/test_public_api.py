@@ -20,7 +20,7 @@ def test_public_api_all_pinned() -> None:
         "UpstreamError", "BackendTransportError", "RemoteUnreachableError", "RemoteTimeoutError",
         "HubError", "HubAuthError", "HubAccessError",
         "HubNotFoundError", "HubUnavailableError", "InsufficientStorageError",
-        "PullCancelledError", "ClientError", "error_body",
+        "PullCancelledError", "QueueFullError", "ClientError", "error_body",
     ])
     assert hasattr(lemonade_jupyter, "_jupyter_server_extension_points")
 

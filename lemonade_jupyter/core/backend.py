@@ -46,6 +46,15 @@ class BackendState(enum.Enum):
     STOPPED = "stopped"
 
 
+def _total_slots(props: httpx.Response) -> int | None:
+    """``total_slots`` of a ``/props`` answer, if it is a positive integer."""
+    try:
+        value = props.json().get("total_slots")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 class Backend:
     """A ``llama-server`` child: spawn, readiness probe, stop, exit notification.
 
@@ -89,6 +98,9 @@ class Backend:
         self.served = False
         #: Bytes per device that the engine reported for its buffers at load ("gpu0", "host").
         self.buffer_report: dict[str, int] = {}
+        #: The parallel slots the engine says it serves (``/props`` ``total_slots``), read
+        #: once at readiness; None when it did not say.
+        self.total_slots: int | None = None
 
     # -- read-only views ------------------------------------------------------------------
     @property
@@ -205,6 +217,7 @@ class Backend:
                                                timeout=2.0)
                     if own.status_code == 401:
                         raise _PortTaken(f"port {self.port} is served by another process")
+                    self.total_slots = _total_slots(own)
                     return
             except httpx.HTTPError:
                 pass

@@ -8,6 +8,7 @@ and wakes waiters; ``in_use`` is derived from the in-flight count.
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field, replace
 
@@ -39,6 +40,8 @@ class ModelSnapshot:
     device: str
     #: Device keys where its memory counts: GPU UUIDs, or "cpu".
     devices: tuple[str, ...] = ("cpu",)
+    #: Requests waiting in the router for one of its parallel slots.
+    queued: int = 0
 
     def idle_s(self, now: float | None = None) -> float:
         return max(0.0, (now if now is not None else time.monotonic()) - self.last_use)
@@ -60,6 +63,9 @@ class LiveModel:
     ``admitted`` is False while a fresh load still waits for a slot; such an entry does not
     count against its pool. ``in_flight`` counts requests between acquire and release;
     ``waiters`` counts callers waiting on its transition (they are about to use it).
+    ``busy_slots`` counts the leases that hold one of its backend's parallel slots, and
+    ``slot_queue`` holds, in arrival order, the requests that wait for one
+    (:mod:`.request_slots` is the only writer of both).
     """
 
     spec: ModelSpec
@@ -88,6 +94,8 @@ class LiveModel:
     #: where it runs); the change of each GPU's used memory across its load.
     memory: ModelMemory = field(default_factory=ModelMemory)
     load_delta: dict[str, int] = field(default_factory=dict)
+    busy_slots: int = 0
+    slot_queue: collections.deque[object] = field(default_factory=collections.deque)
 
     @property
     def name(self) -> str:
@@ -129,8 +137,9 @@ class LiveModel:
 
     @property
     def is_busy(self) -> bool:
-        """Requests run on it, or callers wait to take a lease after its load."""
-        return self.in_flight > 0 or self.waiters > 0
+        """Requests run on it, wait for one of its slots, or wait to take a lease after its
+        load."""
+        return self.in_flight > 0 or self.waiters > 0 or bool(self.slot_queue)
 
     def touch(self) -> None:
         """Count a use for LRU (load, repeat load, start of a proxied request)."""
@@ -146,7 +155,7 @@ class LiveModel:
             admitted=self.admitted, in_flight=self.in_flight, busy=self.is_busy,
             last_use=self.last_use, load_duration_ms=self.load_duration_ms,
             options=self.options, memory_bytes=self.memory_bytes, device=self.device,
-            devices=self.devices(),
+            devices=self.devices(), queued=len(self.slot_queue),
         )
 
     def start_options(self) -> LoadOptions:

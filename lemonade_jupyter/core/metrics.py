@@ -1,9 +1,11 @@
 """Prometheus metrics of one router, in a registry of its own.
 
-Counters follow the event stream (evictions by reason, restarts, load durations); gauges
-(loaded and pinned models per type, memory per model and per device) are read from a snapshot
-of the router taken at scrape time, so they can never drift from ``/health``. The metrics know
-the router only through that snapshot function and its event log.
+Counters follow the event stream (evictions by reason, restarts, load durations); histograms
+of time to first token and tokens per second per model follow the request statistics; gauges
+(loaded and pinned models per type, memory per model and per device, requests waiting per
+model) are read from a snapshot of the router taken at scrape time, so they can never drift
+from ``/health``. The metrics know the router only through that snapshot function, its event
+log and its request statistics.
 """
 
 from __future__ import annotations
@@ -16,14 +18,20 @@ from prometheus_client.registry import Collector
 
 from .events import Event, EventLog
 from .live_model import RouterSnapshot
+from .request_stats import RequestRecord, RequestStats
 
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+#: Time to first token (s): from a cached short prompt to a long prefill on a CPU.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Decoding speed (tokens/s): a large model on a CPU to a small one on a GPU.
+TPS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
 class RouterMetrics:
     """Owns the registry; fed by router events, scraped by ``GET lemonade/metrics``."""
 
-    def __init__(self, events: EventLog, snapshot: Callable[[], RouterSnapshot]) -> None:
+    def __init__(self, events: EventLog, snapshot: Callable[[], RouterSnapshot],
+                 stats: RequestStats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.evictions = Counter(
             "lemonade_evictions", "Models evicted, by reason", ["reason"], registry=self.registry
@@ -47,8 +55,24 @@ class RouterMetrics:
             "lemonade_load_duration_seconds", "Time from spawn to ready",
             buckets=LOAD_BUCKETS, registry=self.registry,
         )
+        self.time_to_first_token = Histogram(
+            "lemonade_time_to_first_token_seconds",
+            "Prompt processing time of generation requests, as the engine measured it",
+            ["model"], buckets=TTFT_BUCKETS, registry=self.registry,
+        )
+        self.tokens_per_second = Histogram(
+            "lemonade_tokens_per_second", "Decoding speed of generation requests",
+            ["model"], buckets=TPS_BUCKETS, registry=self.registry,
+        )
         self.registry.register(_StateCollector(snapshot))
         events.add_listener(self.on_event)
+        if stats is not None:
+            stats.add_listener(self.on_request)
+
+    def on_request(self, rec: RequestRecord) -> None:
+        self.time_to_first_token.labels(model=rec.model).observe(rec.time_to_first_token)
+        if rec.output_tokens > 0:
+            self.tokens_per_second.labels(model=rec.model).observe(rec.tokens_per_second)
 
     def on_event(self, event: Event) -> None:
         if event.kind == "evict":
@@ -96,6 +120,13 @@ class _StateCollector(Collector):
             if m.memory_bytes is not None:
                 per_model.add_metric([m.name], m.memory_bytes)
         yield per_model
+        queued = GaugeMetricFamily(
+            "lemonade_queue_depth", "Requests waiting in the router for a free slot of a model",
+            labels=["model"],
+        )
+        for m in models:
+            queued.add_metric([m.name], m.queued)
+        yield queued
         sample = state.memory
         total = GaugeMetricFamily("lemonade_device_memory_total_bytes", "Device memory",
                                   labels=["device", "source"])

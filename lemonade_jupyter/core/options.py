@@ -25,6 +25,8 @@ RESERVED_FLAGS = frozenset(
         # placement: the gpu_layers and device options
         "-ngl", "--gpu-layers", "--n-gpu-layers", "-dev", "--device", "-sm", "--split-mode",
         "-mg", "--main-gpu", "-ts", "--tensor-split",
+        # the parallel option: the router counts requests against it
+        "-np", "--parallel",
     }
 )
 
@@ -43,8 +45,13 @@ class LoadOptions:
     gpu_layers: int | None = None
     #: None (auto: the GPU with the most free memory that fits), "cpu", or GPU indices.
     device: str | tuple[int, ...] | None = None
+    #: llama-server's parallel slots (``--parallel``); None: the engine's default (it says
+    #: how many in ``/props``). The router lets this many requests run at once.
+    parallel: int | None = None
+    #: Requests that may wait for a free slot before a 429; None: the ``max_queue`` setting.
+    max_queue: int | None = None
 
-    PROCESS_KEYS = ("ctx_size", "llamacpp_args", "gpu_layers", "device")
+    PROCESS_KEYS = ("ctx_size", "llamacpp_args", "gpu_layers", "device", "parallel")
 
     def process_key(self) -> tuple[Any, ...]:
         """The part that, when it changes, requires a new backend process."""
@@ -70,6 +77,8 @@ AUTO_CTX_SIZE = -1
 #: More layers than any model has: "all of them".
 MAX_GPU_LAYERS = 10_000
 MAX_GPUS = 64
+#: Bound of ``parallel``: llama-server splits its context between the slots.
+MAX_PARALLEL = 256
 
 
 def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[str]]:
@@ -100,9 +109,12 @@ def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[
                                        integer=True)
         elif key == "device":
             values[key] = _check_device(value)
+        elif key == "parallel":
+            values[key] = check_number(key, value, minimum=1, maximum=MAX_PARALLEL,
+                                       integer=True)
         else:
-            # The eviction options share their rules with the router-wide setting they
-            # override for one model.
+            # The eviction options and max_queue share their rules with the router-wide
+            # setting they override for one model.
             values[key] = check_value(key, value)
     return LoadOptions(**values), frozenset(given)
 

@@ -36,7 +36,7 @@ from ..errors import (
     BackendShutdownError, BackendTransportError, CoolingDownError, InvalidRequestError,
     LemonadeError, ModelLoadError, ModelNotFoundError, UpstreamError,
 )
-from . import eviction, placement
+from . import eviction, placement, request_slots
 from .aliases import ModelAliases
 from .backend import Backend, BackendState
 from .catalog import Catalog
@@ -55,6 +55,7 @@ from .persistence import RouterStateStore
 from .preferences import ModelPreferences
 from .remote import RemoteRegistry
 from .remote_metrics import RemoteCollector
+from .request_stats import RequestStats
 from .settings import PERSISTED_KEYS, RouterSettings
 from .watchdog import Watchdog, run_every
 
@@ -79,6 +80,9 @@ class Lease:
 
     model: LiveModel
     backend: Backend
+    #: Whether it holds one of the backend's parallel slots (a generation does; tokenizing
+    #: does not).
+    slot: bool = True
 
     @property
     def url(self) -> str:
@@ -143,7 +147,9 @@ class Router:
         )
         self.memory.add_listener(self._table.apply_memory_sample)
         self._watchdog = Watchdog()
-        self.metrics = RouterMetrics(self.events, self.snapshot)
+        #: The last generation request's figures; fed by the proxy (``stats.record``).
+        self.stats = RequestStats()
+        self.metrics = RouterMetrics(self.events, self.snapshot, self.stats)
         # Remote models (recipe "remote") live beside the table, never in it: no slot, no
         # eviction, no pin. The registry owns them and their replicas' probe loop.
         self.remote = RemoteRegistry(data_dir, self.events, lambda: self.settings)
@@ -278,20 +284,38 @@ class Router:
         return await self._table.ensure(name, pinned=pinned, options=options or LoadOptions(),
                                         given=given, reason=reason, explicit=reason == "load")
 
-    async def acquire(self, name: str) -> Lease:
-        """Auto-load ``name`` if needed and take a lease on its backend (one request)."""
+    async def acquire(self, name: str, *, slot: bool = True) -> Lease:
+        """Auto-load ``name`` if needed and take a lease on its backend (one request).
+
+        With ``slot`` the lease also takes one of the backend's parallel slots, waiting in the
+        model's queue while all are busy (:mod:`.request_slots`). Raises QueueFullError (429)
+        when ``max_queue`` requests already wait, and whatever loading it raises.
+        """
         name = self.resolve(name)
         await self.catalog.ensure_local(name, progress=self.events.emit)  # pulls it if needed
-        m = await self._table.ensure(name, pinned=None, options=LoadOptions(),
-                                     given=frozenset(), reason="request", explicit=False)
-        assert m.backend is not None
-        m.in_flight += 1
-        return Lease(m, m.backend)
+        while True:
+            m = await self._table.ensure(name, pinned=None, options=LoadOptions(),
+                                         given=frozenset(), reason="request", explicit=False)
+            if slot and not request_slots.has_free_slot(m):
+                def serving(m: LiveModel = m) -> bool:
+                    return (self._table.get(name) is m and m.backend is not None
+                            and m.stored_state is ModelState.READY)
+
+                bound = request_slots.queue_bound(m, self.settings)
+                if not await request_slots.wait_for_slot(m, bound, self._changes, serving):
+                    continue  # it stopped serving meanwhile: ask for it again
+            assert m.backend is not None
+            m.in_flight += 1
+            if slot:
+                request_slots.take(m, self._changes)
+            return Lease(m, m.backend, slot)
 
     def release(self, lease: Lease, *, ok: bool = True) -> None:
         """End a lease; ``ok`` means the backend answered, which ends a crash streak."""
         m = lease.model
         m.in_flight = max(0, m.in_flight - 1)
+        if lease.slot:
+            request_slots.give_back(m, self._changes)
         if ok and not lease.backend.exited.done():
             lease.backend.served = True
             self._guard.success(m.name)

@@ -101,6 +101,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("evict_weight_factor", float, 1.0, minimum=0, exclusive_minimum=True, runtime=True,
             help="Default weight of a model's reload cost under memory pressure: candidates "
             "rank by idle time / (load time x factor)."),
+    Setting("max_queue", int, -1, minimum=0, maximum=1_000_000, special=-1, runtime=True,
+            persisted=True,
+            message="max_queue must be a non-negative integer or -1 (no bound)",
+            help="Requests that may wait for a busy model (all its parallel slots in use) "
+            "before more are refused with 429 and Retry-After; -1: no bound. A load option of "
+            "the same name overrides it for one model."),
     Setting("restore_on_start", bool, True, runtime=True, persisted=True,
             help="Reload the models that were loaded (pinned first) at start."),
     Setting("crash_loop_threshold", int, 2, minimum=1,

@@ -226,6 +226,11 @@ class RouterClient:
         """``GET api/v1/health``: loaded models, slots, pins and memory (a snapshot)."""
         return dict(self.request("GET", "api/v1/health", timeout=timeout))
 
+    def stats(self) -> dict[str, Any]:
+        """``GET api/v1/stats``: the last generation request's figures, as the engine measured
+        them (every figure None before the first one)."""
+        return dict(self.request("GET", "api/v1/stats"))
+
     def memory_history(self, since: float | None = None) -> dict[str, Any]:
         """``GET api/v1/memory/history``: the server's recent memory samples (oldest first)."""
         path = "api/v1/memory/history" + (f"?since={since!r}" if since is not None else "")

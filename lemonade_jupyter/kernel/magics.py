@@ -27,7 +27,9 @@ from .client import RouterClient
 from .discovery import discover
 from .pools import catalog_type, pinned_memory_warning, pinned_slots_warning
 from .progress import run_with_progress
-from .rendering import Message, config_report, load_message, models_report, status_report
+from .rendering import (
+    Message, config_report, load_message, models_report, stats_line, status_report,
+)
 
 __all__ = ["LemonadeMagics", "LemonadeServerError"]
 
@@ -70,6 +72,10 @@ def _build_parser() -> MagicArgumentParser:
     load.add_argument("--downsize-idle-timeout", type=float, default=None, metavar="S")
     load.add_argument("--evict-idle-timeout", type=float, default=None, metavar="S")
     load.add_argument("--evict-weight-factor", type=float, default=None, metavar="F")
+    load.add_argument("--parallel", type=int, default=None, metavar="N",
+                      help="requests the model generates for at once (llama-server slots)")
+    load.add_argument("--max-queue", type=int, default=None, metavar="N",
+                      help="requests that may wait for a free slot before a 429; -1: no bound")
 
     for name, text in (("pin", "pin a loaded model"), ("unpin", "unpin a loaded model")):
         sub.add_parser(name, help=text).add_argument("model")
@@ -116,6 +122,10 @@ def _build_parser() -> MagicArgumentParser:
     chat.add_argument("-o", "--output", metavar="NAME", help="store the reply in variable NAME")
     chat.add_argument("--max-tokens", type=int, default=None)
     chat.add_argument("--system", default=None, help="a system prompt")
+    chat.add_argument(
+        "--stats", action="store_true",
+        help="after the reply, print its time to first token, tokens/s and token counts",
+    )
     chat.add_argument(
         "-c",
         "--continue",
@@ -248,6 +258,7 @@ class LemonadeMagics(Magics):
           %lemonade load MODEL [--pinned] [--ctx-size N|-1] [--auto-evict | --no-auto-evict]
                                [--llamacpp-args "..."] [--downsize-idle-timeout S]
                                [--evict-idle-timeout S] [--evict-weight-factor F]
+                               [--parallel N] [--max-queue N]
           %lemonade pin MODEL          %lemonade unpin MODEL
           %lemonade unload [MODEL]     (no MODEL: unload every model, pinned ones too)
           %lemonade status             router in use, loaded models, slots, memory
@@ -262,15 +273,17 @@ class LemonadeMagics(Magics):
           %lemonade alias --remove ALIAS
           %lemonade logs MODEL [-n N]  the last N lines of MODEL's backend log (redacted)
           %lemonade config [key=value ...]   values are JSON when they parse (2, true, 0.8)
-          %lemonade chat [-o NAME] [--continue] [--system S] [--max-tokens N] MODEL PROMPT
-          %%lemonade chat [-o NAME] [--continue] MODEL    (the cell is the prompt)
+          %lemonade chat [-o NAME] [--continue] [--system S] [--max-tokens N] [--stats]
+                         MODEL PROMPT
+          %%lemonade chat [-o NAME] [--continue] [--stats] MODEL    (the cell is the prompt)
           %lemonade openai [--async]   an openai.OpenAI client for this router
           %lemonade dashboard [--interval S]   (one per kernel: a new one replaces the old)
           %lemonade COMMAND --help
 
         ``load`` warns before trying when every slot of the model's type is pinned (the server
         would refuse with 409). ``chat`` streams the reply (Markdown in a notebook) and keeps
-        the conversation: ``--continue`` sends the earlier turns too. A prompt may end with
+        the conversation: ``--continue`` sends the earlier turns too; ``--stats`` prints the
+        reply's time to first token, tokens/s and token counts. A prompt may end with
         ``?``. The router is found in this order: $LEMONADE_JUPYTER_URL
         (+ $LEMONADE_JUPYTER_TOKEN) or c.LemonadeMagics.server_url, the JupyterHub server
         ($JUPYTERHUB_SERVICE_URL), this kernel's Jupyter server, any running server with the
@@ -360,6 +373,8 @@ class LemonadeMagics(Magics):
             "downsize_idle_timeout": args.downsize_idle_timeout,
             "evict_idle_timeout": args.evict_idle_timeout,
             "evict_weight_factor": args.evict_weight_factor,
+            "parallel": args.parallel,
+            "max_queue": args.max_queue,
         }
         answer, seconds = run_with_progress(
             f"Loading {args.model}",
@@ -510,6 +525,8 @@ class LemonadeMagics(Magics):
             self.last_reply = session.last_reply
             if args.output:
                 self.shell.user_ns[args.output] = self.last_reply
+        if args.stats:
+            print(stats_line(self.client.stats()))
         return None
 
     def _chat_mode(self) -> str:

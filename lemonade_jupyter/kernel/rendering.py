@@ -277,3 +277,17 @@ def load_message(answer: Mapping[str, Any], seconds: float) -> Message:
     name = answer.get("model_name", "?")
     pin = " (pinned)" if answer.get("pinned") else ""
     return Message(f"Loaded {name}{pin} in {seconds:.2f} s", data=answer)
+
+
+def stats_line(stats: Mapping[str, Any]) -> str:
+    """One line of the last request's figures (``GET api/v1/stats``), for ``chat --stats``."""
+    if stats.get("output_tokens") is None:
+        return "No request statistics yet."
+    cached = stats.get("cached_tokens") or 0
+    return (
+        f"time to first token {stats['time_to_first_token']:.3f} s · "
+        f"{stats['tokens_per_second']:.1f} tokens/s · "
+        f"{stats['input_tokens']} input tokens"
+        + (f" ({cached} cached)" if cached else "")
+        + f" · {stats['output_tokens']} output tokens"
+    )

@@ -77,6 +77,11 @@ class LemonadeApp(ExtensionApp):
     data_dir = Unicode(
         config=True, help="Where pins, the loaded set and user models persist across restarts."
     )
+    stream_loading_state = Bool(
+        False, config=True,
+        help="Tell a streaming chat request that waits for a cold load the load's progress, "
+        "as reasoning content before the answer (chat UIs show it as the model thinking).",
+    )
     sse_ping_interval_s = Float(
         2.0, config=True,
         help="Seconds of silence (cold load, prefill) before a ': ping' SSE comment.",
@@ -136,6 +141,7 @@ class LemonadeApp(ExtensionApp):
             "lemonade_router": self.router,
             "lemonade_upstream": self.upstream,
             "lemonade_ping_interval_s": self.sse_ping_interval_s,
+            "lemonade_stream_loading_state": self.stream_loading_state,
         })
 
     def _take_data_dir(self, data_dir: Path) -> str:

@@ -1,5 +1,5 @@
-"""Observation routes: the event stream (SSE), Prometheus metrics, the memory history, and the
-pressure test hook."""
+"""Observation routes: the event stream (SSE), Prometheus metrics, the last request's
+statistics, the memory history, and the pressure test hook."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..core.events import Event
+from ..core.request_stats import RequestRecord
 from ..core.validation import check_number
 from ..errors import InvalidRequestError
 from .base import LemonadeHandler, PolledHandler
@@ -109,6 +110,22 @@ class MetricsHandler(PolledHandler):
         self.set_status(200)
         self.finish(self.router.metrics.render(),
                     set_content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class StatsHandler(PolledHandler):
+    """``GET lemonade/api/v1/stats``: the last generation request's figures (lemonade's stats
+    endpoint): time to first token, tokens per second, input and output tokens, as the engine
+    measured them. Every figure is null before the first such request."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        last = self.router.stats.last
+        if last is None:
+            body = {name: None for name in RequestRecord.__dataclass_fields__}
+        else:
+            body = last.to_json()
+        self.write_json(body)
 
 
 class MemoryHistoryHandler(PolledHandler):

@@ -1,6 +1,8 @@
-"""The OpenAI-compatible proxy: ``chat/completions``, ``completions`` and ``embeddings``.
+"""The inference proxy: every route of the engine that serves a model (``engine_routes.py``).
 
-Each request takes a lease on its model (auto-loading it, with the same 409 as ``/load`` when its
+OpenAI's chat, completions, embeddings and Responses API, Anthropic's messages, reranking,
+infill, tokenizing and the chat template all go through here. Each request takes a lease on
+its model (auto-loading it, with the same 409 as ``/load`` when its
 pool is all pinned), is forwarded with the backend's API key (``upstream.py``: aiohttp, keep-alive
 connections for plain requests), and holds the lease until the answer (or the whole stream) is
 done, so a busy model is never evicted.
@@ -16,6 +18,11 @@ which closes the backend request so llama-server stops generating.
 
 Backend death: a non-streaming request is replayed once on a reloaded backend; a stream is
 replayed only if no data reached the client yet, else it ends with an SSE error event.
+
+Request statistics: the engine's ``timings`` are read from the answer's last bytes only (the
+end of a plain answer, the last blocks of a stream), so the relay itself stays byte-level.
+A streaming chat request that waits for a cold load may tell the load's progress first
+(``loading_state.py``, opt-in).
 """
 
 from __future__ import annotations
@@ -29,15 +36,21 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ..core.events import Event
+from ..core.lifecycle import ModelState
 from ..core.router import Lease
 from ..errors import InvalidRequestError, LemonadeError, error_body
+from . import loading_state
 from .base import LemonadeHandler
+from .engine_routes import CHAT, EngineRoute
 from .openai_checks import check_request
 from .remote_proxy import RemoteForwarding
 from .upstream import UpstreamPool, UpstreamResponse, UpstreamStream
 
 #: Default seconds of silence before a ``: ping`` comment (c.LemonadeApp.sse_ping_interval_s).
 DEFAULT_PING_INTERVAL_S = 2.0
+#: Bytes at the end of a plain answer where the engine's ``timings`` are (its last key).
+STATS_TAIL_BYTES = 4096
 
 
 class _ClientGone(Exception):
@@ -116,12 +129,14 @@ def _upstream_error(resp_status: int, payload: bytes) -> tuple[int, dict[str, An
 
 
 class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
-    """Forwards one OpenAI-style POST to the model's backend (or a remote model's replica)."""
+    """Forwards one POST to an engine route of the model's backend (or a remote model's
+    replica)."""
 
-    upstream_path: str
+    route: EngineRoute
 
-    def initialize(self, upstream_path: str) -> None:
-        self.upstream_path = upstream_path
+    def initialize(self, route: EngineRoute) -> None:
+        self.route = route
+        self.upstream_path = route.path
         self._pump: asyncio.Task[None] | None = None
         self._headers_sent = False
         self._data_sent = False
@@ -150,12 +165,12 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         if not isinstance(stream, bool):
             raise InvalidRequestError("Parameter 'stream' must be a boolean", param="stream")
         if model in self.router.remote:  # a remote model: no lease, its replicas (remote_proxy)
-            await self.forward_remote(model, body,
-                                      stream and self.upstream_path != "/v1/embeddings")
+            await self.forward_remote(model, body, stream and self.route.streams)
             return
         # Unknown model (404) or a body it cannot serve (400): refused before any auto-load.
-        check_request(self.upstream_path, self.router.catalog.get(self.router.resolve(model)), body)
-        if stream and self.upstream_path != "/v1/embeddings":
+        check_request(self.upstream_path, self.router.catalog.get(self.router.resolve(model)),
+                      body)
+        if stream and self.route.streams:
             self._pump = asyncio.ensure_future(self._stream(model))
             try:
                 await self._pump
@@ -174,11 +189,13 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
                 {**lease.headers(), "Content-Type": "application/json"},
             )
 
-        resp = await self.router.call(model, send)
+        resp = await self.router.call(model, send, acquire=self._acquire)
         if resp.code >= 400:
             status, err = _upstream_error(resp.code, resp.body)
             self.write_json(err, status)
             return
+        if self.route.records_stats:
+            self.router.stats.record(model, self.upstream_path, resp.body[-STATS_TAIL_BYTES:])
         self.set_status(resp.code)
         self.finish(_Renamer(model)(resp.body))
 
@@ -196,19 +213,67 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         except _ClientGone:
             return
 
+    async def _acquire(self, model: str) -> Lease:
+        """A lease for this route: with one of the backend's slots, or none (tokenizing)."""
+        return await self.router.acquire(model, slot=self.route.uses_slot)
+
     async def _acquire_with_pings(self, model: str) -> Lease:
-        """Acquire a lease; if that takes long (cold load), commit SSE headers and ping."""
-        task = asyncio.ensure_future(self.router.acquire(model))
+        """Acquire a lease; if that takes long (cold load, a full model), commit SSE headers
+        and ping, or tell the load's progress (``stream_loading_state``)."""
+        task = asyncio.ensure_future(self._acquire(model))
+        events = self._subscribe_to_load(model)
         try:
+            if events is not None:
+                return await self._acquire_telling_load(task, model, events)
             while True:
                 done, _ = await asyncio.wait({task}, timeout=self.ping_interval)
                 if done:
                     return task.result()
                 await self._ping()
         finally:
+            if events is not None:
+                self.router.events.unsubscribe(events)
             if not task.done():
                 # We are leaving (client gone): give the lease back once the load finishes.
                 task.add_done_callback(self._release_orphan)
+
+    def _subscribe_to_load(self, model: str) -> asyncio.Queue[Event] | None:
+        """The router's events while a cold load is told to a chat client, else None."""
+        if self.route is not CHAT or not self.settings.get("lemonade_stream_loading_state"):
+            return None
+        live = self.router.get_live(model)
+        if live is not None and live.stored_state is ModelState.READY:
+            return None  # no load to wait for
+        return self.router.events.subscribe()
+
+    async def _acquire_telling_load(self, task: asyncio.Future[Lease], model: str,
+                                    events: asyncio.Queue[Event]) -> Lease:
+        """Wait for the lease, sending each event of the load as reasoning content.
+
+        These chunks are not the answer: a replay after them is still allowed."""
+        chunk_id = loading_state.new_id()
+
+        async def tell(text: str | None) -> None:
+            if text:
+                await self._write(loading_state.chunk(model, text, chunk_id))
+
+        await tell(loading_state.start_line(model))
+        nxt: asyncio.Future[Event] = asyncio.ensure_future(events.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({task, nxt}, timeout=self.ping_interval,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if nxt in done:
+                    await tell(loading_state.describe(nxt.result(), model))
+                    nxt = asyncio.ensure_future(events.get())
+                if task in done:
+                    while not events.empty():  # what happened just before the lease
+                        await tell(loading_state.describe(events.get_nowait(), model))
+                    return task.result()
+                if not done:
+                    await self._ping()
+        finally:
+            nxt.cancel()
 
     def _release_orphan(self, task: asyncio.Task[Lease]) -> None:
         if not task.cancelled() and task.exception() is None:
@@ -260,6 +325,9 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         write; the previous write must have gone out before the next one starts."""
         rename = _Renamer(model)
         pending = b""
+        # The last two blocks written, kept by reference for the request statistics: the
+        # engine's ``timings`` are in the last event before ``[DONE]``.
+        before_last = last = b""
         flushed: asyncio.Future[None] | None = None
         chunk = first
         try:
@@ -268,6 +336,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
                 cut = pending.rfind(b"\n\n") + 2
                 if cut >= 2:
                     ready, pending = pending[:cut], pending[cut:]
+                    before_last, last = last, ready
                     self.write(rename(ready))
                     if flushed is not None:
                         await flushed
@@ -283,6 +352,8 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
                 await flushed
         except StreamClosedError as exc:
             raise _ClientGone() from exc
+        if self.route.records_stats:
+            self.router.stats.record(model, self.upstream_path, before_last + last + pending)
 
     def _commit_headers(self) -> None:
         if self._headers_sent:

@@ -26,7 +26,9 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..core.remote import RemoteModel, RemoteRegistry, Replica
-from ..errors import RemoteTimeoutError, RemoteUnreachableError, UpstreamError
+from ..errors import (
+    InvalidRequestError, RemoteTimeoutError, RemoteUnreachableError, UpstreamError,
+)
 from .openai_checks import check_request
 from .remote_upstream import RemoteStream, RemoteUpstream, ReplicaFailure, ReplicaTimeout
 
@@ -111,6 +113,11 @@ class RemoteForwarding:
 
         registry = self.router.remote
         model = registry.require(name)
+        if not self.upstream_path.startswith("/v1/"):
+            raise InvalidRequestError(
+                f"'{name}' is a remote model: only the OpenAI-style routes (/v1/...) are "
+                f"forwarded to its engine, not llama.cpp's own {self.upstream_path}",
+                param="model")
         check_request(self.upstream_path, model.spec, body)  # type: ignore[arg-type]
         attempts = _Attempts(registry, model)
         if stream:

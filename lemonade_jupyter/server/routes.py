@@ -8,7 +8,7 @@ from jupyter_server.utils import url_path_join
 
 from ..api_paths import ROUTE_PREFIX
 from . import aliases, logs, observe, pull, rest
-from .openai_checks import RERANK_PATH
+from .engine_routes import PROXIED
 from .proxy import OpenAIProxyHandler
 
 #: (path under lemonade/, handler, init kwargs). Every handler here requires Jupyter auth;
@@ -31,10 +31,10 @@ ROUTES: list[tuple[str, type, dict[str, Any]]] = [
     ("api/v1/logs/(?P<model>[^/]+)", logs.LogsHandler, {}),
     ("api/v1/memory/history", observe.MemoryHistoryHandler, {}),
     ("metrics", observe.MetricsHandler, {}),
-    ("api/v1/chat/completions", OpenAIProxyHandler, {"upstream_path": "/v1/chat/completions"}),
-    ("api/v1/completions", OpenAIProxyHandler, {"upstream_path": "/v1/completions"}),
-    ("api/v1/embeddings", OpenAIProxyHandler, {"upstream_path": "/v1/embeddings"}),
-    ("api/v1/reranking", OpenAIProxyHandler, {"upstream_path": RERANK_PATH}),
+    ("api/v1/stats", observe.StatsHandler, {}),
+    # The engine's inference routes, one handler (engine_routes.py says how each behaves).
+    *((f"api/v1/{path}", OpenAIProxyHandler, {"route": route})
+      for path, route in PROXIED.items()),
 ]
 
 

@@ -38,6 +38,7 @@ def model_view(m: LiveModel, engine: EngineInfo | None = None) -> dict[str, Any]
         "memory_freed_bytes": m.memory_freed_bytes,
         "is_busy": m.in_flight > 0,
         "in_flight": m.in_flight,
+        "queued": len(m.slot_queue),
         "device": m.device,
         "placement": m.placement.to_json(),
         # Per device (GPU UUIDs, "cpu" for RAM): bytes and the source of each figure.

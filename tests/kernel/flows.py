@@ -80,6 +80,14 @@ def magics_full_flow(
     with capture_output() as out:
         ip.run_cell_magic("lemonade", f"chat -o reply --max-tokens 12 {COPY}", "Name a fruit.\n")
     assert ip.user_ns["reply"] and out.stdout.strip() == ip.user_ns["reply"].strip()
+    # --stats prints the engine's figures of that reply (GET api/v1/stats)
+    with capture_output() as out:
+        ip.run_line_magic("lemonade", f"chat --stats --max-tokens 5 {COPY} Say hi.")
+    stats = router.stats()
+    assert stats["model"] == COPY and isinstance(stats["output_tokens"], int)
+    last_line = out.stdout.strip().splitlines()[-1]
+    assert last_line.startswith(f"time to first token {stats['time_to_first_token']:.3f} s")
+    assert f"{stats['output_tokens']} output tokens" in last_line
 
     # pin/unpin a loaded model, status in both renderings
     ip.run_line_magic("lemonade", f"pin {COPY}")

@@ -93,7 +93,8 @@ def test_magics_load_pin_unpin_unload(
 ) -> None:
     with capture_output() as out:
         result = ip.run_line_magic(
-            "lemonade", f"load {DEFAULT} --pinned --ctx-size 2048 --no-auto-evict"
+            "lemonade", f"load {DEFAULT} --pinned --ctx-size 2048 --no-auto-evict "
+            "--parallel 2 --max-queue 0"
         )
     assert repr(result).startswith(f"Loaded {DEFAULT} (pinned) in ")
     assert out.stdout.startswith(f"Loading {DEFAULT} ") and "done" in out.stdout  # text progress
@@ -103,6 +104,8 @@ def test_magics_load_pin_unpin_unload(
         "pinned": True,
         "ctx_size": 2048,
         "auto_evict": False,
+        "parallel": 2,
+        "max_queue": 0,
     }
     assert repr(ip.run_line_magic("lemonade", f"unpin {DEFAULT}")) == f"Unpinned {DEFAULT}"
     assert fake.loaded[DEFAULT]["pinned"] is False

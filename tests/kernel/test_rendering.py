@@ -15,7 +15,9 @@ from lemonade_jupyter.kernel.pools import (
     pinned_slots_warning,
     pools,
 )
-from lemonade_jupyter.kernel.rendering import Table, config_report, models_report, status_report
+from lemonade_jupyter.kernel.rendering import (
+    Table, config_report, models_report, stats_line, status_report,
+)
 
 
 def _health(loaded: list[tuple[str, str, bool]], slots: int = 1) -> dict[str, Any]:
@@ -182,3 +184,13 @@ def test_status_report_lists_remote_models_with_replicas_that_are_not_up() -> No
     assert "llama" in row and "ready" in row and row.rstrip().endswith("3")
     assert "1/2 up; https://b/v1: down (cannot connect)" in row
     assert "Remote models" not in status_report(_health([("a", "llm", True)]), "server").text()
+
+
+def test_stats_line_of_chat_stats():
+    stats = {"model": "m", "route": "/v1/chat/completions", "time_to_first_token": 0.0421,
+             "tokens_per_second": 48.26, "input_tokens": 7, "cached_tokens": 24,
+             "output_tokens": 4, "finished_at": 1.0}
+    assert stats_line(stats) == ("time to first token 0.042 s · 48.3 tokens/s · 7 input tokens "
+                                 "(24 cached) · 4 output tokens")
+    assert "cached" not in stats_line({**stats, "cached_tokens": 0})
+    assert stats_line({k: None for k in stats}) == "No request statistics yet."

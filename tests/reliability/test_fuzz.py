@@ -101,9 +101,27 @@ def body_strategies(paths: dict[str, str]) -> dict[str, st.SearchStrategy[dict[s
         | st.dictionaries(st.text(max_size=6), json_values, max_size=2),
         "api/v1/pull": st.fixed_dictionaries({}, optional={
             "model_name": junk(st.sampled_from(["user.p1", "user.p2", "user.fz", "bad name"])),
-            "checkpoint": checkpoint, "recipe": junk(st.just("llamacpp")),
+            "checkpoint": checkpoint, "recipe": junk(st.sampled_from(["llamacpp", "remote"])),
             "labels": junk(st.lists(st.sampled_from(["llm", "custom", "x y", ""]), max_size=3)),
+            "base_url": junk(st.sampled_from(REMOTE_URLS)),
+            "base_urls": junk(st.lists(st.sampled_from(REMOTE_URLS), max_size=3)),
+            "upstream_model": junk(st.just("m")),
+            "api_key_env": junk(st.sampled_from(["HOME", "LEMONADE_FUZZ_NO_SUCH_VAR", ""])),
         }),
+        "api/v1/alias": st.fixed_dictionaries({}, optional={
+            "model_name": names, "alias": junk(st.sampled_from(ALIASES))}),
+        "api/v1/alias/remove": st.fixed_dictionaries({}, optional={
+            "alias": junk(st.sampled_from(ALIASES))}),
+        "api/v1/rerank": proxied("documents", st.lists(st.just("Hi"), min_size=1, max_size=2)),
+        "api/v1/responses": proxied("input", st.just("Hi")),
+        "api/v1/messages": proxied("messages", st.lists(message, min_size=1, max_size=2)),
+        "api/v1/messages/count_tokens": proxied("messages", st.lists(message, min_size=1,
+                                                                     max_size=2)),
+        "api/v1/infill": proxied("input_suffix", st.just("}")),
+        "api/v1/completion": proxied("prompt", st.just("Hi")),
+        "api/v1/tokenize": proxied("content", st.just("Hi")),
+        "api/v1/detokenize": proxied("tokens", st.lists(st.integers(0, 100), max_size=3)),
+        "api/v1/apply-template": proxied("messages", st.lists(message, min_size=1, max_size=2)),
         "api/v1/delete": st.fixed_dictionaries({}, optional={"model_name": names}),
         "internal/pin": st.fixed_dictionaries({}, optional={
             "model_name": names, "model": names, "pinned": junk(st.booleans())}),
@@ -121,6 +139,13 @@ def body_strategies(paths: dict[str, str]) -> dict[str, st.SearchStrategy[dict[s
 
 
 _MISSING = object()
+#: Upstreams of a remote pull: nothing listens on port 9, the rest is refused as a URL.
+REMOTE_URLS = ["http://127.0.0.1:9/v1", "file:///etc/passwd", "ftp://x/v1", "no-scheme",
+               "http://user:pw@127.0.0.1:9/v1", ""]
+ALIASES = ["smol", "", "user.x", DEFAULT_MODEL, "x" * 300, "bad name", "a/b"]
+#: Routes with a model in their path: fuzzed with these in its place.
+PATH_MODEL = "(?P<model>[^/]+)"
+PATH_MODELS = [DEFAULT_MODEL, "user.fz", "no-such-model", "%2e%2e", "x" * 300]
 RAW_BODIES = [b"", b"{", b"[]", b"null", b"NaN", b"1e999", b'{"a": Infinity}', b"[" * 5000,
               b'{"model": "' + DEFAULT_MODEL.encode() + b'", "messages": [], "max_tokens": 1'
               + b"0" * 400 + b"}",
@@ -140,7 +165,8 @@ def snapshot(c: httpx.Client, server: JupyterProcess) -> dict[str, Any]:
     models = {m["model_name"]: {k: v for k, v in m.items() if k not in VOLATILE}
               for m in health["all_models_loaded"]}
     files = {}
-    for name in ("user_models.json", "router_state.json"):
+    for name in ("user_models.json", "router_state.json", "model_aliases.json",
+                 "remote_models.json"):
         path = server.data_dir / name
         files[name] = path.read_text() if path.exists() else None
     return {
@@ -185,7 +211,7 @@ def send(c: httpx.Client, method: str, path: str, *, params: dict[str, str],
     with c.stream(method, path, params=params, content=content,
                   headers={"Content-Type": "application/json"}) as resp:
         if resp.status_code == 200 and resp.headers.get("Content-Type", "").startswith(
-                "text/event-stream") and path.endswith("/events"):
+                "text/event-stream") and ("/events" in path or "/logs/" in path):
             next(resp.iter_raw(), b"")
             return resp
         resp.read()
@@ -226,7 +252,7 @@ def test_fuzz_every_route_body_query_and_method(fuzz_server):
     bodies = body_strategies(paths)
     registered = {path for path, _h, _kw in ROUTES}
     get_routes = {"api/v1/health", "api/v1/models", "internal/config", "api/v1/events", "metrics",
-                  "api/v1/memory/history"}
+                  "api/v1/memory/history", "api/v1/stats", f"api/v1/logs/{PATH_MODEL}"}
     assert registered == set(bodies) | get_routes, "a route has no fuzz strategy"
     counts: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
@@ -238,6 +264,7 @@ def test_fuzz_every_route_body_query_and_method(fuzz_server):
             own = "GET" if path in get_routes else "POST"
             body_st = bodies.get(path, st.just({}))
             case = st.fixed_dictionaries({
+                "path": st.sampled_from(PATH_MODELS) if PATH_MODEL in path else st.just(""),
                 "method": st.sampled_from([own] * 15 + METHODS),
                 "params": queries,
                 "content": st.one_of(
@@ -255,7 +282,8 @@ def test_fuzz_every_route_body_query_and_method(fuzz_server):
                 if path == "api/v1/events" and method == "GET" and "last_event_id" not in case["params"]:
                     case["params"]["last_event_id"] = "0"
                 before = state.pop("settled", None) or snapshot(c, server)
-                resp = send(c, method, f"lemonade/{path}", params=case["params"], content=content)
+                url = f"lemonade/{path.replace(PATH_MODEL, case['path'])}"
+                resp = send(c, method, url, params=case["params"], content=content)
                 counts[path] += 1
                 statuses[f"{resp.status_code}"] += 1
                 check_answer(path, resp)

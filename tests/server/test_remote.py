@@ -120,6 +120,12 @@ async def test_chat_and_stream_through_the_router_with_names_rewritten(api, clie
     completion = await client.completions.create(model=NAME, prompt="Once upon", max_tokens=4)
     assert completion.model == NAME and completion.choices[0].text
 
+    # The other OpenAI-style routes go to the upstream's /v1 too; llama.cpp's own are refused.
+    response = await client.responses.create(model=NAME, input="Say hi.", max_output_tokens=8)
+    assert response.model == NAME and response.output_text
+    tokenize = await api.post(f"{API}/tokenize", {"model": NAME, "content": "hi"})
+    assert tokenize.code == 400 and "only the OpenAI-style routes" in tokenize.error["message"]
+
     # Both replicas served: among equally busy replicas the least used one goes first, so
     # sequential requests alternate; every request is counted per replica.
     metrics = (await api.get("lemonade/metrics")).body.decode()

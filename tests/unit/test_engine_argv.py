@@ -28,6 +28,14 @@ def test_argv_llm_and_embedding():
     assert "--embeddings" in argv and argv[-2:] == ["--flash-attn", "on"]
 
 
+def test_parallel_option_sets_the_slots():
+    engine = LlamaCppEngine("/bin/llama-server")
+    llm = ModelSpec(name="user.a", checkpoint="/m.gguf")
+    assert "--parallel" not in engine.argv(llm, LoadOptions(), port=1)
+    argv = engine.argv(llm, LoadOptions(parallel=3), port=1)
+    assert argv[argv.index("--parallel") + 1] == "3"
+
+
 def test_api_key_travels_in_env_not_argv():
     engine = LlamaCppEngine("/bin/llama-server")
     argv = engine.argv(ModelSpec(name="user.a", checkpoint="/m.gguf"), LoadOptions(), port=1)

@@ -26,7 +26,7 @@ EXPECTED_STATUS = {
     "BackendTransportError": 502, "RemoteUnreachableError": 502, "RemoteTimeoutError": 504,
     "HubError": 502, "HubAuthError": 401, "HubAccessError": 403,
     "HubNotFoundError": 404, "HubUnavailableError": 503, "InsufficientStorageError": 507,
-    "PullCancelledError": 409,
+    "PullCancelledError": 409, "QueueFullError": 429,
 }
 
 
@@ -37,6 +37,8 @@ def make(cls):
         return cls("user.x", "cpu", needed_bytes=3 << 20, free_bytes=1 << 20, pinned_bytes=0)
     if cls is CoolingDownError:
         return cls("user.x", 4.2, "boom")
+    if cls is errors.QueueFullError:
+        return cls("user.x", slots=1, queued=2)
     if cls is ClientError:
         return cls(418, {"error": {"type": "teapot", "code": "tea"}}, "short and stout")
     return cls("something went wrong", param="p")

@@ -69,6 +69,13 @@ BAD = [
     ("evict_weight_factor", -1),
     ("evict_weight_factor", False),
     ("evict_weight_factor", float("inf")),
+    ("parallel", 0),
+    ("parallel", 1.5),
+    ("parallel", "2"),
+    ("parallel", 257),
+    ("max_queue", -2),
+    ("max_queue", 0.5),
+    ("max_queue", "3"),
     ("no_such_option", 1),
 ]
 
@@ -89,6 +96,15 @@ def test_process_key_changes_only_with_process_options():
     assert ctx.process_key() != base.process_key()
     # fields that were not given are kept
     assert base.merged(LoadOptions(), frozenset()) == base
+
+
+def test_parallel_is_a_process_option_and_max_queue_is_not():
+    base = LoadOptions()
+    opts, given = parse_load_options({"parallel": 2, "max_queue": 0})
+    assert given == {"parallel", "max_queue"} and (opts.parallel, opts.max_queue) == (2, 0)
+    assert base.merged(opts, frozenset({"parallel"})).process_key() != base.process_key()
+    assert base.merged(opts, frozenset({"max_queue"})).process_key() == base.process_key()
+    assert parse_load_options({"max_queue": -1})[0].max_queue == -1  # no bound for this model
 
 
 def test_ctx_size_bounds_inclusive():

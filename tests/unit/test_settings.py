@@ -150,8 +150,8 @@ def test_table_rows_are_consistent():
 def test_derived_key_sets():
     assert RUNTIME_KEYS == tuple(s.name for s in SETTINGS if s.runtime)
     assert PERSISTED_KEYS == (
-        "max_loaded_models", "auto_evict", "auto_evict_threshold_pct", "restore_on_start",
-        "memory_budget_mib",
+        "max_loaded_models", "auto_evict", "auto_evict_threshold_pct", "max_queue",
+        "restore_on_start", "memory_budget_mib",
     )
     # A persisted value is restored through with_updates(), which takes runtime keys only.
     assert set(PERSISTED_KEYS) <= set(RUNTIME_KEYS)

@@ -67,6 +67,8 @@ class LlamaCppEngine:
             args.append("--embeddings")
         elif spec.type == "reranking":
             args.append("--reranking")
+        if options.parallel is not None:
+            args += ["--parallel", str(options.parallel)]
         if spec.mmproj:
             args += ["--mmproj", spec.mmproj]
         if sleep_idle_seconds is not None:
