@@ -510,22 +510,22 @@ def run_attribution(ctx: Context, server: JupyterServer, bare: BareLlama) -> Non
     json_ms, bytes_ms = _rename_cost_ms()
     ctx.add(Row(S2, "where it goes: proxy's model-name rewrite per SSE event", "ms",
                 "json.loads + json.dumps of the event (before)", [json_ms],
-                "on the bytes (proxy._Renamer)", [bytes_ms], "median"))
+                "on the bytes (answers.Renamer)", [bytes_ms], "median"))
 
 
 def _rename_cost_ms() -> tuple[float, float]:
     """CPU of renaming ``model`` in a typical llama-server chunk: through JSON, on the bytes."""
-    from lemonade_jupyter.server.proxy import _Renamer, _rewrite_model
+    from lemonade_jupyter.server.answers import Renamer, rewrite_model
 
     event = (b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":" hi"}}],'
              b'"created":1795791860,"id":"chatcmpl-3XEg4Z2TPjJ8CZz28KgyX8cy0xAD2NaI","model":'
              b'"/home/user/models/SmolLM2-135M-Instruct.Q4_1.gguf","system_fingerprint":'
              b'"b1-0c1e570","object":"chat.completion.chunk"}\n\n')
-    rename = _Renamer(DEFAULT_MODEL)
+    rename = Renamer(DEFAULT_MODEL)
     n = 2000
     c0 = time.thread_time()
     for _ in range(n):
-        b"data: " + _rewrite_model(event[6:-2], DEFAULT_MODEL) + b"\n\n"
+        b"data: " + rewrite_model(event[6:-2], DEFAULT_MODEL) + b"\n\n"
     c1 = time.thread_time()
     for _ in range(n):
         rename(event)

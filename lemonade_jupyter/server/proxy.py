@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -39,10 +38,11 @@ from tornado.iostream import StreamClosedError
 from ..core.events import Event
 from ..core.lifecycle import ModelState
 from ..core.router import Lease
-from ..errors import InvalidRequestError, LemonadeError, error_body
+from ..errors import InvalidRequestError, LemonadeError
 from . import loading_state
 from .base import LemonadeHandler
 from .engine_routes import CHAT, EngineRoute
+from .answers import ClientGone, Renamer, upstream_error
 from .openai_checks import check_request
 from .remote_proxy import RemoteForwarding
 from .upstream import UpstreamPool, UpstreamResponse, UpstreamStream
@@ -51,81 +51,6 @@ from .upstream import UpstreamPool, UpstreamResponse, UpstreamStream
 DEFAULT_PING_INTERVAL_S = 2.0
 #: Bytes at the end of a plain answer where the engine's ``timings`` are (its last key).
 STATS_TAIL_BYTES = 4096
-
-
-class _ClientGone(Exception):
-    """The HTTP client closed its connection; stop quietly."""
-
-
-#: A ``"model"`` key right after ``{`` or ``,``, with a string value. Inside a JSON string
-#: every quote is escaped, so these bytes are always a key and its value, never text.
-_MODEL_FIELD = re.compile(rb'[{,]"model":"(?:[^"\\]|\\.)*"')
-#: Every place ``"model"`` appears (a key, whatever its value, or a string value).
-_MODEL_WORD = b'"model"'
-
-
-def _rewrite_model(payload: bytes, model: str) -> bytes:
-    """Set ``"model"`` in a JSON object to the name the client asked for."""
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return payload
-    if isinstance(data, dict) and "model" in data:
-        data["model"] = model
-        return json.dumps(data, separators=(",", ":")).encode()
-    return payload
-
-
-class _Renamer:
-    """Sets ``"model"`` to the name the client asked for in JSON answers or whole SSE events.
-
-    llama-server names its GGUF path, the same way in every event of an answer, one field per
-    event, at its top level. So the bytes of that field are found once (a regular expression)
-    and then replaced as bytes, as long as they are the only ``"model"`` in the block: one
-    count, one replace, no parsing. Anything else goes through JSON, event by event.
-    """
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self._field = b'"model":' + json.dumps(model).encode()
-        self._seen: bytes | None = None  # the backend's field with the byte before it
-
-    def __call__(self, block: bytes) -> bytes:
-        words = block.count(_MODEL_WORD)
-        if not words:
-            return block
-        seen = self._seen
-        if seen is not None and block.count(seen) == words:
-            return block.replace(seen, seen[:1] + self._field)
-        out, found = _MODEL_FIELD.subn(lambda m: m.group()[:1] + self._field, block)
-        if found == words:
-            self._seen = _MODEL_FIELD.findall(block)[-1]
-            return out
-        if not block.startswith(b"data: "):
-            return _rewrite_model(block, self.model)
-        events = []
-        for event in block.split(b"\n\n"):
-            if event.startswith(b"data: {"):
-                event = b"data: " + _rewrite_model(event[6:], self.model)
-            events.append(event)
-        return b"\n\n".join(events)
-
-
-def _upstream_error(resp_status: int, payload: bytes) -> tuple[int, dict[str, Any]]:
-    """Map a backend error answer to our envelope, keeping its status and message."""
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        data = None
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        message = str(err.get("message") or "backend error")
-        err_type = str(err.get("type") or "server_error")
-    else:
-        message = payload.decode("utf-8", "replace")[:500] or f"backend answered {resp_status}"
-        err_type = "invalid_request_error" if resp_status < 500 else "server_error"
-    status = resp_status if 400 <= resp_status < 600 else 502
-    return status, error_body(message, err_type, code="backend_error")
 
 
 class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
@@ -191,13 +116,13 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
 
         resp = await self.router.call(model, send, acquire=self._acquire)
         if resp.code >= 400:
-            status, err = _upstream_error(resp.code, resp.body)
+            status, err = upstream_error(resp.code, resp.body)
             self.write_json(err, status)
             return
         if self.route.records_stats:
             self.router.stats.record(model, self.upstream_path, resp.body[-STATS_TAIL_BYTES:])
         self.set_status(resp.code)
-        self.finish(_Renamer(model)(resp.body))
+        self.finish(Renamer(model)(resp.body))
 
     # ------------------------------------------------------------------ streaming
     async def _stream(self, model: str) -> None:
@@ -210,7 +135,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
             )
         except LemonadeError as exc:
             await self._fail(exc)
-        except _ClientGone:
+        except ClientGone:
             return
 
     async def _acquire(self, model: str) -> Lease:
@@ -289,7 +214,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         )
         try:
             if resp.code >= 400:
-                status, err = _upstream_error(resp.code, await resp.read())
+                status, err = upstream_error(resp.code, await resp.read())
                 if not self._headers_sent:
                     self.write_json(err, status)
                 else:
@@ -323,7 +248,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
     async def _relay(self, first: bytes, chunks: UpstreamStream, model: str) -> None:
         """Pass the events on as they complete, ``model`` renamed, everything that arrived in one
         write; the previous write must have gone out before the next one starts."""
-        rename = _Renamer(model)
+        rename = Renamer(model)
         pending = b""
         # The last two blocks written, kept by reference for the request statistics: the
         # engine's ``timings`` are in the last event before ``[DONE]``.
@@ -351,7 +276,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
             if flushed is not None:
                 await flushed
         except StreamClosedError as exc:
-            raise _ClientGone() from exc
+            raise ClientGone() from exc
         if self.route.records_stats:
             self.router.stats.record(model, self.upstream_path, before_last + last + pending)
 
@@ -370,7 +295,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
             self.write(data)
             await self.flush()
         except StreamClosedError as exc:
-            raise _ClientGone() from exc
+            raise ClientGone() from exc
 
     async def _ping(self) -> None:
         await self._write(b": ping\n\n")
@@ -382,7 +307,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         try:
             await self._write(b"data: " + json.dumps(exc.to_body()).encode() + b"\n\n")
             self.finish()
-        except _ClientGone:
+        except ClientGone:
             pass
 
     def finish(self, chunk: Any = None) -> Any:  # type: ignore[override]

@@ -29,6 +29,7 @@ from ..core.remote import RemoteModel, RemoteRegistry, Replica
 from ..errors import (
     InvalidRequestError, RemoteTimeoutError, RemoteUnreachableError, UpstreamError,
 )
+from .answers import ClientGone, Renamer, upstream_error
 from .openai_checks import check_request
 from .remote_upstream import RemoteStream, RemoteUpstream, ReplicaFailure, ReplicaTimeout
 
@@ -109,8 +110,6 @@ class RemoteForwarding:
     async def forward_remote(self: OpenAIProxyHandler, name: str, body: dict[str, Any],
                              stream: bool) -> None:
         """Serve ``body`` from remote model ``name``; raises our errors before any byte."""
-        from . import proxy  # the proxy's renamer and error mapping (it imports this module)
-
         registry = self.router.remote
         model = registry.require(name)
         if not self.upstream_path.startswith("/v1/"):
@@ -142,17 +141,16 @@ class RemoteForwarding:
                 raise
             registry.finished(replica, name, "ok")
             if resp.code >= 400:
-                status, err = proxy._upstream_error(resp.code, redact(resp.body, model))
+                status, err = upstream_error(resp.code, redact(resp.body, model))
                 self.write_json(err, status)
             else:
                 self.set_status(resp.code)
-                self.finish(proxy._Renamer(name)(resp.body))
+                self.finish(Renamer(name)(resp.body))
             return
         raise attempts.error()
 
     async def _remote_stream(self: OpenAIProxyHandler, attempts: _Attempts,
                              body: dict[str, Any]) -> None:
-        from . import proxy
 
         model, registry = attempts.model, attempts.registry
         try:
@@ -173,20 +171,19 @@ class RemoteForwarding:
                     raise
                 await self._relay_remote(resp, replica, attempts)
                 return
-        except proxy._ClientGone:
+        except ClientGone:
             return
         except UpstreamError as exc:
             await self._fail(exc)
 
     async def _relay_remote(self: OpenAIProxyHandler, resp: RemoteStream, replica: Replica,
                             attempts: _Attempts) -> None:
-        from . import proxy
 
         model, registry = attempts.model, attempts.registry
         outcome = "ok"
         try:
             if resp.code >= 400:
-                status, err = proxy._upstream_error(resp.code, redact(await resp.read(), model))
+                status, err = upstream_error(resp.code, redact(await resp.read(), model))
                 if not self._headers_sent:
                     self.write_json(err, status)
                 else:

@@ -1,11 +1,11 @@
-"""The proxy's ``"model"`` rename (server/proxy.py ``_Renamer``): on the bytes when that is safe,
+"""The proxy's ``"model"`` rename (server/answers.py ``Renamer``): on the bytes when that is safe,
 through JSON when it is not, and never inside text."""
 
 from __future__ import annotations
 
 import json
 
-from lemonade_jupyter.server.proxy import _Renamer
+from lemonade_jupyter.server.answers import Renamer
 
 PATH = "/models/SmolLM2 \\\"q\\\".gguf"  # as JSON text: a quote inside the name
 
@@ -17,7 +17,7 @@ def _event(model_json: str = json.dumps("/models/a.gguf"), content: str = " hi",
 
 
 def test_llama_server_events_are_renamed_on_the_bytes():
-    rename = _Renamer("user.alias")
+    rename = Renamer("user.alias")
     block = _event() * 3 + b"data: [DONE]\n\n"
     out = rename(block)
     # Only the model field changed: JSON would have rewritten 1.50 and the \u escape.
@@ -26,7 +26,7 @@ def test_llama_server_events_are_renamed_on_the_bytes():
 
 
 def test_a_name_with_escapes_either_side():
-    rename = _Renamer('odd "name" é')
+    rename = Renamer('odd "name" é')
     out = rename(_event(f'"{PATH}"'))
     data = json.loads(out[6:])
     assert data["model"] == 'odd "name" é'
@@ -34,7 +34,7 @@ def test_a_name_with_escapes_either_side():
 
 
 def test_text_that_looks_like_a_model_field_is_left_alone():
-    rename = _Renamer("user.alias")
+    rename = Renamer("user.alias")
     content = '{"model":"evil"} and "model":"x"'
     data = json.loads(rename(_event(content=content))[6:])
     assert data["choices"][0]["delta"]["content"] == content
@@ -42,7 +42,7 @@ def test_text_that_looks_like_a_model_field_is_left_alone():
 
 
 def test_anything_else_goes_through_json():
-    rename = _Renamer("u")
+    rename = Renamer("u")
     # Spaces around the colon, a null, a "model" string value, a key that ends in "model".
     for event, expected in (
         (b'data: {"model": "/m.gguf", "a": 1}\n\n', {"model": "u", "a": 1}),
@@ -56,14 +56,14 @@ def test_anything_else_goes_through_json():
 
 
 def test_events_without_a_model_pass_unchanged():
-    rename = _Renamer("u")
+    rename = Renamer("u")
     for block in (b": ping\n\n", b"data: [DONE]\n\n", b'data: {"choices":[]}\n\n',
                   b"data: not json\n\n"):
         assert rename(block) == block
 
 
 def test_a_plain_json_answer():
-    rename = _Renamer("u")
+    rename = Renamer("u")
     body = b'{"choices":[{"message":{"content":"hi"}}],"model":"/m.gguf","usage":{"n":1.0}}'
     assert rename(body) == body.replace(b"/m.gguf", b"u")
     assert json.loads(rename(b'{"model": "/m.gguf"}')) == {"model": "u"}
