@@ -8,8 +8,6 @@ Parse, call the client, return something that renders; decide nothing. A user mi
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
 import shlex
 import sys
@@ -17,7 +15,6 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.utils.text import dedent
 from traitlets import Enum, Float, Unicode
 
@@ -25,6 +22,7 @@ from ..errors import ClientError
 from .chat import Chat, register_input_transformer
 from .client import RouterClient
 from .discovery import discover
+from .magic_args import build_parser, looks_like_hub_checkpoint, parse_value, split_chat
 from .pools import catalog_type, pinned_memory_warning, pinned_slots_warning
 from .progress import run_with_progress
 from .rendering import (
@@ -47,146 +45,6 @@ class LemonadeServerError(ClientError):
 
     def _render_traceback_(self) -> list[str]:
         return [self.one_line()]
-
-
-def _build_parser() -> MagicArgumentParser:
-    parser = MagicArgumentParser(prog="lemonade", add_help=False)  # the formatter adds the %
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=MagicArgumentParser)
-
-    load = sub.add_parser("load", help="load a model (blocks until it serves)")
-    load.add_argument("model")
-    load.add_argument(
-        "--pinned",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="pin it (--no-pinned unpins); omitted keeps the current pin",
-    )
-    load.add_argument("--ctx-size", type=int, default=None, help="context size in tokens")
-    load.add_argument(
-        "--auto-evict",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="let the eviction engine downsize/unload it when idle",
-    )
-    load.add_argument("--llamacpp-args", default=None, help="extra llama-server flags (quoted)")
-    load.add_argument("--downsize-idle-timeout", type=float, default=None, metavar="S")
-    load.add_argument("--evict-idle-timeout", type=float, default=None, metavar="S")
-    load.add_argument("--evict-weight-factor", type=float, default=None, metavar="F")
-    load.add_argument("--parallel", type=int, default=None, metavar="N",
-                      help="requests the model generates for at once (llama-server slots)")
-    load.add_argument("--max-queue", type=int, default=None, metavar="N",
-                      help="requests that may wait for a free slot before a 429; -1: no bound")
-
-    for name, text in (("pin", "pin a loaded model"), ("unpin", "unpin a loaded model")):
-        sub.add_parser(name, help=text).add_argument("model")
-    sub.add_parser("unload", help="unload MODEL, or every model").add_argument("model", nargs="?")
-    sub.add_parser("status", help="router, loaded models, slots and memory")
-    sub.add_parser("models", help="the model catalog")
-
-    pull = sub.add_parser(
-        "pull", help="download a catalog model, or a hub checkpoint or local GGUF as user.NAME"
-    )
-    pull.add_argument("name")
-    pull.add_argument(
-        "checkpoint",
-        nargs="?",
-        default=None,
-        help="ORG/REPO:VARIANT, ORG/REPO/FILE.gguf or a local .gguf path; "
-        "omitted: the catalog model NAME",
-    )
-    pull.add_argument("--labels", default="", help="comma-separated labels, e.g. llm or embeddings")
-    pull.add_argument("--recipe", default="llamacpp")
-    pull.add_argument("--mmproj", default=None, help="the repository's mmproj file (vision)")
-    sub.add_parser("delete", help="remove a user model").add_argument("name")
-    remote = sub.add_parser("remote", help="NAME URL [URL ...]: a model served elsewhere "
-                            "(vLLM, KServe, ...), one OpenAI /v1 URL per replica")
-    remote.add_argument("name")
-    remote.add_argument("urls", nargs="+", metavar="URL")
-    remote.add_argument("--model", default=None, metavar="UPSTREAM",
-                        help="its name there; omitted: every model the upstream lists")
-    remote.add_argument("--key-env", default=None, metavar="VAR[,VAR]",
-                        help="the server's environment variable(s) holding the API key")
-    remote.add_argument("--labels", default="", help="comma-separated labels")
-    alias = sub.add_parser("alias", help="MODEL ALIAS: another name for MODEL; "
-                           "--remove ALIAS; alone: list the aliases")
-    alias.add_argument("names", nargs="*", metavar="MODEL ALIAS")
-    alias.add_argument("--remove", metavar="ALIAS", default=None, help="forget ALIAS")
-    logs = sub.add_parser("logs", help="the last lines of MODEL's backend log")
-    logs.add_argument("model")
-    logs.add_argument("-n", "--lines", type=int, default=20, metavar="N")
-
-    config = sub.add_parser("config", help="show the config, or set key=value ...")
-    config.add_argument("pairs", nargs="*", metavar="key=value")
-
-    chat = sub.add_parser("chat", help="chat with MODEL; the reply streams as it is generated")
-    chat.add_argument("-o", "--output", metavar="NAME", help="store the reply in variable NAME")
-    chat.add_argument("--max-tokens", type=int, default=None)
-    chat.add_argument("--system", default=None, help="a system prompt")
-    chat.add_argument(
-        "--stats", action="store_true",
-        help="after the reply, print its time to first token, tokens/s and token counts",
-    )
-    chat.add_argument(
-        "-c",
-        "--continue",
-        dest="resume",
-        action="store_true",
-        help="continue the last %%lemonade chat conversation (its history is sent too)",
-    )
-    chat.add_argument("model")
-
-    oai = sub.add_parser("openai", help="an openai.OpenAI client for this router")
-    oai.add_argument("--async", dest="asynchronous", action="store_true", help="AsyncOpenAI")
-
-    dash = sub.add_parser("dashboard", help="a live panel of models, slots, memory and events")
-    dash.add_argument(
-        "--interval", type=float, default=None, metavar="S", help="seconds between refreshes"
-    )
-    sub.add_parser("help", help="this help")
-    return parser
-
-
-def _split_chat(rest: str) -> tuple[list[str], str]:
-    """Split ``[options] MODEL PROMPT...`` keeping the prompt verbatim (quotes, apostrophes)."""
-    lexer = shlex.shlex(io.StringIO(rest), posix=True)
-    lexer.whitespace_split = True
-    tokens: list[str] = []
-    takes_value = {"-o", "--output", "--max-tokens", "--system"}
-    try:
-        while True:
-            tok = lexer.get_token()
-            if tok is None:
-                return tokens, ""
-            tokens.append(tok)
-            if tok in takes_value:
-                value = lexer.get_token()
-                if value is not None:
-                    tokens.append(value)
-            elif not tok.startswith("-"):  # the model: the rest of the line is the prompt
-                prompt = rest[lexer.instream.tell() :].strip()
-                if len(prompt) >= 2 and prompt[0] == prompt[-1] and prompt[0] in "'\"":
-                    prompt = prompt[1:-1]
-                return tokens, prompt
-    except ValueError as exc:
-        raise UsageError(f"cannot parse chat options: {exc}") from None
-
-
-def _looks_like_hub_checkpoint(text: str) -> bool:
-    """``ORG/REPO:VARIANT``, ``ORG/REPO`` or ``ORG/REPO/FILE.gguf`` (the server checks it)."""
-    if not text or text[0] in "/.~" or " " in text:
-        return False
-    if ":" in text:
-        return text.split(":", 1)[0].count("/") == 1
-    slashes = text.count("/")
-    return (slashes == 1 and not text.lower().endswith(".gguf")) or (
-        slashes >= 2 and text.lower().endswith(".gguf"))
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 @magics_class
@@ -226,7 +84,7 @@ class LemonadeMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell, **kwargs)
         self._client: RouterClient | None = None
-        self._parser = _build_parser()
+        self._parser = build_parser()
         self.last_reply = ""
         #: The conversation ``%lemonade chat --continue`` continues (a :class:`Chat`).
         self.chat_session: Chat | None = None
@@ -306,7 +164,7 @@ class LemonadeMagics(Magics):
             return None
         try:
             if command == "chat":
-                tokens, prompt = _split_chat(rest)
+                tokens, prompt = split_chat(rest)
                 args = self._parse(["chat", *tokens])
             else:
                 try:
@@ -410,7 +268,7 @@ class LemonadeMagics(Magics):
             return self._pull_with_progress(args.name, None, args, labels)
         name = args.name if args.name.startswith("user.") else f"user.{args.name}"
         path = os.path.abspath(os.path.expanduser(args.checkpoint))
-        if os.path.exists(path) or not _looks_like_hub_checkpoint(args.checkpoint):
+        if os.path.exists(path) or not looks_like_hub_checkpoint(args.checkpoint):
             if not os.path.isfile(path):
                 raise UsageError(f"no such file: {path}")
             answer = self.client.pull(name, path, recipe=args.recipe, labels=labels)
@@ -500,7 +358,7 @@ class LemonadeMagics(Magics):
             key, sep, value = pair.partition("=")
             if not sep or not key:
                 raise UsageError(f"expected key=value, got {pair!r}")
-            updates[key.strip()] = _parse_value(value.strip())
+            updates[key.strip()] = parse_value(value.strip())
         return config_report(self.client.set_config(updates), changed=updates)
 
     def _do_chat(self, args: argparse.Namespace, prompt: str, cell: str | None) -> None:
