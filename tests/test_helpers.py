@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lemonade_jupyter.core.ports import free_port
 from tests.helpers.envelope import assert_envelope
 from tests.helpers.http import sse_events
 from tests.helpers.polling import wait_for
@@ -48,16 +47,18 @@ def test_a_zombie_reaped_before_the_deadline_passes_the_leftover_check():
     assert proc.returncode == 0
 
 
-def test_a_backend_left_running_fails_the_leftover_check(fake_llama_server_path, tmp_path):
-    weights = tmp_path / "w.gguf"
-    weights.write_bytes(b"GGUF" + bytes(60))
+def test_a_backend_left_running_fails_the_leftover_check():
+    """A process that counts as a backend (its command line names llama-server) and surely
+    keeps running: the check is about the leftover rule, not about a backend's start (a fake
+    server that died early on a taken port made this test pass the check once)."""
     before = backend_pids()
-    proc = subprocess.Popen([fake_llama_server_path, "--model", str(weights),
-                             "--port", str(free_port())], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                             "llama-server-stand-in"])
     try:
-        wait_for(lambda: proc.pid in backend_pids(), 10, "the fake backend to start")
+        wait_for(lambda: proc.pid in backend_pids(), 10, "the stand-in backend to start")
         with pytest.raises(AssertionError, match=rf"backend processes .* 0.5 s: \[{proc.pid}\]"):
             assert_no_leftovers(before, timeout=0.5)
+        assert proc.poll() is None
         # One that ran before the test began is not the test's leftover.
         assert_no_leftovers(before | {proc.pid}, timeout=0.5)
     finally:
