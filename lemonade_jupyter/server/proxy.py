@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -45,7 +46,7 @@ from .engine_routes import CHAT, EngineRoute
 from .answers import ClientGone, Renamer, upstream_error
 from .openai_checks import check_request
 from .remote_proxy import RemoteForwarding
-from .upstream import UpstreamPool, UpstreamResponse, UpstreamStream
+from .upstream import ChunkStream, UpstreamPool, UpstreamResponse
 
 #: Default seconds of silence before a ``: ping`` comment (c.LemonadeApp.sse_ping_interval_s).
 DEFAULT_PING_INTERVAL_S = 2.0
@@ -213,23 +214,29 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
             {**lease.headers(), "Content-Type": "application/json", "Connection": "close"},
         )
         try:
-            if resp.code >= 400:
-                status, err = upstream_error(resp.code, await resp.read())
-                if not self._headers_sent:
-                    self.write_json(err, status)
-                else:
-                    await self._write(b"data: " + json.dumps(err).encode() + b"\n\n")
-                    self.finish()
-                return
-            first = await self._first_with_pings(resp)
-            if first is not None:
-                self._commit_headers()
-                await self._relay(first, resp, model)
-            self.finish()
+            await self._send_stream(resp, model)
         finally:
             await resp.aclose()
 
-    async def _first_with_pings(self, chunks: UpstreamStream) -> bytes | None:
+    async def _send_stream(self, resp: ChunkStream, model: str,
+                           clean: Callable[[bytes], bytes] = lambda body: body) -> None:
+        """Relay a streamed answer to the client, or its error answer in our shape (``clean``
+        edits an error's body first). Local backends and remote replicas alike."""
+        if resp.code >= 400:
+            status, err = upstream_error(resp.code, clean(await resp.read()))
+            if not self._headers_sent:
+                self.write_json(err, status)
+            else:
+                await self._write(b"data: " + json.dumps(err).encode() + b"\n\n")
+                self.finish()
+            return
+        first = await self._first_with_pings(resp)
+        if first is not None:
+            self._commit_headers()
+            await self._relay(first, resp, model)
+        self.finish()
+
+    async def _first_with_pings(self, chunks: ChunkStream) -> bytes | None:
         """The first chunk, pinging while the backend is silent (prefill)."""
         nxt = asyncio.ensure_future(chunks.__anext__())
         try:
@@ -245,7 +252,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
             if not nxt.done():
                 nxt.cancel()
 
-    async def _relay(self, first: bytes, chunks: UpstreamStream, model: str) -> None:
+    async def _relay(self, first: bytes, chunks: ChunkStream, model: str) -> None:
         """Pass the events on as they complete, ``model`` renamed, everything that arrived in one
         write; the previous write must have gone out before the next one starts."""
         rename = Renamer(model)

@@ -178,23 +178,10 @@ class RemoteForwarding:
 
     async def _relay_remote(self: OpenAIProxyHandler, resp: RemoteStream, replica: Replica,
                             attempts: _Attempts) -> None:
-
         model, registry = attempts.model, attempts.registry
         outcome = "ok"
         try:
-            if resp.code >= 400:
-                status, err = upstream_error(resp.code, redact(await resp.read(), model))
-                if not self._headers_sent:
-                    self.write_json(err, status)
-                else:
-                    await self._write(b"data: " + json.dumps(err).encode() + b"\n\n")
-                    self.finish()
-                return
-            first = await self._first_with_pings(resp)  # type: ignore[arg-type]
-            if first is not None:
-                self._commit_headers()
-                await self._relay(first, resp, model.name)  # type: ignore[arg-type]
-            self.finish()
+            await self._send_stream(resp, model.name, lambda body: redact(body, model))
         except ReplicaFailure as exc:
             # The answer had started: not retried (the client has part of it).
             outcome = "broken"

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from .upstream import UpstreamResponse
+from .upstream import ChunkStream, UpstreamResponse
 
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
 #: The replica closed a pooled connection before any answer: resent once on a fresh one.
@@ -54,33 +54,15 @@ def _failure(exc: BaseException, url: str) -> ReplicaFailure:
     return ReplicaUnreachable(f"{url}: {exc or type(exc).__name__}")
 
 
-class RemoteStream:
-    """A streamed answer, shaped like ``upstream.UpstreamStream`` so the proxy relays it."""
+class RemoteStream(ChunkStream):
+    """A replica's streamed answer, relayed like a local backend's; failures are ReplicaFailure."""
 
     def __init__(self, response: aiohttp.ClientResponse, url: str) -> None:
-        self._response = response
+        super().__init__(response)
         self._url = url
-        self.code: int = response.status
-        self.headers = response.headers
 
-    def __aiter__(self) -> RemoteStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self.next_chunk()
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
-
-    async def next_chunk(self) -> bytes:
-        """Everything that has arrived (waiting for something); ``b""`` at the end."""
-        try:
-            return await self._response.content.readany()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise _failure(exc, self._url) from exc
-
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self])
+    def _failure(self, exc: BaseException) -> Exception:
+        return _failure(exc, self._url)
 
     async def aclose(self) -> None:
         """Give the connection back when the answer was read to its end, else close it."""

@@ -81,20 +81,23 @@ class UpstreamResponse:
     body: bytes
 
 
-class UpstreamStream:
+class ChunkStream:
     """A streamed answer: ``code``, ``headers``, then ``async for chunk in stream``.
 
     Each chunk is everything that has arrived since the last one, cut anywhere (not at event
-    boundaries)."""
+    boundaries). A transport failure mid-answer becomes the exception :meth:`_failure` gives,
+    which is what tells a local backend's stream from a remote replica's."""
 
-    def __init__(self, pool: UpstreamPool, response: aiohttp.ClientResponse) -> None:
-        self._pool = pool
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self._content = response.content
         self.code: int = response.status
         self.headers: Mapping[str, str] = response.headers
 
-    def __aiter__(self) -> UpstreamStream:
+    def _failure(self, exc: BaseException) -> Exception:
+        raise NotImplementedError
+
+    def __aiter__(self) -> ChunkStream:
         return self
 
     async def __anext__(self) -> bytes:
@@ -108,11 +111,22 @@ class UpstreamStream:
         try:
             return await self._content.readany()
         except _TRANSPORT_ERRORS as exc:
-            raise _transport_error(exc, "the backend closed the connection mid-answer") from exc
+            raise self._failure(exc) from exc
 
     async def read(self) -> bytes:
         """The rest of the body at once (for error answers)."""
         return b"".join([chunk async for chunk in self])
+
+
+class UpstreamStream(ChunkStream):
+    """A local backend's streamed answer; its connection is never reused."""
+
+    def __init__(self, pool: UpstreamPool, response: aiohttp.ClientResponse) -> None:
+        super().__init__(response)
+        self._pool = pool
+
+    def _failure(self, exc: BaseException) -> Exception:
+        return _transport_error(exc, "the backend closed the connection mid-answer")
 
     async def aclose(self) -> None:
         """Close the stream's connection (it is never reused)."""
