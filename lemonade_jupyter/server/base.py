@@ -9,6 +9,7 @@ traceback (the traceback goes to the server log).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -115,8 +116,24 @@ class LemonadeHandler(APIHandler):
         self.clear_header("Content-Type")
         self.finish(json.dumps(body))
 
+    def set_event_stream_headers(self) -> None:
+        """Headers of a server-sent event stream: never cached, never buffered by a proxy."""
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+
 
 class PolledHandler(LemonadeHandler):
     """A GET that dashboards poll: it must not keep an idle Jupyter server alive."""
 
     _track_activity = False
+
+
+class EventStreamHandler(PolledHandler):
+    """A GET that streams server-sent events until the client goes (``_closed`` is then set)."""
+
+    def initialize(self) -> None:
+        self._closed = asyncio.Event()
+
+    def on_connection_close(self) -> None:
+        self._closed.set()

@@ -22,7 +22,7 @@ from tornado.iostream import StreamClosedError
 from ..core.backend_logs import LogFollower, redact
 from ..core.validation import check_number
 from ..errors import InvalidRequestError, ModelNotFoundError
-from .base import PolledHandler
+from .base import EventStreamHandler
 from .observe import KEEPALIVE_S
 
 #: Seconds between two looks at the file.
@@ -31,18 +31,12 @@ DEFAULT_TAIL = 100
 MAX_TAIL = 10_000
 
 
-class LogsHandler(PolledHandler):
+class LogsHandler(EventStreamHandler):
     """``GET lemonade/api/v1/logs/{model}[?tail=N&follow=false]``: the backend log as SSE.
 
     ``tail`` (default 100, 0 to 10000) lines first; ``follow=false`` ends the stream after
     them. 404 for a name that is neither a model nor an alias.
     """
-
-    def initialize(self) -> None:
-        self._closed = asyncio.Event()
-
-    def on_connection_close(self) -> None:
-        self._closed.set()
 
     @web.authenticated
     @authorized
@@ -58,9 +52,7 @@ class LogsHandler(PolledHandler):
         follower = LogFollower(self.router.launcher.log_dir, name)
         lines = await asyncio.to_thread(follower.start, tail)
         try:
-            self.set_header("Content-Type", "text/event-stream")
-            self.set_header("Cache-Control", "no-cache")
-            self.set_header("X-Accel-Buffering", "no")
+            self.set_event_stream_headers()
             self.write(f": log of {name}\n\n".encode())
             if follower.path is not None:
                 self._start_event(follower.generation)

@@ -14,7 +14,7 @@ from ..core.events import Event
 from ..core.request_stats import RequestRecord
 from ..core.validation import check_number
 from ..errors import InvalidRequestError
-from .base import LemonadeHandler, PolledHandler
+from .base import EventStreamHandler, LemonadeHandler, PolledHandler
 
 #: Events sent first to a new subscriber without ``Last-Event-ID``.
 HISTORY_ON_CONNECT = 50
@@ -28,19 +28,13 @@ def sse_event(event: Event) -> bytes:
     ).encode()
 
 
-class EventsHandler(PolledHandler):
+class EventsHandler(EventStreamHandler):
     """``GET lemonade/api/v1/events``: router events as SSE, recent history first.
 
     ``Last-Event-ID`` (header, or ``?last_event_id=``) resumes after that id; an id newer than
     any event (from before a server restart) gets the recent history instead. The stream never
     counts as Jupyter activity, so an open dashboard does not keep an idle server alive.
     """
-
-    def initialize(self) -> None:
-        self._closed = asyncio.Event()
-
-    def on_connection_close(self) -> None:
-        self._closed.set()
 
     @web.authenticated
     @authorized
@@ -61,9 +55,7 @@ class EventsHandler(PolledHandler):
             last_id = None
         self.router.note_watcher()
         try:
-            self.set_header("Content-Type", "text/event-stream")
-            self.set_header("Cache-Control", "no-cache")
-            self.set_header("X-Accel-Buffering", "no")
+            self.set_event_stream_headers()
             history = (events.recent(after_id=last_id) if last_id is not None
                        else events.recent(limit=HISTORY_ON_CONNECT))
             sent = last_id or 0

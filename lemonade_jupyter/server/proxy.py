@@ -292,9 +292,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
             return
         self._headers_sent = True
         self.set_status(200)
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
+        self.set_event_stream_headers()
 
     async def _write(self, data: bytes) -> None:
         self._commit_headers()
