@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
@@ -47,6 +47,8 @@ from .answers import ClientGone, Renamer, upstream_error
 from .openai_checks import check_request
 from .remote_proxy import RemoteForwarding
 from .upstream import ChunkStream, UpstreamPool, UpstreamResponse
+
+T = TypeVar("T")
 
 #: Default seconds of silence before a ``: ping`` comment (c.LemonadeApp.sse_ping_interval_s).
 DEFAULT_PING_INTERVAL_S = 2.0
@@ -151,11 +153,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         try:
             if events is not None:
                 return await self._acquire_telling_load(task, model, events)
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self.ping_interval)
-                if done:
-                    return task.result()
-                await self._ping()
+            return await self._pinging(task)
         finally:
             if events is not None:
                 self.router.events.unsubscribe(events)
@@ -240,17 +238,21 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         """The first chunk, pinging while the backend is silent (prefill)."""
         nxt = asyncio.ensure_future(chunks.__anext__())
         try:
-            while True:
-                done, _ = await asyncio.wait({nxt}, timeout=self.ping_interval)
-                if done:
-                    try:
-                        return nxt.result()
-                    except StopAsyncIteration:
-                        return None
-                await self._ping()
+            return await self._pinging(nxt)
+        except StopAsyncIteration:
+            return None
         finally:
             if not nxt.done():
                 nxt.cancel()
+
+    async def _pinging(self, task: asyncio.Future[T]) -> T:
+        """``task``'s result, with a ``: ping`` comment after every ``ping_interval`` of
+        waiting (the caller deals with a task it leaves unfinished)."""
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self.ping_interval)
+            if done:
+                return task.result()
+            await self._ping()
 
     async def _relay(self, first: bytes, chunks: ChunkStream, model: str) -> None:
         """Pass the events on as they complete, ``model`` renamed, everything that arrived in one

@@ -199,11 +199,7 @@ class RemoteForwarding:
         """Await ``work``, sending ``: ping`` comments while it takes long."""
         task = asyncio.ensure_future(work)
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self.ping_interval)
-                if done:
-                    return task.result()
-                await self._ping()
+            return await self._pinging(task)
         finally:
             if not task.done():
                 task.cancel()
