@@ -123,7 +123,9 @@ def test_a_request_during_a_downsize_waits_and_is_served(lemon, monkeypatch):
                  what="the model to be downsizing", interval=0.02)
         sent = time.time()
         chat_thread, chat_out = run_in_thread(lambda: lemon.chat("user.m1"))
-        time.sleep(0.5)
+        # The request is in the router, waiting on the model's transition (not refused).
+        wait_for(lambda: lemon.router.get_live("user.m1").waiters >= 1,
+                 what="the chat to wait on the downsize", interval=0.02)
         assert chat_thread.is_alive() and not chat_out, "the chat did not wait for the downsize"
         assert lemon.model("user.m1")["status"] == "downsizing"
     finally:

@@ -71,20 +71,50 @@ class _Flood(web.RequestHandler):
 
 
 class _Silent(web.RequestHandler):
-    """Never answers."""
+    """Never answers (says when it has the request)."""
 
     async def post(self) -> None:
+        self.application.settings["state"]["silent_got"].set()
         await asyncio.Event().wait()
+
+
+class _ClosingServer(HTTPServer):
+    """Counts the connections the server itself has closed (idle timeout included)."""
+
+    def on_close(self, server_conn: object) -> None:
+        super().on_close(server_conn)
+        self.state["server_closed"] += 1
+
+
+async def _until(check: Any, what: str, timeout: float = 5.0) -> None:
+    """Wait (bounded) until ``check()`` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def _until_steady(read: Any, quiet: float = 0.2, timeout: float = 5.0) -> None:
+    """Wait (bounded) until ``read()`` has not changed for ``quiet`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline, value, since = loop.time() + timeout, read(), loop.time()
+    while loop.time() - since < quiet:
+        assert loop.time() < deadline, "the value never settled"
+        await asyncio.sleep(0.02)
+        if read() != value:
+            value, since = read(), loop.time()
 
 
 @contextlib.asynccontextmanager
 async def _backend() -> AsyncIterator[tuple[int, dict[str, Any]]]:
     """``(port, state)`` of a tornado server that drops idle connections after 0.3 s."""
     state: dict[str, Any] = {"first_sent": asyncio.Event(), "go_on": asyncio.Event(),
-                             "closed": asyncio.Event(), "flushed": 0, "stream_ports": []}
+                             "closed": asyncio.Event(), "flushed": 0, "stream_ports": [],
+                             "silent_got": asyncio.Event(), "server_closed": 0}
     app = web.Application([(r"/echo", _Echo), (r"/stream", _Stream), (r"/flood", _Flood),
                            (r"/silent", _Silent)], state=state)
-    server = HTTPServer(app, idle_connection_timeout=0.3)
+    server = _ClosingServer(app, idle_connection_timeout=0.3)
+    server.state = state
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
@@ -196,10 +226,10 @@ async def test_connection_close_answer_is_not_pooled():
 
 
 async def test_idle_connection_closed_by_the_backend_is_not_reused():
-    async with _backend() as (port, _):  # the server drops idle connections after 0.3 s
+    async with _backend() as (port, state):  # the server drops idle connections after 0.3 s
         pool = UpstreamPool()
         first = await _echo(pool, port)
-        await asyncio.sleep(0.6)
+        await _until(lambda: state["server_closed"] == 1, "the backend to drop the idle connection")
         second = await _echo(pool, port)
         assert second["peer_port"] != first["peer_port"]
         pool.close()
@@ -282,7 +312,7 @@ async def test_a_slow_reader_holds_the_backend_back():
         pool = UpstreamPool()
         resp = await pool.stream("127.0.0.1", port, "/flood", b"", {})
         received = len(await resp.__anext__())
-        await asyncio.sleep(0.5)  # the backend writes until every buffer on the way is full
+        await _until_steady(lambda: state["flushed"])  # every buffer on the way is full
         assert state["flushed"] < FLOOD_CHUNKS // 2
         async for chunk in resp:
             received += len(chunk)
@@ -321,11 +351,11 @@ async def test_close_fails_a_stream_in_flight_at_once():
 
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_close_fails_a_request_waiting_for_its_answer_at_once(streamed):
-    async with _backend() as (port, _):
+    async with _backend() as (port, state):
         pool = UpstreamPool()
         send = pool.stream if streamed else pool.post
         task = asyncio.ensure_future(send("127.0.0.1", port, "/silent", b"", {}))
-        await asyncio.sleep(0.2)  # sent; the backend never answers
+        await asyncio.wait_for(state["silent_got"].wait(), 5)  # sent; it never answers
         assert not task.done()
         pool.close()
         with pytest.raises(UpstreamTransportError):
