@@ -214,23 +214,23 @@ async def test_remote_denied_hosts_refuses_by_address_and_by_name(api, lemonade_
 
 
 # ----------------------------------------------------------------------------- names
-@pytest.mark.parametrize("change, param", [
-    ({"model_name": NAME + "\n"}, "model_name"),
-    ({"model_name": NAME + "\r"}, "model_name"),
-    ({"upstream_model": "ok\n"}, "upstream_model"),
-    ({"labels": ["llm\n"]}, "labels"),
-    ({"labels": ["llm\r"]}, "labels"),
-    ({"api_key_env": LENT + "\n"}, "api_key_env"),
-    ({"api_key_env": LENT + "\r"}, "api_key_env"),
-    ({"base_url": "http://127.0.0.1:9/v1\n"}, "base_url"),
+@pytest.mark.parametrize("change, param, message", [
+    ({"model_name": NAME + "\n"}, "model_name", "must look like 'user.NAME'"),
+    ({"model_name": NAME + "\r"}, "model_name", "must look like 'user.NAME'"),
+    ({"upstream_model": "ok\n"}, "upstream_model", "the upstream's model name"),
+    ({"labels": ["llm\n"]}, "labels", "list of short strings"),
+    ({"labels": ["llm\r"]}, "labels", "list of short strings"),
+    ({"api_key_env": LENT + "\n"}, "api_key_env", "must name an environment variable"),
+    ({"api_key_env": LENT + "\r"}, "api_key_env", "must name an environment variable"),
+    ({"base_url": "http://127.0.0.1:9/v1\n"}, "base_url", "printable ASCII"),
 ], ids=["name-lf", "name-cr", "upstream-lf", "label-lf", "label-cr", "env-lf", "env-cr",
         "url-lf"])
 async def test_a_trailing_newline_is_no_name(api, lemonade_data_dir, fake, monkeypatch,
-                                             change, param):
+                                             change, param, message):
     monkeypatch.setenv(LENT, "sk-lent")
     await assert_refused(api, lemonade_data_dir,
                          {**body(fake.base_url, upstream_model="ok", api_key_env=LENT),
-                          **change}, param)
+                          **change}, param, message)
     assert fake.seen == []
 
 

@@ -196,22 +196,22 @@ def test_the_servers_own_credentials_are_never_read_even_from_a_state_file(monke
 
 
 # ----------------------------------------------------------------------------- names
-@pytest.mark.parametrize("change, param", [
-    ({"model_name": "user.x\n"}, "model_name"),
-    ({"model_name": "user.x\r"}, "model_name"),
-    ({"upstream_model": "m\n"}, "upstream_model"),
-    ({"upstream_model": "m\r"}, "upstream_model"),
-    ({"labels": ["llm\n"]}, "labels"),
-    ({"api_key_env": LENT + "\n"}, "api_key_env"),
-    ({"api_key_env": LENT + "\r"}, "api_key_env"),
+@pytest.mark.parametrize("change, param, message", [
+    ({"model_name": "user.x\n"}, "model_name", "must look like 'user.NAME'"),
+    ({"model_name": "user.x\r"}, "model_name", "must look like 'user.NAME'"),
+    ({"upstream_model": "m\n"}, "upstream_model", "the upstream's model name"),
+    ({"upstream_model": "m\r"}, "upstream_model", "the upstream's model name"),
+    ({"labels": ["llm\n"]}, "labels", "list of short strings"),
+    ({"api_key_env": LENT + "\n"}, "api_key_env", "must name an environment variable"),
+    ({"api_key_env": LENT + "\r"}, "api_key_env", "must name an environment variable"),
 ])
-def test_every_name_is_matched_whole(monkeypatch, change, param):
+def test_every_name_is_matched_whole(monkeypatch, change, param, message):
     monkeypatch.setenv(LENT, "sk-lent")
     body = {"model_name": "user.x", "recipe": "remote", "base_url": "http://h.example/v1",
             "upstream_model": "m", "api_key_env": LENT, **change}
     with pytest.raises(InvalidRequestError) as info:
         parse_remote_pull(body)
-    assert info.value.param == param
+    assert info.value.param == param and message in info.value.message
 
 
 @pytest.mark.parametrize("field, value", [
