@@ -118,7 +118,8 @@ class _Entries:
 
     @classmethod
     def parse(cls, entries: Iterable[str]) -> _Entries:
-        names, networks = set(), []
+        names: set[str] = set()
+        networks: list[IPNetwork] = []
         for entry in entries:
             network = _network(entry)
             if network is not None:

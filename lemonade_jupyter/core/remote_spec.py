@@ -117,8 +117,7 @@ class RemoteSpec:
                        if group else isinstance(name, str) and _USER_NAME.fullmatch(name))
                   and is_upstream_model(upstream)
                   and 0 < len(replicas) <= MAX_REPLICAS
-                  and all(r.api_key_env is None or (is_env_name(r.api_key_env)
-                                                    and not is_own_credential(r.api_key_env))
+                  and all(r.api_key_env is None or is_env_name(r.api_key_env)
                           for r in replicas)
                   and all(isinstance(x, str) and _LABEL.fullmatch(x) for x in labels))
         except (KeyError, TypeError, AttributeError, InvalidRequestError):

@@ -238,7 +238,7 @@ async def test_a_trailing_newline_is_no_name(api, lemonade_data_dir, fake, monke
 @pytest.fixture
 def stale_state(lemonade_data_dir, jp_http_port):
     """A state file from before the rules: a key variable not lent, this server's own port,
-    and one model that still passes."""
+    one of the server's own tokens, and one model that still passes."""
     def entry(name: str, base_url: str, env: str | None) -> dict:
         return {"model_name": name, "recipe": "remote", "upstream_model": "m",
                 "replicas": [{"base_url": base_url, "api_key_env": env}], "labels": ["llm"]}
@@ -246,16 +246,21 @@ def stale_state(lemonade_data_dir, jp_http_port):
     (lemonade_data_dir / "remote_models.json").write_text(json.dumps([
         entry("user.old-key", "http://127.0.0.1:9/v1", "OLD_KEY_VARIABLE"),
         entry("user.old-self", f"http://127.0.0.1:{jp_http_port}/v1", None),
+        entry("user.old-token", "http://127.0.0.1:9/v1", "JPY_API_TOKEN"),
         entry("user.fine", "http://127.0.0.1:9/v1", LENT),
     ]))
 
 
+@pytest.mark.parametrize("lemonade_traits", [
+    {"remote_key_envs": ["LEMONADE_REMOTE_KEY_*", "JPY_*"]},  # listing JPY_* lends none of them
+], indirect=True)
 async def test_models_kept_from_looser_rules_are_dropped_at_start(stale_state, api,
                                                                   lemonade_data_dir):
     health = await api.health()
     assert [m["model_name"] for m in health["remote_models"]] == ["user.fine"]
     notes = " ".join(health["notes"])
-    assert "'user.old-key' was dropped" in notes and "'user.old-self' was dropped" in notes
+    for name in ("user.old-key", "user.old-self", "user.old-token"):
+        assert f"'{name}' was dropped" in notes
     kept = json.loads((lemonade_data_dir / "remote_models.json").read_text())
     assert [e["model_name"] for e in kept] == ["user.fine"]
 
