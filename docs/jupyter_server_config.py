@@ -75,6 +75,16 @@ c.LemonadeApp.remote_timeout_s = 300.0
 # Probes (GET /models) of a replica that answers, and the cap of the back-off of one that is down.
 c.LemonadeApp.remote_probe_interval_s = 10.0
 c.LemonadeApp.remote_probe_backoff_max_s = 30.0
+# Hosts a remote model may point at (names, IP addresses, networks like "10.0.0.0/8"); empty:
+# any host but this Jupyter server itself (its port on localhost, 127.x, [::1], 0.0.0.0, this
+# machine's addresses and hostname). An entry also lifts that refusal for its host.
+c.LemonadeApp.remote_allowed_hosts = []
+# Hosts a remote model may never point at, whatever remote_allowed_hosts says.
+c.LemonadeApp.remote_denied_hosts = []
+# Environment variables a remote model may name as its api_key_env ("PREFIX*": every name that
+# starts with PREFIX). The server's own credentials (JUPYTER*, JUPYTERHUB_*, JPY_*, HF_*...) are
+# never lent, even if listed here.
+c.LemonadeApp.remote_key_envs = ["LEMONADE_REMOTE_KEY_*"]
 
 # -- the HTTP side ------------------------------------------------------------------------------
 # Seconds of silence on a proxied stream (cold load, long prompt) before a ": ping" comment.

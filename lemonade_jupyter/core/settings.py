@@ -10,12 +10,16 @@ traits. Adding a setting is one entry in the table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, asdict, dataclass, field, make_dataclass, replace
 from typing import Any
 
 from ..errors import InvalidRequestError
+from .remote_rules import DEFAULT_KEY_ENVS, is_host_entry, is_key_env_entry
 from .validation import check_bool, check_number
+
+#: Most entries of a list setting.
+MAX_LIST_ENTRIES = 256
 
 #: Upper bound of ``eviction_grace_s``: the engine sleeps this long before acting on memory
 #: pressure, and a long grace is an engine that never relieves it.
@@ -27,7 +31,7 @@ class Setting:
     """One row of :data:`SETTINGS`."""
 
     name: str
-    type: type  # bool, int or float
+    type: type  # bool, int, float, or tuple: a list of strings, each passing ``item``
     default: Any
     _: KW_ONLY
     help: str
@@ -44,10 +48,14 @@ class Setting:
     persisted: bool = False
     #: The error message for any bad value, instead of the generic one.
     message: str | None = None
+    #: The check of each entry of a list setting (``type`` tuple), with what it wants in words.
+    item: tuple[Callable[[Any], bool], str] | None = None
 
     @property
     def config_default(self) -> Any:
-        """The default as a config value (``none_as`` for ``None``)."""
+        """The default as a config value (``none_as`` for ``None``, a list for a tuple)."""
+        if self.type is tuple:
+            return list(self.default)
         return self.none_as if self.default is None else self.default
 
     def check(self, value: Any) -> Any:
@@ -55,6 +63,8 @@ class Setting:
         key = self.name
         if value is None and self.none_as is not None:
             return None  # a nullable setting: null unsets it
+        if self.type is tuple:
+            return self._check_list(value)
         try:
             if self.type is bool:
                 return check_bool(key, value)
@@ -71,14 +81,33 @@ class Setting:
                 raise
             raise InvalidRequestError(self.message, param=key) from None
 
+    def _check_list(self, value: Any) -> tuple[str, ...]:
+        """A list of strings, each one passing ``item``: returned as a tuple."""
+        key = self.name
+        ok, wanted = self.item if self.item is not None else (lambda _: True, "strings")
+        if not isinstance(value, (list, tuple)) or len(value) > MAX_LIST_ENTRIES:
+            raise InvalidRequestError(
+                f"Parameter '{key}' must be a list of at most {MAX_LIST_ENTRIES} entries",
+                param=key)
+        for entry in value:
+            if not isinstance(entry, str) or not ok(entry):
+                raise InvalidRequestError(
+                    f"Parameter '{key}': {entry!r} is not {wanted}", param=key)
+        return tuple(value)
+
     def check_config(self, value: Any) -> Any:
-        """Check a config-file value: ``none_as`` (a trait cannot be None) passes as it is."""
+        """Check a config-file value: ``none_as`` (a trait cannot be None) passes as it is,
+        a list stays a list (the trait's type)."""
+        if self.type is tuple:
+            return list(self.check(value))
         if self.none_as is not None and value == self.none_as and not isinstance(value, bool):
             return value
         return self.check(value)
 
     def from_config(self, value: Any) -> Any:
         """The router's value for a config value (``none_as`` becomes ``None``)."""
+        if self.type is tuple:
+            return tuple(value)
         return None if self.none_as is not None and value == self.none_as else value
 
 
@@ -160,6 +189,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("remote_probe_backoff_max_s", float, 30.0, minimum=0.1,
             help="Cap of the doubling back-off (from 0.5 s) between probes of a remote replica "
             "that is down."),
+    # -- what a remote model may point at and which key variables it may name (remote_rules) -
+    Setting("remote_allowed_hosts", tuple, (),
+            item=(is_host_entry, "a host name, an IP address or a network"),
+            help="Hosts a remote model may point at (names, IP addresses, networks such as "
+            "10.0.0.0/8); empty: any host but this Jupyter server itself. An entry also lifts "
+            "the refusal of one of this server's own addresses."),
+    Setting("remote_denied_hosts", tuple, (),
+            item=(is_host_entry, "a host name, an IP address or a network"),
+            help="Hosts a remote model may never point at, whatever remote_allowed_hosts says "
+            "(names, IP addresses, networks)."),
+    Setting("remote_key_envs", tuple, DEFAULT_KEY_ENVS,
+            item=(is_key_env_entry, "a variable name, or a prefix ending with *"),
+            help="Environment variables of the server a remote model may name as api_key_env "
+            "(an entry ending with * is a prefix). The server's own credentials (Jupyter's and "
+            "JupyterHub's tokens, JUPYTER*, JPY_*, HF_*...) are never lent, even if listed."),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

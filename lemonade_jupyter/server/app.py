@@ -18,15 +18,19 @@ import prometheus_client
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from prometheus_client.registry import Collector
-from traitlets import Bool, Float, Int, TraitError, TraitType, Unicode, default, validate
+from traitlets import (
+    Bool, Float, Int, List, TraitError, TraitType, Unicode, default, validate,
+)
 
 from ..core.catalog import Catalog
 from ..core.persistence import DataDirInUseError, DataDirLock
 from ..core.router import Router
-from ..core.settings import SETTINGS, RouterSettings, check_value, from_config
+from ..core.settings import SETTINGS, RouterSettings, Setting, check_value, from_config
 from ..core.validation import check_number
 from ..errors import InvalidRequestError
 from .routes import handlers
+from .remote_hosts import own_server
+from .remote_rest import drop_refused
 from .remote_upstream import RemoteUpstream
 from .upstream import UpstreamPool
 
@@ -34,9 +38,13 @@ from .upstream import UpstreamPool
 def _setting_traits() -> dict[str, TraitType]:
     """One configurable trait per row of the settings table, with its default and help."""
     kinds = {bool: Bool, int: Int, float: Float}
-    return {
-        s.name: kinds[s.type](s.config_default, config=True, help=s.help) for s in SETTINGS
-    }
+
+    def trait(s: Setting) -> TraitType:
+        if s.type is tuple:  # a list of strings
+            return List(Unicode(), default_value=s.config_default, config=True, help=s.help)
+        return kinds[s.type](s.config_default, config=True, help=s.help)
+
+    return {s.name: trait(s) for s in SETTINGS}
 
 
 class _RouterFamilies(Collector):
@@ -169,6 +177,8 @@ class LemonadeApp(ExtensionApp):
         self.handlers.extend(handlers("/"))
 
     async def _start_jupyter_server_extension(self, serverapp: object) -> None:
+        # Jupyter's port is known now: drop remote models kept from looser rules.
+        await drop_refused(self.router, own_server({"serverapp": serverapp}))
         await self.router.start()
         self._jupyter_metrics = _RouterFamilies(self.router.metrics.registry)
         prometheus_client.REGISTRY.register(self._jupyter_metrics)

@@ -41,6 +41,8 @@ from ..core.router import Router
 from ..core.settings import RouterSettings
 from .proxy import DEFAULT_PING_INTERVAL_S
 from .routes import handlers
+from .remote_hosts import OWN_PORT_SETTING, own_server
+from .remote_rest import drop_refused
 from .remote_upstream import RemoteUpstream
 from .upstream import UpstreamPool
 
@@ -210,6 +212,8 @@ class EmbeddedServer:
         server.add_sockets([sock])
         port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/"
+        app.settings[OWN_PORT_SETTING] = port  # a remote model may not point back here
+        await drop_refused(self.router, own_server(app.settings))
         await self.router.start()
         self._ready.set()
         try:

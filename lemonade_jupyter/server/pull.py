@@ -26,6 +26,7 @@ from ..core.hub import parse_checkpoint
 from ..core.pulls import PullJob
 from ..errors import InvalidRequestError, LemonadeError, ModelNotFoundError
 from .base import LemonadeHandler
+from .remote_hosts import own_server
 from .remote_rest import pull_remote
 
 #: Seconds of silence on a pull stream before a ``: ping`` comment.
@@ -57,7 +58,7 @@ class PullHandler(LemonadeHandler):
     @authorized
     async def post(self) -> None:
         body = self.json_body()
-        remote = await pull_remote(self.router, body)  # recipe "remote" (remote_rest)
+        remote = await pull_remote(self.router, body, own_server(self.settings))  # remote_rest
         if remote is not None:
             self.write_json(remote)
             return

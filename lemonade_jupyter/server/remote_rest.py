@@ -4,16 +4,27 @@ and their entries in ``/health`` and ``/models``.
 Called from the handlers of ``rest.py`` and ``pull.py`` (one line each), so that everything a
 remote model changes in the REST API reads in one place. Views never include a key: a replica
 shows its URL and the *name* of the environment variable its key comes from.
+
+A registration is checked whole before anything changes: the body (``core/remote_spec.py``,
+with the key variables the admin lends), then where its replicas point (``remote_hosts.py``:
+never back at this server unless an admin allows it). Models a state file kept from before
+the rules they now break are dropped at start (:func:`drop_refused`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from ..core.remote import RemoteModel
-from ..core.remote_spec import RECIPE, parse_remote_pull
+from ..core.remote_rules import key_env_allowed
+from ..core.remote_spec import RECIPE, RemoteSpec, parse_remote_pull
 from ..core.router import Router
 from ..errors import InvalidRequestError, RemoteUnreachableError
+from .remote_hosts import OwnServer, check_replica_hosts, host_rules, refusal
+
+log = logging.getLogger(__name__)
 
 
 def remote_view(m: RemoteModel) -> dict[str, Any]:
@@ -42,10 +53,12 @@ def remote_model_entries(router: Router) -> list[dict[str, Any]]:
     } for m in router.remote.all()]
 
 
-async def pull_remote(router: Router, body: dict[str, Any]) -> dict[str, Any] | None:
+async def pull_remote(router: Router, body: dict[str, Any],
+                      own: OwnServer) -> dict[str, Any] | None:
     """Handle a remote ``/pull`` (None: the body is no remote pull, carry on).
 
-    A local pull that would take a remote model's name is refused here too (400)."""
+    ``own``: where this server listens (``remote_hosts.own_server``). A local pull that would
+    take a remote model's name is refused here too (400)."""
     if body.get("recipe") != RECIPE:
         name = body.get("model_name")
         if isinstance(name, str) and (name in router.remote or name in router.remote.groups()):
@@ -53,7 +66,9 @@ async def pull_remote(router: Router, body: dict[str, Any]) -> dict[str, Any] | 
                 f"'{name}' is a remote model; delete it first or choose another name",
                 param="model_name")
         return None
-    pull = parse_remote_pull(body)
+    pull = parse_remote_pull(body, router.settings.remote_key_envs)
+    await check_replica_hosts(pull.replicas, host_rules(router.settings, own),
+                              "base_urls" if "base_urls" in body else "base_url")
     taken = {s.name for s in router.catalog.all(include_not_downloaded=True)}
     models = await router.remote.register(pull, taken)
     return {"status": "success", "model_name": pull.name, "recipe": RECIPE,
@@ -86,3 +101,36 @@ def delete_remote(router: Router, name: str) -> dict[str, Any] | None:
         return None
     removed = router.remote.remove(name)
     return {"status": "success", "model_name": name, "deleted_files": [], "deleted": removed}
+
+
+async def drop_refused(router: Router, own: OwnServer) -> list[str]:
+    """Forget the remote models the state file kept that the rules now refuse (a key variable
+    no longer lent, a host now refused); return their names, each one logged and noted.
+
+    Called once at start, when the server's own port is known; every host is looked at once,
+    all of them together (each resolution is bounded)."""
+    rules, lent = host_rules(router.settings, own), router.settings.remote_key_envs
+    models = router.remote.all()
+    urls = sorted({r.base_url for m in models for r in m.spec.replicas})
+    hosts = dict(zip(urls, await asyncio.gather(*(refusal(u, rules) for u in urls))))
+    dropped: list[str] = []
+    for model in models:
+        why = _spec_refusal(model.spec, lent, hosts)
+        if why is None or model.name not in router.remote:
+            continue
+        dropped.extend(router.remote.remove(model.name))
+        note = f"Remote model '{model.name}' was dropped: {why}"
+        log.warning("lemonade: %s", note)
+        router.notes.append(note)
+    return dropped
+
+
+def _spec_refusal(spec: RemoteSpec, lent: tuple[str, ...],
+                  hosts: dict[str, str | None]) -> str | None:
+    for replica in spec.replicas:
+        env = replica.api_key_env
+        if env is not None and not key_env_allowed(env, lent):
+            return f"its key variable '{env}' is not in remote_key_envs"
+        if hosts.get(replica.base_url) is not None:
+            return hosts[replica.base_url]
+    return None

@@ -35,7 +35,7 @@ def test_server_config_example_covers_every_setting_with_its_default() -> None:
     assert _named(text, "LemonadeApp") == set(traits), "every c.LemonadeApp setting, once"
     app = LemonadeApp(config=config)  # validated by the same rules as at start
     for name, value in config.LemonadeApp.items():
-        assert getattr(app, name) == value == traits[name].default_value, name
+        assert getattr(app, name) == value == traits[name].default(), name
 
 
 def test_ipython_config_example_covers_every_magics_setting_with_its_default() -> None:

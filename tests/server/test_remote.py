@@ -20,7 +20,7 @@ from tests.helpers.http import API
 from tests.helpers.polling import wait_until
 from tests.helpers.replicas import ALIAS, ReplicaServer, start_replicas
 
-KEY_ENVS = ("REMOTE_KEY_A", "REMOTE_KEY_B")
+KEY_ENVS = ("LEMONADE_REMOTE_KEY_A", "LEMONADE_REMOTE_KEY_B")
 NAME = "user.remote"
 
 
@@ -275,20 +275,21 @@ async def test_the_key_never_shows_in_answers_events_or_metrics(api, client, rep
         (await api.get("lemonade/metrics")).body.decode(),
         (lemonade_data_dir / "remote_models.json").read_text(),
     ]
-    assert "REMOTE_KEY_B" in texts[0]  # the variable's name is shown, its value never
+    assert KEY_ENVS[1] in texts[0]  # the variable's name is shown, its value never
     for text in texts:
         assert_no_key(text, replicas)
     assert json.loads(texts[4])[0]["replicas"][1] == {"base_url": replicas[1].base_url,
-                                                      "api_key_env": "REMOTE_KEY_B"}
+                                                      "api_key_env": KEY_ENVS[1]}
 
 
 @pytest.mark.parametrize("change, param, message", [
     ({"base_url": "127.0.0.1:8000/v1"}, "base_url", "http:// or https://"),
     ({"base_url": "file:///etc/passwd"}, "base_url", "http:// or https://"),
     ({"base_url": "https://user:secret@vllm.example/v1"}, "base_url", "credentials"),
-    ({"api_key_env": "NO_SUCH_VARIABLE_SET"}, "api_key_env", "is not set on the Jupyter server"),
+    ({"api_key_env": "LEMONADE_REMOTE_KEY_NOT_SET"}, "api_key_env",
+     "is not set on the Jupyter server"),
     ({"base_urls": ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"],
-      "api_key_env": ["REMOTE_KEY_A"]}, "api_key_env", "one name (or null) per entry"),
+      "api_key_env": [KEY_ENVS[0]]}, "api_key_env", "one name (or null) per entry"),
     ({"model_name": "remote"}, "model_name", "user.NAME"),
     ({"upstream_model": ""}, "upstream_model", "upstream's model name"),
     ({"checkpoint": "/x.gguf"}, "checkpoint", "Unknown parameter"),
@@ -297,9 +298,9 @@ async def test_the_key_never_shows_in_answers_events_or_metrics(api, client, rep
         "empty-upstream", "unknown-key", "no-replica"])
 async def test_bad_pull_bodies_are_400s_that_register_nothing(api, monkeypatch, lemonade_data_dir,
                                                               change, param, message):
-    monkeypatch.setenv("REMOTE_KEY_A", "sk-some-key")
+    monkeypatch.setenv(KEY_ENVS[0], "sk-some-key")
     body = {"model_name": NAME, "recipe": "remote", "upstream_model": "m",
-            "base_url": "http://127.0.0.1:9/v1", "api_key_env": "REMOTE_KEY_A", **change}
+            "base_url": "http://127.0.0.1:9/v1", "api_key_env": KEY_ENVS[0], **change}
     if "base_urls" in change:
         body.pop("base_url")
     answer = await api.post(f"{API}/pull", body)

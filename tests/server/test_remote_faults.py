@@ -15,6 +15,7 @@ from tests.fakes.fake_openai_upstream import MODELS, FakeUpstream
 from tests.helpers.http import API
 
 KEY = "sk-fake-upstream-0123456789abcdef"
+KEY_ENV = "LEMONADE_REMOTE_KEY_FAKE"
 GROUP = "user.fake"
 
 
@@ -42,7 +43,7 @@ def lemonade_traits(request, certificate):
 
 @pytest.fixture
 def upstream_key(monkeypatch):
-    monkeypatch.setenv("FAKE_UPSTREAM_KEY", KEY)
+    monkeypatch.setenv(KEY_ENV, KEY)
     return KEY
 
 
@@ -56,7 +57,7 @@ def fake(jp_asyncio_loop, upstream_key):
 async def register_all(api, base_url: str) -> None:
     answer = await api.post(f"{API}/pull", {"model_name": GROUP, "recipe": "remote",
                                             "base_url": base_url,
-                                            "api_key_env": "FAKE_UPSTREAM_KEY"})
+                                            "api_key_env": KEY_ENV})
     assert answer.code == 200, answer.body
     assert sorted(m["model_name"] for m in answer.json["registered"]) == sorted(
         f"{GROUP}/{m}" for m in MODELS)
@@ -135,7 +136,7 @@ async def test_tls_is_verified_by_default(api, jp_asyncio_loop, upstream_key, ce
     try:
         answer = await api.post(f"{API}/pull", {
             "model_name": "user.tls", "recipe": "remote", "base_url": fake.base_url,
-            "upstream_model": "ok", "api_key_env": "FAKE_UPSTREAM_KEY"})
+            "upstream_model": "ok", "api_key_env": KEY_ENV})
         assert answer.code == 200, answer.body
         assert answer.json["registered"][0]["status"] == "unreachable"
         chat_answer = await api.post(f"{API}/chat/completions", {
@@ -154,7 +155,7 @@ async def test_a_ca_bundle_lets_a_private_ca_through(api, upstream_key, certific
     try:
         answer = await api.post(f"{API}/pull", {
             "model_name": "user.tls", "recipe": "remote", "base_url": fake.base_url,
-            "upstream_model": "ok", "api_key_env": "FAKE_UPSTREAM_KEY"})
+            "upstream_model": "ok", "api_key_env": KEY_ENV})
         assert answer.code == 200, answer.body
         assert answer.json["registered"][0]["status"] == "ready"
         chat_answer = await api.post(f"{API}/chat/completions", {
@@ -181,7 +182,7 @@ async def test_embeddings_and_reranking_go_to_the_upstream_routes(api, fake, lab
                                                                   upstream_path):
     answer = await api.post(f"{API}/pull", {
         "model_name": "user.enc", "recipe": "remote", "base_url": fake.base_url,
-        "upstream_model": "ok", "api_key_env": "FAKE_UPSTREAM_KEY", "labels": [label]})
+        "upstream_model": "ok", "api_key_env": KEY_ENV, "labels": [label]})
     assert answer.code == 200, answer.body
     served = await api.post(f"{API}/{route}", {"model": "user.enc", **body})
     assert served.code == 200, served.body
@@ -200,7 +201,7 @@ async def test_a_stream_that_cannot_connect_fails_over_before_its_first_byte(api
     try:
         answer = await api.post(f"{API}/pull", {
             "model_name": "user.pair", "recipe": "remote", "upstream_model": "ok",
-            "base_urls": [first.base_url, second.base_url], "api_key_env": "FAKE_UPSTREAM_KEY"})
+            "base_urls": [first.base_url, second.base_url], "api_key_env": KEY_ENV})
         assert answer.code == 200, answer.body
         assert answer.json["registered"][0]["status"] == "ready"
         await first.stop()  # still "up" for the router: the next probe is 10 s away

@@ -17,16 +17,16 @@ from lemonade_jupyter.errors import InvalidRequestError
 
 @pytest.fixture
 def keys(monkeypatch):
-    monkeypatch.setenv("KEY_A", "sk-a-secret")
-    monkeypatch.setenv("KEY_B", "sk-b-secret")
+    monkeypatch.setenv("LEMONADE_REMOTE_KEY_A", "sk-a-secret")
+    monkeypatch.setenv("LEMONADE_REMOTE_KEY_B", "sk-b-secret")
 
 
 def test_a_pull_with_one_key_per_replica(keys):
     pull = parse_remote_pull({
         "model_name": "user.vllm", "recipe": "remote", "upstream_model": "meta-llama/Llama-3",
         "base_urls": ["https://a.example/v1/", "http://10.0.0.2:8000/v1"],
-        "api_key_env": ["KEY_A", None], "labels": ["llm", "remote"]})
-    assert pull.replicas == (ReplicaSpec("https://a.example/v1", "KEY_A"),
+        "api_key_env": ["LEMONADE_REMOTE_KEY_A", None], "labels": ["llm", "remote"]})
+    assert pull.replicas == (ReplicaSpec("https://a.example/v1", "LEMONADE_REMOTE_KEY_A"),
                              ReplicaSpec("http://10.0.0.2:8000/v1", None))
     assert pull.replicas[0].auth_headers() == {"Authorization": "Bearer sk-a-secret"}
     assert pull.replicas[1].auth_headers() == {}
@@ -43,14 +43,14 @@ def test_a_pull_with_one_key_per_replica(keys):
     ({"base_url": "https://a.example/v1?key=x"}, "base_url"),
     ({"base_urls": ["http://a/v1"]}, "base_url"),  # both given
     ({"api_key_env": "sk-looks-like-a-key!"}, "api_key_env"),
-    ({"api_key_env": "KEY_UNSET"}, "api_key_env"),
+    ({"api_key_env": "LEMONADE_REMOTE_KEY_UNSET"}, "api_key_env"),
     ({"labels": "llm"}, "labels"),
     ({"stream": True}, "stream"),
 ])
 def test_bad_pulls(keys, monkeypatch, change, param):
-    monkeypatch.delenv("KEY_UNSET", raising=False)
+    monkeypatch.delenv("LEMONADE_REMOTE_KEY_UNSET", raising=False)
     body = {"model_name": "user.x", "recipe": "remote", "base_url": "http://a.example/v1",
-            "api_key_env": "KEY_A", **change}
+            "api_key_env": "LEMONADE_REMOTE_KEY_A", **change}
     with pytest.raises(InvalidRequestError) as info:
         parse_remote_pull(body)
     assert info.value.param == param
@@ -58,9 +58,9 @@ def test_bad_pulls(keys, monkeypatch, change, param):
 
 
 def test_the_persisted_form_names_the_variable_never_the_key(keys, tmp_path):
-    spec = RemoteSpec("user.v", "m", (ReplicaSpec("http://a/v1", "KEY_A"),))
+    spec = RemoteSpec("user.v", "m", (ReplicaSpec("http://a/v1", "LEMONADE_REMOTE_KEY_A"),))
     text = json.dumps(spec.to_json())
-    assert "KEY_A" in text and "sk-a-secret" not in text
+    assert "LEMONADE_REMOTE_KEY_A" in text and "sk-a-secret" not in text
     assert RemoteSpec.from_json(json.loads(text)) == spec
     assert RemoteSpec.from_json({"model_name": "user.v", "upstream_model": "m",
                                  "replicas": [{"base_url": "file:///etc/passwd"}]}) is None

@@ -7,7 +7,7 @@ import dataclasses
 import math
 
 import pytest
-from traitlets import Bool, Float, Int, TraitError
+from traitlets import Bool, Float, Int, List, TraitError
 from traitlets.config import Config
 
 from lemonade_jupyter.core.settings import (
@@ -139,7 +139,7 @@ def test_table_is_the_dataclass():
 
 def test_table_rows_are_consistent():
     for s in SETTINGS:
-        assert s.type in (bool, int, float), s.name
+        assert s.type in (bool, int, float, tuple), s.name  # tuple: a list of strings
         assert s.help.strip(), s.name
         if s.type is bool:
             assert s.minimum is None and s.maximum is None, s.name
@@ -211,7 +211,7 @@ def _app_class():
     return LemonadeApp
 
 
-_TRAIT_TYPES = {bool: Bool, int: Int, float: Float}
+_TRAIT_TYPES = {bool: Bool, int: Int, float: Float, tuple: List}
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
@@ -220,7 +220,7 @@ def test_every_setting_is_a_configurable_trait(setting):
     trait = app_class.class_traits(config=True).get(setting.name)
     assert trait is not None, f"c.LemonadeApp.{setting.name} is missing"
     assert type(trait) is _TRAIT_TYPES[setting.type]
-    assert trait.default_value == setting.config_default
+    assert trait.default() == setting.config_default
     assert trait.help == setting.help
     assert getattr(app_class(), setting.name) == setting.config_default
     assert f"LemonadeApp.{setting.name}=" in app_class.class_get_help()
@@ -237,6 +237,8 @@ def _other_value(s: Setting) -> object:
     """A valid config value different from the default."""
     if s.type is bool:
         return not s.default
+    if s.type is tuple:  # a list of strings; "x" is a host name and a variable name
+        return ["x"]
     if s.type is int:
         return s.config_default + 2
     if s.default is None:
@@ -256,7 +258,8 @@ def test_router_settings_carries_every_trait_value():
     assert isinstance(settings, RouterSettings)
     defaults = RouterSettings()
     for s in SETTINGS:
-        assert getattr(settings, s.name) == values[s.name], s.name
+        value = values[s.name]
+        assert getattr(settings, s.name) == (tuple(value) if s.type is tuple else value), s.name
         assert getattr(settings, s.name) != getattr(defaults, s.name), s.name
 
 
@@ -267,7 +270,7 @@ def test_router_settings_backend_threads_zero_is_none():
     assert app_class().router_settings() == RouterSettings()
 
 
-NUMBER_SETTINGS = [s for s in SETTINGS if s.type is not bool]
+NUMBER_SETTINGS = [s for s in SETTINGS if s.type not in (bool, tuple)]
 
 
 @pytest.mark.parametrize("setting", NUMBER_SETTINGS, ids=lambda s: s.name)

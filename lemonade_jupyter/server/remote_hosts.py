@@ -1,0 +1,113 @@
+"""Where a remote model may point, checked with what only the server knows: its own ports and
+names, what a host name resolves to, and which addresses are this machine's.
+
+The rules themselves are pure (``core/remote_rules.py``); this module feeds them. Jupyter picks
+its port after the extension loads, so the own endpoint is read from the tornado application's
+settings at each check: Jupyter's ``serverapp`` (its ``port`` and ``ip``), or the embedded
+router's ``lemonade_own_port``.
+
+A host name is resolved on the loop's resolver (never blocking the loop) with a bound on time
+and on the addresses considered; a name that does not resolve now is judged by its name alone
+(the replica is then simply down). Whether an address is this machine's is asked of the
+operating system: only a local address can be bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.remote_rules import HostRules, IPAddress, canonical_address, ip_literal
+from ..core.remote_spec import ReplicaSpec, url_endpoint
+from ..errors import InvalidRequestError
+
+#: Seconds a host name may take to resolve before it is judged by its name alone.
+RESOLVE_TIMEOUT_S = 5.0
+#: Addresses of one host name looked at (a name may resolve to many).
+MAX_ADDRESSES = 32
+#: Where the embedded router puts its own port in the tornado application's settings.
+OWN_PORT_SETTING = "lemonade_own_port"
+
+
+@dataclass(frozen=True)
+class OwnServer:
+    """The ports this server listens on and the names it goes by (besides its addresses)."""
+
+    ports: frozenset[int]
+    names: frozenset[str]
+
+
+def own_server(app_settings: Mapping[str, Any]) -> OwnServer:
+    """This server's own endpoint, read now from the tornado application's settings."""
+    ports: set[int] = set()
+    names = {"localhost", socket.gethostname().lower()}
+    serverapp = app_settings.get("serverapp")
+    if serverapp is not None:
+        if getattr(serverapp, "port", None):
+            ports.add(int(serverapp.port))
+        if getattr(serverapp, "ip", ""):
+            names.add(str(serverapp.ip).lower().strip("[]"))
+    own_port = app_settings.get(OWN_PORT_SETTING)
+    if own_port:
+        ports.add(int(own_port))
+    return OwnServer(frozenset(ports), frozenset(names))
+
+
+def host_rules(router_settings: Any, own: OwnServer) -> HostRules:
+    """The admin's host lists with this server's own endpoint."""
+    return HostRules(allowed=router_settings.remote_allowed_hosts,
+                     denied=router_settings.remote_denied_hosts,
+                     own_ports=own.ports, own_names=own.names)
+
+
+async def check_replica_hosts(replicas: tuple[ReplicaSpec, ...], rules: HostRules,
+                              param: str = "base_url") -> None:
+    """Raise InvalidRequestError (400) when a replica points where the rules refuse."""
+    verdicts = await asyncio.gather(*(refusal(r.base_url, rules) for r in replicas))
+    for why in verdicts:
+        if why is not None:
+            raise InvalidRequestError(f"Parameter '{param}' is refused: {why}", param=param)
+
+
+async def refusal(base_url: str, rules: HostRules) -> str | None:
+    """Why a (rebuilt) ``base_url`` may not be an upstream, in words; None when it may."""
+    host, port = url_endpoint(base_url)
+    addresses = await resolve(host)
+    local = [a for a in addresses if is_local_address(a)]
+    return rules.refusal(host, port, addresses, local)
+
+
+async def resolve(host: str) -> list[IPAddress]:
+    """The addresses ``host`` resolves to now (an IP address is itself); [] when it does not
+    resolve within :data:`RESOLVE_TIMEOUT_S`."""
+    literal = ip_literal(host)
+    if literal is not None:
+        return [literal]
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S)
+    except (OSError, UnicodeError, asyncio.TimeoutError):
+        return []
+    found: list[IPAddress] = []
+    for info in infos[:MAX_ADDRESSES]:
+        with contextlib.suppress(ValueError):
+            found.append(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+    return found
+
+
+def is_local_address(address: IPAddress) -> bool:
+    """True when ``address`` is one of this machine's (the system lets a socket bind to it)."""
+    address = canonical_address(address)
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((str(address), 0))
+    except OSError:
+        return False
+    return True
