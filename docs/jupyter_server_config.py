@@ -75,6 +75,11 @@ c.LemonadeApp.remote_timeout_s = 300.0
 # Probes (GET /models) of a replica that answers, and the cap of the back-off of one that is down.
 c.LemonadeApp.remote_probe_interval_s = 10.0
 c.LemonadeApp.remote_probe_backoff_max_s = 30.0
+# Total deadline of one request to a remote model (streams included), the size cap of an
+# answer that is not streamed, and how many models one pull may register from a list.
+c.LemonadeApp.remote_total_timeout_s = 600.0
+c.LemonadeApp.remote_max_answer_mib = 64.0
+c.LemonadeApp.remote_max_models_per_upstream = 256
 
 # -- the HTTP side ------------------------------------------------------------------------------
 # Seconds of silence on a proxied stream (cold load, long prompt) before a ": ping" comment.
