@@ -12,7 +12,8 @@ router sent (the remote spec's ``upstream_model``):
 ``echo-key``     401 whose message repeats the ``Authorization`` header it got
 ``midstream``    a stream that sends one event, then drops the connection
 ``drop``         reads the whole request, then drops the connection without an answer
-``huge``         an answer of :attr:`FakeUpstream.huge_bytes` (chunked, made as it is sent)
+``huge``         an answer of :attr:`FakeUpstream.huge_bytes` (chunked, made as it is sent),
+                 with the status :attr:`FakeUpstream.huge_status`
 ``drip``         an answer (or a stream) that sends a little every 0.2 s, for a minute
 ``redirect``     307 to :attr:`FakeUpstream.redirect_to` (default: the same origin's
                  ``/v1/moved/chat/completions``, which answers like ``ok``)
@@ -48,7 +49,7 @@ class FakeUpstream:
     def __init__(self, *, key: str | None = None, tls: ssl.SSLContext | None = None,
                  slow_s: float = 5.0, host_name: str = "127.0.0.1",
                  models: tuple[str, ...] | list[str] = MODELS, list_bytes: int = 0,
-                 set_cookie: str | None = None, huge_bytes: int = 0,
+                 set_cookie: str | None = None, huge_bytes: int = 0, huge_status: int = 200,
                  redirect_to: str = "/v1/moved/chat/completions") -> None:
         self.key = key
         self.tls = tls
@@ -58,6 +59,7 @@ class FakeUpstream:
         self.list_bytes = list_bytes
         self.set_cookie = set_cookie
         self.huge_bytes = huge_bytes
+        self.huge_status = huge_status
         self.redirect_to = redirect_to
         self.seen: list[tuple[str, str | None]] = []
         self.cookies: list[str | None] = []
@@ -191,7 +193,8 @@ class FakeUpstream:
                          "message": {"role": "assistant", "content": "Moved"}}]})
 
     async def _huge(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp = web.StreamResponse(status=self.huge_status,
+                                  headers={"Content-Type": "application/json"})
         await resp.prepare(request)
         block = b" " * (1 << 20)
         try:

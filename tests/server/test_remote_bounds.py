@@ -226,6 +226,18 @@ async def test_an_answer_beyond_the_cap_is_cut_unread_with_bounded_memory(api, u
     assert huge.huge_sent < 50 << 20  # the connection was closed: the rest never came
 
 
+async def test_the_error_answer_of_a_stream_is_read_up_to_its_cap(api, upstreams):
+    huge = await upstreams(huge_bytes=150 << 20, huge_status=400)
+    await register(api, "user.huge", "huge", huge)
+    before = psutil.Process().memory_info().rss
+    answer, peak = await peak_rss_during(
+        api.post(f"{API}/chat/completions", chat("user.huge", stream=True)))
+    assert answer.code == 400, answer.body[:200]
+    assert len(answer.error["message"]) <= 64 << 10
+    assert peak - before < 40 << 20, f"RSS grew by {(peak - before) >> 20} MiB"
+    assert huge.huge_sent < 50 << 20
+
+
 async def test_a_model_list_beyond_its_cap_is_refused_unread(api, upstreams):
     padded = await upstreams(list_bytes=150 << 20)
     before = psutil.Process().memory_info().rss
