@@ -85,6 +85,11 @@ c.LemonadeApp.remote_denied_hosts = []
 # starts with PREFIX). The server's own credentials (JUPYTER*, JUPYTERHUB_*, JPY_*, HF_*...) are
 # never lent, even if listed here.
 c.LemonadeApp.remote_key_envs = ["LEMONADE_REMOTE_KEY_*"]
+# Total deadline of one request to a remote model (streams included), the size cap of an
+# answer that is not streamed, and how many models one pull may register from a list.
+c.LemonadeApp.remote_total_timeout_s = 600.0
+c.LemonadeApp.remote_max_answer_mib = 64.0
+c.LemonadeApp.remote_max_models_per_upstream = 256
 
 # -- the HTTP side ------------------------------------------------------------------------------
 # Seconds of silence on a proxied stream (cold load, long prompt) before a ": ping" comment.

@@ -20,7 +20,10 @@ ladder. The kernel side imports only this module.
     ├── UpstreamError                502 upstream_error (backend transport failure mid-request)
     │   ├── BackendTransportError    502 the connection to a backend broke: replayed once
     │   ├── RemoteUnreachableError   502 upstream_unreachable (no replica of a remote model answers)
-    │   └── RemoteTimeoutError       504 upstream_timeout (a remote model's replica timed out)
+    │   ├── RemoteTimeoutError       504 upstream_timeout (a remote model's replica timed out)
+    │   ├── RemoteLoopError          508 upstream_loop (a request came back to this router)
+    │   ├── RemoteRedirectError      502 upstream_redirect (a redirect that is not followed)
+    │   └── RemoteAnswerTooLargeError 502 upstream_answer_too_large (beyond remote_max_answer_mib)
     ├── HubError                     502 hub_error (the Hugging Face Hub answered unexpectedly)
     │   ├── HubAuthError             401 hub_unauthorized (names HF_TOKEN)
     │   ├── HubAccessError           403 hub_forbidden (gated repository; names HF_TOKEN)
@@ -50,6 +53,9 @@ __all__ = [
     "BackendTransportError",
     "RemoteUnreachableError",
     "RemoteTimeoutError",
+    "RemoteLoopError",
+    "RemoteRedirectError",
+    "RemoteAnswerTooLargeError",
     "HubError",
     "HubAuthError",
     "HubAccessError",
@@ -243,6 +249,26 @@ class RemoteTimeoutError(UpstreamError):
     status_code = 504
     error_type = "timeout_error"
     code = "upstream_timeout"
+
+
+class RemoteLoopError(UpstreamError):
+    """A request came back to the router that forwarded it (a remote model points at itself)."""
+
+    status_code = 508
+    error_type = "invalid_request_error"
+    code = "upstream_loop"
+
+
+class RemoteRedirectError(UpstreamError):
+    """A replica redirected to another origin, or more often than allowed: not followed."""
+
+    code = "upstream_redirect"
+
+
+class RemoteAnswerTooLargeError(UpstreamError):
+    """A replica's answer is larger than ``remote_max_answer_mib``: cut, never read whole."""
+
+    code = "upstream_answer_too_large"
 
 
 class HubError(LemonadeError):

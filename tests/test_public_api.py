@@ -18,6 +18,7 @@ def test_public_api_all_pinned() -> None:
         "LemonadeError", "InvalidRequestError", "ModelNotFoundError", "SlotsPinnedError",
         "InsufficientMemoryError", "CoolingDownError", "EngineMissingError", "ModelLoadError", "BackendShutdownError",
         "UpstreamError", "BackendTransportError", "RemoteUnreachableError", "RemoteTimeoutError",
+        "RemoteLoopError", "RemoteRedirectError", "RemoteAnswerTooLargeError",
         "HubError", "HubAuthError", "HubAccessError",
         "HubNotFoundError", "HubUnavailableError", "InsufficientStorageError",
         "PullCancelledError", "QueueFullError", "ClientError", "error_body",

@@ -13,9 +13,16 @@ Requests go to the replica with the fewest requests in flight among those that a
 (:meth:`RemoteRegistry.choose`); the server layer reports back what happened
 (:meth:`RemoteRegistry.started`, ``finished``, ``failed``). A replica that refused a connection
 or timed out is marked down and probed again with back-off (0.5 s doubling up to
-``remote_probe_backoff_max_s``); one that answers is probed every ``remote_probe_interval_s``.
-A probe is ``GET {base_url}/models`` with the key. Every change of a replica's state is an
-event (``reachable`` / ``unreachable``), with the model's resulting status.
+``remote_probe_backoff_max_s``, computed so that no failure count can overflow it); one that
+answers is probed every ``remote_probe_interval_s``. A probe is ``GET {base_url}/models`` with
+the key and the hop header (``remote_hops.py``); its body is not read. Every change of a
+replica's state is an event (``reachable`` / ``unreachable``), with the model's resulting
+status. A round of the probe loop that fails is logged and the loop goes on.
+
+What an upstream sends is bounded: a ``/models`` list is read up to :data:`MAX_LIST_BYTES`, and
+one pull registers at most ``remote_max_models_per_upstream`` models from it. No cookie is ever
+kept (an upstream's cookie would go to every other upstream on its host), and no redirect is
+followed by a probe.
 
 Remote models never enter the model table: they take no slot, are never evicted and cannot be
 pinned.
@@ -26,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import http.cookiejar
+import json
 import logging
 import ssl
 import time
@@ -38,6 +47,7 @@ import httpx
 
 from ..errors import InvalidRequestError, ModelNotFoundError, RemoteUnreachableError
 from .events import EventLog
+from .remote_hops import HopGuard
 from .remote_spec import RemotePull, RemoteSpec, ReplicaSpec, is_upstream_model
 from .state_files import read_json_or_quarantine, write_json_atomic
 
@@ -45,6 +55,29 @@ log = logging.getLogger(__name__)
 
 #: First back-off of a replica found down; it doubles up to ``remote_probe_backoff_max_s``.
 FIRST_BACKOFF_S = 0.5
+#: Doublings of the back-off at most: far beyond any cap, far below a float's range.
+_MAX_DOUBLINGS = 40
+#: Bytes of an upstream's ``/models`` answer read at most (a list of a few hundred models with
+#: their metadata is well under it); a longer one is refused unread.
+MAX_LIST_BYTES = 4 << 20
+#: Pause after a round of the probe loop that failed, so a recurring bug cannot spin the loop.
+_PAUSE_AFTER_FAILED_ROUND_S = 1.0
+
+
+def backoff_s(failures: int, cap_s: float) -> float:
+    """Seconds until the next probe of a replica after ``failures`` failures in a row.
+
+    ``FIRST_BACKOFF_S`` doubled per failure up to ``cap_s``; the exponent is bounded first, so
+    a day-long outage (thousands of failures) gives the cap, never an OverflowError."""
+    doublings = min(max(failures - 1, 0), _MAX_DOUBLINGS)
+    return min(cap_s, FIRST_BACKOFF_S * 2.0 ** doublings)
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing: a probe sends no cookie, whatever an upstream set."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
 
 
 @dataclass(eq=False)
@@ -124,6 +157,8 @@ class RemoteRegistry:
         self._replicas: dict[tuple[str, str | None], Replica] = {}
         self._wake = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
+        #: This router's id, sent with every request to an upstream (probes and forwarded).
+        self.hops = HopGuard()
         #: PEM file of the CA certificates to trust (``c.LemonadeApp.remote_ca_bundle``).
         self.ca_bundle: str | None = None
         self._tls: ssl.SSLContext | None = None
@@ -142,27 +177,43 @@ class RemoteRegistry:
     async def run(self) -> None:
         """The probe loop (the router's background task): probe each replica when it is due.
 
-        Runs until cancelled; closes its HTTP client then."""
-        self._http = httpx.AsyncClient(verify=self.tls, follow_redirects=False)
+        Runs until cancelled; closes its HTTP client then. A round that raises is logged and
+        the loop goes on after a short pause: a bug in one round must not stop every remote
+        model from ever changing state again."""
+        self._http = self._client()
         try:
             while True:
                 self._wake.clear()
-                now = time.monotonic()
-                due = [r for r in self._replicas.values() if r.next_probe <= now]
-                if due:
-                    results = await asyncio.gather(*(self._probe(r) for r in due),
-                                                   return_exceptions=True)
-                    for replica, result in zip(due, results):
-                        if isinstance(result, Exception):  # a bug must not end the loop
-                            log.error("Probe of %s failed", replica.url, exc_info=result)
-                            self._set_up(replica, False, type(result).__name__)
-                waits = [r.next_probe for r in self._replicas.values()]
-                timeout = max(0.0, min(waits) - time.monotonic()) if waits else None
+                try:
+                    timeout = await self._round()
+                except Exception:  # noqa: BLE001 - the loop must outlive any one round
+                    log.exception("A round of the remote probe loop failed; probing goes on")
+                    timeout = _PAUSE_AFTER_FAILED_ROUND_S
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
             client, self._http = self._http, None
             await client.aclose()
+
+    async def _round(self) -> float | None:
+        """Probe every replica that is due; return the seconds until the next one is."""
+        now = time.monotonic()
+        due = [r for r in self._replicas.values() if r.next_probe <= now]
+        if due:
+            results = await asyncio.gather(*(self._probe(r) for r in due),
+                                           return_exceptions=True)
+            for replica, result in zip(due, results):
+                if isinstance(result, Exception):  # a bug in one probe must not end the round
+                    log.error("Probe of %s failed", replica.url, exc_info=result)
+                    self._set_up(replica, False, type(result).__name__)
+        waits = [r.next_probe for r in self._replicas.values()]
+        return max(0.0, min(waits) - time.monotonic()) if waits else None
+
+    def _client(self) -> httpx.AsyncClient:
+        """The probes' HTTP client: no redirects, no cookies, our hop header on every request."""
+        # Identity encoding: the size cap of a list holds for what is read, no inflated body.
+        return httpx.AsyncClient(verify=self.tls, follow_redirects=False, cookies=_NoCookies(),
+                                 headers={**self.hops.outgoing(), "Accept-Encoding": "identity"})
 
     # ------------------------------------------------------------------ queries
     def __contains__(self, name: object) -> bool:
@@ -198,8 +249,9 @@ class RemoteRegistry:
 
         ``taken``: names of local models, which a remote one may not shadow. The replicas are
         probed before this returns, so the answer says whether they are reachable. Raises
-        InvalidRequestError for a name taken, RemoteUnreachableError when a list is asked for
-        and no replica answers with one (nothing is registered then)."""
+        InvalidRequestError for a name taken or a list longer than
+        ``remote_max_models_per_upstream``, RemoteUnreachableError when a list is asked for and
+        no replica answers with one (nothing is registered then)."""
         if pull.name in set(taken):
             raise InvalidRequestError(
                 f"'{pull.name}' is a local model; delete it first or choose another name",
@@ -208,6 +260,12 @@ class RemoteRegistry:
             specs = [pull.spec(pull.upstream_model)]
         else:
             listed = await self._list_models(pull.replicas)
+            cap = self._settings().remote_max_models_per_upstream
+            if len(listed) > cap:
+                raise InvalidRequestError(
+                    f"The upstream lists {len(listed)} models, more than "
+                    f"remote_max_models_per_upstream ({cap}) lets one pull register: give "
+                    f"'upstream_model' to register the ones you need one by one", param="base_url")
             specs = [pull.spec(m, listed=True) for m in listed]
         for old in [s for s in self._specs.values()
                     if s.name == pull.name or s.group == pull.name]:
@@ -242,13 +300,13 @@ class RemoteRegistry:
         problems = []
         for spec in replicas:
             try:
-                resp = await self._get_models(spec)
-                ids = [m.get("id") for m in resp.json().get("data", [])]
+                status, body = await self._get_models(spec, read=True)
+                if status >= 400:
+                    problems.append(f"{spec.base_url}: HTTP {status}")
+                    continue
+                ids = [m.get("id") for m in json.loads(body).get("data", [])]
             except (httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
                 problems.append(f"{spec.base_url}: {_describe(exc)}")
-                continue
-            if resp.status_code >= 400:
-                problems.append(f"{spec.base_url}: HTTP {resp.status_code}")
                 continue
             good = sorted({i for i in ids if is_upstream_model(i)})
             if good:
@@ -295,25 +353,46 @@ class RemoteRegistry:
     async def _probe(self, replica: Replica) -> None:
         start = time.monotonic()
         try:
-            resp = await self._get_models(replica.spec)
+            status, _ = await self._get_models(replica.spec, read=False)
         except httpx.HTTPError as exc:
             self._set_up(replica, False, _describe(exc))
             return
         replica.latency_ms = round((time.monotonic() - start) * 1000, 2)
-        if resp.status_code >= 500:
-            self._set_up(replica, False, f"HTTP {resp.status_code}")
+        if status == 508:
+            self._set_up(replica, False, "HTTP 508: this URL leads back to this router")
+        elif status >= 500:
+            self._set_up(replica, False, f"HTTP {status}")
         else:
-            self._set_up(replica, True, "" if resp.status_code < 400
-                         else f"HTTP {resp.status_code} to the probe")
+            self._set_up(replica, True, "" if status < 400 else f"HTTP {status} to the probe")
 
-    async def _get_models(self, spec: ReplicaSpec) -> httpx.Response:
+    async def _get_models(self, spec: ReplicaSpec, *, read: bool) -> tuple[int, bytes]:
+        """``GET {base_url}/models``: its status, and its body when ``read`` (at most
+        :data:`MAX_LIST_BYTES`, else ValueError without reading the rest), all within
+        ``remote_total_timeout_s`` (else httpx.TimeoutException)."""
+        deadline = self._settings().remote_total_timeout_s
+        try:
+            if self._http is None:  # before the loop started (a pull right at start)
+                async with self._client() as client:
+                    return await asyncio.wait_for(self._get_models_with(client, spec, read),
+                                                  deadline)
+            return await asyncio.wait_for(self._get_models_with(self._http, spec, read),
+                                          deadline)
+        except asyncio.TimeoutError as exc:
+            raise httpx.TimeoutException(f"no whole answer within {deadline:g} s") from exc
+
+    async def _get_models_with(self, client: httpx.AsyncClient, spec: ReplicaSpec,
+                               read: bool) -> tuple[int, bytes]:
         timeout = self._settings().remote_connect_timeout_s
-        if self._http is None:  # before the loop started (a pull right at start)
-            async with httpx.AsyncClient(verify=self.tls) as client:
-                return await client.get(f"{spec.base_url}/models", headers=spec.auth_headers(),
-                                        timeout=timeout)
-        return await self._http.get(f"{spec.base_url}/models", headers=spec.auth_headers(),
-                                    timeout=timeout)
+        async with client.stream("GET", f"{spec.base_url}/models", headers=spec.auth_headers(),
+                                 timeout=timeout) as resp:
+            if not read or resp.status_code >= 400:
+                return resp.status_code, b""
+            body = bytearray()
+            async for chunk in resp.aiter_raw():
+                body += chunk
+                if len(body) > MAX_LIST_BYTES:
+                    raise ValueError(f"its model list is larger than {MAX_LIST_BYTES >> 20} MiB")
+            return resp.status_code, bytes(body)
 
     def _set_up(self, replica: Replica, up: bool, error: str) -> None:
         """The one writer of a replica's state: schedules its next probe, emits a change."""
@@ -325,8 +404,8 @@ class RemoteRegistry:
             replica.next_probe = now + settings.remote_probe_interval_s
         else:
             replica.failures += 1
-            replica.next_probe = now + min(settings.remote_probe_backoff_max_s,
-                                           FIRST_BACKOFF_S * 2 ** (replica.failures - 1))
+            replica.next_probe = now + backoff_s(replica.failures,
+                                                 settings.remote_probe_backoff_max_s)
         self._wake.set()
         if replica.up is up:
             return

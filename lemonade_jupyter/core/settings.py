@@ -204,6 +204,16 @@ SETTINGS: tuple[Setting, ...] = (
             help="Environment variables of the server a remote model may name as api_key_env "
             "(an entry ending with * is a prefix). The server's own credentials (Jupyter's and "
             "JupyterHub's tokens, JUPYTER*, JPY_*, HF_*...) are never lent, even if listed."),
+    Setting("remote_total_timeout_s", float, 600.0, minimum=0, exclusive_minimum=True,
+            help="Seconds one request to a remote model may take in all, streams included, "
+            "however steadily its replica answers (504, or an SSE error event once a stream "
+            "has started)."),
+    Setting("remote_max_answer_mib", float, 64.0, minimum=0, exclusive_minimum=True,
+            help="Size cap (MiB) of a remote model's answer that is not streamed; a larger one "
+            "is cut (502) without reading the rest."),
+    Setting("remote_max_models_per_upstream", int, 256, minimum=1, maximum=100_000,
+            help="Models one remote pull may register from an upstream's list; an upstream "
+            "that lists more is refused (400): register the models needed one by one."),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

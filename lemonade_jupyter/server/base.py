@@ -16,6 +16,7 @@ from typing import Any
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
+from ..core.remote_hops import HOP_HEADER
 from ..core.router import Router
 from ..errors import InvalidRequestError, LemonadeError, error_body
 
@@ -44,7 +45,8 @@ class LemonadeHandler(APIHandler):
         return self.settings["lemonade_router"]  # type: ignore[no-any-return]
 
     async def prepare(self) -> None:  # type: ignore[override]
-        """Refuse anonymous callers (403) whatever the method, then oversized bodies (413).
+        """Refuse anonymous callers (403) whatever the method, requests that came back to this
+        router (508, ``core/remote_hops.py``), then oversized bodies (413).
 
         Jupyter's default ``allow_unauthenticated_access=True`` only guards methods that carry
         ``@web.authenticated``, so without this check an anonymous GET on a POST-only route got
@@ -56,6 +58,8 @@ class LemonadeHandler(APIHandler):
         method = getattr(self, (self.request.method or "").lower(), None)
         if self.current_user is None and not getattr(method, "__allow_unauthenticated", False):
             raise web.HTTPError(403)
+        # A request this router forwarded came back (a remote model leads here): 508 at once.
+        self.router.remote.hops.check(self.request.headers.get(HOP_HEADER))
         length = self.request.headers.get("Content-Length")
         if (length and length.isdigit() and int(length) > MAX_BODY_BYTES) or len(
             self.request.body or b""

@@ -24,6 +24,7 @@ EXPECTED_STATUS = {
     "SlotsPinnedError": 409, "InsufficientMemoryError": 409, "CoolingDownError": 503, "EngineMissingError": 503,
     "ModelLoadError": 500, "BackendShutdownError": 503, "UpstreamError": 502,
     "BackendTransportError": 502, "RemoteUnreachableError": 502, "RemoteTimeoutError": 504,
+    "RemoteLoopError": 508, "RemoteRedirectError": 502, "RemoteAnswerTooLargeError": 502,
     "HubError": 502, "HubAuthError": 401, "HubAccessError": 403,
     "HubNotFoundError": 404, "HubUnavailableError": 503, "InsufficientStorageError": 507,
     "PullCancelledError": 409, "QueueFullError": 429,

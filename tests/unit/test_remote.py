@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from lemonade_jupyter.core.events import EventLog
-from lemonade_jupyter.core.remote import FIRST_BACKOFF_S, RemoteRegistry
+from lemonade_jupyter.core.remote import FIRST_BACKOFF_S, RemoteRegistry, backoff_s
 from lemonade_jupyter.core.remote_spec import RemoteSpec, ReplicaSpec, parse_remote_pull
 from lemonade_jupyter.core.settings import RouterSettings
 from lemonade_jupyter.errors import InvalidRequestError
@@ -124,3 +124,18 @@ def test_a_down_replica_backs_off_doubling_to_the_cap_and_changes_are_events(tmp
     assert replica.up is True and replica.next_probe - clock.now == 10.0
     kinds = [(e.kind, e.detail["model_status"]) for e in events if e.kind != "remote"]
     assert kinds == [("unreachable", "unreachable"), ("reachable", "ready")]
+
+
+def test_the_back_off_stays_capped_after_thousands_of_failures(tmp_path, monkeypatch):
+    """A day-long outage: the doubling once overflowed a float after about 1,025 failures."""
+    registry, _ = _registry(tmp_path, RemoteSpec("user.v", "m", (ReplicaSpec("http://a/v1"),)))
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr("lemonade_jupyter.core.remote.time.monotonic", lambda: clock.now)
+    (replica,) = registry.require("user.v").replicas
+    for _ in range(2000):
+        registry.failed(replica, "refused")
+        clock.now += 1.0
+    assert replica.failures == 2000
+    assert replica.next_probe - (clock.now - 1.0) == 4.0  # remote_probe_backoff_max_s
+    assert registry.choose("user.v") is replica  # still chosen as the last resort
+    assert backoff_s(10**9, 30.0) == 30.0 and backoff_s(1, 30.0) == FIRST_BACKOFF_S
