@@ -30,6 +30,13 @@ def lemonade_traits(request):
 
 
 @pytest.fixture
+def jp_base_url() -> str:
+    """A plain base path: a remote model's URL may hold no %-escapes, and the loop test points
+    one at this server (pytest-jupyter's default base path has one)."""
+    return "/"
+
+
+@pytest.fixture
 def upstreams(jp_asyncio_loop):
     """Starts fake upstreams (``await upstreams(**options)``); stops them all at the end."""
     started: list[FakeUpstream] = []
@@ -83,12 +90,12 @@ async def test_a_remote_model_that_leads_back_to_its_router_is_refused_after_one
     way a reverse proxy would reach it: through a forwarder on another port, which no URL
     check can tell from another server. The hop header is what stops the loop."""
     forwarder = await TcpForwarder(jp_http_port).start()
-    monkeypatch.setenv("ROUTER_TOKEN", token)
+    monkeypatch.setenv("LEMONADE_REMOTE_KEY_ROUTER", token)
     try:
         base_url = f"http://127.0.0.1:{forwarder.port}{jp_base_url}lemonade/api/v1"
         answer = await api.post(f"{API}/pull", {
             "model_name": "user.self", "recipe": "remote", "base_url": base_url,
-            "upstream_model": "user.self", "api_key_env": "ROUTER_TOKEN"})
+            "upstream_model": "user.self", "api_key_env": "LEMONADE_REMOTE_KEY_ROUTER"})
         assert answer.code == 200, answer.body
 
         looped = await api.post(f"{API}/chat/completions", chat("user.self"),
