@@ -25,7 +25,7 @@ def router_argv(**kw) -> list[str]:
 
 
 def test_the_routers_command_line_maps_completely():
-    settings = parse_args(router_argv(llamacpp_args="--flash-attn on -np 2 --temp 0.5"),
+    settings = parse_args(router_argv(llamacpp_args="--flash-attn on --temp 0.5", parallel=2),
                           env={"LLAMA_API_KEY": "k1"})
     assert settings == {"model": "/m.gguf", "port": 4321, "host": "127.0.0.1",
                         "ctx_size": 2048, "ui": False, "threads": 1, "sleep_idle_seconds": 7,
