@@ -47,18 +47,18 @@ ALLOWED_SPELLINGS = {n for rule in ALLOWED for n in rule.names + rule.negations}
 ALLOWED_ORDERED = sorted(ALLOWED_SPELLINGS)
 OUTSIDE = outside_the_allowlist()
 ENGINE = LlamaCppEngine("/bin/llama-server", threads=1)
-SPEC = ModelSpec(name="user.a", checkpoint="/m.gguf")
+MODEL = ModelSpec(name="user.a", checkpoint="/m.gguf")
 
 
 def router_words() -> list[str]:
     """The command line the engine builds with no ``llamacpp_args``."""
-    return ENGINE.argv(SPEC, LoadOptions(), port=1)
+    return ENGINE.argv(MODEL, LoadOptions(), port=1)
 
 
 def user_words(args: str, policy: ArgsPolicy = STRICT) -> list[str]:
     """What ``args`` adds to the engine's command line."""
     engine = LlamaCppEngine("/bin/llama-server", threads=1, args_policy=policy)
-    argv = engine.argv(SPEC, LoadOptions(llamacpp_args=args), port=1)
+    argv = engine.argv(MODEL, LoadOptions(llamacpp_args=args), port=1)
     base = router_words()
     assert argv[:len(base)] == base
     return argv[len(base):]
