@@ -39,6 +39,7 @@ from lemonade_jupyter.core.engines.llamacpp import LlamaCppEngine
 from lemonade_jupyter.core.options import LoadOptions, parse_load_options
 from lemonade_jupyter.core.preferences import ModelPreferences
 from lemonade_jupyter.errors import InvalidRequestError
+from tests.helpers import REPO
 from tests.helpers.llama_help import HELP, help_entries, outside_the_allowlist
 
 ENTRIES = help_entries()
@@ -236,6 +237,32 @@ def test_saved_options_are_restored_under_the_servers_policy():
     lifted = ModelPreferences()
     lifted.load_json(saved, {"user.a"}, ArgsPolicy(allow_any=True))
     assert lifted.options("user.a").llamacpp_args == "--log-file /tmp/x"
+
+
+def doc_row(rule) -> str:
+    """The row of docs/api.md's allowlist table for ``rule``."""
+    main = next((n for n in rule.names if n.startswith("--")), rule.names[0])
+    others = ", ".join(f"`{n}`" for n in rule.names if n != main)
+    if rule.negations:
+        off = "off: " + ", ".join(f"`{n}`" for n in rule.negations)
+        others = f"{others}; {off}" if others else off
+    value = rule.value.describe() if rule.value else "none (a switch)"
+    return f"| `{main}` | {others} | {value} |"
+
+
+def test_the_documented_table_is_the_allowlist():
+    doc = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### `llamacpp_args`: the flags a load may set"):]
+    start = section.index("| Flag | Other spellings | Value |")
+    rows = section[start:].split("\n\n")[0].splitlines()[2:]
+    assert rows == [doc_row(rule) for rule in ALLOWED]
+    for flag in sorted(ROUTER_SET - {"--fim-qwen-1.5b-default", "--fim-qwen-3b-default",
+                                     "--fim-qwen-7b-spec", "--fim-qwen-14b-spec",
+                                     "--fim-qwen-30b-default", "--gpt-oss-20b-default",
+                                     "--gpt-oss-120b-default", "--vision-gemma-4b-default",
+                                     "--vision-gemma-12b-default", "--spec-default",
+                                     "--embd-gemma-default"}):
+        assert f"`{flag}`" in section, flag
 
 
 def test_the_router_puts_its_file_and_address_flags_first():
