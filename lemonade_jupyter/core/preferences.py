@@ -83,8 +83,9 @@ class ModelPreferences:
                   args_policy: ArgsPolicy = STRICT) -> None:
         """Take saved preferences of models still in the catalog (``known``).
 
-        Options are validated as a ``/load`` body is (under ``args_policy``): an entry that no longer validates
-        (a hand-edited file, a rule tightened since) is dropped with a warning, its pin kept.
+        Options are validated as a ``/load`` body is, under ``args_policy``: an entry that no
+        longer validates (a hand-edited file, a rule tightened since, the any-flag setting
+        turned off) is dropped with a warning, its pin kept.
         """
         if not isinstance(data, dict):
             return

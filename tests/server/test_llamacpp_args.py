@@ -14,7 +14,15 @@ import random
 import psutil
 import pytest
 
-from lemonade_jupyter.core.engine_flags import refusal_reason
+from lemonade_jupyter.core.engine_flags import (
+    NAMES_ADDRESS,
+    NAMES_FILE,
+    NAMES_SECRET,
+    NOT_ALLOWED,
+    RUNS_PROGRAM,
+    SET_BY_ROUTER,
+    refusal_reason,
+)
 from tests.helpers.http import API
 from tests.helpers.llama_help import outside_the_allowlist
 from tests.helpers.processes import backend_pids
@@ -59,32 +67,32 @@ async def test_dangerous_flags_are_refused_and_change_nothing(
     dump.mkdir()
     runtime_file = jp_serverapp.info_file  # holds the server's token
     cases = [
-        (f"--mcp-servers-config {tmp_path / 'mcp.json'}", "--mcp-servers-config", "program"),
-        ('--mcp-servers-json \'{"mcpServers": {}}\'', "--mcp-servers-json", "program"),
-        ("--tools exec_shell_command", "--tools", "program"),
-        ("--agent", "--agent", "program"),
-        (f"--video-ffmpeg-dir {tmp_path}", "--video-ffmpeg-dir", "program"),
-        (f"--chat-template-file {runtime_file}", "--chat-template-file", "file"),
-        (f"--jinja --chat_template_file {runtime_file}", "--chat_template_file", "file"),
-        (f"--log-file {home_file}", "--log-file", "file"),
-        (f"--slot-save-path {dump}", "--slot-save-path", "file"),
-        (f"--log-prompts-dir {dump}", "--log-prompts-dir", "file"),
-        (f"--media-path {dump}", "--media-path", "file"),
-        (f"--lora {default_model_file}", "--lora", "file"),
-        (f"--grammar-file {runtime_file}", "--grammar-file", "file"),
-        (f"-jf {runtime_file}", "-jf", "file"),
-        (f"--webui-config-file {runtime_file}", "--webui-config-file", "file"),
-        (f"--mmproj {default_model_file}", "--mmproj", "router"),
-        (f"-mm={runtime_file}", "-mm", "router"),
-        (f"--model {default_model_file}", "--model", "router"),
-        (f"--api-key-file {runtime_file}", "--api-key-file", "router"),
-        ("--host 0.0.0.0", "--host", "router"),
-        ("--rpc 127.0.0.1:50052", "--rpc", "address"),
-        ("-hf ggml-org/x", "-hf", "router"),
-        ("-hff x.gguf", "-hff", "address"),
-        ("--hf-token t", "--hf-token", "secret"),
+        (f"--mcp-servers-config {tmp_path / 'mcp.json'}", "--mcp-servers-config", RUNS_PROGRAM),
+        ('--mcp-servers-json \'{"mcpServers": {}}\'', "--mcp-servers-json", RUNS_PROGRAM),
+        ("--tools exec_shell_command", "--tools", RUNS_PROGRAM),
+        ("--agent", "--agent", RUNS_PROGRAM),
+        (f"--video-ffmpeg-dir {tmp_path}", "--video-ffmpeg-dir", RUNS_PROGRAM),
+        (f"--chat-template-file {runtime_file}", "--chat-template-file", NAMES_FILE),
+        (f"--jinja --chat_template_file {runtime_file}", "--chat_template_file", NAMES_FILE),
+        (f"--log-file {home_file}", "--log-file", NAMES_FILE),
+        (f"--slot-save-path {dump}", "--slot-save-path", NAMES_FILE),
+        (f"--log-prompts-dir {dump}", "--log-prompts-dir", NAMES_FILE),
+        (f"--media-path {dump}", "--media-path", NAMES_FILE),
+        (f"--lora {default_model_file}", "--lora", NAMES_FILE),
+        (f"--grammar-file {runtime_file}", "--grammar-file", NAMES_FILE),
+        (f"-jf {runtime_file}", "-jf", NAMES_FILE),
+        (f"--webui-config-file {runtime_file}", "--webui-config-file", NAMES_FILE),
+        (f"--mmproj {default_model_file}", "--mmproj", SET_BY_ROUTER),
+        (f"-mm={runtime_file}", "-mm", SET_BY_ROUTER),
+        (f"--model {default_model_file}", "--model", SET_BY_ROUTER),
+        (f"--api-key-file {runtime_file}", "--api-key-file", SET_BY_ROUTER),
+        ("--host 0.0.0.0", "--host", SET_BY_ROUTER),
+        ("--rpc 127.0.0.1:50052", "--rpc", NAMES_ADDRESS),
+        ("-hf ggml-org/x", "-hf", SET_BY_ROUTER),
+        ("-hff x.gguf", "-hff", NAMES_ADDRESS),
+        ("--hf-token t", "--hf-token", NAMES_SECRET),
         ("--chat-template '{{ raise_exception() }}'", "--chat-template", "takes one of"),
-        ("--alias other", "--alias", "not among"),
+        ("--alias other", "--alias", NOT_ALLOWED),
     ]
     for args, flag, why in cases:
         message = await refused(api, default_model_name, args, flag)
