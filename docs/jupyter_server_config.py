@@ -48,6 +48,9 @@ c.LemonadeApp.gpu_memory_reserve_mib = 512.0
 # -- backends: start, stop, crashes, hangs ------------------------------------------------------
 # --threads of each llama-server; 0 lets llama.cpp use every core ($LEMONADE_BACKEND_THREADS).
 c.LemonadeApp.backend_threads = 0
+# Single-user escape hatch: let llamacpp_args pass any llama-server flag, files and programs
+# included (never where others can load models); the router's own flags stay refused.
+c.LemonadeApp.allow_any_llamacpp_args = False
 # Seconds a backend may take to answer its /health.
 c.LemonadeApp.ready_timeout_s = 120.0
 # Seconds between SIGTERM and SIGKILL when a backend stops.

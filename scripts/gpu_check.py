@@ -252,7 +252,7 @@ def step_stream(root: Path, paths: list[Path], cpu: bool) -> None:
         with srv.client(timeout=600) as c:
             [name] = register(c, paths[:1])
             c.post(f"{API}/load", json={"model_name": name, "ctx_size": 8192,
-                                        "llamacpp_args": "-np 16"}).raise_for_status()
+                                        "parallel": 16}).raise_for_status()
         rows = []
         for streams in (1, 16):
             direct = tokens_per_s(f"http://127.0.0.1:{port}/v1/chat/completions", {}, "x",

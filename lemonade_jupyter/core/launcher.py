@@ -18,6 +18,7 @@ import httpx
 from ..errors import EngineMissingError, ModelNotFoundError
 from .backend import Backend
 from .catalog import DEFAULT_MODEL, ModelSpec
+from .engine_flags import args_policy
 from .engines.llamacpp import EngineInfo, LlamaCppEngine, find_engine
 from .memory_sources import parse_buffer_report
 from .options import LoadOptions
@@ -104,7 +105,8 @@ class Launcher:
         check_weights(spec)  # again: restores and reloads come here without the load checks
         settings = self._settings()
         info = self.engine()
-        engine = LlamaCppEngine(info.path, threads=settings.backend_threads, info=info)
+        engine = LlamaCppEngine(info.path, threads=settings.backend_threads, info=info,
+                                args_policy=args_policy(settings))
         placement = placement or Placement()
         offload = self.offloads()
         on_gpu = offload and not placement.on_cpu

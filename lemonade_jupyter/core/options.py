@@ -7,29 +7,14 @@ treats the model (a change applies in place).
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import InvalidRequestError
+from .engine_flags import STRICT, ArgsPolicy, check_llamacpp_args
 from .settings import check_value
 from .validation import check_number
-
-# Flags the router sets itself; a user may not override them through ``llamacpp_args``.
-RESERVED_FLAGS = frozenset(
-    {
-        "-m", "--model", "--port", "--host", "--api-key", "--api-key-file", "-c",
-        "--ctx-size", "--embeddings", "--embedding", "--sleep-idle-seconds", "-hf",
-        "--hf-repo", "-mu", "--model-url", "--path", "--ssl-key-file", "--ssl-cert-file",
-        # placement: the gpu_layers and device options
-        "-ngl", "--gpu-layers", "--n-gpu-layers", "-dev", "--device", "-sm", "--split-mode",
-        "-mg", "--main-gpu", "-ts", "--tensor-split",
-        # the parallel option: the router counts requests against it
-        "-np", "--parallel",
-    }
-)
-
 
 @dataclass(frozen=True)
 class LoadOptions:
@@ -81,11 +66,14 @@ MAX_GPUS = 64
 MAX_PARALLEL = 256
 
 
-def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[str]]:
+def parse_load_options(body: Mapping[str, Any], *, args_policy: ArgsPolicy = STRICT,
+                       ) -> tuple[LoadOptions, frozenset[str]]:
     """Validate the option keys of a ``/load`` body; return the options and which were given.
 
     Keys that are not options (``model_name``, ``model``, ``pinned``) are ignored here; an
-    unknown key is a 400 so that typos do not silently do nothing.
+    unknown key is a 400 so that typos do not silently do nothing. ``llamacpp_args`` is
+    checked against the allowlist of :mod:`.engine_flags` under ``args_policy`` (strict
+    unless the caller says otherwise).
     """
     known = {f for f in LoadOptions.__dataclass_fields__}
     ignored = {"model_name", "model", "pinned"}
@@ -103,7 +91,8 @@ def parse_load_options(body: Mapping[str, Any]) -> tuple[LoadOptions, frozenset[
         if key == "ctx_size":
             values[key] = _check_ctx_size(value)
         elif key == "llamacpp_args":
-            values[key] = _check_user_args(value)
+            check_llamacpp_args(value, args_policy)
+            values[key] = value
         elif key == "gpu_layers":
             values[key] = check_number(key, value, minimum=0, maximum=MAX_GPU_LAYERS,
                                        integer=True)
@@ -152,25 +141,3 @@ def _check_device(value: Any) -> str | tuple[int, ...] | None:
     if len(set(checked)) != len(checked):
         raise InvalidRequestError("Parameter 'device' lists a GPU twice", param="device")
     return checked
-
-
-def _check_user_args(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 4096:
-        raise InvalidRequestError(
-            "Parameter 'llamacpp_args' must be a string of llama-server flags",
-            param="llamacpp_args",
-        )
-    try:
-        tokens = shlex.split(value)
-    except ValueError as exc:
-        raise InvalidRequestError(
-            f"Parameter 'llamacpp_args' cannot be parsed: {exc}", param="llamacpp_args"
-        ) from exc
-    for token in tokens:
-        flag = token.split("=", 1)[0]
-        if flag in RESERVED_FLAGS:
-            raise InvalidRequestError(
-                f"Flag '{flag}' is set by the router and cannot be given in llamacpp_args",
-                param="llamacpp_args",
-            )
-    return value

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import LemonadeError
+from .engine_flags import STRICT, ArgsPolicy
 from .options import LoadOptions, parse_load_options
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,13 @@ class ModelPreferences:
         return {name: {"pinned": p.pinned, "options": p.options.to_json()}
                 for name, p in sorted(self._by_name.items())}
 
-    def load_json(self, data: object, known: set[str] | frozenset[str]) -> None:
+    def load_json(self, data: object, known: set[str] | frozenset[str],
+                  args_policy: ArgsPolicy = STRICT) -> None:
         """Take saved preferences of models still in the catalog (``known``).
 
-        Options are validated as a ``/load`` body is: an entry that no longer validates
-        (a hand-edited file, a rule tightened since) is dropped with a warning, its pin kept.
+        Options are validated as a ``/load`` body is, under ``args_policy``: an entry that no
+        longer validates (a hand-edited file, a rule tightened since, the any-flag setting
+        turned off) is dropped with a warning, its pin kept.
         """
         if not isinstance(data, dict):
             return
@@ -94,7 +97,7 @@ class ModelPreferences:
             raw = entry.get("options")
             if isinstance(raw, dict):
                 try:
-                    options, _given = parse_load_options(raw)
+                    options, _given = parse_load_options(raw, args_policy=args_policy)
                 except LemonadeError as exc:
                     log.warning("Ignoring saved options of %s: %s", name, exc.message)
             self._store(name, Preference(pinned, options))

@@ -42,6 +42,7 @@ from .backend import Backend, BackendState
 from .catalog import Catalog
 from .cooldown import CrashLoopGuard
 from .decisions import EvictReason
+from .engine_flags import args_policy
 from .events import EventLog
 from .housekeeping import WATCHER_WINDOW_S, memory_loop
 from .launcher import Launcher
@@ -173,7 +174,7 @@ class Router:
             except LemonadeError as exc:
                 log.warning("Ignoring saved settings: %s", exc.message)
         known = frozenset(spec.name for spec in self.catalog.all())
-        self.preferences.load_json(state.get("models"), known)
+        self.preferences.load_json(state.get("models"), known, args_policy(self.settings))
         pins = state.get("pins")  # the file's older form: pins only
         if isinstance(pins, dict):
             for name, pinned in pins.items():

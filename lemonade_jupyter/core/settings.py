@@ -177,6 +177,11 @@ SETTINGS: tuple[Setting, ...] = (
             help="--threads for each llama-server; 0 lets llama.cpp use every core. Set it on a "
             "small or shared machine: several backends spinning on all cores slow each other "
             "down."),
+    Setting("allow_any_llamacpp_args", bool, False,
+            help="Let a load's llamacpp_args pass any llama-server flag, not only the allowlist "
+            "(which leaves out every flag that names a file, a program, an address or a "
+            "secret). A single-user escape hatch for the server's owner: never turn it on "
+            "where others can load models. The flags the router sets stay refused."),
     # -- remote models (an OpenAI-compatible upstream; see core/remote.py) --------------------
     Setting("remote_connect_timeout_s", float, 5.0, minimum=0, exclusive_minimum=True,
             help="Seconds to connect to a remote model's replica (and the timeout of a probe); "

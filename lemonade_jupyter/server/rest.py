@@ -11,6 +11,7 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ..core.engine_flags import args_policy
 from ..core.options import parse_load_options
 from ..errors import InvalidRequestError, ModelNotFoundError
 from .base import LemonadeHandler, PolledHandler
@@ -84,7 +85,7 @@ class LoadHandler(LemonadeHandler):
         pinned = body.get("pinned")
         if "pinned" in body and not isinstance(pinned, bool):
             raise InvalidRequestError("Parameter 'pinned' must be a boolean", param="pinned")
-        options, given = parse_load_options(body)
+        options, given = parse_load_options(body, args_policy=args_policy(self.router.settings))
         m = await self.router.load(name, pinned=pinned, options=options, given=given)
         self.write_json(
             {

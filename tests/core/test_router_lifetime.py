@@ -104,7 +104,10 @@ async def test_router_failed_load_keeps_the_previous_options(catalog, make_route
         await router.load("user.m1", options=LoadOptions(ctx_size=1024),
                           given=frozenset({"ctx_size"}))
         with pytest.raises(ModelLoadError):
-            await router.load("user.m1", options=LoadOptions(llamacpp_args="--no-such-flag"),
+            # Allowed flags that llama.cpp cannot start with: a quantized V cache needs flash
+            # attention, which they turn off.
+            await router.load("user.m1",
+                              options=LoadOptions(llamacpp_args="-ctv q4_0 -fa off"),
                               given=frozenset({"llamacpp_args"}))
         m = await router.load("user.m1")
         assert m.options.ctx_size == 1024 and m.options.llamacpp_args == ""

@@ -25,7 +25,7 @@ def router_argv(**kw) -> list[str]:
 
 
 def test_the_routers_command_line_maps_completely():
-    settings = parse_args(router_argv(llamacpp_args="--flash-attn on -np 2 --temp 0.5"),
+    settings = parse_args(router_argv(llamacpp_args="--flash-attn on --temp 0.5", parallel=2),
                           env={"LLAMA_API_KEY": "k1"})
     assert settings == {"model": "/m.gguf", "port": 4321, "host": "127.0.0.1",
                         "ctx_size": 2048, "ui": False, "threads": 1, "sleep_idle_seconds": 7,
@@ -117,3 +117,32 @@ def test_split_mode_and_no_device_params():
     p = make_params(xl, parse_args(["-m", "/m", "-sm", "row", "-mg", "1"], env={}))
     assert p.split_mode == xl.llama_split_mode.LLAMA_SPLIT_MODE_ROW and p.main_gpu == 1
     assert make_params(xl, parse_args(["-m", "/m", "-dev", "none"], env={})).n_gpu_layers == 0
+
+
+@pytest.mark.parametrize("late", [["--mmproj", "/etc/passwd"], ["--mmproj=/etc/passwd"],
+                                  ["--model", "/other.gguf"], ["-m", "/other.gguf"],
+                                  ["--host", "0.0.0.0"], ["--port=1"]])
+def test_files_and_addresses_are_taken_only_where_the_router_puts_its_own(late):
+    """The router's file and address flags open its command line; a load's llamacpp_args come
+    after its other flags, so one given there is refused even if the API let it through."""
+    vision = ModelSpec(name="user.v", checkpoint="/v.gguf", mmproj="/v-mmproj.gguf")
+    assert parse_args(router_argv(spec=vision), env={})["mmproj"] == "/v-mmproj.gguf"
+    name = late[0].split("=")[0]
+    with pytest.raises(UsageError, match=f"{name} opens a file or an address") as info:
+        parse_args(router_argv(spec=vision) + late, env={})
+    assert "after --ctx-size" in str(info.value)
+    # By hand, the same flags work at the head, in any order among themselves.
+    assert parse_args(["--port", "9", "-mm", "/p.gguf", "-m", "/m.gguf", "-c", "64"],
+                      env={})["mmproj"] == "/p.gguf"
+
+
+def test_the_process_refuses_a_late_projector_before_opening_it(tmp_path):
+    """Run as the router runs it: exits 1 naming the flag, and never imports the engine."""
+    import subprocess
+    import sys
+
+    argv = router_argv() + ["--mmproj", str(tmp_path / "missing-mmproj.gguf")]
+    done = subprocess.run([sys.executable, "-m", "lemonade_jupyter.core.engines.prebuilt_server",
+                           *argv], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "--mmproj opens a file or an address" in done.stderr

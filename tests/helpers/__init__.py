@@ -6,6 +6,7 @@
 * :mod:`tests.helpers.http`: the API prefix, auth headers, request bodies, SSE and stream readers.
 * :mod:`tests.helpers.jupyter`: a ``jupyter server`` (or JupyterLab) subprocess with the extension.
 * :mod:`tests.helpers.artifacts`: figures a test saves under ``test-artifacts/``.
+* :mod:`tests.helpers.llama_help`: llama-server's flags, as recorded in ``tests/data``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from lemonade_jupyter.core.options import RESERVED_FLAGS, LoadOptions, parse_load_options
+from lemonade_jupyter.core.engine_flags import ROUTER_SET
+from lemonade_jupyter.core.options import LoadOptions, parse_load_options
 from lemonade_jupyter.core.settings import validate_setting
 from lemonade_jupyter.core.validation import MAX_MAGNITUDE, check_bool, check_number
 from lemonade_jupyter.errors import InvalidRequestError
@@ -32,7 +33,7 @@ def test_none_resets_to_default():
     assert opts.ctx_size is None and opts.llamacpp_args == ""
 
 
-@pytest.mark.parametrize("flag", sorted(RESERVED_FLAGS))
+@pytest.mark.parametrize("flag", sorted(ROUTER_SET))
 def test_reserved_flags_rejected(flag):
     with pytest.raises(InvalidRequestError) as info:
         parse_load_options({"llamacpp_args": f"--threads 2 {flag} 1"})

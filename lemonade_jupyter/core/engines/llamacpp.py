@@ -4,15 +4,20 @@ Which binary runs is decided by :func:`.lookup.find_engine` (configured path,
 ``$LEMONADE_LLAMA_SERVER``, ``PATH``, our native builds, then the prebuilt engine; the order
 and its reasons are in :mod:`.lookup`). Every engine takes llama-server's command line, which
 is pure data here so it can be unit tested without spawning.
+
+The router's own flags come first, and those that name a file or an address (``--model``,
+``--mmproj``, ``--port``, ``--host``) before any other: the prebuilt engine takes such flags
+only at the head of its command line. The load's ``llamacpp_args`` come last, as the words
+:func:`..engine_flags.check_llamacpp_args` lets through under the engine's policy.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import dataclass
 
 from ..catalog import ModelSpec
+from ..engine_flags import STRICT, ArgsPolicy, check_llamacpp_args
 from ..options import LoadOptions
 from ..ports import LOOPBACK
 from .install import INSTALL_COMMAND
@@ -42,6 +47,8 @@ class LlamaCppEngine:
     threads: int | None = None
     #: What the lookup knows about ``binary`` (flavour, offload), for ``/health``.
     info: EngineInfo | None = None
+    #: How ``llamacpp_args`` are checked; strict unless the owner allowed any flag.
+    args_policy: ArgsPolicy = STRICT
 
     def argv(
         self,
@@ -51,10 +58,16 @@ class LlamaCppEngine:
         port: int,
         sleep_idle_seconds: int | None = None,
     ) -> list[str]:
-        """The full command line for ``spec`` on ``port``; the API key goes in the environment."""
-        args = [
-            self.binary,
-            "--model", spec.checkpoint,
+        """The full command line for ``spec`` on ``port``; the API key goes in the environment.
+
+        Raises InvalidRequestError when ``options.llamacpp_args`` has a flag the policy refuses
+        (they were checked at the API already; this keeps any other path honest).
+        """
+        user_words = check_llamacpp_args(options.llamacpp_args, self.args_policy)
+        args = [self.binary, "--model", spec.checkpoint]
+        if spec.mmproj:
+            args += ["--mmproj", spec.mmproj]
+        args += [
             "--port", str(port),
             "--host", LOOPBACK,
             "--ctx-size", str(options.ctx_size or DEFAULT_CTX_SIZE),
@@ -69,13 +82,9 @@ class LlamaCppEngine:
             args.append("--reranking")
         if options.parallel is not None:
             args += ["--parallel", str(options.parallel)]
-        if spec.mmproj:
-            args += ["--mmproj", spec.mmproj]
         if sleep_idle_seconds is not None:
             args += ["--sleep-idle-seconds", str(sleep_idle_seconds)]
-        if options.llamacpp_args:
-            args += shlex.split(options.llamacpp_args)
-        return args
+        return args + user_words
 
     @staticmethod
     def env(api_key: str) -> dict[str, str]:

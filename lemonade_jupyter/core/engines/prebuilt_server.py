@@ -12,7 +12,11 @@ router starts, probes, signals and reaps it exactly like ``llama-server``:
     python -m lemonade_jupyter.core.engines.prebuilt_server --model M.gguf ...
 
 Flags (both ``--flag value`` and ``--flag=value``) are in :data:`FLAGS`; a flag it does not
-know is an error that names the native build, which knows all of them. Like llama-server it
+know is an error that names the native build, which knows all of them. The flags that open a
+file or an address (``--model``, ``--mmproj``, ``--port``, ``--host``) are taken only at the
+head of the command line, before any other flag: that is where the router puts its own, and
+a load's ``llamacpp_args`` always come after the router's flags, so a path or an address
+given there is refused here too, whatever let it through. Like llama-server it
 takes the API key from ``$LLAMA_API_KEY`` when ``--api-key`` is not given. ``--version``
 prints the wheel's version.
 
@@ -83,15 +87,17 @@ class Flag:
     dest: str
     parse: Callable[[str], Any] | None = None
     const: Any = True
+    #: It opens a file or an address: taken only at the head of the command line.
+    opens: bool = False
 
 
 FLAGS: tuple[Flag, ...] = (
-    Flag(("-m", "--model"), "model", str),
-    Flag(("-mm", "--mmproj"), "mmproj", str),
+    Flag(("-m", "--model"), "model", str, opens=True),
+    Flag(("-mm", "--mmproj"), "mmproj", str, opens=True),
     Flag(("--mmproj-offload",), "mmproj_offload", const=True),
     Flag(("--no-mmproj-offload",), "mmproj_offload", const=False),
-    Flag(("--port",), "port", _int),
-    Flag(("--host",), "host", str),
+    Flag(("--port",), "port", _int, opens=True),
+    Flag(("--host",), "host", str, opens=True),
     Flag(("-c", "--ctx-size"), "ctx_size", _int),
     Flag(("--api-key",), "api_key", str),
     Flag(("-t", "--threads"), "threads", _int),
@@ -155,6 +161,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> dic
     env = os.environ if env is None else env
     settings: dict[str, Any] = {}
     args = list(argv)
+    first_other: str | None = None  # the first flag that opens nothing: the head ends there
     i = 0
     while i < len(args):
         token = args[i]
@@ -166,6 +173,13 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> dic
                 f"invalid argument: {token} is not supported by the prebuilt engine "
                 f"(xllamacpp); build the native llama-server, which takes every flag: "
                 f"lemonade-jupyter install-llama-server")
+        if flag.opens and first_other is not None:
+            raise UsageError(
+                f"invalid argument: {name} opens a file or an address and is taken only before "
+                f"every other flag (it came after {first_other}), where the router puts the "
+                f"ones it sets")
+        if not flag.opens:
+            first_other = first_other or name
         if flag.parse is None:
             if has_value:
                 raise UsageError(f"invalid argument: {name} takes no value")
