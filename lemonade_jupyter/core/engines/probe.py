@@ -234,10 +234,12 @@ async def probe(path: str, *, timeout_s: float | None = None) -> EngineCaps:
 async def _run(argv: list[str], timeout_s: float) -> str:
     """stdout and stderr of ``argv`` (one stream, at most :data:`MAX_OUTPUT_BYTES`); raises
     ProbeError on a timeout, an error status or a binary that does not start."""
+    # The order backends run with (see launcher.GPU_ENV), so CUDA<i> is NVML's GPU i here too.
+    env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env)
     except OSError as exc:
         raise ProbeError(f"{argv[1]}: {exc}") from exc
     assert proc.stdout is not None
