@@ -23,6 +23,7 @@ import pytest
 
 from lemonade_jupyter.core.catalog import Catalog
 from lemonade_jupyter.core.gguf_facts import read_facts
+from lemonade_jupyter.core.memory_sources import ModelMemory
 from lemonade_jupyter.core.options import parse_load_options
 from lemonade_jupyter.core.router import Router
 from lemonade_jupyter.core.settings import RouterSettings
@@ -238,6 +239,10 @@ async def test_gpu_auto_spreads_over_the_fewest_gpus_of_four_in_proportion(gpu_r
         shares = (m.placement.share("GPU-1"), m.placement.share("GPU-2"))
         assert shares == pytest.approx((split[0] / sum(split), split[1] / sum(split)))
         assert m.placement.share("GPU-0") == 0.0
+        # Unmeasured (a model still loading), its estimate counts on each GPU by its share.
+        m.memory = ModelMemory()
+        assert (m.held_on("GPU-1"), m.held_on("GPU-2"), m.held_on("GPU-0")) == (
+            int(need * shares[0]), int(need * shares[1]), 0)
 
 
 async def test_gpu_auto_picks_one_gpu_when_the_most_free_one_holds_it(gpu_router, need):
