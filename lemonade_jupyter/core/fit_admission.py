@@ -82,7 +82,7 @@ class FitAdmission:
         fit even if everyone who may go went (nobody is evicted here).
 
         A ``ctx_size`` of -1 is capped here to the largest context that fits that room."""
-        gpus = self._gpus(sample)
+        gpus = self._gpus(sample, others)
         offload = self._offloads()
         on_gpu = not placing.choose(m.options, gpus, offload=offload).on_cpu
         need = None
@@ -108,15 +108,27 @@ class FitAdmission:
                                      names=[d.name for d in self._engine_gpus()])
         m.device = m.placement.device_keys[0]
 
-    def _gpus(self, sample: MemorySample) -> tuple[DeviceMemory, ...]:
-        """The GPUs placement chooses from: NVML's, else those the engine listed."""
-        return sample.gpus() or tuple(_as_memory(d) for d in self._engine_gpus())
+    def _gpus(self, sample: MemorySample,
+              others: Sequence[LiveModel]) -> tuple[DeviceMemory, ...]:
+        """The GPUs placement chooses from: NVML's, else those the engine listed (with what
+        the router's models hold there since counted as used)."""
+        if sample.gpus():
+            return sample.gpus()
+        listed = [_as_memory(d) for d in self._engine_gpus()]
+        return tuple(DeviceMemory(d.name, d.total, d.used + self._held(d.uuid or "", others),
+                                  d.uuid) for d in listed)
 
     def _device(self, sample: MemorySample, key: str) -> DeviceMemory | None:
+        """A device of the sample, else (no NVML) the engine-listed one, whose used memory
+        is the engine's figure at the probe: the models' own share is added by the caller."""
         found = sample.device(key)
         if found is not None or key == placing.CPU or sample.gpus():
             return found
         return next((_as_memory(d) for d in self._engine_gpus() if d.name == key), None)
+
+    @staticmethod
+    def _held(key: str, models: Sequence[LiveModel]) -> int:
+        return sum(x.held_on(key) for x in models if key in x.devices())
 
     async def _cap_context(self, m: LiveModel, room: int) -> None:
         try:
@@ -156,6 +168,9 @@ class FitAdmission:
         device = self._device(sample, key)
         if device is None:
             return None
+        if sample.device(key) is None:
+            # Engine-listed (no NVML): its figure predates every model of ours there.
+            return device.total - device.used - self._reserve_bytes() - self._held(key, members)
         # Neighbours still loading are not in the device's used memory yet.
         pending = sum(x.held_on(key) for x in members if x.backend is None)
         return device.total - device.used - self._reserve_bytes() - pending

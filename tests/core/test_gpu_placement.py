@@ -353,3 +353,16 @@ async def test_gpu_engine_that_sees_no_device_runs_models_on_the_cpu(gpu_router)
         argv = argv_of(router, "user.m1")
         assert "--device" not in argv and "--n-gpu-layers" not in argv
         assert router.get_live("user.m1").placement.on_cpu
+
+
+async def test_gpu_without_nvml_counts_our_models_against_the_engines_figures(gpu_router, need):
+    """The engine's free memory was taken at the probe, before any model: the models placed
+    since count against it, so a second one that does not fit beside the first evicts it."""
+    room = 1.5 * need  # on ROCm0 after the reserve; ROCm1 has none
+    reserve = (196288 * MIB - room) / MIB
+    async with gpu_router([], build="rocm", gpu_memory_reserve_mib=reserve) as router:
+        await load(router, "user.m1", ctx_size=CTX)
+        await load(router, "user.m2", ctx_size=CTX)
+        assert router.get_live("user.m1") is None
+        assert router.get_live("user.m2").placement.uuids == ("ROCm0",)
+        assert [(e.model, e.reason) for e in events(router, "evict")] == [("user.m1", "fit")]
