@@ -136,3 +136,16 @@ def test_the_prebuilt_engine_is_answered_without_running_it(bare_world, monkeypa
     assert engine.flavour == "prebuilt" and engine.caps is not None
     data = engine.to_json()
     assert (data["backends"], data["devices"], data["offload"]) == (["CPU"], [], False)
+
+
+async def test_probe_given_up_by_one_caller_still_answers_the_others(tmp_path, monkeypatch):
+    monkeypatch.setattr(probe, "PROBE_TIMEOUT_S", 1.0)
+    engine = write_engine(tmp_path, "cuda", mode="hang")
+    first = asyncio.create_task(probe.probe(str(engine)))
+    second = asyncio.create_task(probe.probe(str(engine)))
+    await asyncio.sleep(0.2)
+    first.cancel()
+    caps = await second
+    assert first.cancelled()
+    assert caps.error and "did not finish" in caps.error
+    assert probe_calls(engine) == ["--list-devices"]  # one run, shared

@@ -178,8 +178,9 @@ def probe_key(path: str) -> tuple[str, int, int] | None:
 
 #: Answers so far, per :func:`probe_key`.
 _answers: dict[tuple[str, int, int], EngineCaps] = {}
-#: Probes under way, so that concurrent starts share one.
-_pending: dict[tuple[str, int, int], asyncio.Future[EngineCaps]] = {}
+#: Probes under way (their own tasks, so that a caller that gives up does not cancel the
+#: others' answer), so that concurrent starts share one.
+_pending: dict[tuple[str, int, int], asyncio.Task[EngineCaps]] = {}
 
 
 def cached(path: str) -> EngineCaps | None:
@@ -188,47 +189,42 @@ def cached(path: str) -> EngineCaps | None:
     return _answers.get(key) if key is not None else None
 
 
-def remember(path: str, caps: EngineCaps) -> None:
-    """Record an answer obtained without running the binary (the prebuilt engine's)."""
-    key = probe_key(path)
-    if key is not None:
-        _answers[key] = caps
-
-
 async def probe(path: str, *, timeout_s: float | None = None) -> EngineCaps:
     """Ask the engine at ``path`` for its devices and version (once per binary; later calls
     return the cached answer at once). Never raises for the engine's sake: a failure or a
     timeout (``timeout_s`` per command, default :data:`PROBE_TIMEOUT_S`) is a warning and a
-    CPU answer with ``error`` set."""
+    CPU answer with ``error`` set. Cancelling the caller leaves the probe running for others."""
     timeout_s = PROBE_TIMEOUT_S if timeout_s is None else timeout_s
     key = probe_key(path)
     if key is None:
         return EngineCaps(error=f"{path} cannot be read")
     if key in _answers:
         return _answers[key]
-    pending = _pending.get(key)
-    if pending is not None:
-        return await asyncio.shield(pending)
-    future: asyncio.Future[EngineCaps] = asyncio.get_running_loop().create_future()
-    _pending[key] = future
+    loop = asyncio.get_running_loop()
+    task = _pending.get(key)
+    if task is None or task.done() or task.get_loop() is not loop:
+        task = loop.create_task(_ask(path, key, timeout_s))
+        _pending[key] = task
+        task.add_done_callback(lambda done: _forget(key, done))
+    return await asyncio.shield(task)
+
+
+def _forget(key: tuple[str, int, int], task: asyncio.Task[EngineCaps]) -> None:
+    if _pending.get(key) is task:
+        del _pending[key]
+
+
+async def _ask(path: str, key: tuple[str, int, int], timeout_s: float) -> EngineCaps:
     try:
-        try:
-            listed = await _run([path, "--list-devices"], timeout_s)
-            version = await _run([path, "--version"], timeout_s)
-            caps = caps_from(listed, version)
-        except ProbeError as exc:
-            log.warning("Engine %s did not say which devices it sees (%s); treating it as a "
-                        "CPU build", path, exc)
-            caps = EngineCaps(error=str(exc))
-        _answers[key] = caps
-        future.set_result(caps)
-        return caps
-    except BaseException as exc:  # cancelled: whoever shares this probe is told so
-        future.set_exception(exc)
-        future.exception()  # retrieved: nobody may be waiting
-        raise
-    finally:
-        _pending.pop(key, None)
+        listed = await _run([path, "--list-devices"], timeout_s)
+        version = await _run([path, "--version"], timeout_s)
+        caps = caps_from(listed, version)
+    except ProbeError as exc:
+        log.warning("Engine %s did not say which devices it sees (%s); treating it as a "
+                    "CPU build", path, exc)
+        caps = EngineCaps(error=str(exc))
+    _answers[key] = caps
+    return caps
 
 
 async def _run(argv: list[str], timeout_s: float) -> str:
