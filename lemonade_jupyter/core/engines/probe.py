@@ -176,6 +176,8 @@ def probe_key(path: str) -> tuple[str, int, int] | None:
     return real, st.st_size, st.st_mtime_ns
 
 
+#: Answers kept (the oldest goes first): one per binary and rebuild of it.
+MAX_ANSWERS = 64
 #: Answers so far, per :func:`probe_key`.
 _answers: dict[tuple[str, int, int], EngineCaps] = {}
 #: Probes under way (their own tasks, so that a caller that gives up does not cancel the
@@ -224,6 +226,8 @@ async def _ask(path: str, key: tuple[str, int, int], timeout_s: float) -> Engine
                     "CPU build", path, exc)
         caps = EngineCaps(error=str(exc))
     _answers[key] = caps
+    while len(_answers) > MAX_ANSWERS:
+        del _answers[next(iter(_answers))]
     return caps
 
 
