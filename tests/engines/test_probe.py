@@ -149,3 +149,12 @@ async def test_probe_given_up_by_one_caller_still_answers_the_others(tmp_path, m
     assert first.cancelled()
     assert caps.error and "did not finish" in caps.error
     assert probe_calls(engine) == ["--list-devices"]  # one run, shared
+
+
+async def test_probe_keeps_a_bounded_number_of_answers(tmp_path, monkeypatch):
+    monkeypatch.setattr(probe, "MAX_ANSWERS", 2)
+    monkeypatch.setattr(probe, "_answers", {})
+    engines = [write_engine(tmp_path / str(i), "cpu") for i in range(3)]
+    for engine in engines:
+        await probe.probe(str(engine))
+    assert [probe.cached(str(e)) is not None for e in engines] == [False, True, True]
