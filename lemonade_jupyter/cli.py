@@ -4,7 +4,8 @@
 cache (once per flavour): with ``auto``, for this machine's GPUs when a CUDA compiler (nvcc)
 and a GPU are found, else for the CPU. Nothing needs it to get started: the ``[prebuilt]``
 extra's engine runs until a native build exists, which the router then prefers.
-``lemonade-jupyter engine`` prints the engine the router would start (JSON).
+``lemonade-jupyter engine`` prints the engine the router would start (JSON), with the backends
+it was built with and the devices it sees (it is asked: ``llama-server --list-devices``).
 ``lemonade-jupyter quickstart [--headless]`` starts Jupyter with the extension, loads and pins
 the default model, prints a chat answer, then keeps serving (JupyterLab, or a bare Jupyter
 server with ``--headless``) until Ctrl-C; ``--exit`` stops after the answer.
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     inst.add_argument("--force", action="store_true", help="rebuild even if cached")
     inst.add_argument("--jobs", type=int, default=None, help="parallel build jobs (default: "
                       "every core)")
-    sub.add_parser("engine", help="print the engine the router would start, as JSON")
+    sub.add_parser("engine", help="print the engine the router would start, its backends and "
+                   "devices, as JSON")
     quick = sub.add_parser("quickstart", help="start Jupyter, load+pin the default model, chat")
     quick.add_argument("--headless", action="store_true",
                        help="a bare Jupyter server instead of JupyterLab (no browser)")
@@ -50,11 +52,18 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "engine":
+        import asyncio
+
         from .core.engines.lookup import find_engine
+        from .core.engines.probe import probe
         from .errors import EngineMissingError
 
         try:
-            print(json.dumps(find_engine().to_json(), indent=1))
+            info = find_engine()
+            if info.caps is None:  # ask the binary what it was built with and what it sees
+                asyncio.run(probe(info.path))
+                info = find_engine()
+            print(json.dumps(info.to_json(), indent=1))
         except EngineMissingError as exc:
             print(f"lemonade-jupyter: {exc.message}", file=sys.stderr)
             return 1

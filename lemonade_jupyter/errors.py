@@ -137,14 +137,17 @@ class InsufficientMemoryError(LemonadeError):
     code = "insufficient_memory"
 
     def __init__(self, model_name: str, device: str, *, needed_bytes: int, free_bytes: int,
-                 pinned_bytes: int) -> None:
+                 pinned_bytes: int, devices: list[dict[str, Any]] | None = None) -> None:
+        """``device`` and the figures are the first device where it does not fit; a model
+        spread over several GPUs also gets ``devices``: the same figures for each of them."""
+        extra: dict[str, Any] = {} if devices is None else {"devices": devices}
         super().__init__(
             f"Model '{model_name}' needs about {_mib(needed_bytes)} on {device}, where "
             f"{_mib(free_bytes)} is free and pinned models hold {_mib(pinned_bytes)}; the rest "
             "is held by busy models or other processes. Unpin or unload a model first, or "
             "raise the memory budget.",
             param="model", needed_bytes=needed_bytes, free_bytes=free_bytes,
-            pinned_bytes=pinned_bytes, device=device,
+            pinned_bytes=pinned_bytes, device=device, **extra,
         )
         self.needed_bytes = needed_bytes
         self.free_bytes = free_bytes

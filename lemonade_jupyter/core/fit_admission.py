@@ -8,7 +8,12 @@ with the same process options, else the GGUF header's estimate (:mod:`.gguf_fact
 (a GPU's free memory minus ``gpu_memory_reserve_mib``, or ``memory_budget_mib`` minus what the
 models on the CPU hold) against the need; the LRU unpinned idle models on that device are the
 victims, evicted as one decision with reason ``fit``; when pinned or busy models make it
-impossible, :class:`InsufficientMemoryError` (409) and nobody is evicted.
+impossible, :class:`InsufficientMemoryError` (409, with every device's figures) and nobody is
+evicted. A model spread over several GPUs needs its share (``--tensor-split``) on each.
+
+GPUs are NVML's; on a machine without NVML (ROCm, Vulkan, Metal) they are the devices the
+engine listed when it was probed (:mod:`.engines.probe`), whose free memory is the engine's
+figure at the probe.
 
 Estimates are only made where a fit is checked (on a GPU, or with a RAM budget): reading a
 header takes a while, and without a budget a CPU load needs none.
@@ -28,6 +33,7 @@ from . import placement as placing
 from .context_size import largest_fitting_context, requested_context
 from .decisions import EvictReason, fit, may_evict
 from .engines.llamacpp import DEFAULT_CTX_SIZE
+from .engines.probe import EngineDevice
 from .gguf_facts import read_facts
 from .live_model import LiveModel
 from .memory import DeviceMemory, MemorySample
@@ -43,9 +49,13 @@ class FitAdmission:
     """Placement, need estimates and the fit decision for models about to start."""
 
     def __init__(self, settings: Callable[[], RouterSettings],
-                 offloads: Callable[[], bool]) -> None:
+                 offloads: Callable[[], bool],
+                 engine_gpus: Callable[[], tuple[EngineDevice, ...]] = tuple) -> None:
+        """``engine_gpus``: the GPUs the next start's engine listed (its names for them,
+        and the figures where NVML has none)."""
         self._settings = settings
         self._offloads = offloads
+        self._engine_gpus = engine_gpus
         self._measured: dict[tuple[object, ...], int] = {}
 
     def active(self) -> bool:
@@ -72,26 +82,53 @@ class FitAdmission:
         fit even if everyone who may go went (nobody is evicted here).
 
         A ``ctx_size`` of -1 is capped here to the largest context that fits that room."""
-        gpus = sample.gpus()
+        gpus = self._gpus(sample, others)
         offload = self._offloads()
         on_gpu = not placing.choose(m.options, gpus, offload=offload).on_cpu
         need = None
         if on_gpu or self._settings().memory_budget_mib is not None:
             need = await self._need(m)
-        self._set_placement(m, need, gpus, offload)
+        self._set_placement(m, need, gpus, offload, others)
         if need is not None and m.options.ctx_size == AUTO_CTX_SIZE:
             room = self.room(m, others, sample)
             if room is not None and need > room:
                 await self._cap_context(m, room)
-                self._set_placement(m, await self._need(m), gpus, offload)
+                self._set_placement(m, await self._need(m), gpus, offload, others)
         self.victims(m, others, sample)
 
     def _set_placement(self, m: LiveModel, need: int | None, gpus: tuple[DeviceMemory, ...],
-                       offload: bool) -> None:
+                       offload: bool, others: Sequence[LiveModel]) -> None:
         m.estimate_bytes = need
+        reclaimable = [sum(x.held_on(d.uuid) for x in others
+                           if d.uuid in x.devices() and may_evict(x.snapshot(), EvictReason.FIT))
+                       for d in gpus if d.uuid]
         m.placement = placing.choose(m.options, gpus, offload=offload, need_bytes=need,
-                                     reserve_bytes=self._reserve_bytes())
+                                     reserve_bytes=self._reserve_bytes(),
+                                     reclaimable=reclaimable,
+                                     names=[d.name for d in self._engine_gpus()])
         m.device = m.placement.device_keys[0]
+
+    def _gpus(self, sample: MemorySample,
+              others: Sequence[LiveModel]) -> tuple[DeviceMemory, ...]:
+        """The GPUs placement chooses from: NVML's, else those the engine listed (with what
+        the router's models hold there since counted as used)."""
+        if sample.gpus():
+            return sample.gpus()
+        listed = [_as_memory(d) for d in self._engine_gpus()]
+        return tuple(DeviceMemory(d.name, d.total, d.used + self._held(d.uuid or "", others),
+                                  d.uuid) for d in listed)
+
+    def _device(self, sample: MemorySample, key: str) -> DeviceMemory | None:
+        """A device of the sample, else (no NVML) the engine-listed one, whose used memory
+        is the engine's figure at the probe: the models' own share is added by the caller."""
+        found = sample.device(key)
+        if found is not None or key == placing.CPU or sample.gpus():
+            return found
+        return next((_as_memory(d) for d in self._engine_gpus() if d.name == key), None)
+
+    @staticmethod
+    def _held(key: str, models: Sequence[LiveModel]) -> int:
+        return sum(x.held_on(key) for x in models if key in x.devices())
 
     async def _cap_context(self, m: LiveModel, room: int) -> None:
         try:
@@ -105,18 +142,20 @@ class FitAdmission:
 
     def room(self, m: LiveModel, others: Sequence[LiveModel],
              sample: MemorySample) -> int | None:
-        """The most memory ``m`` could get on its devices (summed over them): free memory
-        plus what every model that may be evicted for a fit holds. None where nothing is
-        checked (the CPU without a budget, a device the sample does not know)."""
+        """The largest need ``m`` could have on its devices with its split: on each, free
+        memory plus what every model that may be evicted for a fit holds, divided by its
+        share. None where nothing is checked (the CPU without a budget, a device the sample
+        does not know)."""
         rooms = []
         for key in m.placement.device_keys:
             members = [x for x in others if key in x.devices()]
             free = self._free(m, key, members, sample)
             if free is None:
                 return None
-            rooms.append(free + sum(x.held_on(key) for x in members
-                                    if may_evict(x.snapshot(), EvictReason.FIT)))
-        return min(rooms) * len(rooms) if rooms else None
+            room = free + sum(x.held_on(key) for x in members
+                              if may_evict(x.snapshot(), EvictReason.FIT))
+            rooms.append(int(room / max(m.placement.share(key), 1e-9)))
+        return min(rooms) if rooms else None
 
     def _free(self, m: LiveModel, key: str, members: Sequence[LiveModel],
               sample: MemorySample) -> int | None:
@@ -126,37 +165,51 @@ class FitAdmission:
             if budget is None:
                 return None
             return int(budget * MIB) - sum(x.held_on(key) for x in members)
-        device = sample.device(key)
+        device = self._device(sample, key)
         if device is None:
             return None
+        if sample.device(key) is None:
+            # Engine-listed (no NVML): its figure predates every model of ours there.
+            return device.total - device.used - self._reserve_bytes() - self._held(key, members)
         # Neighbours still loading are not in the device's used memory yet.
         pending = sum(x.held_on(key) for x in members if x.backend is None)
         return device.total - device.used - self._reserve_bytes() - pending
 
     def victims(self, m: LiveModel, others: Sequence[LiveModel],
                 sample: MemorySample) -> list[LiveModel]:
-        """The models to evict so ``m`` fits on each of its devices; 409 if none can do it."""
+        """The models to evict so ``m`` fits on each of its devices (its share on each);
+        409 if any device cannot make room, with every device's figures."""
         if m.estimate_bytes is None:
             return []
         victims: list[LiveModel] = []
+        figures: list[dict[str, object]] = []
+        refused: tuple[str, int, int, int] | None = None  # where, need, free, pinned
         for key in m.placement.device_keys:
             members = [x for x in others if key in x.devices()]
             maybe_free = self._free(m, key, members, sample)
             if maybe_free is None:
                 continue
             free = maybe_free
-            where = ("the CPU (memory_budget_mib)" if key == placing.CPU
-                     else f"GPU {m.placement.gpus[m.placement.uuids.index(key)]}")
-            need = m.estimate_bytes // len(m.placement.device_keys)
+            need = int(m.estimate_bytes * m.placement.share(key))
             by_name = {x.name: x for x in members}
             decision = fit(need, free, [x.snapshot() for x in members],
                            {x.name: x.held_on(key) for x in members})
+            figure: dict[str, object] = {
+                "device": _where(m, key), "needed_bytes": need, "free_bytes": max(free, 0),
+                "pinned_bytes": decision.pinned, "fits": decision.fits}
+            if key != placing.CPU:
+                figure["gpu"] = m.placement.gpus[m.placement.uuids.index(key)]
+                figure["uuid"] = key
+            figures.append(figure)
             if not decision.fits:
-                raise InsufficientMemoryError(
-                    m.name, where, needed_bytes=need, free_bytes=max(free, 0),
-                    pinned_bytes=decision.pinned)
+                refused = refused or (_where(m, key), need, max(free, 0), decision.pinned)
+                continue
             victims += [by_name[v.name] for v in decision.victims
                         if by_name[v.name] not in victims]
+        if refused is not None:
+            where, need, free, pinned = refused
+            raise InsufficientMemoryError(m.name, where, needed_bytes=need, free_bytes=free,
+                                          pinned_bytes=pinned, devices=figures)
         return victims
 
     def apply_sample(self, models: Iterable[LiveModel], sample: MemorySample) -> None:
@@ -189,6 +242,18 @@ class FitAdmission:
 
     def _reserve_bytes(self) -> int:
         return int(self._settings().gpu_memory_reserve_mib * MIB)
+
+
+def _where(m: LiveModel, key: str) -> str:
+    if key == placing.CPU:
+        return "the CPU (memory_budget_mib)"
+    return f"GPU {m.placement.gpus[m.placement.uuids.index(key)]}"
+
+
+def _as_memory(device: EngineDevice) -> DeviceMemory:
+    """An engine-listed device as a memory device, keyed by the engine's name for it."""
+    return DeviceMemory(device.description, device.total_bytes,
+                        device.total_bytes - device.free_bytes, device.name)
 
 
 def _measure_key(m: LiveModel) -> tuple[object, ...]:

@@ -19,6 +19,7 @@ from ..errors import EngineMissingError, ModelNotFoundError
 from .backend import Backend
 from .catalog import DEFAULT_MODEL, ModelSpec
 from .engine_flags import args_policy
+from .engines import probe
 from .engines.llamacpp import EngineInfo, LlamaCppEngine, find_engine
 from .memory_sources import parse_buffer_report
 from .options import LoadOptions
@@ -88,11 +89,36 @@ class Launcher:
         return self._engines.get(backend) if backend is not None else None
 
     def offloads(self) -> bool:
-        """Whether the next start's engine can put layers on a GPU (a CUDA build)."""
+        """Whether the next start's engine can put layers on a GPU (it listed a device)."""
         try:
             return self.engine().offload
         except EngineMissingError:
             return False
+
+    async def probe_engine(self) -> EngineInfo | None:
+        """The next start's engine with its own answer about its backends and devices,
+        asking it first when it was not asked yet (:mod:`.engines.probe`: two short
+        subprocesses, awaited, once per binary). None when there is no engine (the start
+        itself then says so). A probe that fails is a warning and a CPU answer, never an
+        error."""
+        try:
+            info = self.engine()
+        except EngineMissingError:
+            return None
+        if info.caps is None:
+            await probe.probe(info.path)
+            self._looked_up = None
+            info = self.engine()
+        return info
+
+    def engine_gpus(self) -> tuple[probe.EngineDevice, ...]:
+        """The GPUs the next start's engine listed, in its order (none until it was
+        asked, or for a CPU build)."""
+        try:
+            caps = self.engine().caps
+        except EngineMissingError:
+            return ()
+        return caps.gpu_devices() if caps is not None else ()
 
     async def start(self, spec: ModelSpec, options: LoadOptions,
                     placement: Placement | None = None) -> Backend:
@@ -113,7 +139,10 @@ class Launcher:
         backend = Backend(
             engine, spec, options, http=self._http(), log_dir=self.log_dir,
             ready_timeout_s=settings.ready_timeout_s, stop_grace_s=settings.stop_grace_s,
-            extra_args=placement.args(offload) + (GPU_LOG_ARGS if on_gpu else []),
+            # The prebuilt engine's wrapper takes no --tensor-split (llama.cpp's own
+            # default split, by free memory, applies there).
+            extra_args=(placement.args(offload, tensor_split=info.flavour != "prebuilt")
+                        + (GPU_LOG_ARGS if on_gpu else [])),
             extra_env=GPU_ENV,
         )
         try:

@@ -175,4 +175,4 @@ class LiveModel:
             return measured
         if self.estimate_bytes is None or device_key not in self.placement.device_keys:
             return 0
-        return self.estimate_bytes // len(self.placement.device_keys)
+        return int(self.estimate_bytes * self.placement.share(device_key))

@@ -86,7 +86,8 @@ class ModelTable:
         self._on_crash = on_crash
         self._models: dict[str, LiveModel] = {}
         self.transitions = Transitions(changes)
-        self.fit = FitAdmission(settings, lambda: launcher.offloads())
+        self.fit = FitAdmission(settings, lambda: launcher.offloads(),
+                                lambda: launcher.engine_gpus())
 
     # ------------------------------------------------------------------ queries
     def get(self, name: str) -> LiveModel | None:
@@ -347,6 +348,7 @@ class ModelTable:
 
         With an engine that cannot offload and no RAM budget there is nothing to choose or
         check: the model runs on the CPU, without a memory sample (a thread hop) on its way."""
+        await self._launcher.probe_engine()  # once per engine binary: what it offloads to
         await self.fit.resolve_context(m)
         if not self.fit.active():
             m.placement, m.estimate_bytes, m.device = Placement(), None, "cpu"

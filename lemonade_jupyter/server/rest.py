@@ -50,6 +50,7 @@ class HealthHandler(PolledHandler):
     @authorized
     async def get(self) -> None:
         self.router.note_watcher()
+        await self.router.launcher.probe_engine()  # its backends and devices (once per binary)
         memory = await self.router.memory.fresh(HEALTH_MEMORY_MAX_AGE_S)
         self.write_json(health_view(self.router, memory))
 

@@ -4,6 +4,7 @@ the progress parser on recorded ninja and make output, and what a missing tool s
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,19 @@ def test_cli_engine_prints_the_lookup(monkeypatch, tmp_path, capsys):
     assert cli.main(["engine"]) == 0
     assert f'"path": "{binary}"' in capsys.readouterr().out
     assert Path(binary).exists()
+
+
+def test_cli_engine_prints_the_backends_and_devices_the_engine_sees(monkeypatch, tmp_path,
+                                                                    capsys):
+    from tests.fakes.fake_engine import write_engine
+
+    engine = write_engine(tmp_path / "vulkan", "vulkan")
+    monkeypatch.setenv("LEMONADE_LLAMA_SERVER", str(engine))
+    assert cli.main(["engine"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["path"], printed["flavour"], printed["offload"]) == (
+        str(engine), "custom", True)
+    assert printed["backends"] == ["Vulkan", "CPU"]
+    assert printed["devices"] == [{"name": "Vulkan0",
+                                   "description": "AMD Radeon RX 7900 XTX (RADV NAVI31)",
+                                   "total": 24560 * 1024 * 1024, "free": 23012 * 1024 * 1024}]

@@ -16,6 +16,11 @@ from lemonade_jupyter.errors import EngineMissingError
 from tests.engines.conftest import make_executable
 
 
+#: What ``/health`` says of an engine not asked about its devices yet (tests/engines/test_probe.py
+#: asks them).
+NOT_PROBED = {"backends": None, "devices": None, "version": None, "probe_error": None}
+
+
 @pytest.fixture
 def no_prebuilt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEMONADE_PREBUILT", "0")
@@ -40,7 +45,8 @@ def test_native_cuda_with_a_gpu_then_native_cpu_then_prebuilt(bare_world, monkey
     cuda = make_executable(cached_binary("cuda"))
     assert cuda.parent != cpu.parent  # side by side, one folder per flavour
     assert find_engine(gpu=True).to_json() == {
-        "flavour": "cuda", "path": str(cuda), "offload": True, "source": "cache"}
+        "flavour": "cuda", "path": str(cuda), "offload": True, "source": "cache",
+        **NOT_PROBED}
     assert find_engine(gpu=False).path == str(cpu)
 
     # Without the CPU build and without a GPU, the CUDA build is skipped for the prebuilt one.
@@ -55,7 +61,8 @@ def test_explicit_choices_win_in_order(bare_world, tmp_path, monkeypatch):
     make_executable(cached_binary("cuda"))
     on_path = make_executable(bare_world / "llama-server")
     assert find_engine(gpu=True).to_json() == {
-        "flavour": "custom", "path": str(on_path), "offload": False, "source": "PATH"}
+        "flavour": "custom", "path": str(on_path), "offload": False, "source": "PATH",
+        **NOT_PROBED}
 
     from_env = make_executable(tmp_path / "env" / "llama-server")
     monkeypatch.setenv("LEMONADE_LLAMA_SERVER", str(from_env))

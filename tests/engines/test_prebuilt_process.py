@@ -151,7 +151,11 @@ def test_a_router_on_the_prebuilt_engine(prebuilt, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("LEMONADE_LLAMA_SERVER", raising=False)
     top, per_model, pid = asyncio.run(scenario())
-    assert top == per_model == {"flavour": "prebuilt", "path": prebuilt, "offload": False,
-                                "source": "prebuilt"}
+    assert top == per_model
+    # A CPU build, answered without running its wrapper (which takes no --list-devices).
+    assert {k: top[k] for k in ("flavour", "path", "offload", "source", "backends",
+                                "devices", "probe_error")} == {
+        "flavour": "prebuilt", "path": prebuilt, "offload": False, "source": "prebuilt",
+        "backends": ["CPU"], "devices": [], "probe_error": None}
     assert gone(pid)
 

@@ -5,7 +5,8 @@ It takes llama-server's command line as the router builds it (``--model F --port
 --ctx-size N --no-webui [--embeddings] [--threads N]``; unknown flags are ignored) and the API
 key from ``$LLAMA_API_KEY``. ``GET /health`` is public (503 while "loading", then 200); the API
 routes need ``Authorization: Bearer KEY``: ``POST /v1/chat/completions`` (JSON or SSE with
-``"stream": true``), ``/v1/completions``, ``/v1/embeddings`` and ``GET /props``.
+``"stream": true``), ``/v1/completions``, ``/v1/embeddings`` and ``GET /props``. ``--list-devices`` and
+``--version`` answer as a CPU build of llama-server does (no device).
 
 Fault knobs, read from the environment (a router's children inherit the router's environment):
 
@@ -200,6 +201,13 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    # The router asks every engine what it sees; the fake answers as a CPU build does.
+    if "--list-devices" in sys.argv[1:]:
+        print("Available devices:", flush=True)
+        return
+    if "--version" in sys.argv[1:]:
+        print("version: 0 (fake)\nbuilt with python for the tests", file=sys.stderr)
+        return
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model", "-m", default="")
     parser.add_argument("--port", type=int, default=8080)

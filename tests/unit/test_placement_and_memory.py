@@ -33,7 +33,11 @@ PLACEMENT = [
     # (options, free GB per GPU, offload, need GB, expected gpus, expected layers)
     ("auto: the GPU with the most free memory", {}, (10, 30, 20), True, None, (1,), ALL_LAYERS),
     ("auto: most free among those that fit", {}, (10, 30, 20), True, 5, (1,), ALL_LAYERS),
-    ("auto: none fits, the one with most free", {}, (1, 3, 2), True, 50, (1,), ALL_LAYERS),
+    ("auto: two hold it together", {}, (10, 30, 20), True, 45, (1, 2), ALL_LAYERS),
+    ("auto: the fewest, largest first", {}, (10, 30, 20, 25), True, 50, (1, 3), ALL_LAYERS),
+    ("auto: three when two are too few", {}, (10, 30, 20, 25), True, 70, (1, 2, 3),
+     ALL_LAYERS),
+    ("auto: nothing holds it, every GPU", {}, (1, 3, 2), True, 50, (0, 1, 2), ALL_LAYERS),
     ("an index", {"device": 2}, (10, 30, 20), True, None, (2,), ALL_LAYERS),
     ("a list splits", {"device": [0, 2]}, (10, 30, 20), True, None, (0, 2), ALL_LAYERS),
     ("some layers", {"gpu_layers": 12}, (10,), True, None, (0,), 12),
@@ -65,6 +69,39 @@ def test_placement_unknown_gpu_is_a_400_even_without_gpus():
             choose(opts(device=[1, 2]), gpus(*free), offload=False)
         assert info.value.param == "device"
         assert f"no GPU {missing} on this machine (GPUs: {have})" in info.value.message
+
+
+def test_placement_spread_is_in_proportion_to_free_memory_and_named_by_the_engine():
+    placed = choose(LoadOptions(), gpus(10, 30, 20), offload=True, need_bytes=45 * GB,
+                    names=["ROCm0", "ROCm1", "ROCm2"])
+    assert placed.split == (30 * 1024, 20 * 1024)
+    assert placed.share("GPU-1") == pytest.approx(0.6) and placed.share("GPU-0") == 0.0
+    assert placed.args(True) == ["--n-gpu-layers", str(ALL_LAYERS), "--device", "ROCm1,ROCm2",
+                                 "--split-mode", "layer", "--tensor-split", "30720,20480"]
+    assert "--tensor-split" not in placed.args(True, tensor_split=False)
+    assert placed.to_json()["tensor_split"] == [30720, 20480]
+    alone = choose(LoadOptions(), gpus(10, 30, 20), offload=True, need_bytes=5 * GB)
+    assert alone.split == () and alone.share("GPU-1") == 1.0
+    assert alone.args(True)[3:] == ["CUDA1", "--split-mode", "none"]
+
+
+def test_placement_explicit_list_splits_by_total_memory():
+    devices = (DeviceMemory("big", 80 * GB, 79 * GB, "GPU-0"),
+               DeviceMemory("small", 24 * GB, 0, "GPU-1"))
+    placed = choose(opts(device=[0, 1]), devices, offload=True, need_bytes=10 * GB)
+    assert placed.split == (80 * 1024, 24 * 1024)
+    assert placed.share("GPU-0") == pytest.approx(80 / 104)
+
+
+def test_placement_room_idle_models_hold_counts_when_free_memory_holds_it_nowhere():
+    # Free: 4 and 6 GB, 12 GB needed; idle models hold 10 GB on GPU 0: GPU 0 alone.
+    placed = choose(LoadOptions(), gpus(4, 6), offload=True, need_bytes=12 * GB,
+                    reclaimable=[10 * GB, 0])
+    assert placed.gpus == (0,) and placed.split == ()
+    # Free memory of both holds it: spread, nobody needs to go.
+    placed = choose(LoadOptions(), gpus(4, 9), offload=True, need_bytes=12 * GB,
+                    reclaimable=[10 * GB, 0])
+    assert placed.gpus == (0, 1)
 
 
 def test_placement_reserve_decides_what_fits():

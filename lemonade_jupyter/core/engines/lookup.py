@@ -20,6 +20,13 @@ and it is the slower engine (a generic CPU build), so a native build, once
 ``lemonade-jupyter install-llama-server`` has made one, is used from the next start on, also
 by a router that is already running (the lookup runs before every start).
 
+What an engine can do comes from the engine itself (:mod:`.probe`: ``--list-devices`` and
+``--version``, asked once per binary): :func:`find_engine` attaches the answer when there is
+one, and until then says what the name suggests (our CUDA build with a visible GPU offloads;
+anything else does not). The router awaits the probe before it places a model, so placement
+and fit always decide on the engine's own answer. The prebuilt engine does not take those
+flags; it is answered here without running it (:func:`prebuilt_caps`).
+
 Everything here costs a few ``stat`` calls and a directory listing (about 0.1 ms), plus, once
 per cache and interpreter, writing a five-line launcher file, so it may run on the router's
 event loop.
@@ -39,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import EngineMissingError
+from . import probe
 from .gpu import gpu_visible
 from .install import INSTALL_COMMAND, cache_root, cached_binary
 from .prebuilt_server import PROG as PREBUILT_COMMAND
@@ -52,16 +60,53 @@ class EngineInfo:
     """The engine a backend runs (or would run): ``flavour`` is ``cuda`` or ``cpu`` (our
     native builds), ``prebuilt`` (xllamacpp) or ``custom`` (a binary we did not build, from a
     setting or ``PATH``); ``offload`` is True when it is known to run the model on a GPU;
-    ``source`` says which step of the lookup found it."""
+    ``source`` says which step of the lookup found it; ``caps`` is what the engine said about
+    its backends and devices (None: not asked yet), and once it is known ``offload`` is
+    whether it sees a device."""
 
     path: str
     flavour: str
     offload: bool
     source: str
+    caps: probe.EngineCaps | None = None
 
     def to_json(self) -> dict[str, Any]:
+        caps = self.caps
         return {"flavour": self.flavour, "path": self.path, "offload": self.offload,
-                "source": self.source}
+                "source": self.source,
+                "backends": list(caps.backends) if caps else None,
+                "devices": [d.to_json() for d in caps.devices] if caps else None,
+                "version": caps.version if caps else None,
+                "probe_error": caps.error if caps else None}
+
+
+def _engine(path: str, flavour: str, guess: bool, source: str) -> EngineInfo:
+    """The engine at ``path``, with the probe's answer when there is one (else ``guess``,
+    what its name suggests)."""
+    if flavour == "prebuilt":
+        caps = prebuilt_caps(guess)
+        return EngineInfo(path, flavour, guess, source, caps)
+    caps = probe.cached(path)
+    if caps is None:
+        return EngineInfo(path, flavour, guess, source)
+    return EngineInfo(path, flavour, caps.offloads, source, caps)
+
+
+def prebuilt_caps(offloads: bool) -> probe.EngineCaps:
+    """The prebuilt engine's answer, given here because its wrapper takes neither
+    ``--list-devices`` nor ``--version``: the xllamacpp wheel on PyPI is a CPU build (no
+    device). A CUDA wheel names its backend; its devices are not listed."""
+    return probe.EngineCaps(("CUDA", "CPU") if offloads else ("CPU",), (), _xllamacpp_version())
+
+
+@functools.cache
+def _xllamacpp_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"xllamacpp {version('xllamacpp')}"
+    except PackageNotFoundError:
+        return None
 
 
 def _executable(path: str | os.PathLike[str] | None) -> bool:
@@ -163,7 +208,8 @@ def prebuilt_offloads() -> bool:
 
 
 def classify(path: str, *, gpu: bool) -> tuple[str, bool]:
-    """``(flavour, offload)`` of an engine binary, from where it is and what it is called."""
+    """``(flavour, offload)`` of an engine binary, from where it is and what it is called;
+    ``offload`` is the guess that holds until the engine's own answer (:mod:`.probe`)."""
     if os.path.basename(path) == PREBUILT_COMMAND:
         return "prebuilt", gpu and prebuilt_offloads()
     real = os.path.realpath(path)
@@ -191,19 +237,19 @@ def find_engine(configured: str | None = None, *, gpu: bool | None = None) -> En
                 f"llama-server from {source} ({path}) is not an executable file. "
                 f"Fix the setting, or unset it to use a native build "
                 f"(`{INSTALL_COMMAND}`) or the prebuilt engine ({PREBUILT_HINT}).")
-        return EngineInfo(path, *classify(path, gpu=has_gpu), source)
+        return _engine(path, *classify(path, gpu=has_gpu), source)
     on_path = shutil.which("llama-server")
     if on_path:
-        return EngineInfo(on_path, *classify(on_path, gpu=has_gpu), "PATH")
+        return _engine(on_path, *classify(on_path, gpu=has_gpu), "PATH")
     cuda = cached_binary("cuda")
     if has_gpu and _executable(cuda):
-        return EngineInfo(str(cuda), "cuda", True, "cache")
+        return _engine(str(cuda), "cuda", True, "cache")
     cpu = cached_binary("cpu")
     if _executable(cpu):
-        return EngineInfo(str(cpu), "cpu", False, "cache")
+        return _engine(str(cpu), "cpu", False, "cache")
     launcher = prebuilt_launcher()
     if launcher:
-        return EngineInfo(launcher, "prebuilt", has_gpu and prebuilt_offloads(), "prebuilt")
+        return _engine(launcher, "prebuilt", has_gpu and prebuilt_offloads(), "prebuilt")
     unused = (f" ({cuda} exists, but no NVIDIA GPU is visible)" if _executable(cuda) else "")
     prebuilt = ("the prebuilt engine (turned off by $LEMONADE_PREBUILT)" if prebuilt_disabled()
                 else "the prebuilt engine (xllamacpp is not installed)")
