@@ -68,12 +68,22 @@ async def test_a_file_of_another_size_is_refused_before_its_download(api, hub_ca
     assert (await listed(api))[RESIZED]["downloaded"] is False
 
 
-async def test_a_user_pull_of_a_curated_checkpoint_is_not_held_to_its_figures(api, hub_cache):
+async def test_a_cached_file_is_checked_too(api, hub_cache, fake_hub, monkeypatch):
     """The figures belong to the curated name: the same repository pulled as user.NAME is the
-    user's choice (and never joins the checked pull)."""
+    user's choice. Its file, now in the cache, is still refused under the curated name,
+    online (the cached blob is hashed, not fetched) and offline."""
     answer = await api.post(f"{API}/pull", {"model_name": "user.mine",
                                             "checkpoint": f"{SUBSTITUTED_REPO}:Q8_0"})
     assert answer.code == 200, answer.body
+    fake_hub.reset()
+    answer = await api.post(f"{API}/pull", {"model_name": SUBSTITUTED})
+    assert answer.code == 502 and "does not match the curated list" in answer.error["message"]
+    assert not fake_hub.downloads("")  # judged from the cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    answer = await api.post(f"{API}/pull", {"model_name": SUBSTITUTED})
+    assert answer.code == 502 and "does not match the curated list" in answer.error["message"]
+    models = await listed(api)
+    assert models[SUBSTITUTED]["downloaded"] is False and models["user.mine"]["downloaded"]
 
 
 def test_curated_entries_pin_well_formed_figures(tmp_path):
