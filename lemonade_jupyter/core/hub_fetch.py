@@ -93,7 +93,7 @@ def _fetch(ref: HubRef, mmproj: str | None, env: HubEnv,
             progress(FileProgress(index, os.path.basename(path), size, size))
         return local
     with HubSession(env.endpoint, env.token, cancelled) as session:
-        listing = [RepoFile(path, size) for path, size in session.list_files(ref.repo_id)]
+        listing = [RepoFile(f.path, f.size) for f in session.list_files(ref.repo_id)]
         plan = plan_pull(ref, listing, mmproj)
         if planned is not None:
             planned(plan)

@@ -50,6 +50,7 @@ MAX_REDIRECTS = 10
 REPORT_BYTES = 4 * 1024 * 1024
 _READ_BYTES = 1024 * 1024
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ETAG = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 _NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
 
@@ -114,6 +115,16 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread; close() would not
     except OSError:
         pass  # already closed
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """A file of a repository's listing: its size, and its sha256 when the hub keeps it in
+    LFS (every GGUF)."""
+
+    path: str
+    size: int | None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,10 +219,10 @@ class HubSession:
             raise
 
     # -- the three requests -------------------------------------------------------------------
-    def list_files(self, repo_id: str) -> list[tuple[str, int | None]]:
-        """Every file of the repository's ``main`` with its size (paths as the hub has them)."""
+    def list_files(self, repo_id: str) -> list[ListedFile]:
+        """Every file of the repository's ``main`` (paths as the hub has them)."""
         url: str | None = f"{self.endpoint}/api/models/{_quote(repo_id)}/tree/main?recursive=true"
-        files: list[tuple[str, int | None]] = []
+        files: list[ListedFile] = []
         for _page in range(LISTING_PAGES):
             if url is None:
                 return files
@@ -315,7 +326,7 @@ def _quote(text: str) -> str:
     return urllib.parse.quote(text, safe="/")
 
 
-def _listing(body: bytes) -> Iterator[tuple[str, int | None]]:
+def _listing(body: bytes) -> Iterator[ListedFile]:
     """The files of one page of a tree listing; HubAnswerError for anything else."""
     try:
         entries = json.loads(body)
@@ -328,7 +339,10 @@ def _listing(body: bytes) -> Iterator[tuple[str, int | None]]:
             raise HubAnswerError("the file listing is not a list of files")
         if entry.get("type") == "file":
             size = entry.get("size")
-            yield entry["path"], size if isinstance(size, int) and size >= 0 else None
+            lfs = entry.get("lfs")
+            oid = lfs.get("oid") if isinstance(lfs, dict) else None
+            yield ListedFile(entry["path"], size if isinstance(size, int) and size >= 0 else None,
+                             oid if isinstance(oid, str) and _SHA256.match(oid) else None)
 
 
 def link_snapshot(storage: Path, commit: str, path: str, blob: Path) -> Path:

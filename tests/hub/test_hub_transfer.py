@@ -12,7 +12,7 @@ import pytest
 
 from lemonade_jupyter.core import hub_transfer
 from lemonade_jupyter.core.hub_transfer import (
-    Hangup, HubAnswerError, HubCancelled, HubSession, HubStatusError, _listing,
+    Hangup, HubAnswerError, HubCancelled, HubSession, HubStatusError, ListedFile, _listing,
 )
 
 from .conftest import CRAWL, SMOL, STALL_AT
@@ -51,7 +51,10 @@ def test_a_listing_that_is_not_a_file_list_is_refused(body):
 def test_a_listing_keeps_files_and_their_sizes():
     body = (b'[{"type": "directory", "path": "d"}, {"type": "file", "path": "d/a.gguf", '
             b'"size": 5}, {"type": "file", "path": "b", "size": -1}]')
-    assert list(_listing(body)) == [("d/a.gguf", 5), ("b", None)]
+    assert list(_listing(body)) == [ListedFile("d/a.gguf", 5), ListedFile("b", None)]
+    sha = "ab" * 32
+    lfs = b'[{"type": "file", "path": "m.gguf", "size": 7, "lfs": {"oid": "%s", "size": 7}}]'
+    assert list(_listing(lfs % sha.encode())) == [ListedFile("m.gguf", 7, sha)]
 
 
 def test_a_stalled_download_is_hung_up_from_another_thread(fake_hub, tmp_path):
