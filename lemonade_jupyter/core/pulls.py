@@ -116,10 +116,14 @@ class PullJob:
 
     # -- fed by the download thread, on the loop --------------------------------------------
     def _planned(self, plan: PullPlan) -> None:
+        if self.future.done():
+            return  # cancelled: what the thread says while it winds down is old news
         self._files = [{"file": f.path, "bytes_downloaded": 0, "bytes_total": f.size}
                        for f in plan.all_files]
 
     def _progress(self, p: FileProgress) -> None:
+        if self.future.done():
+            return  # cancelled: no progress event may follow the ``cancelled`` one
         while len(self._files) <= p.index:
             self._files.append({"file": p.path, "bytes_downloaded": 0, "bytes_total": p.total})
         entry = self._files[p.index]

@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from lemonade_jupyter.core.hub import HubRef, PullPlan, RepoFile
+from lemonade_jupyter.core.hub_fetch import FileProgress
+from lemonade_jupyter.core.pulls import PullJob
+from lemonade_jupyter.errors import PullCancelledError
 from tests.helpers.http import API, auth_headers
 from tests.helpers.polling import wait_until
 
@@ -128,3 +133,21 @@ async def test_router_stop_hangs_up_a_pull_in_flight(api, lemonade, hub_cache, f
     assert not transfer["complete"] and transfer["ended"] - stopped < HANG_UP_S
     await wait_until(lambda: not leftovers(hub_cache) and not pull_threads(), timeout=10,
                      what="the partial file to go and the download thread to end")
+
+
+async def test_a_cancelled_job_answers_at_once_and_reports_nothing_more():
+    """What the download thread posts while it winds down (a last chunk's progress) must not
+    follow the ``cancelled`` event nor reach a streamed client."""
+    events: list[str] = []
+    job = PullJob(HubRef("o/r", variant="Q4_0"), None, "user.x",
+                  lambda kind, name, reason, **detail: events.append(reason),
+                  asyncio.get_running_loop())
+    seen: list[dict[str, Any]] = []
+    job.subscribe(seen.append)
+    job.cancel()
+    assert job.cancelled.is_set() and job.done  # answered without waiting for the thread
+    job._planned(PullPlan(job.ref, (RepoFile("m-Q4_0.gguf", 10),)))
+    job._progress(FileProgress(0, "m-Q4_0.gguf", 5, 10))
+    assert events == ["cancelled"] and seen == [] and job.progress() is None
+    with pytest.raises(PullCancelledError):
+        await job.wait()
