@@ -192,9 +192,8 @@ def load_curated(path: Path | None = None) -> list[ModelSpec]:
                       and isinstance(labels, list)
                       and all(isinstance(x, str) and _LABEL.match(x) for x in labels)
                       and isinstance(mmproj, str)
-                      and (size is None or isinstance(size, (int, float)))
-                      and checks is not False)
-        except (KeyError, TypeError, AttributeError):
+                      and (size is None or isinstance(size, (int, float))))
+        except (KeyError, TypeError, AttributeError, ValueError):
             ok = False
         if not ok or name in specs:
             log.warning("Skipping bad entry in %s: %r", path, entry)
@@ -202,25 +201,26 @@ def load_curated(path: Path | None = None) -> list[ModelSpec]:
         specs[name] = ModelSpec(name=name, checkpoint="", labels=tuple(labels), source=checkpoint,
                                 mmproj_source=mmproj, curated=True,
                                 size_gb=float(size) if size is not None else None,
-                                checks=checks or None)
+                                checks=checks)
     return list(specs.values())
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _file_checks(files: Any) -> dict[str, FileCheck] | bool:
-    """The pinned files of a curated entry: {} for none, False when the field is malformed."""
+def _file_checks(files: Any) -> dict[str, FileCheck] | None:
+    """The pinned files of a curated entry (None when it pins none); ValueError when the
+    field is malformed."""
     if files is None:
-        return {}
+        return None
     if not isinstance(files, dict) or not files:
-        return False
+        raise ValueError("'files' must map file paths to their size and sha256")
     checks = {}
     for path, figures in files.items():
         if not (isinstance(path, str) and isinstance(figures, dict)
                 and isinstance(figures.get("size"), int) and figures["size"] > 0
                 and isinstance(figures.get("sha256"), str) and _SHA256.match(figures["sha256"])):
-            return False
+            raise ValueError(f"bad size or sha256 for {path!r}")
         checks[path] = FileCheck(figures["size"], figures["sha256"])
     return checks
 
