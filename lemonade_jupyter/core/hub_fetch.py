@@ -124,7 +124,8 @@ def _fetch(ref: HubRef, mmproj: str | None, env: HubEnv,
                                 hash_file(blob, cancelled), check, ref, env)
             else:
                 fetched = session.download(session.file_url(ref.repo_id, revision, f.path),
-                                           blob.parent, meta.size, report)
+                                           blob.parent, meta.size, report,
+                                           hashed=check is not None)
                 try:
                     if check is not None:
                         _check_file(f.path, fetched.size, fetched.sha256, check, ref, env)

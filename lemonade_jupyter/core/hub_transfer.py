@@ -257,8 +257,10 @@ class HubSession:
         return f"{self.endpoint}/{_quote(repo_id)}/resolve/{_quote(revision)}/{_quote(path)}"
 
     def download(self, url: str, into: Path, expected: int | None,
-                 report: Callable[[int], None]) -> Fetched:
-        """Write the file at ``url`` to a new temporary file in ``into`` and hash it.
+                 report: Callable[[int], None], *, hashed: bool = True) -> Fetched:
+        """Write the file at ``url`` to a new temporary file in ``into``; with ``hashed``,
+        compute its sha256 on the way (else ``Fetched.sha256`` is "": hashing costs CPU that
+        an unchecked pull need not spend).
 
         A connection that breaks after bytes came is resumed with ``Range`` (RESUMES times);
         the temporary file is removed on any failure, a hang-up included. Raises the httpx
@@ -266,7 +268,7 @@ class HubSession:
         """
         into.mkdir(parents=True, exist_ok=True)
         tmp = into / f"{uuid.uuid4().hex}.incomplete"
-        got = _Received()
+        got = _Received(hashed)
         try:
             with open(tmp, "wb") as fh:
                 resumes = RESUMES
@@ -283,7 +285,7 @@ class HubSession:
                             raise HubCancelled() from None
             if expected is not None and got.size != expected:
                 raise HubAnswerError(f"the hub sent {got.size} bytes of a {expected}-byte file")
-            return Fetched(tmp, got.size, got.digest.hexdigest())
+            return Fetched(tmp, got.size, got.digest.hexdigest() if hashed else "")
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -294,14 +296,13 @@ class HubSession:
             if got.size and response.status_code != 206:  # the range was ignored: start over
                 fh.seek(0)
                 fh.truncate()
-                got.size, got.digest = 0, hashlib.sha256()
+                got.restart()
             reported = got.size
             report(got.size)
             for chunk in response.iter_raw(_READ_BYTES):
                 self.hangup.check()
                 write_chunk(fh, chunk)
-                got.digest.update(chunk)
-                got.size += len(chunk)
+                got.add(chunk)
                 if got.size - reported >= REPORT_BYTES:
                     reported = got.size
                     report(got.size)
@@ -312,9 +313,18 @@ class HubSession:
 class _Received:
     """The bytes of one file written so far and their running hash (kept across resumes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hashed: bool) -> None:
+        self.hashed = hashed
         self.size = 0
         self.digest = hashlib.sha256()
+
+    def add(self, chunk: bytes) -> None:
+        if self.hashed:
+            self.digest.update(chunk)
+        self.size += len(chunk)
+
+    def restart(self) -> None:
+        self.size, self.digest = 0, hashlib.sha256()
 
 
 def write_chunk(fh: Any, chunk: bytes) -> None:
