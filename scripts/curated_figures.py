@@ -26,7 +26,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lemonade_jupyter.core.catalog import CURATED_FILE  # noqa: E402
-from lemonade_jupyter.core.hub import DEFAULT_ENDPOINT, RepoFile, parse_checkpoint, plan_pull  # noqa: E402
+from lemonade_jupyter.core.hub import (  # noqa: E402
+    DEFAULT_ENDPOINT, RepoFile, parse_checkpoint, plan_pull,
+)
 from lemonade_jupyter.core.hub_transfer import Hangup, HubSession  # noqa: E402
 
 

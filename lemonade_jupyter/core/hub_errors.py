@@ -97,7 +97,9 @@ def _transport_reason(exc: BaseException) -> str | None:
     """Why a connection could not be made or broke, in words; None for another failure."""
     if isinstance(exc, httpx.ConnectTimeout):
         text = str(exc)
-        return text if "resolve" in text else f"no connection within {hub_transfer.CONNECT_TIMEOUT_S:g} s"
+        if "resolve" in text:
+            return text
+        return f"no connection within {hub_transfer.CONNECT_TIMEOUT_S:g} s"
     if isinstance(exc, httpx.ConnectError):
         text = str(exc)
         if "resolve" in text:

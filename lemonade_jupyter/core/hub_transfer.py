@@ -112,7 +112,8 @@ class Hangup:
 
 def _shut(sock: socket.socket) -> None:
     try:
-        sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread; close() would not
+        # shutdown() wakes a recv() blocked in another thread; close() would not.
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # already closed
 
@@ -154,7 +155,8 @@ class HubSession:
         # identity: the bytes written must be the file's bytes (they are hashed and checked).
         headers = {"User-Agent": "lemonade-jupyter", "Accept-Encoding": "identity"}
         if token:
-            headers["Authorization"] = f"Bearer {token}"  # httpx drops it on a cross-origin redirect
+            # httpx drops it on a redirect to another origin (the CDN never sees it).
+            headers["Authorization"] = f"Bearer {token}"
         self._client = httpx.Client(
             headers=headers, max_redirects=MAX_REDIRECTS,
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))

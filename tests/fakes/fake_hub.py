@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A local stand-in for the Hugging Face Hub: the endpoints ``huggingface_hub`` calls for a pull.
+"""A local stand-in for the Hugging Face Hub: the endpoints a pull calls (as ``huggingface_hub``).
 
 * ``GET /api/models/ORG/REPO/tree/REV?recursive=…``: the repository's files with their sizes
   (``HfApi.list_repo_tree``), one page.
@@ -9,23 +9,25 @@
 * Errors the way the hub sends them: a status plus ``X-Error-Code`` (``RepoNotFound``,
   ``EntryNotFound``, ``RevisionNotFound``, ``GatedRepo``) and ``X-Error-Message``.
 
-Repositories map file names to local files (several names may share one file). Per repository:
-``private`` (needs ``Authorization: Bearer <token>``; 401 otherwise), ``gated`` (403
-``GatedRepo`` to everyone), ``status`` (every request of the repository answers that status,
-e.g. 500), ``bad_listing`` (the file listing is not JSON), ``cut_at`` (the first GET of each
-file stops after that many bytes and closes the connection, as a dropped network does), ``rate``
-(bytes per second; 0 is unthrottled, served with ``sendfile``), ``stall_at`` and ``stall_s``
-(a throttled download goes silent for that many seconds once that many bytes are sent, as a
-stuck network does; a client that hangs up meanwhile is seen at once). A file's ETag is the sha256 of
-its bytes, as the hub's is for a GGUF (LFS) file.
+Repositories map file names to local files (several names may share one file). Per
+repository: ``private`` (needs ``Authorization: Bearer <token>``; 401 otherwise), ``gated``
+(403 ``GatedRepo`` to everyone), ``status`` (every request of the repository answers that
+status, e.g. 500), ``bad_listing`` (the file listing is not JSON), ``cut_at`` (the first GET of
+each file stops after that many bytes and closes the connection, as a dropped network does),
+``rate`` (bytes per second; 0 is unthrottled, served with ``sendfile``), ``stall_at`` and
+``stall_s`` (a throttled download goes silent for that many seconds once that many bytes are
+sent, as a stuck network does; a client that hangs up meanwhile is seen at once). A file's
+ETag is the sha256 of its bytes, as the hub's is for a GGUF (LFS) file.
 
 ``GET /_fake/stats`` lists every request (method, path, ``Range``, status, bytes sent, and for a
 file body ``ended``: the wall-clock time it stopped, ``complete``: whether it was all sent, so
 a test sees when a client hung up);
 ``POST /_fake/reset`` clears it, cuts the next first GETs again and restores every
 repository's settings; ``POST /_fake/set`` with ``{"repo": NAME, KEY: VALUE…}`` changes the
-settings of a repository (``rate``, ``stall_at``…) for the next requests. Run as ``fake_hub.py CONFIG.json``: it prints
-``{"port": N}`` once it listens. :class:`FakeHub` does that from a test or a benchmark.
+settings of a repository (``rate``, ``stall_at``…) for the next requests.
+
+Run as ``fake_hub.py CONFIG.json``: it prints ``{"port": N}`` once it listens. :class:`FakeHub`
+does that from a test or a benchmark.
 """
 
 from __future__ import annotations
