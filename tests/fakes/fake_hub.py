@@ -12,7 +12,8 @@
 Repositories map file names to local files (several names may share one file). Per
 repository: ``private`` (needs ``Authorization: Bearer <token>``; 401 otherwise), ``gated``
 (403 ``GatedRepo`` to everyone), ``status`` (every request of the repository answers that
-status, e.g. 500), ``bad_listing`` (the file listing is not JSON), ``cut_at`` (the first GET of
+status, e.g. 500), ``bad_listing`` (the file listing is not JSON), ``gone`` (files listed that
+answer 404 ``EntryNotFound``, as after a rewrite of the repository), ``cut_at`` (the first GET of
 each file stops after that many bytes and closes the connection, as a dropped network does),
 ``rate`` (bytes per second; 0 is unthrottled, served with ``sendfile``), ``stall_at`` and
 ``stall_s`` (a throttled download goes silent for that many seconds once that many bytes are
@@ -214,7 +215,7 @@ class Handler(BaseHTTPRequestHandler):
         if repo is None:
             return
         local = repo["files"].get(rel)
-        if local is None:
+        if local is None or rel in repo.get("gone", ()):
             self._error(404, "EntryNotFound", f"{rel} does not exist on main",
                         **{"X-Repo-Commit": COMMIT})
             return

@@ -11,7 +11,8 @@ The fake (``tests/fakes/fake_hub.py``) serves the default model's GGUF under sev
   sent: a cancel that did not hang up the connection would wait for the hub;
 * ``test/private-GGUF``: needs ``HF_TOKEN`` = :data:`TOKEN`;
 * ``test/gated-GGUF`` (403 gated), ``test/broken-GGUF`` (500), ``test/garbled-GGUF`` (a
-  listing that is not JSON): the hub's failures;
+  listing that is not JSON), ``test/gone-GGUF`` (a listed file that answers 404): the hub's
+  failures;
 * the repository of the curated ``SmolLM2-360M-Instruct-GGUF`` (as the catalog names it), and
   of two test-only curated models whose pinned figures the served file does not have.
 
@@ -52,6 +53,7 @@ CRAWL = "test/crawl-GGUF"
 GATED = "test/gated-GGUF"
 BROKEN = "test/broken-GGUF"
 GARBLED = "test/garbled-GGUF"
+GONE = "test/gone-GGUF"
 CURATED = "SmolLM2-360M-Instruct-GGUF"
 #: Test-only curated models: the served file has the pinned size but other bytes, or another
 #: size than the pinned one.
@@ -119,6 +121,8 @@ def fake_hub(hub_dir: Path, default_model_file: str) -> Iterator[FakeHub]:
         GATED: {"files": {"SmolLM2-135M-Instruct-Q4_1.gguf": m}, "gated": True},
         BROKEN: {"files": {"SmolLM2-135M-Instruct-Q4_1.gguf": m}, "status": 500},
         GARBLED: {"files": {"SmolLM2-135M-Instruct-Q4_1.gguf": m}, "bad_listing": True},
+        GONE: {"files": {"SmolLM2-135M-Instruct-Q4_1.gguf": m},
+               "gone": ["SmolLM2-135M-Instruct-Q4_1.gguf"]},
         curated_repo: {"files": curated},
         SUBSTITUTED_REPO: {"files": {CURATED_FILE_NAME: m}},
         RESIZED_REPO: {"files": {CURATED_FILE_NAME: m}},

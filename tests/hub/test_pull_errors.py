@@ -18,7 +18,7 @@ import pytest
 from lemonade_jupyter.core import hub_transfer
 from tests.helpers.http import API
 
-from .conftest import BROKEN, GARBLED, GATED, PRIVATE, SMOL
+from .conftest import BROKEN, GARBLED, GATED, GONE, PRIVATE, SMOL
 
 #: What a Python class name or a traceback looks like in a message.
 CLASS_NAME = re.compile(r"\b[A-Za-z_]*(Error|Exception|Timeout|Cancelled)\b|Traceback|httpx|"
@@ -60,10 +60,12 @@ def full_backlog() -> Iterator[str]:
     (f"{GATED}:Q4_1", None, 403, "hub_forbidden", "is gated"),
     ("test/no-such-GGUF:Q4_1", None, 404, "checkpoint_not_found", "was not found"),
     (f"{SMOL}/nope-Q4_0.gguf", None, 404, "checkpoint_not_found", "nope-Q4_0.gguf"),
+    (f"{GONE}:Q4_1", None, 404, "checkpoint_not_found",
+     "file SmolLM2-135M-Instruct-Q4_1.gguf of test/gone-GGUF is not on"),
     (f"{BROKEN}:Q4_1", None, 503, "hub_unavailable", "failed (HTTP 500)"),
     (f"{GARBLED}:Q4_1", None, 502, "hub_error", "not JSON"),
-], ids=["401-no-token", "401-bad-token", "403-gated", "404-repo", "404-file", "500",
-        "bad-json"])
+], ids=["401-no-token", "401-bad-token", "403-gated", "404-repo", "404-file", "404-listed-file",
+        "500", "bad-json"])
 async def test_hub_errors_are_told_in_words(api, hub_cache, monkeypatch, checkpoint, token,
                                             status, code, words):
     if token:
