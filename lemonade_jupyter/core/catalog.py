@@ -4,6 +4,8 @@
 * The **curated** models (``curated_models.json``) are well-known GGUF checkpoints on the
   Hugging Face Hub, known by name before they are downloaded; a pull (explicit, or the first
   load) fetches them. Which of them were pulled here is kept in ``downloaded_models.json``.
+  An entry may pin the size and sha256 of each of its files (``"files": {PATH: {"size": N,
+  "sha256": HEX}}``); a pull then keeps only files that match (see :mod:`.hub_fetch`).
 * **User** models are named ``user.NAME`` and registered from a local GGUF file or a hub
   checkpoint; they persist in ``user_models.json``.
 
@@ -30,6 +32,7 @@ from ..api_paths import API_V1
 from ..errors import InvalidRequestError, ModelNotFoundError
 from . import hub
 from .hub import HubRef, LocalModel, parse_checkpoint
+from .hub_fetch import Checks, FileCheck
 from .pulls import PullJob, PullManager
 from .state_files import read_json_or_quarantine, write_json_atomic
 
@@ -83,6 +86,9 @@ class ModelSpec:
     curated: bool = False
     #: Size in GB the curated list announces (downloaded models report their files' size).
     size_gb: float | None = None
+    #: A curated model's pinned files (path in the repository -> size and sha256); None when
+    #: its entry pins none.
+    checks: Checks | None = None
 
     @property
     def type(self) -> str:
@@ -134,6 +140,8 @@ class PullRequest:
     #: ``user``: (re)register ``name``; ``curated``: remember the download of a curated model;
     #: ``refresh``: a registered model whose files went missing gets them back.
     kind: str = "user"
+    #: The size and sha256 every file must have (a curated model with pinned files).
+    checks: Checks | None = None
 
 
 def default_model_path() -> str:
@@ -160,8 +168,10 @@ def is_gguf(path: str) -> bool:
         return False
 
 
-def load_curated(path: Path = CURATED_FILE) -> list[ModelSpec]:
-    """The curated list; a bad entry is skipped with a warning, never stops the start."""
+def load_curated(path: Path | None = None) -> list[ModelSpec]:
+    """The curated list (``CURATED_FILE`` unless ``path``); a bad entry is skipped with a
+    warning, never stops the start."""
+    path = CURATED_FILE if path is None else path
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -175,6 +185,7 @@ def load_curated(path: Path = CURATED_FILE) -> list[ModelSpec]:
             labels = entry.get("labels") or ["llm"]
             mmproj = entry.get("mmproj") or ""
             size = entry.get("size")
+            checks = _file_checks(entry.get("files"))
             ok = bool(isinstance(name, str) and _CURATED_NAME.match(name)
                       and not name.startswith("user.") and name != DEFAULT_MODEL
                       and parse_checkpoint(checkpoint) is not None
@@ -182,15 +193,36 @@ def load_curated(path: Path = CURATED_FILE) -> list[ModelSpec]:
                       and all(isinstance(x, str) and _LABEL.match(x) for x in labels)
                       and isinstance(mmproj, str)
                       and (size is None or isinstance(size, (int, float))))
-        except (KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError, ValueError):
             ok = False
         if not ok or name in specs:
             log.warning("Skipping bad entry in %s: %r", path, entry)
             continue
         specs[name] = ModelSpec(name=name, checkpoint="", labels=tuple(labels), source=checkpoint,
                                 mmproj_source=mmproj, curated=True,
-                                size_gb=float(size) if size is not None else None)
+                                size_gb=float(size) if size is not None else None,
+                                checks=checks)
     return list(specs.values())
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _file_checks(files: Any) -> dict[str, FileCheck] | None:
+    """The pinned files of a curated entry (None when it pins none); ValueError when the
+    field is malformed."""
+    if files is None:
+        return None
+    if not isinstance(files, dict) or not files:
+        raise ValueError("'files' must map file paths to their size and sha256")
+    checks = {}
+    for path, figures in files.items():
+        if not (isinstance(path, str) and isinstance(figures, dict)
+                and isinstance(figures.get("size"), int) and figures["size"] > 0
+                and isinstance(figures.get("sha256"), str) and _SHA256.match(figures["sha256"])):
+            raise ValueError(f"bad size or sha256 for {path!r}")
+        checks[path] = FileCheck(figures["size"], figures["sha256"])
+    return checks
 
 
 class Catalog:
@@ -356,7 +388,7 @@ class Catalog:
             ref = parse_checkpoint(spec.source) if spec.source else None
             kind = "curated" if spec.curated else "refresh"
             return PullRequest(name, spec.source or spec.checkpoint, ref, spec.recipe,
-                               spec.labels, spec.mmproj_source or None, kind)
+                               spec.labels, spec.mmproj_source or None, kind, spec.checks)
         if checkpoint is None and isinstance(name, str) and not name.startswith("user."):
             raise ModelNotFoundError(
                 f"Model '{name}' is not in the catalog: give a checkpoint to register it as "
@@ -379,7 +411,8 @@ class Catalog:
         """Start (or join) the download a pull needs; None when it needs none."""
         if request.ref is None:
             return None
-        return self.pulls.start(request.ref, request.mmproj, name=request.name, emit=emit)
+        return self.pulls.start(request.ref, request.mmproj, name=request.name, emit=emit,
+                                checks=request.checks)
 
     async def finish_pull(self, request: PullRequest, job: PullJob | None) -> ModelSpec:
         """Wait for the download, then register the result. A failed pull registers nothing."""

@@ -1,4 +1,4 @@
-"""GGUF models from the Hugging Face Hub: checkpoint names, variant choice, download, errors.
+"""GGUF models from the Hugging Face Hub: checkpoint names, variant choice, the local cache.
 
 A hub checkpoint is ``ORG/REPO:VARIANT`` (a quantization such as ``Q4_K_M``, matched
 case-insensitively against the repository's GGUF file names), ``ORG/REPO`` (a repository with
@@ -6,32 +6,23 @@ one GGUF model) or ``ORG/REPO/path/file.gguf``. A model split into ``NAME-00001-
 parts is fetched whole; llama-server loads the first part and finds the others next to it,
 which holds in the hub cache because every part lands in the same snapshot folder.
 
-Downloads go through ``huggingface_hub`` into its own cache (so other tools share the files),
-which retries a dropped connection and resumes it with a ``Range`` request. The environment is
-read at every call, not at import: ``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE`` and the
-cache location (``HF_HUB_CACHE``, ``HF_HOME``). Everything here blocks; :mod:`.pulls` runs it
-off the event loop. ``huggingface_hub`` is imported lazily: the server imports the core at
-start, and most starts never pull.
+Files live in ``huggingface_hub``'s own cache layout (so other tools share them); the download
+itself is :mod:`.hub_fetch`. The environment is read at every pull, not at import:
+``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE`` and the cache location (``HF_HUB_CACHE``,
+``HF_HOME``). What touches the disk blocks; :mod:`.pulls` runs it off the event loop.
 """
 
 from __future__ import annotations
 
-import errno
-import functools
 import logging
 import os
 import re
-import shutil
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import (
-    HubAccessError, HubAuthError, HubError, HubNotFoundError, HubUnavailableError,
-    InsufficientStorageError, InvalidRequestError, LemonadeError, PullCancelledError,
-)
+from ..errors import HubNotFoundError, InvalidRequestError, LemonadeError
 
 log = logging.getLogger(__name__)
 
@@ -370,226 +361,3 @@ def remove_cached(paths: Iterable[str]) -> list[str]:
         except OSError as exc:
             log.warning("Could not remove %s: %s", path, exc)
     return removed
-
-
-# ----------------------------------------------------------------------------- downloading
-class _Cancelled(Exception):
-    """Raised inside ``huggingface_hub``'s download loop to stop a cancelled pull."""
-
-
-@dataclass
-class FileProgress:
-    """Bytes of one file of a pull, as the download loop reports them."""
-
-    index: int
-    path: str
-    done: int
-    total: int | None
-
-
-class _ByteCounter:
-    """What ``huggingface_hub`` takes as a progress bar (``tqdm_class``): counts bytes.
-
-    Each ``update`` is one chunk written to the cache (10 MiB at most); a negative one means
-    the server ignored a resume and the bytes are fetched again. A cancelled pull stops here,
-    between two chunks; ``huggingface_hub`` then removes its partial file.
-    """
-
-    def __init__(self, report: Callable[[int, int | None], None], cancelled: threading.Event,
-                 *, total: int | None = None, initial: int = 0, **_kwargs: Any) -> None:
-        self._report, self._cancelled = report, cancelled
-        self.total, self.n = total, initial
-        self._check()
-        report(self.n, self.total)
-
-    def _check(self) -> None:
-        if self._cancelled.is_set():
-            raise _Cancelled()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        self._report(self.n, self.total)
-        self._check()
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> _ByteCounter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def list_repo(ref: HubRef, env: HubEnv) -> list[RepoFile]:
-    """Every file of the repository with its size (one listing call to the hub)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile as HfRepoFile
-
-    api = HfApi(endpoint=env.endpoint, token=env.token)
-    return [RepoFile(f.path, f.size) for f in api.list_repo_tree(ref.repo_id, recursive=True)
-            if isinstance(f, HfRepoFile)]
-
-
-def fetch(ref: HubRef, mmproj: str | None, env: HubEnv,
-          progress: Callable[[FileProgress], None], cancelled: threading.Event,
-          planned: Callable[[PullPlan], None] | None = None) -> LocalModel:
-    """Download a checkpoint into the cache (or find it there) and return its local files.
-
-    Offline (``HF_HUB_OFFLINE``), only the cache is looked at. Raises the hub errors of
-    :func:`hub_error`, InvalidRequestError for a bad variant, InsufficientStorageError when
-    the files cannot fit, PullCancelledError once ``cancelled`` is set.
-    """
-    try:
-        return _fetch(ref, mmproj, env, progress, cancelled, planned)
-    except _Cancelled:
-        raise PullCancelledError(f"The pull of {ref} was cancelled") from None
-    except LemonadeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every library failure gets an API error
-        raise hub_error(exc, ref, env) from exc
-
-
-def _fetch(ref: HubRef, mmproj: str | None, env: HubEnv,
-           progress: Callable[[FileProgress], None], cancelled: threading.Event,
-           planned: Callable[[PullPlan], None] | None) -> LocalModel:
-    if env.offline:
-        local = find_cached(ref, mmproj, env.cache_dir)
-        if local is None:
-            raise HubUnavailableError(
-                f"HF_HUB_OFFLINE is set and {ref} is not in the Hugging Face cache "
-                f"({env.cache_dir}). Unset HF_HUB_OFFLINE to download it.", param="checkpoint")
-        _report_cached(local, progress)
-        return local
-    plan = plan_pull(ref, list_repo(ref, env), mmproj)
-    if planned is not None:
-        planned(plan)
-    if cancelled.is_set():
-        raise _Cancelled()
-    if find_cached(ref, mmproj, env.cache_dir) is None:
-        _check_space(ref, plan.all_files, env.cache_dir)
-    from huggingface_hub import hf_hub_download
-
-    revision = "main"
-    paths: list[str] = []
-    for index, f in enumerate(plan.all_files):
-        def report(done: int, total: int | None, index: int = index, f: RepoFile = f) -> None:
-            progress(FileProgress(index, f.path, done, total if total is not None else f.size))
-
-        path = hf_hub_download(
-            ref.repo_id, f.path, revision=revision, cache_dir=env.cache_dir,
-            endpoint=env.endpoint, token=env.token,
-            tqdm_class=functools.partial(_ByteCounter, report, cancelled),  # type: ignore[arg-type]
-        )
-        assert isinstance(path, str)
-        size = os.path.getsize(path)
-        progress(FileProgress(index, f.path, size, size))
-        if index == 0:
-            # Every later file from the same snapshot, so that split parts sit side by side.
-            revision = Path(path).relative_to(
-                repo_folder(ref.repo_id, Path(env.cache_dir).resolve()) / "snapshots").parts[0]
-        paths.append(path)
-        if cancelled.is_set():
-            raise _Cancelled()
-    n = len(plan.files)
-    return LocalModel(tuple(paths[:n]), paths[n] if plan.mmproj else "", plan.variant)
-
-
-def _report_cached(local: LocalModel, progress: Callable[[FileProgress], None]) -> None:
-    for index, path in enumerate(local.all_files):
-        size = os.path.getsize(path)
-        progress(FileProgress(index, os.path.basename(path), size, size))
-
-
-def _check_space(ref: HubRef, missing: Sequence[RepoFile], root: Path) -> None:
-    needed = sum(f.size or 0 for f in missing)
-    if not needed:
-        return
-    free = free_bytes(root)
-    if free is not None and free < needed:
-        raise InsufficientStorageError(
-            f"Not enough disk space to pull {ref}: it needs {_gb(needed)}, and {root} has "
-            f"{_gb(free)} free. Free some space, or point HF_HUB_CACHE at a larger disk.",
-            param="checkpoint")
-
-
-def free_bytes(root: Path) -> int | None:
-    """Free bytes on the disk that holds ``root`` (its nearest existing parent)."""
-    for path in (root, *root.parents):
-        try:
-            return shutil.disk_usage(path).free
-        except OSError:
-            continue
-    return None
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB"
-
-
-# ----------------------------------------------------------------------------- errors
-def hub_error(exc: BaseException, ref: HubRef, env: HubEnv) -> LemonadeError:
-    """The API error for a failure of ``huggingface_hub`` (or of the disk) during a pull."""
-    from huggingface_hub import errors as hf
-
-    where = env.endpoint
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    token_hint = ("the token in HF_TOKEN cannot read it" if env.token
-                  else "set HF_TOKEN to a token that can read it")
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorageError(
-            f"The disk of the Hugging Face cache ({env.cache_dir}) is full: {exc.strerror}. "
-            f"The partial file of {ref} was removed.", param="checkpoint")
-    if isinstance(exc, hf.GatedRepoError):
-        return HubAccessError(
-            f"{ref.repo_id} on {where} is gated: accept its conditions at "
-            f"{where}/{ref.repo_id} and set HF_TOKEN to a token of that account "
-            f"({'the token in HF_TOKEN has no access yet' if env.token else 'no HF_TOKEN is set'})",
-            param="checkpoint")
-    if isinstance(exc, hf.RepositoryNotFoundError):
-        if status == 401:
-            return HubAuthError(
-                f"Repository {ref.repo_id} was not found on {where}, or it is private or "
-                f"gated: {token_hint}", param="checkpoint")
-        return HubNotFoundError(f"Repository {ref.repo_id} was not found on {where}",
-                                param="checkpoint")
-    if isinstance(exc, hf.RevisionNotFoundError):
-        return HubNotFoundError(f"{ref.repo_id} has no revision 'main' on {where}",
-                                param="checkpoint")
-    if isinstance(exc, hf.EntryNotFoundError):
-        return HubNotFoundError(f"A file of {ref} is missing on {where}: {_first_line(exc)}",
-                                param="checkpoint")
-    if isinstance(exc, (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError)) or _transport(exc):
-        return HubUnavailableError(
-            f"Cannot reach the Hugging Face Hub at {where} to pull {ref} "
-            f"({_first_line(exc) or type(exc).__name__}). Check the network, or set "
-            "HF_HUB_OFFLINE=1 to use only models already in the cache.", param="checkpoint")
-    if isinstance(exc, hf.HfHubHTTPError):
-        if status == 401:
-            return HubAuthError(f"{where} refused HF_TOKEN for {ref.repo_id}: "
-                                f"{_first_line(exc)}", param="checkpoint")
-        if status == 403:
-            return HubAccessError(f"{where} refused access to {ref.repo_id} ({token_hint}): "
-                                  f"{_first_line(exc)}", param="checkpoint")
-        if status is not None and status >= 500:
-            return HubUnavailableError(f"The hub at {where} failed ({status}) while pulling "
-                                       f"{ref}; try again later", param="checkpoint")
-    if isinstance(exc, OSError):
-        return HubError(f"The pull of {ref} failed: {_first_line(exc)}", param="checkpoint")
-    log.warning("Unexpected failure while pulling %s", ref, exc_info=exc)
-    return HubError(f"The pull of {ref} failed: {type(exc).__name__}: {_first_line(exc)}",
-                    param="checkpoint")
-
-
-def _transport(exc: BaseException) -> bool:
-    """A connection that could not be made or broke (``httpx``-style, whatever its version)."""
-    for cls in type(exc).__mro__:
-        if cls.__name__ in ("TransportError", "TimeoutException") and (
-                cls.__module__.split(".")[0] in ("httpx", "httpx2", "httpcore")):
-            return True
-    return isinstance(exc, (ConnectionError, TimeoutError))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""

@@ -1,11 +1,12 @@
 """Pulls in flight: one download per checkpoint, shared by everyone who asks, off the loop.
 
-A pull runs :func:`.hub.fetch` on a daemon thread of its own (a download can take an hour; it
+A pull runs :func:`.hub_fetch.fetch` on a daemon thread of its own (a download can take an hour; it
 must neither hold the event loop nor a worker of the loop's default executor, and must not keep
 the process alive at exit). The thread hands its progress to the loop with
 ``call_soon_threadsafe``; everything else here lives on the loop. Asking for a checkpoint that
-is already being pulled joins that pull (single-flight); cancelling it stops the download at its
-next chunk for everyone who waits on it.
+is already being pulled joins that pull (single-flight). Cancelling it answers everyone who
+waits on it at once and hangs up the download: its sockets are shut down, so the thread's
+blocked read returns within milliseconds and removes the partial file.
 
 Progress is a snapshot per file (bytes done and total) that only grows, so a client sees a
 monotonic bar even when a resume makes the library fetch bytes again. The router's event log
@@ -23,8 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LemonadeError, PullCancelledError
-from . import hub
-from .hub import FileProgress, HubEnv, HubRef, LocalModel, PullPlan
+from . import hub_fetch
+from .hub import HubEnv, HubRef, LocalModel, PullPlan
+from .hub_fetch import Checks, FileProgress
+from .hub_transfer import Hangup
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +38,21 @@ Emit = Callable[..., Any]
 Listener = Callable[[dict[str, Any]], None]
 
 
-def job_key(ref: HubRef, mmproj: str | None) -> str:
-    return f"{ref.key}|{(mmproj or '').lower()}"
+def job_key(ref: HubRef, mmproj: str | None, checked: bool = False) -> str:
+    """One job per checkpoint; a checked (curated) pull never joins an unchecked one."""
+    return f"{ref.key}|{(mmproj or '').lower()}|{'checked' if checked else ''}"
 
 
 class PullJob:
     """One download in flight and the clients waiting for it. Lives on the loop."""
 
     def __init__(self, ref: HubRef, mmproj: str | None, name: str, emit: Emit,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.ref, self.mmproj = ref, mmproj
-        self.key = job_key(ref, mmproj)
+                 loop: asyncio.AbstractEventLoop, checks: Checks | None = None) -> None:
+        self.ref, self.mmproj, self.checks = ref, mmproj, checks
+        self.key = job_key(ref, mmproj, checks is not None)
         self.names = {name}
         self.future: asyncio.Future[LocalModel] = loop.create_future()
-        self.cancelled = threading.Event()
+        self.cancelled = Hangup()
         self.started = time.monotonic()
         self._name = name
         self._emit = emit
@@ -99,8 +103,12 @@ class PullJob:
         return unsubscribe
 
     def cancel(self) -> None:
-        """Stop the download at its next chunk; every waiter gets PullCancelledError."""
+        """Answer every waiter with PullCancelledError now and hang up the download.
+
+        The thread sees its sockets shut down, removes its partial file and ends on its own;
+        what it reports afterwards is ignored (the future is done)."""
         self.cancelled.set()
+        self._fail(PullCancelledError(f"The pull of {self.checkpoint} was cancelled"))
 
     async def wait(self) -> LocalModel:
         """The local files once the pull is done (one waiter leaving does not cancel it)."""
@@ -108,10 +116,14 @@ class PullJob:
 
     # -- fed by the download thread, on the loop --------------------------------------------
     def _planned(self, plan: PullPlan) -> None:
+        if self.future.done():
+            return  # cancelled: what the thread says while it winds down is old news
         self._files = [{"file": f.path, "bytes_downloaded": 0, "bytes_total": f.size}
                        for f in plan.all_files]
 
     def _progress(self, p: FileProgress) -> None:
+        if self.future.done():
+            return  # cancelled: no progress event may follow the ``cancelled`` one
         while len(self._files) <= p.index:
             self._files.append({"file": p.path, "bytes_downloaded": 0, "bytes_total": p.total})
         entry = self._files[p.index]
@@ -164,15 +176,18 @@ class PullManager:
     def jobs(self) -> list[PullJob]:
         return [j for j in self._jobs.values() if not j.done]
 
-    def start(self, ref: HubRef, mmproj: str | None, *, name: str, emit: Emit) -> PullJob:
-        """Join the pull of this checkpoint in flight, or start one; never blocks."""
-        key = job_key(ref, mmproj)
+    def start(self, ref: HubRef, mmproj: str | None, *, name: str, emit: Emit,
+              checks: Checks | None = None) -> PullJob:
+        """Join the pull of this checkpoint in flight, or start one; never blocks.
+
+        ``checks``: the size and sha256 each file must have (a curated model's)."""
+        key = job_key(ref, mmproj, checks is not None)
         job = self._jobs.get(key)
         if job is not None and not job.done and not job.cancelled.is_set():
             job.names.add(name)
             return job
         loop = asyncio.get_running_loop()
-        job = PullJob(ref, mmproj, name, emit, loop)
+        job = PullJob(ref, mmproj, name, emit, loop, checks)
         self._jobs[key] = job
         job._event("start", checkpoint=job.checkpoint)
         job.future.add_done_callback(lambda _f, key=key, job=job: self._forget(key, job))
@@ -211,10 +226,11 @@ class PullManager:
                 job.cancelled.set()
 
         try:
-            local = hub.fetch(job.ref, job.mmproj, env,
-                              progress=lambda p: post(job._progress, p),
-                              cancelled=job.cancelled,
-                              planned=lambda plan: post(job._planned, plan))
+            local = hub_fetch.fetch(job.ref, job.mmproj, env,
+                                    progress=lambda p: post(job._progress, p),
+                                    cancelled=job.cancelled,
+                                    planned=lambda plan: post(job._planned, plan),
+                                    checks=job.checks)
         except BaseException as exc:  # noqa: BLE001 - handed to the loop's waiters
             post(job._fail, exc)
         else:

@@ -213,7 +213,7 @@ class Router:
             return
         self.phase = RouterPhase.STOPPING
         self._changes.notify()
-        self.catalog.pulls.cancel_all()  # at their next chunk; their waiters get the error
+        self.catalog.pulls.cancel_all()  # hung up at once; their waiters get the error
         for task in list(self._background):
             task.cancel()
         if self._http is not None:

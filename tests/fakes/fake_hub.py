@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A local stand-in for the Hugging Face Hub: the endpoints ``huggingface_hub`` calls for a pull.
+"""A local stand-in for the Hugging Face Hub: the endpoints a pull calls (as ``huggingface_hub``).
 
 * ``GET /api/models/ORG/REPO/tree/REV?recursive=…``: the repository's files with their sizes
   (``HfApi.list_repo_tree``), one page.
@@ -9,22 +9,37 @@
 * Errors the way the hub sends them: a status plus ``X-Error-Code`` (``RepoNotFound``,
   ``EntryNotFound``, ``RevisionNotFound``, ``GatedRepo``) and ``X-Error-Message``.
 
-Repositories map file names to local files (several names may share one file). Per repository:
-``private`` (needs ``Authorization: Bearer <token>``; 401 otherwise), ``cut_at`` (the first GET
-of each file stops after that many bytes and closes the connection, as a dropped network does),
-``rate`` (bytes per second; 0 is unthrottled, served with ``sendfile``).
+Repositories map file names to local files (several names may share one file). Per
+repository: ``private`` (needs ``Authorization: Bearer <token>``; 401 otherwise), ``gated``
+(403 ``GatedRepo`` to everyone), ``status`` (every request of the repository answers that
+status, e.g. 500), ``bad_listing`` (the file listing is not JSON), ``gone`` (files listed that
+answer 404 ``EntryNotFound``, as after a rewrite of the repository), ``cut_at`` (the first GET of
+each file stops after that many bytes and closes the connection, as a dropped network does),
+``rate`` (bytes per second; 0 is unthrottled, served with ``sendfile``), ``stall_at`` and
+``stall_s`` (a throttled download goes silent for that many seconds once that many bytes are
+sent, as a stuck network does; a client that hangs up meanwhile is seen at once). A file's
+ETag is the sha256 of its bytes, as the hub's is for a GGUF (LFS) file.
 
-``GET /_fake/stats`` lists every request (method, path, ``Range``, status, bytes sent);
-``POST /_fake/reset`` clears it and cuts the next first GETs again. Run as ``fake_hub.py CONFIG.json``: it prints
-``{"port": N}`` once it listens. :class:`FakeHub` does that from a test or a benchmark.
+``GET /_fake/stats`` lists every request (method, path, ``Range``, status, bytes sent, and for a
+file body ``ended``: the wall-clock time it stopped, ``complete``: whether it was all sent, so
+a test sees when a client hung up);
+``POST /_fake/reset`` clears it, cuts the next first GETs again and restores every
+repository's settings; ``POST /_fake/set`` with ``{"repo": NAME, KEY: VALUE…}`` changes the
+settings of a repository (``rate``, ``stall_at``…) for the next requests.
+
+Run as ``fake_hub.py CONFIG.json``: it prints ``{"port": N}`` once it listens. :class:`FakeHub`
+does that from a test or a benchmark.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -48,7 +63,23 @@ class Hub:
         self.token: str = config.get("token", "")
         self.log: list[dict[str, Any]] = []
         self.cut_done: set[tuple[str, str]] = set()
+        self.original = copy.deepcopy(self.repos)
         self.lock = threading.Lock()
+        self._digests: dict[str, str] = {}
+
+    def digest(self, local: str) -> str:
+        """The sha256 of a served file (computed once)."""
+        with self.lock:
+            known = self._digests.get(local)
+        if known is None:
+            sha = hashlib.sha256()
+            with open(local, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    sha.update(chunk)
+            known = sha.hexdigest()
+            with self.lock:
+                self._digests[local] = known
+        return known
 
     def record(self, **entry: Any) -> None:
         with self.lock:
@@ -106,6 +137,13 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if not self._authorized(repo):
             return None
+        if repo.get("gated"):
+            self._error(403, "GatedRepo", "Access to this model is restricted: you must accept "
+                        "its conditions")
+            return None
+        if repo.get("status"):
+            self._error(int(repo["status"]), "", "Internal Error")
+            return None
         if rev not in ("main", COMMIT):
             self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
             return None
@@ -137,6 +175,13 @@ class Handler(BaseHTTPRequestHandler):
             with self.hub.lock:
                 self.hub.log.clear()
                 self.hub.cut_done.clear()
+                self.hub.repos = copy.deepcopy(self.hub.original)
+            self._send(200, b"{}", record=False)
+            return
+        if urllib.parse.urlsplit(self.path).path == "/_fake/set":
+            wanted = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            with self.hub.lock:
+                self.hub.repos[wanted.pop("repo")].update(wanted)
             self._send(200, b"{}", record=False)
             return
         self._error(404, "", "no such route")
@@ -145,13 +190,17 @@ class Handler(BaseHTTPRequestHandler):
         repo = self._repo(name, rev)
         if repo is None:
             return
+        if repo.get("bad_listing"):
+            self._send(200, b"<html>not a file list</html>", content_type="text/html")
+            return
         entries = []
         for rel, local in sorted(repo["files"].items()):
             size = os.path.getsize(local)
-            entry: dict[str, Any] = {"type": "file", "oid": _etag(name, rel)[:40], "size": size,
+            etag = self.hub.digest(local)
+            entry: dict[str, Any] = {"type": "file", "oid": etag[:40], "size": size,
                                      "path": rel}
             if rel.endswith(".gguf"):
-                entry["lfs"] = {"oid": _etag(name, rel), "size": size, "pointerSize": 134}
+                entry["lfs"] = {"oid": etag, "size": size, "pointerSize": 134}
             entries.append(entry)
         self._send(200, json.dumps(entries).encode())
 
@@ -166,7 +215,7 @@ class Handler(BaseHTTPRequestHandler):
         if repo is None:
             return
         local = repo["files"].get(rel)
-        if local is None:
+        if local is None or rel in repo.get("gone", ()):
             self._error(404, "EntryNotFound", f"{rel} does not exist on main",
                         **{"X-Repo-Commit": COMMIT})
             return
@@ -178,7 +227,7 @@ class Handler(BaseHTTPRequestHandler):
             start = int(wanted[1])
             end = min(int(wanted[2]), size - 1) if wanted[2] else size - 1
             status = 206
-        etag = _etag(name, rel)
+        etag = self.hub.digest(local)
         self.send_response(status)
         self.send_header("X-Repo-Commit", COMMIT)
         self.send_header("ETag", f'"{etag}"')
@@ -200,13 +249,16 @@ class Handler(BaseHTTPRequestHandler):
                 self.hub.cut_done.add((name, rel))
             limit = cut
             self.close_connection = True
-        sent = self._body(local, start, limit, float(repo.get("rate") or 0))
+        stall = (int(repo.get("stall_at") or 0), float(repo.get("stall_s") or 0))
+        sent = self._body(local, start, limit, float(repo.get("rate") or 0), stall)
         self.hub.record(method="GET", path=self.path, range=self.headers.get("Range"),
-                        status=status, sent=sent)
+                        status=status, sent=sent, ended=time.time(),
+                        complete=start + sent == end + 1)
         if self.close_connection:
             self.connection.shutdown(2)
 
-    def _body(self, local: str, start: int, limit: int, rate: float) -> int:
+    def _body(self, local: str, start: int, limit: int, rate: float,
+              stall: tuple[int, float] = (0, 0.0)) -> int:
         sent = 0
         with open(local, "rb") as fh:
             if not rate:
@@ -217,9 +269,16 @@ class Handler(BaseHTTPRequestHandler):
             fh.seek(start)
             began = time.monotonic()
             while start + sent < limit:
-                chunk = fh.read(min(CHUNK, limit - start - sent))
+                if stall[1] and start + sent >= stall[0]:
+                    if self._hung_up_within(stall[1]):
+                        self.close_connection = True
+                        break
+                    stall = (0, 0.0)
+                chunk = fh.read(min(CHUNK, limit - start - sent, max(stall[0] - start - sent, 0)
+                                    or CHUNK))
                 try:
                     self.wfile.write(chunk)
+                    self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
                     break
@@ -230,8 +289,18 @@ class Handler(BaseHTTPRequestHandler):
         return sent
 
 
-def _etag(repo: str, rel: str) -> str:
-    return hashlib.sha256(f"{repo}/{rel}".encode()).hexdigest()
+    def _hung_up_within(self, seconds: float) -> bool:
+        """Send nothing for ``seconds``; True as soon as the client closes its end."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 0.02)
+            if readable:
+                try:
+                    if not self.connection.recv(1, socket.MSG_PEEK):
+                        return True
+                except OSError:
+                    return True
+        return False
 
 
 def main() -> None:
@@ -290,6 +359,12 @@ class FakeHub:
         import httpx
 
         httpx.post(f"{self.url}/_fake/reset", timeout=10)
+
+    def configure(self, repo: str, **settings: Any) -> None:
+        """Change settings of ``repo`` (``rate``, ``stall_at``…) until the next reset."""
+        import httpx
+
+        httpx.post(f"{self.url}/_fake/set", json={"repo": repo, **settings}, timeout=10)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import errno
 
+import httpx
 import pytest
 
-from lemonade_jupyter.core import hub
+from lemonade_jupyter.core import hub, hub_fetch
 from lemonade_jupyter.core.catalog import Catalog, ModelSpec, load_curated
 from lemonade_jupyter.core.engines.llamacpp import LlamaCppEngine
 from lemonade_jupyter.core.hub import HubEnv, HubRef, RepoFile, parse_checkpoint, plan_pull
 from lemonade_jupyter.core.options import LoadOptions
+from lemonade_jupyter.core.hub_errors import hub_error
+from lemonade_jupyter.core.hub_transfer import HubStatusError
 from lemonade_jupyter.errors import (
-    HubNotFoundError, InsufficientStorageError, InvalidRequestError, ModelNotFoundError,
+    HubAccessError, HubAuthError, HubError, HubNotFoundError, HubUnavailableError,
+    InsufficientStorageError, InvalidRequestError, ModelNotFoundError,
 )
 from lemonade_jupyter.kernel.progress import ProgressView
 
@@ -145,28 +149,46 @@ def test_pull_requests_are_validated_before_anything(tmp_path):
 def test_error_mapping(tmp_path):
     env = HubEnv("http://hub.test", None, False, tmp_path)
     ref = HubRef("o/r", variant="Q4_0")
-    full = hub.hub_error(OSError(errno.ENOSPC, "No space left on device"), ref, env)
+    full = hub_error(OSError(errno.ENOSPC, "No space left on device"), ref, env)
     assert isinstance(full, InsufficientStorageError) and full.status_code == 507
     assert "full" in full.message
-    import httpx
-
     transports = [ConnectionRefusedError("refused"), httpx.ConnectError("refused"),
-                  httpx.ReadTimeout("slow")]
-    httpx2 = pytest.importorskip("httpx2")  # what huggingface_hub raises in its 2.x releases
-    transports += [httpx2.ConnectError("refused"), httpx2.RemoteProtocolError("cut")]
+                  httpx.ConnectTimeout("slow"), httpx.ReadTimeout("slow"),
+                  httpx.RemoteProtocolError("cut"), httpx.ReadError("reset")]
     for exc in transports:
-        down = hub.hub_error(exc, ref, env)
+        down = hub_error(exc, ref, env)
         assert down.status_code == 503, exc
+        assert "http://hub.test could not be reached" in down.message
         assert "HF_HUB_OFFLINE" in down.message and "network" in down.message
-    assert hub.hub_error(ValueError("odd"), ref, env).status_code == 502
+    odd = hub_error(ValueError("odd"), ref, env)
+    assert odd.status_code == 502 and "ValueError" not in odd.message
+
+
+@pytest.mark.parametrize("status,code,token,expected,words", [
+    (401, "RepoNotFound", None, HubAuthError, "set HF_TOKEN"),
+    (401, "", "t", HubAuthError, "refused the token in HF_TOKEN"),
+    (403, "GatedRepo", None, HubAccessError, "is gated"),
+    (404, "RepoNotFound", None, HubNotFoundError, "Repository o/r was not found"),
+    (404, "EntryNotFound", None, HubNotFoundError, "is not on"),
+    (404, "RevisionNotFound", None, HubNotFoundError, "no revision"),
+    (429, "", None, HubUnavailableError, "too many requests"),
+    (500, "", None, HubUnavailableError, "failed (HTTP 500)"),
+    (418, "", None, HubError, "HTTP 418"),
+])
+def test_hub_status_errors_are_told_in_words(tmp_path, status, code, token, expected, words):
+    env = HubEnv("http://hub.test", token, False, tmp_path)
+    error = hub_error(HubStatusError(status, code, "file m.gguf of o/r"),
+                      HubRef("o/r", variant="Q4_0"), env)
+    assert type(error) is expected and words in error.message
+    assert "Error" not in error.message  # no Python class name
 
 
 def test_space_check_refuses_a_pull_that_cannot_fit(tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "free_bytes", lambda root: 10)
+    monkeypatch.setattr(hub_fetch, "free_bytes", lambda root: 10)
     with pytest.raises(InsufficientStorageError) as info:
-        hub._check_space(HubRef("o/r"), [RepoFile("m.gguf", 2_000_000_000)], tmp_path)
+        hub_fetch._check_space(HubRef("o/r"), [RepoFile("m.gguf", 2_000_000_000)], tmp_path)
     assert "2.00 GB" in info.value.message and "HF_HUB_CACHE" in info.value.message
-    hub._check_space(HubRef("o/r"), [RepoFile("m.gguf", 5)], tmp_path)
+    hub_fetch._check_space(HubRef("o/r"), [RepoFile("m.gguf", 5)], tmp_path)
 
 
 def test_engine_flags_for_reranking_embedding_and_mmproj():

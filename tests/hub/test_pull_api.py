@@ -12,14 +12,13 @@ import asyncio
 import filecmp
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
-from lemonade_jupyter.core import hub
+from lemonade_jupyter.core import hub_fetch, hub_transfer
 from tests.helpers.http import API, auth_headers, chat_body
 from tests.helpers.polling import wait_until
 
@@ -245,15 +244,15 @@ async def test_offline_mode_uses_only_the_cache(api, hub_cache, fake_hub, monkey
 async def test_disk_full_is_507_and_removes_the_partial_file(api, hub_cache, monkeypatch):
     body = {"model_name": "user.full", "checkpoint": f"{SMOL}:Q4_1"}
     with monkeypatch.context() as patch:
-        patch.setattr(hub, "free_bytes", lambda root: 1_000_000)  # checked before downloading
+        patch.setattr(hub_fetch, "free_bytes", lambda root: 1_000_000)  # checked before downloading
         answer = await api.post(f"{API}/pull", body)
     assert answer.code == 507 and answer.error["code"] == "insufficient_storage"
     assert "disk space" in answer.error["message"]
 
-    def disk_fills_up(self, n: int = 1) -> None:  # the write of a chunk fails
+    def disk_fills_up(fh, chunk: bytes) -> None:  # the write of a chunk fails
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(hub._ByteCounter, "update", disk_fills_up)
+    monkeypatch.setattr(hub_transfer, "write_chunk", disk_fills_up)
     answer = await api.post(f"{API}/pull", body)
     assert answer.code == 507 and "full" in answer.error["message"]
     assert not blobs(hub_cache)  # the partial download was removed
@@ -371,23 +370,3 @@ async def test_reranking_model_has_its_own_pool_and_route(api, default_model_fil
     chat = await api.post(f"{API}/chat/completions", chat_body("user.rerank"))
     assert chat.code == 400 and f"{API}/reranking" in chat.error["message"]
     assert (await api.health())["loaded_models"] == {"llm": 1, "reranking": 1}
-
-
-async def test_a_pull_in_flight_ends_when_the_router_stops(
-        api, lemonade, hub_cache, fake_hub, default_model_file):
-    """A download must not outlive its router (a server stop, an embedded router closed)."""
-    pull = asyncio.ensure_future(api.post(f"{API}/pull", {"model_name": "user.s",
-                                                          "checkpoint": f"{SLOW}:Q4_1"}))
-
-    def downloading() -> bool:
-        return any(r == "progress" and d["bytes_downloaded"] > 0
-                   for r, d in pull_events(lemonade, "user.s"))
-
-    await wait_until(downloading, timeout=30, what="the pull to download bytes")
-    await lemonade.router.stop()
-    answer = await pull
-    assert answer.code == 409 and answer.error["code"] == "pull_cancelled", answer.body
-    await wait_until(lambda: not [t for t in threading.enumerate()
-                                  if t.name.startswith("lemonade-pull")],
-                     timeout=30, what="the download thread to end")
-    assert fake_hub.downloads("slow")[-1]["sent"] < os.path.getsize(default_model_file)
