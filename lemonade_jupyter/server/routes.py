@@ -7,7 +7,7 @@ from typing import Any
 from jupyter_server.utils import url_path_join
 
 from ..api_paths import ROUTE_PREFIX
-from . import aliases, logs, observe, pull, rest
+from . import aliases, logs, model_detail, observe, pull, rest
 from .engine_routes import PROXIED
 from .proxy import OpenAIProxyHandler
 
@@ -16,6 +16,7 @@ from .proxy import OpenAIProxyHandler
 ROUTES: list[tuple[str, type, dict[str, Any]]] = [
     ("api/v1/health", rest.HealthHandler, {}),
     ("api/v1/models", rest.ModelsHandler, {}),
+    ("api/v1/models/(?P<model>[^/]+)", model_detail.ModelDetailHandler, {}),
     ("api/v1/load", rest.LoadHandler, {}),
     ("api/v1/unload", rest.UnloadHandler, {}),
     ("api/v1/pull", pull.PullHandler, {}),

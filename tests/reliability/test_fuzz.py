@@ -252,7 +252,8 @@ def test_fuzz_every_route_body_query_and_method(fuzz_server):
     bodies = body_strategies(paths)
     registered = {path for path, _h, _kw in ROUTES}
     get_routes = {"api/v1/health", "api/v1/models", "internal/config", "api/v1/events", "metrics",
-                  "api/v1/memory/history", "api/v1/stats", f"api/v1/logs/{PATH_MODEL}"}
+                  "api/v1/memory/history", "api/v1/stats", f"api/v1/logs/{PATH_MODEL}",
+                  f"api/v1/models/{PATH_MODEL}"}
     assert registered == set(bodies) | get_routes, "a route has no fuzz strategy"
     counts: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
