@@ -65,13 +65,16 @@ def _slot_check(client: RouterClient, model: str, pinned: bool) -> None:
     live = {m.get("model_name"): m for m in health.get("all_models_loaded") or []}
     if model in live:
         return  # already loaded: a touch, a re-pin or a reload in its slot
-    catalog = {m.get("id"): m for m in client.request("GET", "api/v1/models?show_all=true")
-               .get("data", [])}
+    catalog: dict[str, dict[str, Any]] = {}
+    for m in client.request("GET", "api/v1/models?show_all=true").get("data", []):
+        for name in [m.get("id"), *(m.get("aliases") or [])]:
+            catalog[str(name)] = m
     entry = catalog.get(model)
     if entry is None or entry.get("recipe") == "remote":
         return  # the API says what is wrong with it
-    kind = entry.get("alias_of") and catalog.get(entry["alias_of"], {}).get("type") or \
-        entry.get("type", "llm")
+    if entry.get("id") in live:
+        return
+    kind = entry.get("type", "llm")
     slots = (health.get("max_models") or {}).get(kind, 1)
     pool = [m for m in live.values() if m.get("type") == kind]
     if slots == -1 or len(pool) < slots:

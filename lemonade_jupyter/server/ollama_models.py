@@ -106,12 +106,13 @@ def expires_at(m: LiveModel, router: Any) -> str:
     return _iso(m.last_use_wall + timeout)
 
 
-def ps_entry(m: LiveModel, router: Any) -> dict[str, Any]:
+def ps_entry(m: LiveModel, router: Any, model_details: dict[str, Any]) -> dict[str, Any]:
+    """One loaded model as ``/api/ps`` shows it (``model_details``: :func:`details`)."""
     vram = sum(f.bytes or 0 for f in m.memory.gpu.values())
     size = m.memory_bytes or m.estimate_bytes or _size_bytes(m.spec)
     ctx = m.backend.options.ctx_size if m.backend is not None else None
     return {"name": m.name, "model": m.name, "size": size, "digest": _digest(m.spec),
-            "details": details(m.spec), "expires_at": expires_at(m, router),
+            "details": model_details, "expires_at": expires_at(m, router),
             "size_vram": vram, "context_length": ctx, "pinned": m.pinned}
 
 
@@ -123,8 +124,10 @@ class TagsHandler(OllamaHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.write_json({"models": [tag_entry(s) for s in self.router.catalog.all()
-                                    if s.downloaded]})
+        specs = [s for s in self.router.catalog.all() if s.downloaded]
+        # GGUF headers and file sizes are read in a worker thread, off the event loop.
+        entries = await asyncio.to_thread(lambda: [tag_entry(s) for s in specs])
+        self.write_json({"models": entries})
 
 
 class PsHandler(OllamaHandler):
@@ -138,7 +141,8 @@ class PsHandler(OllamaHandler):
         gone = (ModelState.EVICTING, ModelState.UNLOADED)
         models = sorted((m for m in self.router.live_models() if m.state not in gone),
                         key=lambda m: m.name)
-        self.write_json({"models": [ps_entry(m, self.router) for m in models]})
+        facts = await asyncio.to_thread(lambda: [details(m.spec) for m in models])
+        self.write_json({"models": [ps_entry(m, self.router, d) for m, d in zip(models, facts)]})
 
 
 class ShowHandler(OllamaHandler):
@@ -159,7 +163,8 @@ class ShowHandler(OllamaHandler):
                         f"{arch}.block_count": layers}
         self.write_json({
             "modelfile": f"FROM {spec.checkpoint}\n", "parameters": "", "template": "",
-            "details": details(spec), "model_info": info, "modified_at": _modified(spec),
+            "details": await asyncio.to_thread(details, spec), "model_info": info,
+            "modified_at": _modified(spec),
             "capabilities": ["embedding"] if spec.type == "embedding" else ["completion"],
         })
 

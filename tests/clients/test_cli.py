@@ -114,9 +114,11 @@ def test_load_pin_unpin_unload_with_options(clean, rest):
 def test_load_warns_before_it_evicts_and_stops_when_every_slot_is_pinned(
         clean, rest, default_model_file):
     register(rest, "user.other", default_model_file)
+    assert rest.post(f"{API}/alias", json={"model_name": "user.other",
+                                           "alias": "other"}).status_code == 200
     ok(run_cli("load", DEFAULT_MODEL, server=clean))
-    result = ok(run_cli("load", "user.other", server=clean))
-    assert (f"warning: every llm slot is in use (1 of 1); loading user.other unloads "
+    result = ok(run_cli("load", "other", server=clean))  # an alias is checked like its model
+    assert (f"warning: every llm slot is in use (1 of 1); loading other unloads "
             f"{DEFAULT_MODEL}") in result.stderr
     assert set(loaded(rest.get(f"{API}/health").json())) == {"user.other"}
 
