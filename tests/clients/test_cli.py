@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -251,3 +252,49 @@ def test_finds_the_server_like_a_kernel_does(clean, rest):
     env = cli_env(LEMONADE_JUPYTER_URL=f"http://127.0.0.1:{free_port()}/",
                   LEMONADE_JUPYTER_TOKEN=clean.token)
     ok(run_cli("status", "--url", clean.url, env=env))
+
+
+def test_pull_on_a_terminal_draws_a_bar_and_ctrl_c_cancels_it_on_the_server(clean, rest,
+                                                                             fake_hub):
+    import pty
+    import select
+
+    master, slave = pty.openpty()  # stderr is a terminal: the bar is redrawn in place
+    argv = [sys.executable, "-m", "lemonade_jupyter.cli", "pull", "user.cli-slow",
+            "test/slow-GGUF:Q4_1", "--url", clean.url, "--token", clean.token]
+    seen = b""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, env=cli_env()) as proc:
+        os.close(slave)
+        deadline = time.monotonic() + 60
+        while b"%" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                seen += os.read(master, 4096)
+        assert b"\r[" in seen and b"%" in seen, seen
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+        while True:  # what it wrote after the interrupt
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    os.close(master)
+    assert b"pull of user.cli-slow cancelled" in seen
+    # Cancelled on the server (its event log says how the pull ended); nothing registered.
+    assert pull_outcome(clean, "user.cli-slow") == "cancelled"
+    assert "user.cli-slow" not in {m["id"] for m in rest.get(f"{API}/models").json()["data"]}
+
+
+def pull_outcome(server, name: str) -> str:
+    """How the router's event log says the pull of ``name`` ended (waits for it)."""
+    for event in server.router_client.events(last_event_id=1, read_timeout=30):
+        if (event.get("kind") == "pull" and event.get("model") == name
+                and event.get("reason") in ("cancelled", "complete", "error")):
+            return str(event["reason"])
+    raise AssertionError(f"the event stream ended before the pull of {name} did")
