@@ -76,15 +76,17 @@ def test_chat_whole_and_streamed_give_the_same_greedy_answer(client, rest):
     assert last_request(rest)["finished_at"] > stats["finished_at"]
 
 
-def test_generate_whole_streamed_and_raw(client):
+def test_generate_whole_streamed_and_raw(client, rest):
     whole = client.generate(model=DEFAULT_MODEL, prompt="Say hi", options=GREEDY, stream=False)
     assert whole.done and whole.response
+    assert last_request(rest)["route"] == "/v1/chat/completions"  # the chat template applies
     streamed = list(client.generate(model=DEFAULT_MODEL, prompt="Say hi", options=GREEDY,
                                     stream=True))
     assert "".join(p.response for p in streamed) == whole.response
     raw = client.generate(model=DEFAULT_MODEL, prompt="The capital of France is", raw=True,
                           options=GREEDY, stream=False)
     assert raw.response and raw.eval_count
+    assert last_request(rest)["route"] == "/v1/completions"  # the prompt as it is
 
 
 def test_embed_and_embeddings(client, rest, default_model_file):
