@@ -1,4 +1,6 @@
-"""``lemonade-jupyter``: build a native engine, show the engine in use, or run the quickstart.
+"""``lemonade-jupyter``: build a native engine, show the engine in use, run the quickstart, or
+drive a running router (``status``, ``models``, ``load``, ``pull``, ``chat``...; see
+``lemonade_jupyter/client_cli``).
 
 ``lemonade-jupyter install-llama-server [--gpu auto|cuda|cpu]`` builds llama-server into the
 cache (once per flavour): with ``auto``, for this machine's GPUs when a CUDA compiler (nvcc)
@@ -41,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     quick.add_argument("--no-build", action="store_true",
                        help="on the prebuilt engine, do not build a native llama-server in the "
                             "background after the first answer")
+    from . import client_cli
+
+    client_cli.add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command in client_cli.COMMANDS:
+        return client_cli.run(args)
     if args.command == "install-llama-server":
         from .core.engines.install import install_llama_server
 

@@ -13,6 +13,7 @@ from tornado import web
 
 from ..core.engine_flags import args_policy
 from ..core.options import parse_load_options
+from ..core.router import Router
 from ..errors import InvalidRequestError, ModelNotFoundError
 from .base import LemonadeHandler, PolledHandler
 from .remote_rest import delete_remote, load_remote
@@ -171,22 +172,28 @@ class DeleteHandler(LemonadeHandler):
         if not isinstance(delete_files, bool):
             raise InvalidRequestError("Parameter 'delete_files' must be a boolean",
                                       param="delete_files")
-        name = self.router.resolve(name)
-        remote = delete_remote(self.router, name)
-        if remote is not None:
-            self.write_json(remote)
-            return
-        spec = self.router.catalog.get(name)
-        if spec.builtin:
-            raise InvalidRequestError(f"Model '{name}' is built in and cannot be deleted",
-                                      param="model_name")
-        if spec.curated and not spec.downloaded:
-            raise ModelNotFoundError(f"Model '{name}' is not downloaded", param="model_name")
-        if self.router.get_live(name) is not None:
-            try:
-                await self.router.unload(name)
-            except ModelNotFoundError:
-                pass  # unloaded meanwhile
-        removed = self.router.catalog.delete(name, delete_files=delete_files)
-        self.router.aliases.drop_model(name)
-        self.write_json({"status": "success", "model_name": name, "deleted_files": removed})
+        self.write_json(await delete_model(self.router, name, delete_files=delete_files))
+
+
+async def delete_model(router: Router, name: str, *, delete_files: bool) -> dict[str, Any]:
+    """Remove a model (a built-in one is a 400), unloading it first; the ``/delete`` answer.
+
+    Also the Ollama API's ``/api/delete``."""
+    name = router.resolve(name)
+    remote = delete_remote(router, name)
+    if remote is not None:
+        return remote
+    spec = router.catalog.get(name)
+    if spec.builtin:
+        raise InvalidRequestError(f"Model '{name}' is built in and cannot be deleted",
+                                  param="model_name")
+    if spec.curated and not spec.downloaded:
+        raise ModelNotFoundError(f"Model '{name}' is not downloaded", param="model_name")
+    if router.get_live(name) is not None:
+        try:
+            await router.unload(name)
+        except ModelNotFoundError:
+            pass  # unloaded meanwhile
+    removed = router.catalog.delete(name, delete_files=delete_files)
+    router.aliases.drop_model(name)
+    return {"status": "success", "model_name": name, "deleted_files": removed}

@@ -7,7 +7,7 @@ from typing import Any
 from jupyter_server.utils import url_path_join
 
 from ..api_paths import ROUTE_PREFIX
-from . import aliases, logs, observe, pull, rest
+from . import aliases, logs, model_detail, observe, ollama, ollama_models, pull, rest
 from .engine_routes import PROXIED
 from .proxy import OpenAIProxyHandler
 
@@ -16,6 +16,7 @@ from .proxy import OpenAIProxyHandler
 ROUTES: list[tuple[str, type, dict[str, Any]]] = [
     ("api/v1/health", rest.HealthHandler, {}),
     ("api/v1/models", rest.ModelsHandler, {}),
+    ("api/v1/models/(?P<model>[^/]+)", model_detail.ModelDetailHandler, {}),
     ("api/v1/load", rest.LoadHandler, {}),
     ("api/v1/unload", rest.UnloadHandler, {}),
     ("api/v1/pull", pull.PullHandler, {}),
@@ -32,6 +33,17 @@ ROUTES: list[tuple[str, type, dict[str, Any]]] = [
     ("api/v1/memory/history", observe.MemoryHistoryHandler, {}),
     ("metrics", observe.MetricsHandler, {}),
     ("api/v1/stats", observe.StatsHandler, {}),
+    # Ollama's API (ollama.py, ollama_models.py): ollama.Client(host=".../lemonade/ollama").
+    ("ollama/api/chat", ollama.ChatHandler, {}),
+    ("ollama/api/generate", ollama.GenerateHandler, {}),
+    ("ollama/api/embed", ollama.EmbedHandler, {}),
+    ("ollama/api/embeddings", ollama.EmbedHandler, {"legacy": True}),
+    ("ollama/api/tags", ollama_models.TagsHandler, {}),
+    ("ollama/api/ps", ollama_models.PsHandler, {}),
+    ("ollama/api/show", ollama_models.ShowHandler, {}),
+    ("ollama/api/pull", ollama_models.PullHandler, {}),
+    ("ollama/api/delete", ollama_models.DeleteHandler, {}),
+    ("ollama/api/version", ollama_models.VersionHandler, {}),
     # The engine's inference routes, one handler (engine_routes.py says how each behaves).
     *((f"api/v1/{path}", OpenAIProxyHandler, {"route": route})
       for path, route in PROXIED.items()),

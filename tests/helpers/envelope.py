@@ -46,3 +46,30 @@ def slots_pinned_envelope(requested_model: str, model_type: str = "llm") -> dict
             "requested_model": requested_model,
         }
     }
+
+
+#: Routes under this prefix speak Ollama's API: their errors are ``{"error": "message"}``.
+OLLAMA_PREFIX = "ollama/"
+
+
+def assert_ollama_error(answer: Any) -> str:
+    """The body of ``answer`` is Ollama's error shape, ``{"error": "message"}`` and nothing
+    else, with no traceback; return the message."""
+    status, body = _status_and_body(answer)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise AssertionError(f"not JSON ({status}): {body[:300]!r}") from None
+    assert isinstance(data, dict) and set(data) == {"error"}, data
+    assert isinstance(data["error"], str) and data["error"], data
+    assert "Traceback" not in data["error"], data
+    return data["error"]
+
+
+def assert_error_answer(route: str, answer: Any) -> None:
+    """The error shape of ``route`` (a path under ``lemonade/``): Ollama's for the Ollama
+    API, the envelope for every other route."""
+    if route.startswith(OLLAMA_PREFIX):
+        assert_ollama_error(answer)
+    else:
+        assert_envelope(answer)

@@ -25,7 +25,7 @@ from lemonade_jupyter.server.base import MAX_BODY_BYTES
 from lemonade_jupyter.server.routes import ROUTES
 
 from tests.helpers.artifacts import write_artifact
-from tests.helpers.envelope import assert_envelope
+from tests.helpers.envelope import OLLAMA_PREFIX, assert_envelope, assert_ollama_error
 from tests.helpers.http import API
 from tests.helpers.jupyter import JupyterProcess
 
@@ -135,6 +135,40 @@ def body_strategies(paths: dict[str, str]) -> dict[str, st.SearchStrategy[dict[s
                                                           max_size=2)),
         "api/v1/pull/cancel": st.fixed_dictionaries({}, optional={
             "model_name": names, "checkpoint": checkpoint}),
+        **ollama_strategies(message),
+    }
+
+
+def ollama_strategies(message: st.SearchStrategy[Any]) -> dict[str, st.SearchStrategy[Any]]:
+    """Bodies of the Ollama API's routes. A generating body that is accepted carries
+    ``num_predict: 1`` (Ollama's default is no limit); everything else is junk around it."""
+    short = st.just({"num_predict": 1})
+    options = st.one_of(short, st.builds(lambda extra_keys: {"num_predict": 1, **extra_keys},
+                                         st.dictionaries(st.sampled_from(
+                                             ["num_ctx", "num_thread", "temperature", "stop",
+                                              "seed", "mirostat", "top_k"]),
+                                             json_values, min_size=1, max_size=2)),
+                        json_values.filter(lambda v: not isinstance(v, dict)))
+    common = st.fixed_dictionaries({"model": names, "options": options}, optional={
+        "stream": junk(st.booleans()), "keep_alive": junk(st.sampled_from([-1, "5m", "1h", 30])),
+        "format": junk(st.sampled_from(["json", ""])), "think": junk(st.booleans())})
+    ollama_names = junk(st.sampled_from([DEFAULT_MODEL, f"{DEFAULT_MODEL}:latest", "user.fz",
+                                         "no-such-model", "hf.co/x", ""]))
+
+    def with_(field: str, valid: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+        return st.builds(lambda c, v, more: {**c, **more, **({} if v is _MISSING else {field: v})},
+                         common, st.one_of(st.just(_MISSING), junk(valid)), extra)
+
+    return {
+        "ollama/api/chat": with_("messages", st.lists(message, min_size=1, max_size=2)),
+        "ollama/api/generate": with_("prompt", st.just("Hi")),
+        "ollama/api/embed": with_("input", st.just("Hi")),
+        "ollama/api/embeddings": with_("prompt", st.just("Hi")),
+        "ollama/api/show": st.fixed_dictionaries({}, optional={"model": ollama_names,
+                                                               "verbose": json_values}),
+        "ollama/api/pull": st.fixed_dictionaries({}, optional={
+            "model": ollama_names, "stream": junk(st.booleans()), "insecure": json_values}),
+        "ollama/api/delete": st.fixed_dictionaries({}, optional={"model": ollama_names}),
     }
 
 
@@ -156,6 +190,8 @@ RAW_BODIES = [b"", b"{", b"[]", b"null", b"NaN", b"1e999", b'{"a": Infinity}', b
               b'{"model": "' + DEFAULT_MODEL.encode() + b'", "messages": [' * 50]
 queries = st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=12), max_size=3)
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+#: Routes whose own method is neither GET nor POST.
+OWN_METHOD = {"ollama/api/delete": "DELETE"}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -196,6 +232,15 @@ OFFLINE_PULL = ("api/v1/pull", 503, "hub_unavailable")
 
 
 def check_answer(route: str, resp: httpx.Response) -> None:
+    if route.startswith(OLLAMA_PREFIX):  # Ollama's error shape, and the same rules
+        if resp.status_code >= 500:
+            # The one 5xx: a pull of a hub checkpoint while the hub is unreachable.
+            assert (route, resp.status_code) == ("ollama/api/pull", 503), \
+                (route, resp.status_code, resp.text[:500])
+        if resp.status_code >= 400:
+            assert_ollama_error(resp)
+            assert resp.headers.get("Content-Type", "").startswith("application/json")
+        return
     if resp.status_code >= 500:
         err = assert_envelope(resp)
         assert (route, resp.status_code, err.get("code")) == OFFLINE_PULL, \
@@ -252,7 +297,9 @@ def test_fuzz_every_route_body_query_and_method(fuzz_server):
     bodies = body_strategies(paths)
     registered = {path for path, _h, _kw in ROUTES}
     get_routes = {"api/v1/health", "api/v1/models", "internal/config", "api/v1/events", "metrics",
-                  "api/v1/memory/history", "api/v1/stats", f"api/v1/logs/{PATH_MODEL}"}
+                  "api/v1/memory/history", "api/v1/stats", f"api/v1/logs/{PATH_MODEL}",
+                  f"api/v1/models/{PATH_MODEL}", "ollama/api/tags", "ollama/api/ps",
+                  "ollama/api/version"}
     assert registered == set(bodies) | get_routes, "a route has no fuzz strategy"
     counts: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
@@ -261,7 +308,7 @@ def test_fuzz_every_route_body_query_and_method(fuzz_server):
         state = {"settled": settled_snapshot(c, server)}
 
         for path, handler, _kw in ROUTES:
-            own = "GET" if path in get_routes else "POST"
+            own = OWN_METHOD.get(path, "GET" if path in get_routes else "POST")
             body_st = bodies.get(path, st.just({}))
             case = st.fixed_dictionaries({
                 "path": st.sampled_from(PATH_MODELS) if PATH_MODEL in path else st.just(""),
@@ -313,7 +360,10 @@ def test_oversized_bodies_are_refused(jupyter_factory):
             resp = c.post(f"lemonade/{path}", content=big,
                           headers={"Content-Type": "application/json"})
             assert resp.status_code == 413, (path, resp.status_code, resp.text[:200])
-            assert assert_envelope(resp)["type"] == "invalid_request_error"
+            if path.startswith(OLLAMA_PREFIX):
+                assert_ollama_error(resp)
+            else:
+                assert assert_envelope(resp)["type"] == "invalid_request_error"
         assert snapshot(c, server) == before
 
 

@@ -23,7 +23,9 @@ from lemonade_jupyter.server.embedded import EmbeddedServer
 from lemonade_jupyter.server.routes import ROUTES
 
 from tests.helpers.artifacts import write_artifact
-from tests.helpers.envelope import assert_envelope
+from tests.helpers.envelope import (
+    OLLAMA_PREFIX, assert_envelope, assert_error_answer, assert_ollama_error,
+)
 from tests.helpers.http import API, chat_body, loaded, sse_events
 from tests.helpers.polling import wait_for
 from tests.helpers.processes import backend_children
@@ -63,7 +65,7 @@ def walk_without_credentials(base_url: str, headers: dict[str, str]) -> int:
                 if method in own:
                     assert resp.status_code in (401, 403), (method, path, resp.status_code,
                                                             resp.text[:200])
-                    assert_envelope(resp)
+                    assert_error_answer(path, resp)
                     refused += 1
                 else:
                     assert resp.status_code in (401, 403, 405), (method, path, resp.status_code)
@@ -123,11 +125,14 @@ def test_cookie_posts_without_xsrf_token_are_refused(jupyter_factory):
         # Logged in by cookie: reads work...
         assert browser.get(f"{API}/health").status_code == 200
         # ...but every state-changing route refuses a POST without the XSRF token.
-        posts = [(p, h) for p, h, _kw in ROUTES if "POST" in implemented(h)]
-        for path, _handler in posts:
-            resp = browser.post(f"lemonade/{path}", json=_body(path))
+        posts = [(p, m) for p, h, _kw in ROUTES for m in ("POST", "DELETE")
+                 if m in implemented(h)]
+        for path, method in posts:
+            resp = browser.request(method, f"lemonade/{path}", json=_body(path))
             assert resp.status_code == 403, (path, resp.status_code, resp.text[:200])
-            assert "xsrf" in assert_envelope(resp)["message"].lower()
+            message = (assert_ollama_error(resp) if path.startswith(OLLAMA_PREFIX)
+                       else assert_envelope(resp)["message"])
+            assert "xsrf" in message.lower()
         assert not backend_children(server.pid)
         # With the token in the header (what JupyterLab sends) the same cookie session passes.
         ok = browser.post("lemonade/internal/pin", json={}, headers={"X-XSRFToken": xsrf})

@@ -1,4 +1,5 @@
-"""Junk bodies on every POST route give a 4xx JSON error envelope and change nothing."""
+"""Junk bodies on every POST route give a 4xx JSON error envelope (Ollama's error shape on
+the Ollama API) and change nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from tornado import web
 from lemonade_jupyter.server.base import MAX_BODY_BYTES
 from lemonade_jupyter.server.routes import ROUTES
 
+from tests.helpers.envelope import OLLAMA_PREFIX, assert_ollama_error
 from tests.helpers.http import API
 
 POST_PATHS = [
@@ -54,6 +56,9 @@ async def test_junk_bodies_on_every_post_route(api, default_model_name):
         for case, raw in JUNK.items():
             answer = await api.post(f"lemonade/{path}", raw=raw)
             assert 400 <= answer.code < 500, (path, case, answer.code, answer.body[:300])
+            if path.startswith(OLLAMA_PREFIX):
+                assert_ollama_error(answer)
+                continue
             err = answer.error  # the envelope, never a traceback or HTML
             assert err["type"] == "invalid_request_error", (path, case, err)
     assert await _snapshot(api) == before
@@ -67,5 +72,7 @@ async def test_huge_bodies_are_refused_with_413(api, default_model_name):
     for path in POST_PATHS:
         answer = await api.post(f"lemonade/{path}", raw=huge)
         assert answer.code == 413, (path, answer.code, answer.body[:300])
-        assert "larger than" in answer.error["message"]
+        message = (assert_ollama_error(answer) if path.startswith(OLLAMA_PREFIX)
+                   else answer.error["message"])
+        assert "larger than" in message
     assert await _snapshot(api) == before
