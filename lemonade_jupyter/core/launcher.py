@@ -17,6 +17,7 @@ import httpx
 
 from ..errors import EngineMissingError, ModelNotFoundError
 from .backend import Backend
+from .capped_log import MIB
 from .catalog import DEFAULT_MODEL, ModelSpec
 from .engines.llamacpp import EngineInfo, LlamaCppEngine, find_engine
 from .memory_sources import parse_buffer_report
@@ -112,7 +113,7 @@ class Launcher:
             engine, spec, options, http=self._http(), log_dir=self.log_dir,
             ready_timeout_s=settings.ready_timeout_s, stop_grace_s=settings.stop_grace_s,
             extra_args=placement.args(offload) + (GPU_LOG_ARGS if on_gpu else []),
-            extra_env=GPU_ENV,
+            extra_env=GPU_ENV, max_log_bytes=settings.backend_log_max_mib * MIB,
         )
         try:
             await backend.start()
@@ -120,6 +121,7 @@ class Launcher:
             await backend.stop()
             raise
         self._engines[backend] = info
+        await backend.flush_log()  # the buffer lines are printed before it answers /health
         backend.buffer_report = parse_buffer_report(backend.log_head())
         return backend
 
