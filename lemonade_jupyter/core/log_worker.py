@@ -100,6 +100,7 @@ class TailReader:
         self._idle: asyncio.Queue[_Worker] | None = None
         self._all: set[_Worker] = set()
         self._starting = 0
+        self._closing: set[asyncio.Future[None]] = set()
         self._closed = False
 
     async def read(self, path: Path, tail: int, secrets: list[str]) -> tuple[bytes, int]:
@@ -121,7 +122,8 @@ class TailReader:
         """Stop every worker (idempotent)."""
         self._closed = True
         workers, self._all = list(self._all), set()
-        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+        await asyncio.gather(*(w.close() for w in workers), *self._closing,
+                             return_exceptions=True)
 
     async def _take(self) -> _Worker:
         if self._closed:
@@ -143,9 +145,11 @@ class TailReader:
             self._all.discard(worker)
 
     def _give_back(self, worker: _Worker) -> None:
-        if self._closed or self._idle is None:
+        if self._closed or self._idle is None:  # closed meanwhile: this one goes too
             self._all.discard(worker)
-            asyncio.ensure_future(worker.close())
+            closing = asyncio.ensure_future(worker.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
             return
         self._idle.put_nowait(worker)
 

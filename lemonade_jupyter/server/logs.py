@@ -33,6 +33,7 @@ POLL_S = 0.25
 DEFAULT_TAIL = 100
 MAX_TAIL = 10_000
 
+
 class LogsHandler(EventStreamHandler):
     """``GET lemonade/api/v1/logs/{model}[?tail=N&follow=false]``: the backend log as SSE.
 
