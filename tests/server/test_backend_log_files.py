@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from lemonade_jupyter.core.backend_logs import latest_log, log_path
+from lemonade_jupyter.core.capped_log import CappedLog
 from lemonade_jupyter.core.catalog import DEFAULT_MODEL
 from lemonade_jupyter.core.log_folder import FOLDER_NAME
 
@@ -194,3 +195,21 @@ async def test_health_stays_fast_while_many_big_log_tails_are_read(
     print(summary)
     assert statistics.median(busy) <= 10 * usual, summary
     assert stalled <= took / 4, summary
+
+
+async def test_the_buffer_report_is_read_after_the_log_caught_up(
+        chatty, api, lemonade, monkeypatch):
+    """The engine prints its buffer sizes before it answers ``/health``, but they reach the
+    file through a pipe and a thread: the report is parsed only once that copy caught up.
+    Fault injection: every write to the file takes a while, so the copy lags."""
+    slow = CappedLog.write
+
+    def lagging(self: CappedLog, data: bytes) -> None:
+        time.sleep(0.3)
+        slow(self, data)
+
+    monkeypatch.setattr(CappedLog, "write", lagging)
+    lemonade.router.launcher.llama_server_path = chatty
+    await api.load(DEFAULT_MODEL)
+    backend = lemonade.router.get_live(DEFAULT_MODEL).backend
+    assert backend.buffer_report == {"host": 98 << 20}
