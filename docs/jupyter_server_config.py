@@ -66,6 +66,12 @@ c.LemonadeApp.crash_cooldown_max_s = 300.0
 c.LemonadeApp.watchdog_interval_s = 2.0
 c.LemonadeApp.watchdog_probe_timeout_s = 3.0
 c.LemonadeApp.watchdog_probe_failures = 3
+# Size cap (MiB) of each backend's log file (private, in <data_dir>/backend-logs): the
+# start-up lines and the newest lines are kept, the middle is cut. (runtime)
+c.LemonadeApp.backend_log_max_mib = 64
+# Tokens llama.cpp's own completion and infill routes generate at most when a request sets
+# neither n_predict nor max_tokens; -1: no cap. (runtime)
+c.LemonadeApp.default_n_predict = 2048
 
 # -- remote models (recipe "remote": vLLM, KServe, TGI, Ray Serve, another lemonade) ------------
 # PEM file of the CA certificates to trust for https upstreams; empty: the system's store.

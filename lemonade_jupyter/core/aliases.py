@@ -26,18 +26,21 @@ is a few hundred bytes, so it is written in place like the catalog's.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidRequestError, ModelNotFoundError
+from .names import MODEL_NAME, spelled
 from .state_files import read_json_or_quarantine, write_json_atomic
+from .validation import check_name
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "model_aliases.json"
-_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: How an alias is spelled: like a model name (:mod:`.names`).
+_ALIAS = MODEL_NAME
+_SPELLING = "a name of letters, digits, . _ - (128 at most, not starting with 'user.')"
 #: Aliases per router, so that a loop of API calls cannot grow the state file without bound.
 MAX_ALIASES = 1000
 
@@ -74,13 +77,11 @@ class ModelAliases:
         Raises InvalidRequestError (400) for a badly spelled alias or one that clashes with a
         model or with another model's alias, ModelNotFoundError (404) for an unknown model.
         """
-        if not isinstance(alias, str) or not _ALIAS.match(alias) or alias.startswith("user."):
-            raise InvalidRequestError(
-                "Parameter 'alias' must be a name of letters, digits, . _ - (128 at most, "
-                "not starting with 'user.')", param="alias")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequestError("Parameter 'model_name' must be a non-empty string",
-                                      param="model_name")
+        check_name("alias", alias, _ALIAS, _SPELLING)
+        if alias.startswith("user."):
+            raise InvalidRequestError(f"Parameter 'alias' must be {_SPELLING}", param="alias")
+        check_name("model_name", model, MODEL_NAME,
+                   "a model name (letters, digits, . _ -; 128 at most)")
         target = self.resolve(model)
         if not self._known(target):
             raise ModelNotFoundError(f"Model '{model}' is not in the catalog", param="model_name")
@@ -124,7 +125,7 @@ class ModelAliases:
         if self._path is None:
             return
         for alias, target in (read_json_or_quarantine(self._path, dict) or {}).items():
-            if (isinstance(target, str) and _ALIAS.match(alias)
+            if (isinstance(target, str) and spelled(_ALIAS, alias)
                     and not alias.startswith("user.") and alias != target):
                 self._target[alias] = target
             else:  # a junk entry must not stop the server's start

@@ -23,6 +23,7 @@ import httpx
 from ..errors import ModelLoadError
 from . import process
 from .backend_logs import log_path
+from .capped_log import LogPump
 from .catalog import ModelSpec
 from .engines.llamacpp import LOOPBACK, LlamaCppEngine
 from .options import LoadOptions
@@ -74,6 +75,7 @@ class Backend:
         stop_grace_s: float = 5.0,
         extra_args: Sequence[str] = (),
         extra_env: Mapping[str, str] | None = None,
+        max_log_bytes: int = 64 << 20,
     ) -> None:
         self.spec = spec
         self.options = options
@@ -86,6 +88,8 @@ class Backend:
         self._engine = engine
         self._http = http
         self._log_path = log_path(log_dir, spec.name, self.generation)
+        self._max_log_bytes = max_log_bytes
+        self._log_pump: LogPump | None = None
         self._ready_timeout_s = ready_timeout_s
         self._stop_grace_s = stop_grace_s
         self._proc: asyncio.subprocess.Process | None = None
@@ -161,26 +165,24 @@ class Backend:
         for attempt in range(3):
             self.port = free_port()
             argv = self._engine.argv(self.spec, self.options, port=self.port) + self._extra_args
-            self._log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._log_path, "ab") as log_file:
-                spawning = asyncio.ensure_future(
-                    process.spawn(argv, env={**self._engine.env(self.api_key), **self._extra_env},
-                                  log=log_file)
-                )
-                try:
-                    self._proc = await asyncio.shield(spawning)
-                except asyncio.CancelledError:
-                    # Cancelled (Router.stop) while the child was being created: finish the
-                    # spawn so that stop() knows the process and reaps it; losing it here
-                    # left a backend running after the router had stopped.
-                    with contextlib.suppress(Exception):
-                        self._proc = await spawning
-                    raise
+            spawning = asyncio.ensure_future(process.spawn_logged(
+                argv, env={**self._engine.env(self.api_key), **self._extra_env},
+                log_path=self._log_path, max_log_bytes=self._max_log_bytes))
+            try:
+                self._proc, self._log_pump = await asyncio.shield(spawning)
+            except asyncio.CancelledError:
+                # Cancelled (Router.stop) while the child was being created: finish the
+                # spawn so that stop() knows the process and reaps it; losing it here
+                # left a backend running after the router had stopped.
+                with contextlib.suppress(Exception):
+                    self._proc, self._log_pump = await spawning
+                raise
             self._reaper = asyncio.ensure_future(self._proc.wait())
             try:
                 await self._wait_ready(started + self._ready_timeout_s)
             except ModelLoadError as exc:
                 await self._kill_quietly()
+                await self.flush_log()  # the next attempt appends to the same file
                 if attempt < 2 and (isinstance(exc, _PortTaken)
                                     or "bind" in self.log_tail(6).lower()):
                     log.info("Port %s was taken; retrying %s", self.port, self.spec.name)
@@ -201,6 +203,7 @@ class Backend:
         url = f"{self.url}/health"
         while True:
             if self._reaper.done():
+                await self.flush_log()
                 raise ModelLoadError(
                     f"llama-server for '{self.spec.name}' exited with code "
                     f"{self._proc.returncode} while loading: {self._reason()}"
@@ -223,6 +226,7 @@ class Backend:
                 pass
             now = time.monotonic()
             if now >= deadline:
+                await self.flush_log()
                 raise ModelLoadError(
                     f"llama-server for '{self.spec.name}' was not ready after "
                     f"{self._ready_timeout_s:.0f} s: {self._reason()}"
@@ -232,6 +236,18 @@ class Backend:
             # Capped at 10 ms: a 100 ms cap made loads ~50 ms slower than a bare start
             # (benchmarks section 3); a loopback GET every 10 ms costs next to nothing.
             delay = min(delay * 1.6, 0.01)
+
+    async def flush_log(self, timeout_s: float = 2.0) -> None:
+        """Wait until what the engine printed so far is in its log file (the output goes
+        through a pipe and a thread, :mod:`.capped_log`): all of it once the process ended.
+        Waits in a worker thread, at most ``timeout_s``."""
+        pump = self._log_pump
+        if pump is None:
+            return
+        if self._proc is not None and self._proc.returncode is not None:
+            await asyncio.to_thread(pump.join, timeout_s)
+        else:
+            await asyncio.to_thread(pump.wait_caught_up, timeout_s)
 
     def _reason(self) -> str:
         tail = self.log_tail(8)

@@ -4,7 +4,8 @@ Every start of a backend writes what ``llama-server`` prints to its own file in 
 log folder, ``<model>.<generation>.log``; a reload starts a new file with a higher generation,
 so the newest file of a model is its current (or last) backend's log. This module is the one
 owner of that naming: :class:`~.backend.Backend` asks it for its path, the log stream asks it
-for the newest file.
+for the newest file. A file is capped (:mod:`.capped_log`): when its middle is cut it is
+replaced by a new file, and :class:`LogFollower` finds its place again in that one.
 
 Secrets never leave through a log: :func:`redact` blanks the given secrets (the live backends'
 API keys, the Jupyter token) wherever they appear, and anything that looks like a credential
@@ -19,14 +20,18 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .capped_log import HEAD_BYTES, CutInfo, cut_info
 
 #: Bytes read from the end of a file to find its last lines (more lines are cut).
 TAIL_WINDOW_BYTES = 1 << 20
 #: Bytes read per follow step, so that a chatty backend cannot make one step unbounded.
 FOLLOW_CHUNK_BYTES = 1 << 20
 REDACTED = "[redacted]"
+#: Lines redacted in one call (see :func:`redact_lines`).
+REDACT_BATCH_LINES = 200
 #: An authorization header: everything after it goes (scheme and credentials).
 _AUTHORIZATION = re.compile(r"(?i)(\bauthorization[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n]+")
 #: Credentials spelled out in a line: the value after the name goes.
@@ -71,6 +76,24 @@ def redact(line: str, secrets: Iterable[str]) -> str:
     return _CREDENTIAL.sub(lambda m: m.group(1) + REDACTED, line)
 
 
+def redact_lines(lines: list[str], secrets: Iterable[str]) -> list[str]:
+    """:func:`redact` of many lines, :data:`REDACT_BATCH_LINES` at a time.
+
+    One pass over a batch's text instead of one call per line (a 10,000-line tail takes a few
+    milliseconds instead of a few hundred), in batches so that no single regular-expression
+    call holds the interpreter long: a pattern runs in C without letting other threads in,
+    and the event loop waits for it (a whole 1 MiB tail in one call held ``/health`` for
+    hundreds of milliseconds). No pattern matches across a line end, so the result is that
+    of each line alone.
+    """
+    secrets = [s for s in secrets if s]
+    out: list[str] = []
+    for start in range(0, len(lines), REDACT_BATCH_LINES):
+        batch = "\n".join(lines[start:start + REDACT_BATCH_LINES])
+        out += redact(batch, secrets).split("\n")
+    return out
+
+
 def last_lines(path: Path, count: int) -> tuple[list[str], int]:
     """The last ``count`` complete lines of ``path`` and the offset after them.
 
@@ -98,6 +121,9 @@ class LogFollower:
     """Follows the newest log file of one model, switching to a newer one when it appears.
 
     ``path``/``generation``/``offset`` say where reading goes on; only :meth:`step` moves them.
+    ``_inode`` and ``_cut`` are those of the file ``offset`` counts in: when the file's middle
+    was cut (a new inode), ``offset`` is moved to the same line in the new file, or to the cut
+    marker when that line was cut.
     """
 
     log_dir: Path
@@ -105,15 +131,27 @@ class LogFollower:
     path: Path | None = None
     generation: int = 0
     offset: int = 0
+    _inode: int | None = field(default=None, repr=False)
+    _cut: CutInfo | None = field(default=None, repr=False)
 
     def start(self, tail: int) -> list[str]:
         """Begin at the newest file: its last ``tail`` lines, then follow from their end."""
-        found = latest_log(self.log_dir, self.model)
-        if found is None:
+        if self.find_newest() is None:
             return []
-        self.path, self.generation = found
+        assert self.path is not None
         lines, self.offset = last_lines(self.path, tail)
         return lines
+
+    def find_newest(self) -> Path | None:
+        """Point at the start of the newest file and return it; None if the model never
+        started. Whoever reads its tail elsewhere sets ``offset`` to the end of that tail."""
+        found = latest_log(self.log_dir, self.model)
+        if found is None:
+            return None
+        self.path, self.generation = found
+        self.offset = 0
+        self._inode, self._cut = _identity(self.path)
+        return self.path
 
     def step(self) -> tuple[list[str], int | None, list[str]]:
         """New complete lines since the last step: ``(lines, None, [])``; when the model
@@ -124,6 +162,7 @@ class LogFollower:
             return lines, None, []
         self.path, self.generation = found
         self.offset = 0
+        self._inode, self._cut = _identity(self.path)
         return lines, self.generation, self._read_new()
 
     def _read_new(self) -> list[str]:
@@ -131,6 +170,11 @@ class LogFollower:
             return []
         try:
             with open(self.path, "rb") as fh:
+                inode = os.fstat(fh.fileno()).st_ino
+                if inode != self._inode:  # its middle was cut meanwhile
+                    cut = cut_info(fh.read(HEAD_BYTES + 512))
+                    self.offset = moved_offset(self.offset, self._cut, cut)
+                    self._inode, self._cut = inode, cut
                 fh.seek(self.offset)
                 data = fh.read(FOLLOW_CHUNK_BYTES)
         except OSError:
@@ -142,3 +186,25 @@ class LogFollower:
             complete = len(data)
         self.offset += complete
         return data[:complete].decode("utf-8", "replace").splitlines()
+
+
+def moved_offset(offset: int, before: CutInfo | None, after: CutInfo | None) -> int:
+    """Where ``offset`` of a log cut as ``before`` (None: never cut) is in the same log cut as
+    ``after``: the same byte if it is still there, else the start of the cut marker."""
+    if after is None:
+        return offset
+    if offset <= after.head_len:
+        return offset
+    # Bytes after the head, counted from the log's start as if nothing had been cut.
+    past_head = (offset - before.marker_end + before.cut) if before else offset - after.head_len
+    moved = after.marker_end + past_head - after.cut
+    return moved if moved >= after.marker_end else after.head_len
+
+
+def _identity(path: Path) -> tuple[int | None, CutInfo | None]:
+    """The inode of ``path`` and how it was cut (None, None if it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            return os.fstat(fh.fileno()).st_ino, cut_info(fh.read(HEAD_BYTES + 512))
+    except OSError:
+        return None, None

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..api_paths import API_V1
 from ..errors import InvalidRequestError, ModelNotFoundError
-from . import hub
+from . import hub, names
 from .hub import HubRef, LocalModel, parse_checkpoint
 from .hub_fetch import Checks, FileCheck
 from .pulls import PullJob, PullManager
@@ -42,10 +42,10 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct-GGUF"
 GGUF_MAGIC = b"GGUF"
 KNOWN_RECIPES = ("llamacpp",)
 CURATED_FILE = Path(__file__).with_name("curated_models.json")
-_USER_NAME = re.compile(r"^user\.[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_CURATED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_MMPROJ = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+/-]{0,255}$")
+_USER_NAME = names.USER_MODEL_NAME
+_CURATED_NAME = names.MODEL_NAME
+_LABEL = names.LABEL
+_MMPROJ = names.REPO_FILE
 # Labels that are a type of their own; everything else is an "llm".
 _TYPE_BY_LABEL = {
     "embeddings": "embedding",
@@ -186,11 +186,11 @@ def load_curated(path: Path | None = None) -> list[ModelSpec]:
             mmproj = entry.get("mmproj") or ""
             size = entry.get("size")
             checks = _file_checks(entry.get("files"))
-            ok = bool(isinstance(name, str) and _CURATED_NAME.match(name)
+            ok = bool(names.spelled(_CURATED_NAME, name)
                       and not name.startswith("user.") and name != DEFAULT_MODEL
                       and parse_checkpoint(checkpoint) is not None
                       and isinstance(labels, list)
-                      and all(isinstance(x, str) and _LABEL.match(x) for x in labels)
+                      and all(names.spelled(_LABEL, x) for x in labels)
                       and isinstance(mmproj, str)
                       and (size is None or isinstance(size, (int, float))))
         except (KeyError, TypeError, AttributeError, ValueError):
@@ -205,7 +205,7 @@ def load_curated(path: Path | None = None) -> list[ModelSpec]:
     return list(specs.values())
 
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _file_checks(files: Any) -> dict[str, FileCheck] | None:
@@ -219,7 +219,7 @@ def _file_checks(files: Any) -> dict[str, FileCheck] | None:
     for path, figures in files.items():
         if not (isinstance(path, str) and isinstance(figures, dict)
                 and isinstance(figures.get("size"), int) and figures["size"] > 0
-                and isinstance(figures.get("sha256"), str) and _SHA256.match(figures["sha256"])):
+                and isinstance(figures.get("sha256"), str) and _SHA256.fullmatch(figures["sha256"])):
             raise ValueError(f"bad size or sha256 for {path!r}")
         checks[path] = FileCheck(figures["size"], figures["sha256"])
     return checks
@@ -302,7 +302,7 @@ class Catalog:
                            checkpoint: Any) -> tuple[str, str, tuple[str, ...]]:
         """The checks of a user model, in the order they are reported; the local file's too,
         unless ``checkpoint`` is a hub checkpoint (a HubRef)."""
-        if not isinstance(name, str) or not _USER_NAME.match(name):
+        if not names.spelled(_USER_NAME, name):
             raise InvalidRequestError(
                 "Parameter 'model_name' must look like 'user.NAME' (letters, digits, . _ -)",
                 param="model_name",
@@ -320,7 +320,7 @@ class Catalog:
         if (
             not isinstance(labels, list)
             or len(labels) > 16
-            or not all(isinstance(x, str) and _LABEL.match(x) for x in labels)
+            or not all(names.spelled(_LABEL, x) for x in labels)
         ):
             raise InvalidRequestError(
                 "Parameter 'labels' must be a list of short strings", param="labels"
@@ -401,7 +401,7 @@ class Catalog:
             if ref is None:
                 raise InvalidRequestError("Parameter 'mmproj' needs a hub checkpoint",
                                           param="mmproj")
-            if not isinstance(mmproj, str) or not _MMPROJ.match(mmproj) or ".." in mmproj:
+            if not names.spelled(_MMPROJ, mmproj) or ".." in mmproj:
                 raise InvalidRequestError(
                     "Parameter 'mmproj' must be the name of a file of the checkpoint's "
                     "repository", param="mmproj")
@@ -493,7 +493,7 @@ class Catalog:
             ):  # a junk entry must not stop the server's start (tests/reliability)
                 log.warning("Skipping bad entry in %s: %r", self._path, entry)
                 continue
-            if isinstance(name, str) and _USER_NAME.match(name):
+            if names.spelled(_USER_NAME, name):
                 # No file check here: a model whose file went away stays listed and gives a
                 # clear 404-style error on load instead of vanishing silently (a hub model is
                 # pulled again).

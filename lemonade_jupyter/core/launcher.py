@@ -17,6 +17,7 @@ import httpx
 
 from ..errors import EngineMissingError, ModelNotFoundError
 from .backend import Backend
+from .capped_log import MIB
 from .catalog import DEFAULT_MODEL, ModelSpec
 from .engine_flags import args_policy
 from .engines import probe
@@ -143,7 +144,7 @@ class Launcher:
             # default split, by free memory, applies there).
             extra_args=(placement.args(offload, tensor_split=info.flavour != "prebuilt")
                         + (GPU_LOG_ARGS if on_gpu else [])),
-            extra_env=GPU_ENV,
+            extra_env=GPU_ENV, max_log_bytes=settings.backend_log_max_mib * MIB,
         )
         try:
             await backend.start()
@@ -151,6 +152,7 @@ class Launcher:
             await backend.stop()
             raise
         self._engines[backend] = info
+        await backend.flush_log()  # the buffer lines are printed before it answers /health
         backend.buffer_report = parse_buffer_report(backend.log_head())
         return backend
 

@@ -5,6 +5,8 @@ On Linux each child also asks the kernel for ``SIGKILL`` when its parent *thread
 (``PR_SET_PDEATHSIG``), which covers a ``SIGKILL`` of the Jupyter server where no Python code runs.
 The signal is tied to the thread that forked the child, so spawns must happen on a long-lived
 thread: the server's main loop thread, or the embedded router's own thread (never a worker pool).
+
+A backend's output goes through a pipe into a size-capped log file (:func:`spawn_logged`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import IO
+
+from .capped_log import CappedLog, LogPump
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _make_preexec() -> Callable[[], None] | None:
+def parent_death_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when this thread dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
     # Resolve prctl in the parent: after fork only async-signal-safe work is allowed.
@@ -42,7 +48,7 @@ async def spawn(
     argv: Sequence[str], *, env: Mapping[str, str], log: IO[bytes]
 ) -> asyncio.subprocess.Process:
     """Start ``argv`` in a new session with a parent-death signal; output goes to ``log``."""
-    preexec = _make_preexec()  # per spawn: it captures the current pid (forks of us differ)
+    preexec = parent_death_preexec()  # per spawn: it captures the current pid (forks of us differ)
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -52,6 +58,25 @@ async def spawn(
         start_new_session=True,
         preexec_fn=preexec,
     )
+
+
+async def spawn_logged(
+    argv: Sequence[str], *, env: Mapping[str, str], log_path: Path, max_log_bytes: int
+) -> tuple[asyncio.subprocess.Process, LogPump]:
+    """:func:`spawn` with the output going through a pipe into a capped log file
+    (:mod:`.capped_log` says why a pipe); returns the process and the running pump."""
+    capped = CappedLog(log_path, max_log_bytes)
+    read_fd, write_fd = os.pipe()
+    try:
+        with os.fdopen(write_fd, "wb", closefd=True) as child_end:
+            proc = await spawn(argv, env=env, log=child_end)
+    except BaseException:
+        os.close(read_fd)
+        capped.close()
+        raise
+    pump = LogPump(read_fd, capped)
+    pump.start()
+    return proc, pump
 
 
 def signal_group(pid: int, sig: int) -> None:

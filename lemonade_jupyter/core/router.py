@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
@@ -48,6 +47,8 @@ from .housekeeping import WATCHER_WINDOW_S, memory_loop
 from .launcher import Launcher
 from .lifecycle import SERVING, ChangeSignal, ModelState
 from .live_model import LiveModel, RouterSnapshot
+from .log_folder import private_log_dir
+from .log_worker import TailReader
 from .memory import MemoryMonitor
 from .metrics import RouterMetrics
 from .model_table import ModelTable
@@ -121,15 +122,15 @@ class Router:
         self.phase = RouterPhase.NEW
         #: Things a user should know about this router's set-up (``/health`` shows them).
         self.notes: list[str] = []
-        # Backend logs (the engine's reason on a failed start). A directory we chose ourselves
-        # is removed on a clean stop; one the caller gave is theirs.
+        # Backend logs (the engine's reason on a failed start): a private folder under the
+        # data folder (log_folder.py), removed on a clean stop; one the caller gave is theirs.
         self._own_log_dir = log_dir is None
         self.launcher = Launcher(
-            llama_server_path,
-            log_dir or Path(os.environ.get("TMPDIR", "/tmp"),
-                            f"lemonade-backends-{os.getpid()}-{id(self):x}"),
+            llama_server_path, log_dir or private_log_dir(data_dir),
             settings=lambda: self.settings, http=lambda: self.http,
         )
+        #: Reads log tails for the log stream in worker processes (log_worker.py).
+        self.log_reader = TailReader()
         # ``keep_state`` False: another router holds ``data_dir``; pins, the loaded set and
         # settings are then neither restored nor saved (registrations and aliases still are).
         self._store = RouterStateStore(data_dir if keep_state else None)
@@ -222,6 +223,7 @@ class Router:
         await asyncio.gather(*self._background, return_exceptions=True)
         self._store.close()
         self.memory.close()
+        await self.log_reader.close()
         if self._own_log_dir:
             shutil.rmtree(self.launcher.log_dir, ignore_errors=True)
         self.phase = RouterPhase.STOPPED

@@ -24,6 +24,8 @@ MAX_LIST_ENTRIES = 256
 #: Upper bound of ``eviction_grace_s``: the engine sleeps this long before acting on memory
 #: pressure, and a long grace is an engine that never relieves it.
 MAX_EVICTION_GRACE_S = 60.0
+#: The engine reads token counts as 32-bit integers.
+_INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,16 @@ SETTINGS: tuple[Setting, ...] = (
             "(which leaves out every flag that names a file, a program, an address or a "
             "secret). A single-user escape hatch for the server's owner: never turn it on "
             "where others can load models. The flags the router sets stay refused."),
+    # -- backend logs and engine defaults ---------------------------------------------------
+    Setting("backend_log_max_mib", int, 64, minimum=1, maximum=1_048_576, runtime=True,
+            help="Size cap (MiB) of each backend's log file: its start-up lines and its newest "
+            "lines are kept, the middle is cut. Applies to backends started afterwards."),
+    Setting("default_n_predict", int, 2048, minimum=1, maximum=_INT32_MAX, special=-1,
+            runtime=True,
+            message="default_n_predict must be a positive integer or -1 (no cap)",
+            help="Tokens generated at most by llama.cpp's own completion and infill routes "
+            "when a request sets neither n_predict nor max_tokens; -1: no cap (the engine then "
+            "generates until the context is full)."),
     # -- remote models (an OpenAI-compatible upstream; see core/remote.py) --------------------
     Setting("remote_connect_timeout_s", float, 5.0, minimum=0, exclusive_minimum=True,
             help="Seconds to connect to a remote model's replica (and the timeout of a probe); "

@@ -1,4 +1,5 @@
-"""The one check of a number or boolean a user gave: a JSON body, a config file, a command line.
+"""The one check of a number, boolean or name a user gave: a JSON body, a config file, a command
+line.
 
 Every check raises :class:`~lemonade_jupyter.errors.InvalidRequestError` (a 400) naming the
 parameter, so the same wording reaches an HTTP client, a magic and a ``TraitError``.
@@ -7,9 +8,11 @@ parameter, so the same wording reaches an HTTP client, a magic and a ``TraitErro
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from ..errors import InvalidRequestError
+from .names import spelled
 
 #: Larger magnitudes are never meaningful here (seconds, tokens, counts, weights).
 MAX_MAGNITUDE = 1e12
@@ -57,6 +60,14 @@ def check_bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InvalidRequestError(f"Parameter '{key}' must be a boolean", param=key)
     return value
+
+
+def check_name(key: str, value: Any, pattern: re.Pattern[str], spelling: str) -> str:
+    """Return ``value`` if the whole string is spelled as ``pattern`` says (see :mod:`.names`:
+    no trailing newline); else a 400 saying ``Parameter 'key' must be <spelling>``."""
+    if not spelled(pattern, value):
+        raise InvalidRequestError(f"Parameter '{key}' must be {spelling}", param=key)
+    return str(value)
 
 
 def range_text(

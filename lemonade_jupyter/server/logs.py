@@ -1,13 +1,15 @@
 """``GET lemonade/api/v1/logs/{model}``: a model's backend log as a server-sent event stream.
 
 The last ``tail`` lines of its newest log first, then every new line as the backend writes it
-(the file is polled from a worker thread, :data:`POLL_S` apart), across reloads: a new backend
-starts a new file, announced by a ``start`` event, and the stream goes on with it. Every line
-is redacted on its way out (:func:`~lemonade_jupyter.core.backend_logs.redact`): the backends'
-API keys and the Jupyter token never leave.
+(the file is polled :data:`POLL_S` apart), across reloads: a new backend starts a new file,
+announced by a ``start`` event, and the stream goes on with it. Every line is redacted on its
+way out (:func:`~lemonade_jupyter.core.backend_logs.redact_lines`): the backends' API keys and
+the Jupyter token never leave.
 
-A model that has not started yet (or is unloaded) streams nothing until it starts. The
-stream never counts as Jupyter activity, like the event stream.
+The tail is read, redacted and formatted in a worker process
+(:mod:`~lemonade_jupyter.core.log_worker` says why not on the loop, nor in a thread): 50
+dashboards asking for a 10,000-line tail at once used to hold the loop, and ``/health`` with
+it, for seconds. The follow steps, at most 1 MiB each and mostly a few lines, run in a thread.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..core.backend_logs import LogFollower, redact
+from ..core.backend_logs import LogFollower
+from ..core.log_worker import log_events, tail_events
 from ..core.validation import check_number
 from ..errors import InvalidRequestError, ModelNotFoundError
 from .base import EventStreamHandler
@@ -50,13 +53,11 @@ class LogsHandler(EventStreamHandler):
         if name not in self.router.catalog:
             raise ModelNotFoundError(f"Model '{model}' is not in the catalog", param="model")
         follower = LogFollower(self.router.launcher.log_dir, name)
-        lines = await asyncio.to_thread(follower.start, tail)
+        first = await self._first_events(follower, tail)
         try:
             self.set_event_stream_headers()
             self.write(f": log of {name}\n\n".encode())
-            if follower.path is not None:
-                self._start_event(follower.generation)
-            self._write_lines(lines)
+            self.write(first)
             await self.flush()
             if follow in ("true", "1"):
                 await self._follow(follower)
@@ -84,13 +85,10 @@ class LogsHandler(EventStreamHandler):
                 return
             except asyncio.TimeoutError:
                 pass
-            old, generation, new = await asyncio.to_thread(follower.step)
-            self._write_lines(old)
-            if generation is not None:
-                self._start_event(generation)
-                self._write_lines(new)
-            if old or generation is not None:
+            events = await asyncio.to_thread(_next_events, follower, self._secrets())
+            if events:
                 quiet = 0.0
+                self.write(events)
                 await self.flush()
                 continue
             quiet += POLL_S
@@ -99,18 +97,35 @@ class LogsHandler(EventStreamHandler):
                 self.write(b": ping\n\n")
                 await self.flush()
 
-    def _start_event(self, generation: int) -> None:
-        self.write(f"event: start\ndata: {json.dumps({'generation': generation})}\n\n".encode())
-
-    def _write_lines(self, lines: list[str]) -> None:
-        if not lines:
-            return
+    async def _first_events(self, follower: LogFollower, tail: int) -> bytes:
+        """The newest file's ``start`` event and its last ``tail`` lines, redacted (by a
+        worker process; in a thread if none can serve)."""
+        path = await asyncio.to_thread(follower.find_newest)
+        if path is None:
+            return b""
         secrets = self._secrets()
-        self.write("".join(f"event: log\ndata: {redact(line, secrets)}\n\n"
-                           for line in lines).encode())
+        try:
+            events, follower.offset = await self.router.log_reader.read(path, tail, secrets)
+        except (OSError, ValueError, EOFError, RuntimeError):
+            events, follower.offset = await asyncio.to_thread(tail_events, path, tail, secrets)
+        return _start_event(follower.generation) + events
 
     def _secrets(self) -> list[str]:
         """What must never be shown: every live backend's key and the Jupyter token."""
         keys = [m.backend.api_key for m in self.router.live_models() if m.backend is not None]
         token = getattr(self.identity_provider, "token", "") or self.settings.get("token", "")
         return [*keys, token] if isinstance(token, str) else keys
+
+
+def _next_events(follower: LogFollower, secrets: list[str]) -> bytes:
+    """The events of one follow step (in a thread): new lines, and a new file's ``start``
+    and lines."""
+    old, generation, new = follower.step()
+    events = log_events(old, secrets)
+    if generation is not None:
+        events += _start_event(generation) + log_events(new, secrets)
+    return events
+
+
+def _start_event(generation: int) -> bytes:
+    return f"event: start\ndata: {json.dumps({'generation': generation})}\n\n".encode()

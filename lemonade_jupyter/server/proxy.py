@@ -42,7 +42,7 @@ from ..core.router import Lease
 from ..errors import InvalidRequestError, LemonadeError
 from . import loading_state
 from .base import LemonadeHandler
-from .engine_routes import CHAT, EngineRoute
+from .engine_routes import CHAT, EngineRoute, body_for_engine
 from .answers import ClientGone, Renamer, upstream_error
 from .openai_checks import check_request
 from .remote_proxy import RemoteForwarding
@@ -65,6 +65,8 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
     def initialize(self, route: EngineRoute) -> None:
         self.route = route
         self.upstream_path = route.path
+        #: What goes to the engine: the client's body, or it with the default length.
+        self._engine_body = b""
         self._pump: asyncio.Task[None] | None = None
         self._headers_sent = False
         self._data_sent = False
@@ -98,6 +100,8 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         # Unknown model (404) or a body it cannot serve (400): refused before any auto-load.
         check_request(self.upstream_path, self.router.catalog.get(self.router.resolve(model)),
                       body)
+        self._engine_body = body_for_engine(self.route, body, self.request.body,
+                                            self.router.settings.default_n_predict)
         if stream and self.route.streams:
             self._pump = asyncio.ensure_future(self._stream(model))
             try:
@@ -113,7 +117,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
     async def _forward(self, model: str) -> None:
         async def send(lease: Lease) -> UpstreamResponse:
             return await self.upstream.post(
-                *lease.address, self.upstream_path, self.request.body,
+                *lease.address, self.upstream_path, self._engine_body,
                 {**lease.headers(), "Content-Type": "application/json"},
             )
 
@@ -206,7 +210,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
     async def _pump_one(self, lease: Lease, model: str) -> None:
         """Stream one backend answer to the client (the lease is the router's to release)."""
         resp = await self.upstream.stream(
-            *lease.address, self.upstream_path, self.request.body,
+            *lease.address, self.upstream_path, self._engine_body,
             # llama-server closes the connection after a stream although it advertises
             # keep-alive; saying so keeps that connection out of the pool.
             {**lease.headers(), "Content-Type": "application/json", "Connection": "close"},

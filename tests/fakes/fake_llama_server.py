@@ -18,6 +18,9 @@ Fault knobs, read from the environment (a router's children inherit the router's
 ``FAKE_LLAMA_TOKEN_DELAY``            seconds between SSE chunks
 ``FAKE_LLAMA_STALE_KEEPALIVE=1``      streams advertise keep-alive, but the connection is dead
                                       afterwards, as llama-server's are (see below)
+``FAKE_LLAMA_LOG_LINES=N``            a chatty backend: a buffer-size line at start (like
+                                      llama.cpp's load report) and N numbered lines per API
+                                      request (``verbose: request R line L``)
 
 By default a stream answers ``Connection: close``. llama-server instead answers streams with
 chunked encoding and no ``Connection: close`` (keep-alive, as far as HTTP/1.1 says), then closes
@@ -59,6 +62,7 @@ class _State:
         crash = os.environ.get("FAKE_LLAMA_CRASH_AFTER_REQUESTS")
         self.crash_after = int(crash) if crash else None
         self.token_delay = _env_float("FAKE_LLAMA_TOKEN_DELAY")
+        self.log_lines = int(os.environ.get("FAKE_LLAMA_LOG_LINES") or 0)
         self.stale_keepalive = os.environ.get("FAKE_LLAMA_STALE_KEEPALIVE") == "1"
         self.stale: set[socket.socket] = set()  # connections a stream left open but dead
         self.requests = 0
@@ -119,6 +123,11 @@ class Handler(BaseHTTPRequestHandler):
             if self.state.crash_after is not None and self.state.requests > self.state.crash_after:
                 print("fake crash: FAKE_LLAMA_CRASH_AFTER_REQUESTS reached", flush=True)
                 os._exit(1)
+            if self.state.log_lines:
+                sys.stdout.write("".join(
+                    f"verbose: request {self.state.requests} line {n}\n"
+                    for n in range(self.state.log_lines)))
+                sys.stdout.flush()
         return True
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
@@ -234,6 +243,8 @@ def main() -> None:
         print(f"error: couldn't bind HTTP server socket: {exc}", flush=True)
         sys.exit(1)
     server.daemon_threads = True
+    if os.environ.get("FAKE_LLAMA_LOG_LINES"):
+        print("load_tensors:   CPU_Mapped model buffer size =    98.00 MiB", flush=True)
     print(f"main: server is listening on http://{args.host}:{args.port}", flush=True)
     server.serve_forever()
 

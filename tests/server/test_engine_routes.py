@@ -6,6 +6,7 @@ answering what the engine answers; and bodies that cannot succeed refused before
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -304,3 +305,65 @@ async def test_bodies_that_cannot_succeed_are_refused_before_a_load(
 async def test_unknown_model_is_404_on_every_route(api, route):
     answer = await api.post(f"{API}/{route}", {"model": "no-such-model"})
     assert answer.code == 404 and answer.error["code"] == "model_not_found"
+
+
+# ---------------------------------------------------------------------------- default length
+async def _sse_answers(server_url: str, token: str, route: str, body: dict) -> list[dict]:
+    """The JSON events of a streamed answer."""
+    events = []
+    async with httpx.AsyncClient(timeout=60) as http:
+        async with http.stream("POST", f"{server_url}{API}/{route}", json=body,
+                               headers={"Authorization": f"token {token}"}) as resp:
+            assert resp.status_code == 200
+            async for line in resp.aiter_lines():
+                if line.startswith("data: {"):
+                    events.append(json.loads(line[len("data: "):]))
+    return events
+
+
+async def test_llama_cpp_completion_without_a_length_stops_at_default_n_predict(
+        api, server_url, token, default_model_name):
+    """llama.cpp's own ``completion`` route generates until the context is full when the body
+    names no length; the router sends ``default_n_predict`` instead (``ignore_eos``: the
+    model cannot stop early, so only the cap ends the reply)."""
+    assert (await api.load(default_model_name, ctx_size=512))["status"] == "success"
+    assert (await api.post("lemonade/internal/set", {"default_n_predict": 5})).code == 200
+    body = {"model": default_model_name, "prompt": "Once upon a time", "ignore_eos": True,
+            **GREEDY}
+    capped = await api.post(f"{API}/completion", body)
+    assert capped.code == 200, capped.body
+    assert capped.json["tokens_predicted"] == capped.json["timings"]["predicted_n"] == 5
+    # Streamed: the last event's timings count the same.
+    events = await _sse_answers(server_url, token, "completion", {**body, "stream": True})
+    assert events[-1]["timings"]["predicted_n"] == 5
+    # A length the client gives is honoured, above the default as below it.
+    for field, n in (("n_predict", 9), ("max_tokens", 7), ("n_predict", 3)):
+        given = await api.post(f"{API}/completion", {**body, field: n})
+        assert given.code == 200, given.body
+        assert given.json["tokens_predicted"] == n, field
+
+
+async def test_infill_without_a_length_stops_at_default_n_predict(
+        api, lemonade, fim_model_file):
+    await api.pull("user.fim", fim_model_file)
+    assert (await api.load("user.fim", ctx_size=512))["status"] == "success"
+    assert (await api.post("lemonade/internal/set", {"default_n_predict": 4})).code == 200
+    body = {"model": "user.fim", "input_prefix": "def add(a, b):\n    return ",
+            "input_suffix": "\n", "ignore_eos": True, **GREEDY}
+    capped = await api.post(f"{API}/infill", body)
+    assert capped.code == 200, capped.body
+    assert capped.json["tokens_predicted"] == 4
+    given = await api.post(f"{API}/infill", {**body, "n_predict": 6})
+    assert given.json["tokens_predicted"] == 6
+
+
+async def test_default_n_predict_leaves_the_openai_routes_alone(api, default_model_name):
+    """The OpenAI-style routes are sent as the client wrote them: a chat without a length runs
+    to the end of its (small) context, past the default cap."""
+    assert (await api.load(default_model_name, ctx_size=128))["status"] == "success"
+    assert (await api.post("lemonade/internal/set", {"default_n_predict": 2})).code == 200
+    chat = await api.post(f"{API}/chat/completions", {
+        "model": default_model_name, "messages": [{"role": "user", "content": "Count"}],
+        "ignore_eos": True, **GREEDY})
+    assert chat.code == 200, chat.body
+    assert chat.json["usage"]["completion_tokens"] > 2

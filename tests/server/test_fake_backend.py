@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from lemonade_jupyter.core.backend_logs import latest_log
 from tests.helpers.fakes import STALE_REQUEST_LINE
 from tests.helpers.http import API
 from tests.helpers.polling import wait_until
@@ -117,7 +116,7 @@ async def _loading(api, name: str) -> bool:
 
 
 async def test_a_streams_connection_never_serves_the_next_request(
-    api, server_url, token, default_model_name, monkeypatch
+    api, lemonade, server_url, token, default_model_name, monkeypatch
 ):
     """llama-server answers a stream as keep-alive, then closes the connection. The proxy asks
     for ``Connection: close`` on streams, so that connection never goes back to its pool, where
@@ -133,6 +132,10 @@ async def test_a_streams_connection_never_serves_the_next_request(
         assert lines[-1][1] == "data: [DONE]"
         answer = await api.post(f"{API}/chat/completions", {**stream, "stream": False})
         assert answer.code == 200, answer.body
-    log = Path(os.readlink(f"/proc/{pid}/fd/1")).read_text(errors="replace")
+    backend = lemonade.router.get_live(default_model_name).backend
+    assert backend.pid == pid
+    await backend.flush_log()  # the output reaches its file through a pipe
+    log_file, _generation = latest_log(lemonade.router.launcher.log_dir, default_model_name)
+    log = log_file.read_text(errors="replace")
     assert log.count("POST /v1/chat/completions") == 6, log  # the fake served all six
     assert STALE_REQUEST_LINE not in log

@@ -38,6 +38,11 @@ VALID = [
     ("eviction_interval_s", 0.1, 0.1),
     ("eviction_grace_s", 0, 0.0),
     ("eviction_grace_s", 60, 60.0),
+    ("default_n_predict", -1, -1),
+    ("default_n_predict", 1, 1),
+    ("default_n_predict", 2**31 - 1, 2**31 - 1),
+    ("backend_log_max_mib", 1, 1),
+    ("backend_log_max_mib", 1024, 1024),
 ]
 
 INVALID = [
@@ -70,6 +75,13 @@ INVALID = [
     ("eviction_grace_s", -0.1),
     ("eviction_grace_s", 60.5),
     ("eviction_grace_s", 1e11),
+    ("default_n_predict", 0),
+    ("default_n_predict", -2),
+    ("default_n_predict", 1.5),
+    ("default_n_predict", 2**31),
+    ("backend_log_max_mib", 0),
+    ("backend_log_max_mib", 0.5),
+    ("backend_log_max_mib", -1),
     ("no_such_key", 1),
     ("ready_timeout_s", 5),  # start-up only
     ("crash_loop_window_s", 5.0),  # start-up only
