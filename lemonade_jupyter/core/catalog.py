@@ -219,7 +219,8 @@ def _file_checks(files: Any) -> dict[str, FileCheck] | None:
     for path, figures in files.items():
         if not (isinstance(path, str) and isinstance(figures, dict)
                 and isinstance(figures.get("size"), int) and figures["size"] > 0
-                and isinstance(figures.get("sha256"), str) and _SHA256.fullmatch(figures["sha256"])):
+                and isinstance(figures.get("sha256"), str)
+                and _SHA256.fullmatch(figures["sha256"])):
             raise ValueError(f"bad size or sha256 for {path!r}")
         checks[path] = FileCheck(figures["size"], figures["sha256"])
     return checks
