@@ -27,6 +27,7 @@ from ..errors import InvalidRequestError
 from .openai_checks import check_request
 from .relay import AnswerRelay
 from .remote_upstream import RemoteUpstream
+from .upstream import UpstreamResponse
 
 REDACTED = b"[redacted]"
 
@@ -78,7 +79,7 @@ class RemoteForwarder:
         """Serve ``body`` as one whole answer (read up to ``remote_max_answer_mib``)."""
         max_bytes = int(self._settings.remote_max_answer_mib * (1 << 20))
 
-        async def send(attempt: RemoteAttempt) -> Any:
+        async def send(attempt: RemoteAttempt) -> UpstreamResponse:
             url, payload, headers, options = self._request(attempt, body)
             return await self._upstream.post(url, payload, headers, **options,
                                              max_bytes=max_bytes)
