@@ -19,6 +19,9 @@ ladder. The kernel side imports only this module.
     ├── BackendShutdownError         503 router_shutdown
     ├── UpstreamError                502 upstream_error (backend transport failure mid-request)
     │   ├── BackendTransportError    502 the connection to a backend broke: replayed once
+    │   ├── ReplicaTransportError    one replica of a remote model failed (internal: failover)
+    │   │   ├── ReplicaUnreachableError  refused, reset, closed, TLS verification failed
+    │   │   └── ReplicaTimeoutError      504 no connection in time, silence, the total deadline
     │   ├── RemoteUnreachableError   502 upstream_unreachable (no replica of a remote model answers)
     │   ├── RemoteTimeoutError       504 upstream_timeout (a remote model's replica timed out)
     │   ├── RemoteLoopError          508 upstream_loop (a request came back to this router)
@@ -238,6 +241,36 @@ class BackendTransportError(UpstreamError):
     Raised by whatever sends a request to a backend (the proxy's upstream pool, a test's
     client); ``Router.call`` catches it, reports the backend and replays the request once.
     """
+
+
+class ReplicaTransportError(UpstreamError):
+    """A request to one replica of a remote model got no (whole) answer.
+
+    Raised by the transport a request is sent with; ``RemoteRegistry.call`` catches it, fails
+    over by the retry rule and raises one of the remote errors below instead, so a client never
+    sees it (not exported). ``str()`` holds no header. ``sent``: the replica may have received
+    the request (a connection was open when it failed). ``marks_down``: the failure says the
+    replica is unwell (refused, silent), rather than the request slow as a whole."""
+
+    code = "upstream_unreachable"
+
+    def __init__(self, message: str, *, sent: bool, marks_down: bool = True) -> None:
+        super().__init__(message, param="model")
+        self.sent = sent
+        self.marks_down = marks_down
+
+
+class ReplicaUnreachableError(ReplicaTransportError):
+    """Refused, reset, closed before an answer, unresolvable, or TLS verification failed."""
+
+
+class ReplicaTimeoutError(ReplicaTransportError):
+    """No connection within the connect timeout, silence beyond the read timeout, or no whole
+    answer within the total deadline."""
+
+    status_code = 504
+    error_type = "timeout_error"
+    code = "upstream_timeout"
 
 
 class RemoteUnreachableError(UpstreamError):

@@ -6,13 +6,15 @@
   *names* of the environment variables holding keys, never a key);
 * one :class:`Replica` per upstream server (``base_url`` + ``api_key_env``), shared by every
   model registered on it: whether it answers, its requests in flight, its last probe latency,
-  and when to probe it next;
+  and when to probe it next (``remote_replicas.py``);
 * the probe task (``run``), which the router starts and cancels with its own life.
 
-Requests go to the replica with the fewest requests in flight among those that answer
-(:meth:`RemoteRegistry.choose`); the server layer reports back what happened
-(:meth:`RemoteRegistry.started`, ``finished``, ``failed``). A replica that refused a connection
-or timed out is marked down and probed again with back-off (0.5 s doubling up to
+:meth:`RemoteRegistry.call` sends one request, the twin of ``Router.call``: the transport is
+the caller's (``send``, the server's aiohttp client), the failover is here, one retry rule for
+plain and streamed answers (``remote_failover.py``). Each attempt goes to the replica with the
+fewest requests in flight among those that answer (:meth:`RemoteRegistry.choose`), counted in
+flight while it runs (:meth:`RemoteRegistry.started`, ``finished``, ``failed``). A replica that
+refused a connection or timed out is marked down and probed again with back-off (0.5 s doubling up to
 ``remote_probe_backoff_max_s``, computed so that no failure count can overflow it); one that
 answers is probed every ``remote_probe_interval_s``. A probe is ``GET {base_url}/models`` with
 the key and the hop header (``remote_hops.py``); its body is not read. Every change of a
@@ -38,18 +40,27 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-from ..errors import InvalidRequestError, ModelNotFoundError, RemoteUnreachableError
+from ..errors import (
+    InvalidRequestError, ModelNotFoundError, RemoteUnreachableError, ReplicaTransportError,
+    UpstreamError,
+)
 from .events import EventLog
+from .remote_failover import Failover, RemoteAttempt, mid_answer_error, outcome
 from .remote_hops import HopGuard
+from .remote_replicas import RemoteModel, Replica
 from .remote_spec import RemotePull, RemoteSpec, ReplicaSpec, is_upstream_model
 from .state_files import read_json_or_quarantine, write_json_atomic
+
+__all__ = ["RemoteRegistry", "RemoteModel", "Replica", "RemoteAttempt", "backoff_s",
+           "tls_context"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -78,66 +89,6 @@ class _NoCookies(http.cookiejar.CookieJar):
 
     def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
         return None
-
-
-@dataclass(eq=False)
-class Replica:
-    """The live state of one upstream server. Written only by :class:`RemoteRegistry`."""
-
-    spec: ReplicaSpec
-    #: None until the first probe or request says.
-    up: bool | None = None
-    in_flight: int = 0
-    #: Requests sent to it so far: among equally busy replicas the least used goes first.
-    sent: int = 0
-    latency_ms: float | None = None
-    last_error: str = ""
-    #: Failures in a row (probes or requests); sets the back-off.
-    failures: int = 0
-    next_probe: float = 0.0
-    changed_at: float = field(default_factory=time.time)
-
-    @property
-    def url(self) -> str:
-        return self.spec.base_url
-
-    @property
-    def state(self) -> str:
-        return {True: "up", False: "down", None: "unknown"}[self.up]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"base_url": self.url, "state": self.state, "in_flight": self.in_flight,
-                "latency_ms": self.latency_ms, "last_error": self.last_error or None,
-                "api_key_env": self.spec.api_key_env, "since": round(self.changed_at, 3)}
-
-
-@dataclass(frozen=True)
-class RemoteModel:
-    """A remote model and its replicas (live objects: read them, never write them)."""
-
-    spec: RemoteSpec
-    replicas: tuple[Replica, ...]
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def status(self) -> str:
-        """``ready`` (a replica answers), ``unreachable`` (none does), ``unknown`` (not probed)."""
-        states = {r.up for r in self.replicas}
-        if True in states:
-            return "ready"
-        return "unknown" if None in states else "unreachable"
-
-    @property
-    def in_flight(self) -> int:
-        return sum(r.in_flight for r in self.replicas)
-
-    def latency_ms(self) -> float | None:
-        """The last probe latency of the fastest replica that answers."""
-        figures = [r.latency_ms for r in self.replicas if r.up and r.latency_ms is not None]
-        return min(figures) if figures else None
 
 
 def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
@@ -327,6 +278,48 @@ class RemoteRegistry:
             return None
         rank = {True: 0, None: 1, False: 2}
         return min(left, key=lambda r: (rank[r.up], r.in_flight, r.sent))
+
+    async def call(self, name: str, send: Callable[[RemoteAttempt], Awaitable[T]], *,
+                   replayable: Callable[[], bool] = lambda: True, method: str = "POST") -> T:
+        """Send one request to remote model ``name``, failing over to one other replica by the
+        retry rule (``remote_failover.py``). The twin of ``Router.call`` for local models.
+
+        ``send(attempt)`` is the transport: it sends the request to ``attempt.replica`` by
+        ``attempt.deadline`` and returns what it got (a plain answer, or nothing once it relayed
+        a stream), raising :class:`~lemonade_jupyter.errors.ReplicaTransportError` when the
+        replica gave no (whole) answer. Such a replica is marked down (unless only the total
+        deadline ran out); while ``replayable()`` says the answer has not started, the request
+        goes on to another replica if the rule allows, else it ends with
+        ``RemoteUnreachableError`` or ``RemoteTimeoutError``; once the answer has started, with
+        an error that says it failed mid-answer. Any other ``UpstreamError`` (an answer we
+        refuse: too large, a redirect elsewhere) ends the request at once. Every attempt is
+        counted in flight while it runs and in :attr:`requests` by its outcome.
+        """
+        model = self.require(name)
+        deadline = (asyncio.get_running_loop().time()
+                    + self._settings().remote_total_timeout_s)
+        failover = Failover(model, lambda tried: self.choose(name, tried), method)
+        while (replica := failover.next()) is not None:
+            self.started(replica)
+            result = "cancelled"
+            try:
+                answer = await send(RemoteAttempt(model, replica, deadline))
+                result = "ok"
+                return answer
+            except ReplicaTransportError as exc:
+                if exc.marks_down:
+                    self.failed(replica, str(exc))
+                if not replayable():
+                    result = "broken"
+                    raise mid_answer_error(model, exc) from exc
+                result = outcome(exc)
+                failover.failed(exc)
+            except UpstreamError:
+                result = "refused"
+                raise
+            finally:
+                self.finished(replica, model.name, result)
+        raise failover.error()
 
     def started(self, replica: Replica) -> None:
         replica.in_flight += 1

@@ -57,6 +57,7 @@ from .persistence import RouterStateStore
 from .preferences import ModelPreferences
 from .remote import RemoteRegistry
 from .remote_metrics import RemoteCollector
+from .remote_target import LocalTarget, Target, choose_target
 from .request_stats import RequestStats
 from .settings import PERSISTED_KEYS, RouterSettings
 from .watchdog import Watchdog, run_every
@@ -249,6 +250,10 @@ class Router:
     def resolve(self, name: str) -> str:
         """The model ``name`` stands for (an alias gives its model; anything else itself)."""
         return self.aliases.resolve(name)
+
+    def target(self, name: str) -> Target:
+        """Local or remote: what a request for ``name`` goes to (``remote_target.py``)."""
+        return choose_target(name, self.remote, self.resolve)
 
     def remembered_pin(self, name: str) -> bool:
         return self.preferences.pinned(name)
@@ -536,7 +541,7 @@ class Router:
     # ------------------------------------------------------------------ helpers
     def refuse_remote(self, name: str, what: str) -> None:
         """Remote models run on their upstream: there is nothing here to pin or unload."""
-        if name in self.remote:
+        if not isinstance(self.target(name), LocalTarget):
             raise InvalidRequestError(
                 f"'{name}' is a remote model: it runs on its upstream and is not loaded here "
                 f"(it takes no slot and is never evicted), so it cannot be {what}",

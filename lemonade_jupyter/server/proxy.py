@@ -7,14 +7,14 @@ pool is all pinned), is forwarded with the backend's API key (``upstream.py``: a
 connections for plain requests), and holds the lease until the answer (or the whole stream) is
 done, so a busy model is never evicted.
 
-Streaming: whatever has arrived from the backend is written and flushed at once, events that
-arrived together in one write, never held back for more; before the next write the previous
-flush must have gone out (the backpressure: a client that reads slowly slows the backend). The
-events pass through as bytes: only the ``"model"`` field is rewritten to the name the client
-asked for (llama-server names its GGUF path), on the bytes, through JSON only for an event
-whose ``"model"`` is not a plain string field. ``: ping`` comments keep the connection alive
-while a cold load or a long prefill keeps it silent; a client that goes away cancels the pump,
-which closes the backend request so llama-server stops generating.
+Local or remote is decided once (``Router.target``): a remote model's request goes to its
+replicas instead (``remote_proxy.py``, failover by ``RemoteRegistry.call``), with no lease.
+Either way the answer reaches the client through one relay (``relay.py``): written and flushed
+as it arrives, with backpressure; the events pass through as bytes, only the ``"model"`` field
+rewritten to the name the client asked for (llama-server names its GGUF path). ``: ping``
+comments keep the connection alive while a cold load or a long prefill keeps it silent; a
+client that goes away cancels the pump, which closes the backend request so llama-server stops
+generating.
 
 Backend death: a non-streaming request is replayed once on a reloaded backend; a stream is
 replayed only if no data reached the client yet, else it ends with an SSE error event.
@@ -28,35 +28,33 @@ A streaming chat request that waits for a cold load may tell the load's progress
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
-from tornado.iostream import StreamClosedError
 
 from ..core.events import Event
 from ..core.lifecycle import ModelState
+from ..core.remote import RemoteModel
+from ..core.remote_hops import HOP_HEADER
 from ..core.router import Lease
 from ..errors import InvalidRequestError, LemonadeError
 from . import loading_state
+from .answers import ClientGone
 from .base import LemonadeHandler
 from .engine_routes import CHAT, EngineRoute, body_for_engine
-from .answers import ClientGone, Renamer, upstream_error
 from .openai_checks import check_request
-from .remote_proxy import RemoteForwarding
-from .upstream import ChunkStream, UpstreamPool, UpstreamResponse
-
-T = TypeVar("T")
+from .relay import AnswerRelay
+from .remote_proxy import RemoteForwarder, check_remote_request
+from .remote_upstream import RemoteUpstream
+from .upstream import UpstreamPool, UpstreamResponse
 
 #: Default seconds of silence before a ``: ping`` comment (c.LemonadeApp.sse_ping_interval_s).
 DEFAULT_PING_INTERVAL_S = 2.0
-#: Bytes at the end of a plain answer where the engine's ``timings`` are (its last key).
-STATS_TAIL_BYTES = 4096
 
 
-class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
+class OpenAIProxyHandler(LemonadeHandler):
     """Forwards one POST to an engine route of the model's backend (or a remote model's
     replica)."""
 
@@ -68,16 +66,20 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         #: What goes to the engine: the client's body, or it with the default length.
         self._engine_body = b""
         self._pump: asyncio.Task[None] | None = None
-        self._headers_sent = False
-        self._data_sent = False
+        self.relay = AnswerRelay(
+            self, float(self.settings.get("lemonade_ping_interval_s", DEFAULT_PING_INTERVAL_S)),
+            self._record_stats if route.records_stats else None)
 
     @property
     def upstream(self) -> UpstreamPool:
         return self.settings["lemonade_upstream"]  # type: ignore[no-any-return]
 
     @property
-    def ping_interval(self) -> float:
-        return float(self.settings.get("lemonade_ping_interval_s", DEFAULT_PING_INTERVAL_S))
+    def remote_upstream(self) -> RemoteUpstream:
+        return self.settings["lemonade_remote_upstream"]  # type: ignore[no-any-return]
+
+    def _record_stats(self, model: str, tail: bytes) -> None:
+        self.router.stats.record(model, self.upstream_path, tail)
 
     def on_connection_close(self) -> None:
         """The client went away: stop pumping, which closes the backend request."""
@@ -94,26 +96,49 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequestError("Parameter 'stream' must be a boolean", param="stream")
-        if model in self.router.remote:  # a remote model: no lease, its replicas (remote_proxy)
-            await self.forward_remote(model, body, stream and self.route.streams)
+        streams = stream and self.route.streams
+        target = self.router.target(model)
+        if isinstance(target, RemoteModel):  # no lease: its replicas (remote_proxy)
+            check_remote_request(self.upstream_path, target, body)
+            remote = RemoteForwarder(
+                registry=self.router.remote, upstream=self.remote_upstream,
+                settings=self.router.settings, relay=self.relay, path=self.upstream_path,
+                incoming_hops=self.request.headers.get(HOP_HEADER),
+                method=self.request.method or "POST")
+            if streams:
+                await self._pumped(remote.stream(target, body))
+            else:
+                await remote.plain(target, body)
             return
         # Unknown model (404) or a body it cannot serve (400): refused before any auto-load.
-        check_request(self.upstream_path, self.router.catalog.get(self.router.resolve(model)),
-                      body)
+        check_request(self.upstream_path, self.router.catalog.get(target.name), body)
         self._engine_body = body_for_engine(self.route, body, self.request.body,
                                             self.router.settings.default_n_predict)
-        if stream and self.route.streams:
-            self._pump = asyncio.ensure_future(self._stream(model))
-            try:
-                await self._pump
-            except asyncio.CancelledError:
-                if self._pump.cancelled():  # cancelled by on_connection_close
-                    return
-                raise
+        if streams:
+            await self._pumped(self._stream(model))
         else:
             await self._forward(model)
 
-    # ------------------------------------------------------------------ non-streaming
+    async def _pumped(self, work: Awaitable[None]) -> None:
+        """Run a streamed answer as the pump a client that goes away cancels; an error after
+        the first byte becomes an SSE error event."""
+        self._pump = asyncio.ensure_future(self._stream_errors(work))
+        try:
+            await self._pump
+        except asyncio.CancelledError:
+            if self._pump.cancelled():  # cancelled by on_connection_close
+                return
+            raise
+
+    async def _stream_errors(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except ClientGone:
+            return
+        except LemonadeError as exc:
+            await self.relay.fail(exc)
+
+    # ------------------------------------------------------------------ local: non-streaming
     async def _forward(self, model: str) -> None:
         async def send(lease: Lease) -> UpstreamResponse:
             return await self.upstream.post(
@@ -122,28 +147,16 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
             )
 
         resp = await self.router.call(model, send, acquire=self._acquire)
-        if resp.code >= 400:
-            status, err = upstream_error(resp.code, resp.body)
-            self.write_json(err, status)
-            return
-        if self.route.records_stats:
-            self.router.stats.record(model, self.upstream_path, resp.body[-STATS_TAIL_BYTES:])
-        self.set_status(resp.code)
-        self.finish(Renamer(model)(resp.body))
+        self.relay.plain(resp, model)
 
-    # ------------------------------------------------------------------ streaming
+    # ------------------------------------------------------------------ local: streaming
     async def _stream(self, model: str) -> None:
-        try:
-            await self.router.call(
-                model, lambda lease: self._pump_one(lease, model),
-                # Replayed only while nothing reached the client; after that a replay
-                # would repeat tokens the client already has.
-                replayable=lambda: not self._data_sent, acquire=self._acquire_with_pings,
-            )
-        except LemonadeError as exc:
-            await self._fail(exc)
-        except ClientGone:
-            return
+        await self.router.call(
+            model, lambda lease: self._pump_one(lease, model),
+            # Replayed only while nothing reached the client; after that a replay
+            # would repeat tokens the client already has.
+            replayable=lambda: not self.relay.data_sent, acquire=self._acquire_with_pings,
+        )
 
     async def _acquire(self, model: str) -> Lease:
         """A lease for this route: with one of the backend's slots, or none (tokenizing)."""
@@ -157,7 +170,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
         try:
             if events is not None:
                 return await self._acquire_telling_load(task, model, events)
-            return await self._pinging(task)
+            return await self.relay.pinging(task)
         finally:
             if events is not None:
                 self.router.events.unsubscribe(events)
@@ -183,13 +196,13 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
 
         async def tell(text: str | None) -> None:
             if text:
-                await self._write(loading_state.chunk(model, text, chunk_id))
+                await self.relay.write(loading_state.chunk(model, text, chunk_id))
 
         await tell(loading_state.start_line(model))
         nxt: asyncio.Future[Event] = asyncio.ensure_future(events.get())
         try:
             while True:
-                done, _ = await asyncio.wait({task, nxt}, timeout=self.ping_interval,
+                done, _ = await asyncio.wait({task, nxt}, timeout=self.relay.ping_interval,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if nxt in done:
                     await tell(loading_state.describe(nxt.result(), model))
@@ -199,7 +212,7 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
                         await tell(loading_state.describe(events.get_nowait(), model))
                     return task.result()
                 if not done:
-                    await self._ping()
+                    await self.relay.ping()
         finally:
             nxt.cancel()
 
@@ -216,112 +229,11 @@ class OpenAIProxyHandler(RemoteForwarding, LemonadeHandler):
             {**lease.headers(), "Content-Type": "application/json", "Connection": "close"},
         )
         try:
-            await self._send_stream(resp, model)
+            await self.relay.stream(resp, model)
         finally:
             await resp.aclose()
 
-    async def _send_stream(self, resp: ChunkStream, model: str,
-                           clean: Callable[[bytes], bytes] = lambda body: body) -> None:
-        """Relay a streamed answer to the client, or its error answer in our shape (``clean``
-        edits an error's body first). Local backends and remote replicas alike."""
-        if resp.code >= 400:
-            status, err = upstream_error(resp.code, clean(await resp.read()))
-            if not self._headers_sent:
-                self.write_json(err, status)
-            else:
-                await self._write(b"data: " + json.dumps(err).encode() + b"\n\n")
-                self.finish()
-            return
-        first = await self._first_with_pings(resp)
-        if first is not None:
-            self._commit_headers()
-            await self._relay(first, resp, model)
-        self.finish()
-
-    async def _first_with_pings(self, chunks: ChunkStream) -> bytes | None:
-        """The first chunk, pinging while the backend is silent (prefill)."""
-        nxt = asyncio.ensure_future(chunks.__anext__())
-        try:
-            return await self._pinging(nxt)
-        except StopAsyncIteration:
-            return None
-        finally:
-            if not nxt.done():
-                nxt.cancel()
-
-    async def _pinging(self, task: asyncio.Future[T]) -> T:
-        """``task``'s result, with a ``: ping`` comment after every ``ping_interval`` of
-        waiting (the caller deals with a task it leaves unfinished)."""
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=self.ping_interval)
-            if done:
-                return task.result()
-            await self._ping()
-
-    async def _relay(self, first: bytes, chunks: ChunkStream, model: str) -> None:
-        """Pass the events on as they complete, ``model`` renamed, everything that arrived in one
-        write; the previous write must have gone out before the next one starts."""
-        rename = Renamer(model)
-        pending = b""
-        # The last two blocks written, kept by reference for the request statistics: the
-        # engine's ``timings`` are in the last event before ``[DONE]``.
-        before_last = last = b""
-        flushed: asyncio.Future[None] | None = None
-        chunk = first
-        try:
-            while chunk:
-                pending += chunk
-                cut = pending.rfind(b"\n\n") + 2
-                if cut >= 2:
-                    ready, pending = pending[:cut], pending[cut:]
-                    before_last, last = last, ready
-                    self.write(rename(ready))
-                    if flushed is not None:
-                        await flushed
-                    flushed = self.flush()
-                    self._data_sent = True
-                chunk = await chunks.next_chunk()
-            if pending:
-                self.write(pending)
-                if flushed is not None:
-                    await flushed
-                flushed = self.flush()
-            if flushed is not None:
-                await flushed
-        except StreamClosedError as exc:
-            raise ClientGone() from exc
-        if self.route.records_stats:
-            self.router.stats.record(model, self.upstream_path, before_last + last + pending)
-
-    def _commit_headers(self) -> None:
-        if self._headers_sent:
-            return
-        self._headers_sent = True
-        self.set_status(200)
-        self.set_event_stream_headers()
-
-    async def _write(self, data: bytes) -> None:
-        self._commit_headers()
-        try:
-            self.write(data)
-            await self.flush()
-        except StreamClosedError as exc:
-            raise ClientGone() from exc
-
-    async def _ping(self) -> None:
-        await self._write(b": ping\n\n")
-
-    async def _fail(self, exc: LemonadeError) -> None:
-        """Before the first byte: a normal error answer; after it: an SSE error event."""
-        if not self._headers_sent:
-            raise exc
-        try:
-            await self._write(b"data: " + json.dumps(exc.to_body()).encode() + b"\n\n")
-            self.finish()
-        except ClientGone:
-            pass
-
     def finish(self, chunk: Any = None) -> Any:  # type: ignore[override]
-        if self._headers_sent:
+        if self.relay.headers_sent:
             return super().finish(chunk, set_content_type="text/event-stream")
         return super().finish(chunk)

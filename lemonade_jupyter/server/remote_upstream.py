@@ -15,9 +15,10 @@ and everything it sends back is bounded:
   request (301, 302, 307, 308); any other is refused
   (:class:`~lemonade_jupyter.errors.RemoteRedirectError`), never passed back as an empty 3xx;
 * no cookie jar: a cookie set by one upstream is never sent anywhere;
-* what went wrong is told apart, because the proxy acts on it: :class:`ReplicaUnreachable` and
-  :class:`ReplicaTimeout`, each saying whether the replica may have received the request
-  (:attr:`ReplicaFailure.sent`).
+* what went wrong is told apart, because the failover acts on it (``RemoteRegistry.call``):
+  :class:`~lemonade_jupyter.errors.ReplicaUnreachableError` and
+  :class:`~lemonade_jupyter.errors.ReplicaTimeoutError`, each saying whether the replica may
+  have received the request (``sent``).
 
 A request is never resent here, not even on a fresh connection after a pooled one was closed:
 a replica that read the request and then dropped the connection looks exactly like a stale
@@ -37,7 +38,10 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import yarl
 
-from ..errors import RemoteAnswerTooLargeError, RemoteRedirectError
+from ..errors import (
+    RemoteAnswerTooLargeError, RemoteRedirectError, ReplicaTimeoutError, ReplicaTransportError,
+    ReplicaUnreachableError,
+)
 from .upstream import ChunkStream, UpstreamResponse
 
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
@@ -51,43 +55,22 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_ERROR_BYTES = 64 << 10
 
 
-class ReplicaFailure(Exception):
-    """A request could not get (all of) an answer from a replica. ``str()`` holds no header.
-
-    ``sent``: the replica may have received the request (a connection was open when it
-    failed); such a request is never sent to that replica again, and to another one only if
-    it is safe to repeat. ``marks_down``: the failure says the replica is unwell (refused,
-    silent), rather than slow as a whole (the total deadline)."""
-
-    def __init__(self, message: str, *, sent: bool, marks_down: bool = True) -> None:
-        super().__init__(message)
-        self.sent = sent
-        self.marks_down = marks_down
-
-
-class ReplicaUnreachable(ReplicaFailure):
-    """Refused, reset, closed before an answer, unresolvable, or TLS verification failed."""
-
-
-class ReplicaTimeout(ReplicaFailure):
-    """No connection within the connect timeout, silence beyond the read timeout, or no whole
-    answer within the total deadline."""
-
-
-def _failure(exc: BaseException, url: str, deadline: float) -> ReplicaFailure:
+def _failure(exc: BaseException, url: str, deadline: float) -> ReplicaTransportError:
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return ReplicaUnreachable(f"{url}: TLS certificate verification failed "
-                                  f"({exc.certificate_error})", sent=False)
+        return ReplicaUnreachableError(f"{url}: TLS certificate verification failed "
+                                       f"({exc.certificate_error})", sent=False)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return ReplicaUnreachable(f"cannot connect to {url} ({exc.os_error or exc})", sent=False)
+        return ReplicaUnreachableError(f"cannot connect to {url} ({exc.os_error or exc})",
+                                       sent=False)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ReplicaTimeout(f"{url} timed out (no connection)", sent=False)
+        return ReplicaTimeoutError(f"{url} timed out (no connection)", sent=False)
     if isinstance(exc, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError is one too
         if asyncio.get_running_loop().time() >= deadline:
-            return ReplicaTimeout(f"{url} timed out: no whole answer within the total deadline "
-                                  f"(remote_total_timeout_s)", sent=True, marks_down=False)
-        return ReplicaTimeout(f"{url} timed out", sent=True)
-    return ReplicaUnreachable(f"{url}: {exc or type(exc).__name__}", sent=True)
+            return ReplicaTimeoutError(f"{url} timed out: no whole answer within the total "
+                                       f"deadline (remote_total_timeout_s)", sent=True,
+                                       marks_down=False)
+        return ReplicaTimeoutError(f"{url} timed out", sent=True)
+    return ReplicaUnreachableError(f"{url}: {exc or type(exc).__name__}", sent=True)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -97,7 +80,8 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 class RemoteStream(ChunkStream):
-    """A replica's streamed answer, relayed like a local backend's; failures are ReplicaFailure."""
+    """A replica's streamed answer, relayed like a local backend's; a failure mid-answer is a
+    ReplicaTransportError."""
 
     def __init__(self, response: aiohttp.ClientResponse, url: str, deadline: float) -> None:
         super().__init__(response)
@@ -147,9 +131,9 @@ class RemoteUpstream:
         for _ in range(MAX_REDIRECTS + 1):
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise ReplicaTimeout(f"{url} timed out: no whole answer within the total "
-                                     f"deadline (remote_total_timeout_s)", sent=True,
-                                     marks_down=False)
+                raise ReplicaTimeoutError(f"{url} timed out: no whole answer within the "
+                                          f"total deadline (remote_total_timeout_s)",
+                                          sent=True, marks_down=False)
             timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=connect_s,
                                             connect=connect_s, sock_read=read_s)
             try:
@@ -179,7 +163,7 @@ class RemoteUpstream:
                    tls: ssl.SSLContext, connect_s: float, read_s: float, deadline: float,
                    max_bytes: int) -> UpstreamResponse:
         """Send a POST and read the whole answer, at most ``max_bytes`` of it, by ``deadline``
-        (the loop's clock). Raises ReplicaFailure, RemoteRedirectError or
+        (the loop's clock). Raises ReplicaTransportError, RemoteRedirectError or
         RemoteAnswerTooLargeError (the connection closed, the rest unread)."""
         response = await self._send(url, body, headers, tls, connect_s, read_s, deadline)
         try:
@@ -208,7 +192,7 @@ class RemoteUpstream:
                      tls: ssl.SSLContext, connect_s: float, read_s: float,
                      deadline: float) -> RemoteStream:
         """Send a POST; return once the answer's headers are in (the stream ends by
-        ``deadline``). Raises ReplicaFailure or RemoteRedirectError."""
+        ``deadline``). Raises ReplicaTransportError or RemoteRedirectError."""
         response = await self._send(url, body, headers, tls, connect_s, read_s, deadline)
         return RemoteStream(response, url, deadline)
 

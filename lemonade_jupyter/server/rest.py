@@ -13,6 +13,7 @@ from tornado import web
 
 from ..core.engine_flags import args_policy
 from ..core.options import parse_load_options
+from ..core.remote import RemoteModel
 from ..core.router import Router
 from ..errors import InvalidRequestError, ModelNotFoundError
 from .base import LemonadeHandler, PolledHandler
@@ -78,7 +79,7 @@ class LoadHandler(LemonadeHandler):
         body = self.json_body()
         name = model_name_param(body)
         assert name is not None
-        if name in self.router.remote:  # nothing to load: probe it (remote_rest)
+        if isinstance(self.router.target(name), RemoteModel):  # probe it (remote_rest)
             self.write_json(await load_remote(self.router, name, body))
             return
         # Omitted keeps the live model's pin, else the remembered one, else false; anything
