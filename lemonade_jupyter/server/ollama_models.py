@@ -20,7 +20,7 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from .. import __version__
+from .._version import __version__
 from ..core.catalog import ModelSpec, PullRequest
 from ..core.eviction import enabled_for
 from ..core.gguf_facts import read_facts
