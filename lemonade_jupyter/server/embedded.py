@@ -40,6 +40,7 @@ from ..core.persistence import DataDirInUseError, DataDirLock
 from ..core.router import Router
 from ..core.settings import RouterSettings, ServerOptions
 from .compose import build_services
+from .jupyter_config import configured_settings
 from .remote_hosts import OWN_PORT_SETTING, own_server
 from .routes import handlers
 
@@ -71,8 +72,10 @@ def default_data_dir() -> Path:
 class EmbeddedServer:
     """A router plus its HTTP API on a private thread; ``start()`` blocks until it serves.
 
-    ``settings`` and ``options`` are the rows of the settings table, as for the Jupyter server
-    (default: each row's default, ``$LEMONADE_BACKEND_THREADS`` included); the services are
+    ``settings`` and ``options`` are the rows of the settings table, as for the Jupyter server;
+    left out, they are what the Jupyter server's config files say (``c.LemonadeApp.*``, read by
+    :func:`.jupyter_config.configured_settings`, defaults and ``$LEMONADE_BACKEND_THREADS``
+    included), so a kernel's router runs as the user configured the server's. The services are
     built by the same ``compose.build_services``. ``llama_server_path`` is a shorthand for
     ``options.llama_server_path``; ``options.data_dir`` is not read (see ``data_dir``).
     """
@@ -97,8 +100,11 @@ class EmbeddedServer:
         self._temp_dir: Path | None = None
         #: A sentence about where the data lives when it is not the usual folder ('' if it is).
         self.note = ""
-        self._settings = settings if settings is not None else RouterSettings()
-        options = options if options is not None else ServerOptions()
+        if settings is None or options is None:
+            configured = configured_settings()
+            settings = configured[0] if settings is None else settings
+            options = configured[1] if options is None else options
+        self._settings: RouterSettings = settings
         if llama_server_path is not None:
             options = replace(options, llama_server_path=llama_server_path)
         self._options = options

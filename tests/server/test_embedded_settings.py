@@ -1,14 +1,17 @@
 """The embedded router (no Jupyter server) is built by the same composition root as the
 extension, so it honours every setting the same way: a CA bundle for an https remote model, the
-loading state told to a cold stream, the engine path and ``backend_threads``, whose default comes from ``$LEMONADE_BACKEND_THREADS``."""
+loading state told to a cold stream, the engine path and ``backend_threads``, whose default comes from ``$LEMONADE_BACKEND_THREADS``. Left to itself,
+it reads the ``c.LemonadeApp`` settings of the Jupyter server's config files."""
 
 from __future__ import annotations
 
+import json
 import ssl
 
 import httpx
 import psutil
 import pytest
+from traitlets import TraitError
 
 from lemonade_jupyter.core.settings import RouterSettings, ServerOptions
 from lemonade_jupyter.server.embedded import EmbeddedServer
@@ -99,3 +102,51 @@ async def test_backend_threads_default_comes_from_the_variable(embedded, monkeyp
     argv = psutil.Process(pid).cmdline()
     assert argv[argv.index("--threads") + 1] == "2"
 
+
+
+# ------------------------------------------------------------ the server's config files
+def test_the_config_files_give_the_settings_the_first_folder_winning(tmp_path):
+    from lemonade_jupyter.server.jupyter_config import configured_settings
+
+    user, system = tmp_path / "user", tmp_path / "system"
+    (system / "jupyter_server_config.d").mkdir(parents=True)
+    user.mkdir()
+    (system / "jupyter_server_config.d" / "lemonade.json").write_text(json.dumps(
+        {"LemonadeApp": {"max_queue": 3, "stream_loading_state": True}}))
+    (system / "jupyter_server_config.json").write_text(json.dumps(
+        {"LemonadeApp": {"sse_ping_interval_s": 0.5}, "ServerApp": {"port": 1}}))
+    (user / "jupyter_server_config.py").write_text(
+        "c = get_config()  # noqa\nc.LemonadeApp.max_queue = 5\n"
+        "c.LemonadeApp.remote_ca_bundle = '/ca.pem'\n")
+    settings, options = configured_settings([str(user), str(system)])
+    assert settings.max_queue == 5 and settings.max_loaded_models == 1
+    assert options.stream_loading_state is True and options.sse_ping_interval_s == 0.5
+    assert options.remote_ca_bundle == "/ca.pem"
+    assert configured_settings([str(tmp_path / "none")]) == (RouterSettings(), ServerOptions())
+
+
+def test_the_embedded_router_runs_with_the_servers_config(tmp_path, monkeypatch):
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(json.dumps({"LemonadeApp": {
+        "max_queue": 4, "restore_on_start": False,
+        "data_dir": str(tmp_path / "the-servers-folder")}}))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config))
+    server = EmbeddedServer(data_dir=tmp_path / "embedded")
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30,
+                          headers={"Authorization": f"token {server.token}"}) as http:
+            settings = http.get("lemonade/internal/config").json()
+    finally:
+        server.stop()
+    assert settings["max_queue"] == 4 and settings["restore_on_start"] is False
+    assert not (tmp_path / "the-servers-folder").exists()  # its own folder, never the server's
+
+
+def test_a_bad_value_in_the_config_files_is_refused_naming_it(tmp_path, monkeypatch):
+    (tmp_path / "jupyter_server_config.json").write_text(json.dumps(
+        {"LemonadeApp": {"max_queue": -7}}))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(TraitError, match="^c.LemonadeApp.max_queue: "):
+        EmbeddedServer(data_dir=tmp_path / "embedded")
