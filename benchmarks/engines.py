@@ -49,7 +49,7 @@ def _native() -> str | None:
 
 def _one_run(binary: str, model: str, tmp: Path, threads: int) -> dict[str, float]:
     """Start ``binary``, wait for readiness, generate, measure RSS, stop."""
-    os.environ["LEMONADE_BACKEND_THREADS"] = str(threads)  # read by LlamaCppEngine.argv
+    os.environ["LEMONADE_BACKEND_THREADS"] = str(threads)  # the backend_threads default
     bare = BareLlama(binary, model, tmp)
     started = time.monotonic()
     bare.spawn()

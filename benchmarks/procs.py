@@ -33,6 +33,7 @@ from lemonade_jupyter.core.catalog import ModelSpec
 from lemonade_jupyter.core.engines.llamacpp import LlamaCppEngine
 from lemonade_jupyter.core.options import LoadOptions
 from lemonade_jupyter.core.ports import free_port
+from lemonade_jupyter.core.settings import RouterSettings
 
 #: The readiness poll of the bare baseline (the brief: "poll fast, e.g. every 5 ms").
 BARE_POLL_S = 0.005
@@ -129,7 +130,7 @@ class BareLlama:
         self, binary: str, model_file: str, log_dir: Path, *, sleep_idle_seconds: int | None = None
     ) -> None:
         self.api_key = secrets.token_urlsafe(24)
-        self._engine = LlamaCppEngine(binary)
+        self._engine = LlamaCppEngine(binary, threads=RouterSettings().backend_threads)
         self._spec = ModelSpec(name="bare", checkpoint=model_file)
         self._sleep = sleep_idle_seconds
         self._log_dir = log_dir

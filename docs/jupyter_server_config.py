@@ -46,8 +46,9 @@ c.LemonadeApp.memory_budget_mib = 0
 c.LemonadeApp.gpu_memory_reserve_mib = 512.0
 
 # -- backends: start, stop, crashes, hangs ------------------------------------------------------
-# --threads of each llama-server; 0 lets llama.cpp use every core ($LEMONADE_BACKEND_THREADS).
-c.LemonadeApp.backend_threads = 0
+# --threads of each llama-server; 0 lets llama.cpp use every core. Left unset, it is
+# $LEMONADE_BACKEND_THREADS when that is set, else 0.
+# c.LemonadeApp.backend_threads = 0
 # Single-user escape hatch: let llamacpp_args pass any llama-server flag, files and programs
 # included (never where others can load models); the router's own flags stay refused.
 c.LemonadeApp.allow_any_llamacpp_args = False

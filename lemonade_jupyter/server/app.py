@@ -1,7 +1,9 @@
 """``LemonadeApp``: the Jupyter server extension that hosts the router.
 
 Nothing happens in the constructor (Jupyter builds the app even for ``jupyter server extension
-list``). ``initialize_settings`` builds the router from the traits; the router's background
+list``). Its traits are the rows of the settings table (``core/settings.py``);
+``initialize_settings`` locks the data folder and hands the traits to ``compose.build_services``
+(the same wiring as the embedded router's); the router's background
 tasks start in ``_start_jupyter_server_extension`` once the server's loop runs; and
 ``stop_extension`` stops every backend.
 
@@ -18,33 +20,42 @@ import prometheus_client
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from prometheus_client.registry import Collector
-from traitlets import (
-    Bool, Float, Int, List, TraitError, TraitType, Unicode, default, validate,
-)
+from traitlets import Bool, Float, Int, List, TraitError, TraitType, Unicode, default, validate
 
-from ..core.catalog import Catalog
 from ..core.persistence import DataDirInUseError, DataDirLock
-from ..core.router import Router
-from ..core.settings import SETTINGS, RouterSettings, Setting, check_value, from_config
-from ..core.validation import check_number
+from ..core.settings import (
+    SETTINGS, RouterSettings, ServerOptions, Setting, check_value, from_config,
+    server_options_from_config,
+)
 from ..errors import InvalidRequestError
-from .routes import handlers
+from .compose import Services, build_services
 from .remote_hosts import own_server
-from .remote_rest import drop_refused
-from .remote_upstream import RemoteUpstream
-from .upstream import UpstreamPool
+from .routes import handlers
 
 
-def _setting_traits() -> dict[str, TraitType]:
-    """One configurable trait per row of the settings table, with its default and help."""
-    kinds = {bool: Bool, int: Int, float: Float}
+def _setting_traits() -> dict[str, object]:
+    """One configurable trait per row of the settings table, with its default and help; a row
+    whose default comes from an environment variable also gets a dynamic default reading it
+    (through :meth:`Setting.initial`, the one place that reads it)."""
+    kinds = {bool: Bool, int: Int, float: Float, str: Unicode}
 
     def trait(s: Setting) -> TraitType:
         if s.type is tuple:  # a list of strings
             return List(Unicode(), default_value=s.config_default, config=True, help=s.help)
         return kinds[s.type](s.config_default, config=True, help=s.help)
 
-    return {s.name: trait(s) for s in SETTINGS}
+    def initial(s: Setting) -> object:
+        def value(self: object) -> object:
+            try:
+                found = s.initial()
+            except InvalidRequestError as exc:
+                raise _trait_error(s.name, exc) from None
+            return s.none_as if found is None else found
+        return default(s.name)(value)
+
+    traits: dict[str, object] = {s.name: trait(s) for s in SETTINGS}
+    traits.update({f"_initial_{s.name}": initial(s) for s in SETTINGS if s.env})
+    return traits
 
 
 class _RouterFamilies(Collector):
@@ -74,32 +85,10 @@ class LemonadeApp(ExtensionApp):
     name = "lemonade_jupyter"
     load_other_extensions = True
 
-    # The router settings: one trait per row of ``core.settings.SETTINGS`` (a class body's
-    # namespace is a plain dict, so the traits are declared here as if written out).
+    # Every setting: one trait per row of ``core.settings.SETTINGS``, router and server rows
+    # alike (a class body's namespace is a plain dict, so the traits are declared here as if
+    # written out).
     locals().update(_setting_traits())
-
-    llama_server_path = Unicode(
-        "", config=True,
-        help="Path of llama-server; empty: $LEMONADE_LLAMA_SERVER, PATH, then the cached build.",
-    )
-    data_dir = Unicode(
-        config=True, help="Where pins, the loaded set and user models persist across restarts."
-    )
-    stream_loading_state = Bool(
-        False, config=True,
-        help="Tell a streaming chat request that waits for a cold load the load's progress, "
-        "as reasoning content before the answer (chat UIs show it as the model thinking).",
-    )
-    sse_ping_interval_s = Float(
-        2.0, config=True,
-        help="Seconds of silence (cold load, prefill) before a ': ping' SSE comment.",
-    )
-
-    remote_ca_bundle = Unicode(
-        "", config=True,
-        help="PEM file of CA certificates to trust for https remote models; empty: the "
-        "system's store. Certificates are always verified.",
-    )
 
     @validate(*(s.name for s in SETTINGS))
     def _validate_setting(self, proposal: dict) -> object:
@@ -110,47 +99,28 @@ class LemonadeApp(ExtensionApp):
         except InvalidRequestError as exc:
             raise _trait_error(name, exc) from None
 
-    @validate("sse_ping_interval_s")
-    def _validate_ping_interval(self, proposal: dict) -> float:
-        """A ping interval of 0 or less (or NaN) would make every silent stream ping in a busy
-        loop, writing ``: ping`` as fast as the socket takes it; refuse it at start."""
-        try:
-            return check_number(
-                "sse_ping_interval_s", proposal["value"], minimum=0.001, maximum=3600
-            )
-        except InvalidRequestError as exc:
-            raise _trait_error("sse_ping_interval_s", exc) from None
-
-    @default("data_dir")
-    def _default_data_dir(self) -> str:
-        return str(Path(jupyter_data_dir()) / "lemonade")
-
     def router_settings(self) -> RouterSettings:
         """The traits as the router's settings."""
         return from_config({s.name: getattr(self, s.name) for s in SETTINGS})
 
+    def server_options(self) -> ServerOptions:
+        """The traits as the options of the HTTP side (engine path, data folder, streaming)."""
+        return server_options_from_config({s.name: getattr(self, s.name) for s in SETTINGS})
+
+    def data_folder(self) -> Path:
+        """``data_dir``, or ``<jupyter data dir>/lemonade`` when it is empty."""
+        return Path(self.data_dir).expanduser() if self.data_dir else (
+            Path(jupyter_data_dir()) / "lemonade")
+
     def initialize_settings(self) -> None:
-        data_dir = Path(self.data_dir)
+        data_dir = self.data_folder()
         note = self._take_data_dir(data_dir)
-        self.router = Router(
-            Catalog(data_dir),
-            self.router_settings(),
-            llama_server_path=self.llama_server_path or None,
-            data_dir=data_dir,
-            keep_state=not note,
+        self.services = build_services(
+            self.router_settings(), self.server_options(),
+            data_dir=data_dir, keep_state=not note, note=note,
         )
-        if note:
-            self.router.notes.append(note)
-        self.router.remote.ca_bundle = self.remote_ca_bundle or None
-        self.upstream = UpstreamPool()
-        self.remote_upstream = RemoteUpstream()
-        self.settings.update({
-            "lemonade_remote_upstream": self.remote_upstream,
-            "lemonade_router": self.router,
-            "lemonade_upstream": self.upstream,
-            "lemonade_ping_interval_s": self.sse_ping_interval_s,
-            "lemonade_stream_loading_state": self.stream_loading_state,
-        })
+        self.router = self.services.router
+        self.settings.update(self.services.handler_settings())
 
     def _take_data_dir(self, data_dir: Path) -> str:
         """Lock the data folder for this server's router; '' or a note saying it is held.
@@ -177,12 +147,11 @@ class LemonadeApp(ExtensionApp):
         self.handlers.extend(handlers("/"))
 
     async def _start_jupyter_server_extension(self, serverapp: object) -> None:
-        # Jupyter's port is known now: drop remote models kept from looser rules.
-        await drop_refused(self.router, own_server({"serverapp": serverapp}))
-        await self.router.start()
+        # Jupyter's port is known now: remote models may not point back at it.
+        await self.services.start(own_server({"serverapp": serverapp}))
         self._jupyter_metrics = _RouterFamilies(self.router.metrics.registry)
         prometheus_client.REGISTRY.register(self._jupyter_metrics)
-        self.log.info("lemonade router started (data in %s)", self.data_dir)
+        self.log.info("lemonade router started (data in %s)", self.data_folder())
 
     async def stop_extension(self) -> None:
         bridge, self._jupyter_metrics = getattr(self, "_jupyter_metrics", None), None
@@ -191,15 +160,9 @@ class LemonadeApp(ExtensionApp):
                 prometheus_client.REGISTRY.unregister(bridge)
             except KeyError:  # already gone
                 pass
-        upstream = getattr(self, "upstream", None)
-        if upstream is not None:
-            upstream.close()
-        remote_upstream = getattr(self, "remote_upstream", None)
-        if remote_upstream is not None:
-            await remote_upstream.close()
-        router = getattr(self, "router", None)
-        if router is not None:
-            await router.stop()
+        services: Services | None = getattr(self, "services", None)
+        if services is not None:
+            await services.stop()
         lock, self._data_lock = getattr(self, "_data_lock", None), None
         if lock is not None:
             lock.release()

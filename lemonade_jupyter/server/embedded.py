@@ -27,6 +27,7 @@ import shutil
 import socket
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
@@ -35,16 +36,13 @@ from jupyter_server.auth.identity import IdentityProvider
 from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
-from ..core.catalog import Catalog
 from ..core.persistence import DataDirInUseError, DataDirLock
 from ..core.router import Router
-from ..core.settings import RouterSettings
-from .proxy import DEFAULT_PING_INTERVAL_S
-from .routes import handlers
+from ..core.settings import RouterSettings, ServerOptions
+from .compose import build_services
+from .jupyter_config import configured_settings
 from .remote_hosts import OWN_PORT_SETTING, own_server
-from .remote_rest import drop_refused
-from .remote_upstream import RemoteUpstream
-from .upstream import UpstreamPool
+from .routes import handlers
 
 log = logging.getLogger(__name__)
 _access_log = logging.getLogger("tornado.access")
@@ -72,13 +70,22 @@ def default_data_dir() -> Path:
 
 
 class EmbeddedServer:
-    """A router plus its HTTP API on a private thread; ``start()`` blocks until it serves."""
+    """A router plus its HTTP API on a private thread; ``start()`` blocks until it serves.
+
+    ``settings`` and ``options`` are the rows of the settings table, as for the Jupyter server;
+    left out, they are what the Jupyter server's config files say (``c.LemonadeApp.*``, read by
+    :func:`.jupyter_config.configured_settings`, defaults and ``$LEMONADE_BACKEND_THREADS``
+    included), so a kernel's router runs as the user configured the server's. The services are
+    built by the same ``compose.build_services``. ``llama_server_path`` is a shorthand for
+    ``options.llama_server_path``; ``options.data_dir`` is not read (see ``data_dir``).
+    """
 
     def __init__(
         self,
         *,
         data_dir: Path | None = None,
         settings: RouterSettings | None = None,
+        options: ServerOptions | None = None,
         llama_server_path: str | None = None,
         port: int = 0,
     ) -> None:
@@ -93,8 +100,14 @@ class EmbeddedServer:
         self._temp_dir: Path | None = None
         #: A sentence about where the data lives when it is not the usual folder ('' if it is).
         self.note = ""
-        self._settings = settings
-        self._llama_server_path = llama_server_path
+        if settings is None or options is None:
+            configured = configured_settings()
+            settings = configured[0] if settings is None else settings
+            options = configured[1] if options is None else options
+        self._settings: RouterSettings = settings
+        if llama_server_path is not None:
+            options = replace(options, llama_server_path=llama_server_path)
+        self._options = options
         self._port = port
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -180,28 +193,19 @@ class EmbeddedServer:
 
     async def _serve(self) -> None:
         self._stopped = asyncio.Event()
-        self.router = Router(
-            Catalog(self._data_dir),
-            self._settings or RouterSettings(),
-            llama_server_path=self._llama_server_path,
-            data_dir=self._data_dir,
-        )
-        upstream = UpstreamPool()
-        remote_upstream = RemoteUpstream()
+        services = build_services(self._settings, self._options, data_dir=self._data_dir)
+        self.router = services.router
         identity = IdentityProvider(token=self.token)
         app = Application(
             handlers("/"),
             base_url="/",
             identity_provider=identity,
             authorizer=AllowAllAuthorizer(identity_provider=identity),
-            lemonade_router=self.router,
-            lemonade_upstream=upstream,
-            lemonade_remote_upstream=remote_upstream,
-            lemonade_ping_interval_s=DEFAULT_PING_INTERVAL_S,
             serverapp=None,
             xsrf_cookies=False,
             cookie_secret=secrets.token_bytes(32),
             log_function=_log_request,
+            **services.handler_settings(),
         )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -213,14 +217,11 @@ class EmbeddedServer:
         port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/"
         app.settings[OWN_PORT_SETTING] = port  # a remote model may not point back here
-        await drop_refused(self.router, own_server(app.settings))
-        await self.router.start()
+        await services.start(own_server(app.settings))
         self._ready.set()
         try:
             await self._stopped.wait()
         finally:
             server.stop()
-            upstream.close()
-            await remote_upstream.close()
-            await self.router.stop()
+            await services.stop()
             await server.close_all_connections()

@@ -21,6 +21,7 @@ from lemonade_jupyter.core.catalog import ModelSpec
 from lemonade_jupyter.core.engines.llamacpp import LlamaCppEngine
 from lemonade_jupyter.core.options import LoadOptions
 from lemonade_jupyter.core.ports import free_port
+from lemonade_jupyter.core.settings import RouterSettings
 
 ALIAS = "smol-remote"
 
@@ -31,7 +32,7 @@ class ReplicaServer:
     def __init__(self, binary: str, model_file: str, log_dir: Path) -> None:
         self.api_key = "sk-replica-" + secrets.token_hex(16)
         self.port = free_port()
-        self._engine = LlamaCppEngine(binary)
+        self._engine = LlamaCppEngine(binary, threads=RouterSettings().backend_threads)
         self._spec = ModelSpec(name="replica", checkpoint=model_file)
         self._log = log_dir / f"replica-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None

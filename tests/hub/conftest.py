@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from lemonade_jupyter.core import catalog
+from lemonade_jupyter.core import curated
 from lemonade_jupyter.core.catalog import CURATED_FILE, load_curated
 from lemonade_jupyter.core.hub import parse_checkpoint
 from tests.fakes.fake_hub import FakeHub
@@ -168,7 +168,7 @@ def test_curated_file(hub_dir: Path, model_figures: dict[str, object]) -> Path:
 @pytest.fixture(autouse=True)
 def curated_list(test_curated_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every catalog of a hub test reads the test copy of the curated list."""
-    monkeypatch.setattr(catalog, "CURATED_FILE", test_curated_file)
+    monkeypatch.setattr(curated, "CURATED_FILE", test_curated_file)
     return test_curated_file
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from lemonade_jupyter.kernel.client import RouterClient, embedded_client, shutdown_embedded
+from lemonade_jupyter.kernel.client import RouterClient
+from lemonade_jupyter.kernel.embedded_client import embedded_client, shutdown_embedded
 from lemonade_jupyter.kernel.magics import LemonadeMagics
 from tests.helpers.http import loaded
 from tests.helpers.jupyter import JupyterProcess

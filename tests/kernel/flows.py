@@ -130,7 +130,7 @@ def dashboard_flow(router: RouterClient, model: str) -> None:
         dash.wait_actions()
         assert loaded(router) == {}
         wait_for(lambda: dash.models == [], timeout=10)
-        thread = dash._thread
+        thread = dash.poller.thread
     finally:
         dash.close()
     assert thread is not None and not thread.is_alive() and not dash.feed.running

@@ -112,7 +112,7 @@ def test_dashboard_unload_button_and_load_form(fake: FakeRouter) -> None:
 def test_dashboard_poller_updates_live_and_stops_on_close(fake: FakeRouter) -> None:
     client = fake.client()
     dash = Dashboard(client, interval=0.05)
-    thread = dash._thread
+    thread = dash.poller.thread
     assert thread is not None and thread.is_alive() and dash.polling
     client.load(DEFAULT)  # behind the panel's back
     wait_for(lambda: dash.models == [DEFAULT], timeout=10)

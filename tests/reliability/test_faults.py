@@ -472,6 +472,7 @@ def test_kills_of_healthy_backends_never_cool_down_but_a_crash_loop_does(jupyter
         c.post(f"{API}/unload", json={})
 
 
+@pytest.mark.slow  # nine kills a second apart, each followed by reloads: a soak run
 def test_kills_a_second_apart_each_followed_by_chat_and_load_are_all_answered(jupyter_factory):
     """A user (or something outside) kills a healthy, ready backend three times, a second
     apart. After each kill a chat and an explicit /load are answered 200, as the reference

@@ -30,6 +30,9 @@ import pytest
 from tests.helpers.artifacts import write_artifact
 from tests.helpers.http import API, chat_body, loaded
 
+#: Every test here is a soak test: the slow tier (``pytest -m slow``).
+pytestmark = pytest.mark.slow
+
 CLIENTS = 64
 #: The load runs at least this long, then on until the last FLAT_WINDOW_S are flat, at most
 #: MAX_SECONDS: when the allocator settles depends on the machine's load (this suite saw the
@@ -74,7 +77,6 @@ async def stream_once(client: httpx.AsyncClient, model: str, max_tokens: int) ->
     return done, chunks, "" if done else "stream ended without [DONE]"
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_64_streaming_clients_memory_flat_after_warmup(jupyter_factory, model_files):
     server = jupyter_factory(max_loaded_models=2, sse_ping_interval_s=2.0)
@@ -182,7 +184,6 @@ def test_64_streaming_clients_memory_flat_after_warmup(jupyter_factory, model_fi
     assert max(window) - window[0] <= FLAT_LIMIT, figures
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_router_and_proxy_hold_no_memory_per_request(tmp_path, fake_llama_server_path,
                                                      monkeypatch):

@@ -14,10 +14,14 @@ clients, against the fixture server).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from traitlets.config import Config
 
@@ -161,3 +165,42 @@ def server_url(lemonade, jp_http_port, jp_base_url) -> str:
 @pytest.fixture
 def token(jp_serverapp) -> str:
     return jp_serverapp.identity_provider.token  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def openai_client(jp_asyncio_loop) -> Iterator[Callable[[str, str], openai.AsyncOpenAI]]:
+    """Makes ``AsyncOpenAI`` clients (``make(base_url, api_key)``), closed when the test ends.
+
+    Async, because the sync client would block the loop a fixture server runs on; fixtures are
+    sync (pytest-jupyter runs only async *tests*), so closing goes through the loop.
+    """
+    made: list[openai.AsyncOpenAI] = []
+
+    def make(base_url: str, api_key: str) -> openai.AsyncOpenAI:
+        made.append(openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0,
+                                       timeout=60))
+        return made[-1]
+
+    yield make
+    for c in made:
+        jp_asyncio_loop.run_until_complete(c.close())
+
+
+@pytest.fixture
+def client(api, server_url, token, openai_client) -> openai.AsyncOpenAI:
+    """``AsyncOpenAI`` pointed at the extension (``api`` makes the fixture server listen)."""
+    return openai_client(f"{server_url}{API}", token)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> Path:
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem), made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    where = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(where / "key.pem"), "-out", str(where / "cert.pem"),
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True)
+    return where  # type: ignore[no-any-return]

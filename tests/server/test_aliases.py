@@ -9,21 +9,11 @@ that changes nothing; deleting a model drops its aliases.
 from __future__ import annotations
 
 import httpx
-import openai
-import pytest
 
 from lemonade_jupyter.core.catalog import DEFAULT_MODEL
 from lemonade_jupyter.server.embedded import EmbeddedServer
 
 from tests.helpers.http import API
-
-
-@pytest.fixture
-def client(server_url, token, jp_asyncio_loop):
-    c = openai.AsyncOpenAI(base_url=f"{server_url}{API}", api_key=token, max_retries=0,
-                           timeout=60)
-    yield c
-    jp_asyncio_loop.run_until_complete(c.close())
 
 
 async def aliases(api) -> dict[str, str]:

@@ -14,7 +14,6 @@ import sys
 
 import anthropic
 import httpx
-import openai
 import pytest
 
 from tests.helpers.http import API
@@ -22,15 +21,6 @@ from tests.helpers.polling import wait_until
 
 #: llama-server's own answer is compared with ours: greedy sampling gives the same tokens.
 GREEDY = {"temperature": 0, "seed": 1}
-
-
-@pytest.fixture
-def client(api, server_url, token, jp_asyncio_loop):
-    """``AsyncOpenAI`` pointed at the extension (``api`` makes the fixture server listen)."""
-    c = openai.AsyncOpenAI(base_url=f"{server_url}{API}", api_key=token, max_retries=0,
-                           timeout=60)
-    yield c
-    jp_asyncio_loop.run_until_complete(c.close())
 
 
 @pytest.fixture

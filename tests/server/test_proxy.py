@@ -20,18 +20,6 @@ PINNED_409 = slots_pinned_envelope("user.alias")
 
 
 @pytest.fixture
-def client(server_url, token, jp_asyncio_loop):
-    """``AsyncOpenAI`` pointed at the extension (the sync client would block the server's loop).
-
-    Fixtures are sync (pytest-jupyter runs only async *tests*); async work goes through the loop.
-    """
-    c = openai.AsyncOpenAI(base_url=f"{server_url}{API}", api_key=token, max_retries=0,
-                           timeout=60)
-    yield c
-    jp_asyncio_loop.run_until_complete(c.close())
-
-
-@pytest.fixture
 def alias(api, default_model_file, jp_asyncio_loop):
     """The default GGUF registered again as ``user.alias``: answers must name ``user.alias``."""
     jp_asyncio_loop.run_until_complete(api.pull("user.alias", default_model_file))

@@ -13,7 +13,6 @@ import asyncio
 import json
 
 import httpx
-import openai
 import pytest
 
 from tests.helpers.http import API
@@ -34,14 +33,6 @@ def replicas(llama_server_path, default_model_file, tmp_path, monkeypatch):
     yield servers
     for server in servers:
         server.kill()
-
-
-@pytest.fixture
-def client(server_url, token, jp_asyncio_loop):
-    c = openai.AsyncOpenAI(base_url=f"{server_url}{API}", api_key=token, max_retries=0,
-                           timeout=60)
-    yield c
-    jp_asyncio_loop.run_until_complete(c.close())
 
 
 def pull_body(replicas: list[ReplicaServer], **extra) -> dict:

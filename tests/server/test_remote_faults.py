@@ -6,8 +6,6 @@ upstream redacted, and TLS verification on by default with a CA bundle setting."
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import pytest
 
@@ -17,20 +15,6 @@ from tests.helpers.http import API
 KEY = "sk-fake-upstream-0123456789abcdef"
 KEY_ENV = "LEMONADE_REMOTE_KEY_FAKE"
 GROUP = "user.fake"
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem), made with openssl."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    where = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(where / "key.pem"), "-out", str(where / "cert.pem"),
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True)
-    return where
 
 
 @pytest.fixture

@@ -11,20 +11,11 @@ import json
 import re
 
 import httpx
-import openai
 import psutil
 import pytest
 
 from tests.helpers.http import API, chat_body
 from tests.helpers.polling import wait_until
-
-
-@pytest.fixture
-def client(api, server_url, token, jp_asyncio_loop):
-    c = openai.AsyncOpenAI(base_url=f"{server_url}{API}", api_key=token, max_retries=0,
-                           timeout=60)
-    yield c
-    jp_asyncio_loop.run_until_complete(c.close())
 
 
 def assert_stats_match(stats: dict, timings: dict, model: str, route: str) -> None:

@@ -1,22 +1,31 @@
-"""Router settings: the one table, the dataclass, ``/internal/set`` validation and the
-``c.LemonadeApp`` traits generated from it."""
+"""Settings: the one table (router and server rows), the dataclasses, ``/internal/set``
+validation, the ``c.LemonadeApp`` traits generated from it, and a default taken from the
+environment."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pytest
-from traitlets import Bool, Float, Int, List, TraitError
+from traitlets import Bool, Float, Int, List, TraitError, Unicode
 from traitlets.config import Config
 
 from lemonade_jupyter.core.settings import (
     MAX_EVICTION_GRACE_S,
+    MAX_TEXT_CHARS,
     PERSISTED_KEYS,
+    ROUTER,
+    ROUTER_SETTINGS,
     RUNTIME_KEYS,
+    SERVER,
+    SERVER_SETTINGS,
     SETTINGS,
     RouterSettings,
+    ServerOptions,
     Setting,
+    check_value,
     validate_setting,
 )
 from lemonade_jupyter.errors import InvalidRequestError
@@ -138,20 +147,42 @@ def test_with_updates_is_all_or_nothing():
 
 
 # ---------------------------------------------------------------------------- the table
-def test_table_is_the_dataclass():
-    """One field per row, in order, with the row's default; nothing else."""
-    fields = dataclasses.fields(RouterSettings)
-    assert [f.name for f in fields] == [s.name for s in SETTINGS]
-    defaults = RouterSettings()
+@pytest.fixture
+def no_env_defaults(monkeypatch):
+    """The table's own defaults: no variable that a row takes its default from is set."""
     for s in SETTINGS:
-        assert getattr(defaults, s.name) == s.default, s.name
-    assert RouterSettings().to_json() == {s.name: s.default for s in SETTINGS}
+        if s.env:
+            monkeypatch.delenv(s.env, raising=False)
+
+
+def test_table_is_the_dataclasses(no_env_defaults):
+    """One field per row, in order, with the row's default; nothing else: the router rows make
+    RouterSettings, the server rows ServerOptions, and every row is one or the other."""
+    assert [f.name for f in dataclasses.fields(RouterSettings)] == [
+        s.name for s in SETTINGS if s.scope == ROUTER]
+    assert [f.name for f in dataclasses.fields(ServerOptions)] == [
+        s.name for s in SETTINGS if s.scope == SERVER]
+    assert ROUTER_SETTINGS + SERVER_SETTINGS == tuple(
+        sorted(SETTINGS, key=lambda s: s.scope != ROUTER))
+    defaults, options = RouterSettings(), ServerOptions()
+    for s in SETTINGS:
+        assert getattr(options if s.scope == SERVER else defaults, s.name) == s.default, s.name
+    assert RouterSettings().to_json() == {s.name: s.default for s in ROUTER_SETTINGS}
     assert len({s.name for s in SETTINGS}) == len(SETTINGS)
+
+
+def test_server_rows_hold_the_options_of_the_http_side():
+    assert {s.name for s in SERVER_SETTINGS} >= {
+        "llama_server_path", "data_dir", "remote_ca_bundle", "sse_ping_interval_s",
+        "stream_loading_state"}
+    for s in SERVER_SETTINGS:  # read once at start, by the HTTP side
+        assert not s.runtime and not s.persisted, s.name
 
 
 def test_table_rows_are_consistent():
     for s in SETTINGS:
-        assert s.type in (bool, int, float, tuple), s.name  # tuple: a list of strings
+        assert s.type in (bool, int, float, str, tuple), s.name  # tuple: a list of strings
+        assert s.scope in (ROUTER, SERVER), s.name
         assert s.help.strip(), s.name
         if s.type is bool:
             assert s.minimum is None and s.maximum is None, s.name
@@ -170,7 +201,7 @@ def test_derived_key_sets():
     assert set(RUNTIME_KEYS) <= set(RouterSettings().to_json())
 
 
-def test_known_defaults_and_bounds():
+def test_known_defaults_and_bounds(no_env_defaults):
     defaults = RouterSettings()
     assert defaults.max_loaded_models == 1 and defaults.backend_threads is None
     assert defaults.crash_loop_window_s == 60.0
@@ -223,11 +254,11 @@ def _app_class():
     return LemonadeApp
 
 
-_TRAIT_TYPES = {bool: Bool, int: Int, float: Float, tuple: List}
+_TRAIT_TYPES = {bool: Bool, int: Int, float: Float, str: Unicode, tuple: List}
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
-def test_every_setting_is_a_configurable_trait(setting):
+def test_every_setting_is_a_configurable_trait(setting, no_env_defaults):
     app_class = _app_class()
     trait = app_class.class_traits(config=True).get(setting.name)
     assert trait is not None, f"c.LemonadeApp.{setting.name} is missing"
@@ -238,11 +269,9 @@ def test_every_setting_is_a_configurable_trait(setting):
     assert f"LemonadeApp.{setting.name}=" in app_class.class_get_help()
 
 
-def test_traits_that_are_not_settings_stay():
-    traits = _app_class().class_traits(config=True)
-    for name in ("llama_server_path", "data_dir", "sse_ping_interval_s"):
-        assert name in traits and traits[name].help
-        assert not hasattr(RouterSettings(), name)
+def test_every_trait_is_a_setting():
+    """No option of the extension lives outside the table."""
+    assert set(_app_class().class_own_traits(config=True)) == {s.name for s in SETTINGS}
 
 
 def _other_value(s: Setting) -> object:
@@ -251,6 +280,8 @@ def _other_value(s: Setting) -> object:
         return not s.default
     if s.type is tuple:  # a list of strings; "x" is a host name and a variable name
         return ["x"]
+    if s.type is str:
+        return "/x"
     if s.type is int:
         return s.config_default + 2
     if s.default is None:
@@ -263,26 +294,82 @@ def _other_value(s: Setting) -> object:
     return value
 
 
-def test_router_settings_carries_every_trait_value():
+def test_router_settings_and_server_options_carry_every_trait_value(no_env_defaults):
     values = {s.name: _other_value(s) for s in SETTINGS}
     app = _app_class()(config=Config({"LemonadeApp": values}))
-    settings = app.router_settings()
-    assert isinstance(settings, RouterSettings)
-    defaults = RouterSettings()
+    settings, options = app.router_settings(), app.server_options()
+    assert isinstance(settings, RouterSettings) and isinstance(options, ServerOptions)
+    defaults, default_options = RouterSettings(), ServerOptions()
     for s in SETTINGS:
+        got, default = ((options, default_options) if s.scope == SERVER
+                        else (settings, defaults))
         value = values[s.name]
-        assert getattr(settings, s.name) == (tuple(value) if s.type is tuple else value), s.name
-        assert getattr(settings, s.name) != getattr(defaults, s.name), s.name
+        assert getattr(got, s.name) == (tuple(value) if s.type is tuple else value), s.name
+        assert getattr(got, s.name) != getattr(default, s.name), s.name
 
 
-def test_router_settings_backend_threads_zero_is_none():
+def test_router_settings_backend_threads_zero_is_none(no_env_defaults):
     app_class = _app_class()
     assert app_class().router_settings().backend_threads is None
     assert app_class(backend_threads=3).router_settings().backend_threads == 3
     assert app_class().router_settings() == RouterSettings()
+    assert app_class().server_options() == ServerOptions()
 
 
-NUMBER_SETTINGS = [s for s in SETTINGS if s.type not in (bool, tuple)]
+@pytest.mark.parametrize("value", [3, "a\nb", "a\0b", "/" * (MAX_TEXT_CHARS + 1)])
+def test_text_settings_take_one_line_of_text(value):
+    for s in SERVER_SETTINGS:
+        if s.type is str:
+            with pytest.raises(InvalidRequestError, match=s.name):
+                check_value(s.name, value)
+            with pytest.raises(TraitError, match=s.name):  # the trait itself refuses a number
+                _app_class()(config=Config({"LemonadeApp": {s.name: value}}))
+
+
+# ------------------------------------------------------ a default from the environment
+def test_backend_threads_default_comes_from_its_variable(monkeypatch):
+    monkeypatch.setenv("LEMONADE_BACKEND_THREADS", "3")
+    assert RouterSettings().backend_threads == 3
+    assert RouterSettings(max_queue=2).backend_threads == 3
+    app_class = _app_class()
+    assert app_class().backend_threads == 3
+    assert app_class().router_settings().backend_threads == 3
+    # A config value wins, 0 (every core) included.
+    assert app_class(backend_threads=2).router_settings().backend_threads == 2
+    app = app_class(config=Config({"LemonadeApp": {"backend_threads": 0}}))
+    assert app.router_settings().backend_threads is None
+    monkeypatch.setenv("LEMONADE_BACKEND_THREADS", "0")
+    assert RouterSettings().backend_threads is None
+    monkeypatch.setenv("LEMONADE_BACKEND_THREADS", " ")
+    assert RouterSettings().backend_threads is None
+
+
+@pytest.mark.parametrize("raw", ["many", "-1", "1.5", "1e3", "99999999999999999999999"])
+def test_a_bad_variable_is_refused_naming_it(monkeypatch, raw):
+    monkeypatch.setenv("LEMONADE_BACKEND_THREADS", raw)
+    with pytest.raises(InvalidRequestError, match=r"^\$LEMONADE_BACKEND_THREADS=.* is not a "
+                       "valid backend_threads"):
+        RouterSettings()
+    with pytest.raises(TraitError, match=r"^c.LemonadeApp.backend_threads: "
+                       r"\$LEMONADE_BACKEND_THREADS="):
+        _app_class()().backend_threads  # noqa: B018 - the dynamic default reads it
+
+
+def test_each_variable_of_a_default_is_read_in_one_place():
+    """Only the settings table names, as a string, a variable that gives a setting its
+    default: nothing else reads it."""
+    from tests.helpers import REPO
+
+    for s in SETTINGS:
+        if s.env:
+            readers = sorted(
+                str(p.relative_to(REPO)) for p in (REPO / "lemonade_jupyter").rglob("*.py")
+                if re.search(rf"[\"']{s.env}[\"']", p.read_text(encoding="utf-8"))
+                and p.name != "settings.py")
+            assert readers == [], f"{s.env} is read outside core/settings.py: {readers}"
+
+
+NUMBER_SETTINGS = [s for s in SETTINGS if s.type not in (bool, tuple, str)]
 
 
 @pytest.mark.parametrize("setting", NUMBER_SETTINGS, ids=lambda s: s.name)

@@ -30,11 +30,6 @@ INSTALL_HINT = INSTALL_COMMAND
 DEFAULT_CTX_SIZE = 2048
 
 
-def _env_threads() -> int | None:
-    raw = os.environ.get("LEMONADE_BACKEND_THREADS", "")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else None
-
-
 @dataclass(frozen=True)
 class LlamaCppEngine:
     """Builds ``llama-server`` command lines; holds no process state."""
@@ -43,7 +38,7 @@ class LlamaCppEngine:
     #: ``--threads`` for every backend; None lets llama.cpp choose (all cores). On a small
     #: shared machine several backends each spinning on all cores slow each other down a lot
     #: (llama.cpp's worker threads busy-wait), so this is configurable:
-    #: ``c.LemonadeApp.backend_threads`` or ``$LEMONADE_BACKEND_THREADS``.
+    #: the ``backend_threads`` setting (whose default may come from its environment variable).
     threads: int | None = None
     #: What the lookup knows about ``binary`` (flavour, offload), for ``/health``.
     info: EngineInfo | None = None
@@ -73,9 +68,8 @@ class LlamaCppEngine:
             "--ctx-size", str(options.ctx_size or DEFAULT_CTX_SIZE),
             "--no-webui",
         ]
-        threads = self.threads or _env_threads()
-        if threads:
-            args += ["--threads", str(threads)]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
         if spec.type == "embedding":
             args.append("--embeddings")
         elif spec.type == "reranking":
