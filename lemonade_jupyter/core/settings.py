@@ -18,6 +18,10 @@ from ..errors import InvalidRequestError
 from .remote_rules import DEFAULT_KEY_ENVS, is_host_entry, is_key_env_entry
 from .validation import check_bool, check_number
 
+def _is_absolute_path(entry: str) -> bool:
+    return entry.startswith("/") and "\0" not in entry and len(entry) <= 4096
+
+
 #: Most entries of a list setting.
 MAX_LIST_ENTRIES = 256
 
@@ -219,6 +223,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("remote_max_models_per_upstream", int, 256, minimum=1, maximum=100_000,
             help="Models one remote pull may register from an upstream's list; an upstream "
             "that lists more is refused (400): register the models needed one by one."),
+    # -- node mode: one router for every user of a JupyterHub (server/node.py) ---------------
+    Setting("node_model_folders", tuple, (),
+            item=(_is_absolute_path, "an absolute path"),
+            help="Node mode: folders whose GGUF files any user with custom:lemonade:use may "
+            "register by local path (a pull with a file checkpoint); a file elsewhere needs "
+            "custom:lemonade:admin. Paths are compared after resolving links. Ignored by a "
+            "single-user server."),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -23,6 +23,7 @@ from traitlets import (
 )
 
 from ..core.catalog import Catalog
+from ..core.owners import OwnerRegistry
 from ..core.persistence import DataDirInUseError, DataDirLock
 from ..core.router import Router
 from ..core.settings import SETTINGS, RouterSettings, Setting, check_value, from_config
@@ -85,6 +86,12 @@ class LemonadeApp(ExtensionApp):
     data_dir = Unicode(
         config=True, help="Where pins, the loaded set and user models persist across restarts."
     )
+    node_mode = Bool(
+        False, config=True,
+        help="One router for every user of a JupyterHub, run as a Hub service by "
+        "`lemonade-jupyter node`: callers are Hub users whose custom:lemonade:* scopes are "
+        "checked on every route, and the surface is locked down (docs/jupyterhub.md).",
+    )
     stream_loading_state = Bool(
         False, config=True,
         help="Tell a streaming chat request that waits for a cold load the load's progress, "
@@ -130,6 +137,9 @@ class LemonadeApp(ExtensionApp):
         return from_config({s.name: getattr(self, s.name) for s in SETTINGS})
 
     def initialize_settings(self) -> None:
+        if self.node_mode and self.allow_any_llamacpp_args:  # type: ignore[attr-defined]
+            raise TraitError("c.LemonadeApp.allow_any_llamacpp_args cannot be on in node mode: "
+                             "the node's users may set only the allowlisted flags")
         data_dir = Path(self.data_dir)
         note = self._take_data_dir(data_dir)
         self.router = Router(
@@ -142,6 +152,9 @@ class LemonadeApp(ExtensionApp):
         if note:
             self.router.notes.append(note)
         self.router.remote.ca_bundle = self.remote_ca_bundle or None
+        self.owners = OwnerRegistry(None if note else data_dir)  # who loaded and pinned what
+        self.router.events.add_listener(self.owners.on_event)
+        self.router.events.owner_of = self.owners.get
         self.upstream = UpstreamPool()
         self.remote_upstream = RemoteUpstream()
         self.settings.update({
@@ -150,6 +163,8 @@ class LemonadeApp(ExtensionApp):
             "lemonade_upstream": self.upstream,
             "lemonade_ping_interval_s": self.sse_ping_interval_s,
             "lemonade_stream_loading_state": self.stream_loading_state,
+            "lemonade_owners": self.owners,
+            "lemonade_node_mode": self.node_mode,
         })
 
     def _take_data_dir(self, data_dir: Path) -> str:
