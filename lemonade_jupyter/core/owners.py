@@ -16,12 +16,15 @@ listener of ``EventLog``), so no router code has to know about users:
 Kept apart from the live model on purpose: a model evicted and reloaded by the watchdog, or
 restored at a restart, keeps its owner without anything copying it. Saved as ``owners.json``
 in the data folder beside the router's state file, so owners survive a restart with the pins.
-Owned by the router's event loop (listeners run there); saves are small and atomic.
+Owned by the router's event loop (listeners run there). Saves are atomic and leave the loop
+for one worker thread, which writes them in order (a later table never loses to an earlier).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .events import Event
@@ -43,6 +46,7 @@ class OwnerRegistry:
     def __init__(self, data_dir: Path | None) -> None:
         self._path = data_dir / OWNERS_FILE if data_dir is not None else None
         self._by_model: dict[str, str] = {}
+        self._writer: ThreadPoolExecutor | None = None
         if self._path is not None:
             saved = read_json_or_quarantine(self._path, dict) or {}
             self._by_model = {name: user for name, user in saved.items()
@@ -77,9 +81,28 @@ class OwnerRegistry:
         self._save()
 
     def _save(self) -> None:
+        """Write the table: on the worker thread from the loop, at once without one."""
         if self._path is None:
             return
+        table = dict(self._by_model)
         try:
-            write_json_atomic(self._path, self._by_model)
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script, a unit test): write now
+            self._write(table)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="lemonade-owners")
+        self._writer.submit(self._write, table)
+
+    def close(self) -> None:
+        """Wait for the saves under way; later ones write at once."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)
+
+    def _write(self, table: dict[str, str]) -> None:
+        assert self._path is not None
+        try:
+            write_json_atomic(self._path, table)
         except OSError as exc:  # a full or read-only disk must not break a load
             log.warning("Could not save model owners to %s: %s", self._path, exc)

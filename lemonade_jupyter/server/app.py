@@ -12,6 +12,7 @@ router's families is registered there while the extension runs.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import prometheus_client
@@ -30,6 +31,7 @@ from ..core.settings import SETTINGS, RouterSettings, Setting, check_value, from
 from ..core.validation import check_number
 from ..errors import InvalidRequestError
 from .routes import handlers
+from .node_access import server_user
 from .remote_hosts import own_server
 from .remote_rest import drop_refused
 from .remote_upstream import RemoteUpstream
@@ -165,6 +167,7 @@ class LemonadeApp(ExtensionApp):
             "lemonade_stream_loading_state": self.stream_loading_state,
             "lemonade_owners": self.owners,
             "lemonade_node_mode": self.node_mode,
+            "lemonade_server_user": None if self.node_mode else server_user(),
         })
 
     def _take_data_dir(self, data_dir: Path) -> str:
@@ -215,6 +218,9 @@ class LemonadeApp(ExtensionApp):
         router = getattr(self, "router", None)
         if router is not None:
             await router.stop()
+        owners = getattr(self, "owners", None)
+        if owners is not None:
+            await asyncio.to_thread(owners.close)
         lock, self._data_lock = getattr(self, "_data_lock", None), None
         if lock is not None:
             lock.release()

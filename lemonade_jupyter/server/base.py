@@ -72,13 +72,15 @@ class LemonadeHandler(APIHandler):
             raise web.HTTPError(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
 
     def _check_caller(self) -> None:
-        """Name the caller in the router's events, and in node mode check what it may do
+        """Name the user in the router's events, and in node mode check what the caller may do
         (``server/node_access.py``) before the handler touches anything."""
         user = self.current_user
         if user is None:
             return
         if not self.settings.get("lemonade_node_mode"):
-            acting_user.set(getattr(user, "username", None) or None)
+            # A single-user server has one user (a token login is a new anonymous identity
+            # on every request): the server's own user owns what is loaded.
+            acting_user.set(self.settings.get("lemonade_server_user"))
             return
         caller = caller_of(user)
         acting_user.set(caller.name or None)

@@ -25,7 +25,9 @@ handler, which answers 400 as in a single-user server.
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,14 @@ class Caller:
     @property
     def is_admin(self) -> bool:
         return ADMIN in self.scopes
+
+
+def server_user() -> str | None:
+    """The user of a single-user server: the Hub's name for it, else the system's."""
+    try:
+        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser() or None
+    except (KeyError, OSError):  # no name for this uid
+        return None
 
 
 def caller_of(user: Any) -> Caller:

@@ -9,6 +9,7 @@ from traitlets.config import Config
 
 from lemonade_jupyter.server.app import LemonadeApp
 from lemonade_jupyter.server.node import NodeConfigError, node_argv
+from lemonade_jupyter.server.node_access import server_user
 
 HUB_ENV = {
     "JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:10101",
@@ -45,3 +46,11 @@ def test_node_mode_refuses_allow_any_llamacpp_args_at_start(tmp_path):
     with pytest.raises(TraitError, match="node mode"):
         app.initialize_settings()
     assert list(tmp_path.iterdir()) == []  # refused before anything was touched
+
+
+def test_node_single_user_owner_is_the_hubs_name_for_the_server_else_the_systems(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_USER", "carol")
+    assert server_user() == "carol"
+    monkeypatch.delenv("JUPYTERHUB_USER")
+    monkeypatch.setattr("getpass.getuser", lambda: "dave")
+    assert server_user() == "dave"

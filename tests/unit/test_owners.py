@@ -74,3 +74,26 @@ def test_owners_without_a_data_dir_keep_nothing_on_disk(tmp_path):
     finally:
         acting_user.reset(token)
     assert owners.get("a") == "alice" and list(tmp_path.iterdir()) == []
+
+
+async def _load_as(log: EventLog, user: str, model: str) -> None:
+    token = acting_user.set(user)
+    try:
+        log.emit("load", model, "manual")
+    finally:
+        acting_user.reset(token)
+
+
+def test_owners_saves_from_the_loop_land_in_order(tmp_path):
+    import asyncio
+
+    owners = OwnerRegistry(tmp_path)
+    log = _log_with(owners)
+
+    async def many() -> None:
+        for i in range(20):
+            await _load_as(log, f"user{i}", "a")
+
+    asyncio.run(many())
+    owners.close()
+    assert OwnerRegistry(tmp_path).snapshot() == {"a": "user19"}
