@@ -34,6 +34,8 @@ c.JupyterHub.services = [
             "custom:lemonade:pin",
             "custom:lemonade:admin",
         ],
+        # The admin set this service up: no "authorize access" page on a user's first visit.
+        "oauth_no_confirm": True,
         "display": True,  # listed on the Hub's home page
     },
 ]
@@ -56,10 +58,16 @@ c.JupyterHub.custom_scopes = {
 
 # -- who gets them -------------------------------------------------------------------------------
 c.JupyterHub.load_roles = [
-    # Every user of the hub: their own things (the Hub's default) and the node's models.
+    # Every user of the hub: their own things (the Hub's default), a browser login to the
+    # service (access:services), and the node's models.
     {
         "name": "user",
-        "scopes": ["self", "custom:lemonade:use", "custom:lemonade:pin"],
+        "scopes": [
+            "self",
+            "access:services!service=lemonade",
+            "custom:lemonade:use",
+            "custom:lemonade:pin",
+        ],
     },
     # The node's admins. CHANGE: list them (JupyterHub's own admins are not node admins).
     {

@@ -16,6 +16,10 @@ XSRF for cookie logins, and caches the Hub's answers. Writing our own on
   cannot know yet that a request carries a token when tornado (6.6) checks XSRF before
   ``prepare``: every POST with an API token was refused. A node keeps Jupyter's own check,
   which waits for the user and skips token-authenticated requests.
+* **Login.** The single-user provider starts the OAuth login when a page handler redirects to
+  its login URL; a node has API routes only (they answer 403, never a redirect), so it adds
+  ``{prefix}login``: a browser sent there goes through the Hub's OAuth and comes back with the
+  node's cookie, to ``?next=`` (a path under the node only) or to ``/health``.
 * **Authorization.** The node runs a whole Jupyter server, whose own routes (kernels, contents,
   terminals) would run code as the service's user. :class:`NodeAuthorizer` allows the
   ``lemonade`` resource only: every other Jupyter route answers 403 to everyone.
@@ -28,10 +32,15 @@ from __future__ import annotations
 from typing import Any
 
 from jupyter_server.auth.authorizer import Authorizer
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.utils import url_path_join
 from jupyterhub.services.auth import HubOAuth
 from jupyterhub.singleuser.extension import JupyterHubIdentityProvider
+from tornado.httputil import url_concat
 from traitlets import default
 
+from ..api_paths import API_V1
 from .scopes import ALL_SCOPES
 
 #: The only Jupyter authorization resource a node serves (``LemonadeHandler.auth_resource``).
@@ -58,6 +67,30 @@ class NodeIdentityProvider(JupyterHubIdentityProvider):
     def _patch_xsrf(self, handler: Any) -> None:
         """Keep Jupyter's XSRF check (see the module's docstring)."""
         return
+
+    def get_handlers(self) -> list[tuple[Any, ...]]:
+        """The Hub's logout and OAuth callback, and the node's login."""
+        return [*super().get_handlers(), ("/login", NodeLoginHandler)]
+
+
+class NodeLoginHandler(JupyterHandler):
+    """``GET {prefix}login[?next=PATH]``: start the Hub's OAuth login in a browser."""
+
+    @allow_unauthenticated
+    def get(self) -> None:
+        auth = self.identity_provider.hub_auth  # type: ignore[attr-defined]
+        prefix = auth.base_url
+        wanted = self.get_argument("next", "")
+        # Only a path of this node: never an open redirect to another site or service.
+        next_url = (wanted if wanted.startswith(prefix) and "//" not in wanted
+                    and "\\" not in wanted else url_path_join(prefix, API_V1, "health"))
+        params: dict[str, str] = {}
+        verifier = None
+        if auth.pkce_enabled:
+            verifier, challenge, method = auth.generate_pkce_code_challenge()
+            params.update(code_challenge=challenge, code_challenge_method=method)
+        params["state"] = auth.set_state_cookie(self, next_url=next_url, code_verifier=verifier)
+        self.redirect(url_concat(auth.login_url, params))
 
 
 class NodeAuthorizer(Authorizer):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -57,7 +56,6 @@ def hub(tmp_path_factory, fake_llama_server_path, default_model_file) -> Iterato
         "max_loaded_models": 2,
         "remote_key_envs": ["LEMONADE_REMOTE_KEY_*"],
     })
-    node.model_folder = folder  # type: ignore[attr-defined]
     try:
         node.start()
         with node.client("alice") as alice:
@@ -82,7 +80,3 @@ def node(hub: HubNode) -> Iterator[HubNode]:
     hub.wait_for_service(180)
     with hub.client("admin") as admin:
         assert admin.post("lemonade/api/v1/unload", json={}).status_code == 200
-
-
-def model_folder(hub: HubNode) -> Path:
-    return hub.model_folder  # type: ignore[attr-defined, no-any-return]

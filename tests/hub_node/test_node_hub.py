@@ -15,7 +15,7 @@ from lemonade_jupyter.core.catalog import DEFAULT_MODEL
 from tests.helpers.http import API, loaded
 from tests.helpers.polling import wait_for
 from tests.helpers.processes import gone
-from tests.hub_node.hub import RESTART_DEADLINE_S, HubNode
+from tests.hub_node.hub import PASSWORD, RESTART_DEADLINE_S, HubNode
 
 A = DEFAULT_MODEL
 USE, PIN, ADMIN = "custom:lemonade:use", "custom:lemonade:pin", "custom:lemonade:admin"
@@ -194,3 +194,34 @@ def _restarted(node: HubNode, old: psutil.Process) -> bool:
     except httpx.HTTPError:
         return False
     return answered and node.service_process().pid != old.pid
+
+
+def test_node_a_browser_logs_in_through_the_hubs_oauth(node):
+    with httpx.Client(base_url=node.url, timeout=60, follow_redirects=True) as browser:
+        browser.get("/hub/login")
+        xsrf = browser.cookies.get("_xsrf", path="/hub/")
+        login = browser.post("/hub/login", follow_redirects=False, data={
+            "username": "bob", "password": PASSWORD, "_xsrf": xsrf})
+        assert login.status_code == 302
+        assert browser.get(f"/services/lemonade/{API}/health").status_code == 403  # no cookie
+
+        # /login goes through the Hub's OAuth and back to ?next= with the node's cookie.
+        models = browser.get("/services/lemonade/login",
+                             params={"next": f"/services/lemonade/{API}/models"})
+        assert models.status_code == 200, models.text[:300]
+        assert any("/hub/api/oauth2/authorize" in str(r.url) for r in models.history)
+        assert A in {m["id"] for m in models.json()["data"]}
+
+        # A cookie POST wants the node's XSRF token, as in any Jupyter server.
+        body = {"model_name": A}
+        assert browser.post(f"/services/lemonade/{API}/load", json=body).status_code == 403
+        token = [c.value for c in browser.cookies.jar
+                 if c.name == "_xsrf" and c.path.startswith("/services/lemonade")][-1]
+        loaded_ = browser.post(f"/services/lemonade/{API}/load", json=body,
+                               headers={"X-XSRFToken": token})
+        assert loaded_.status_code == 200, loaded_.text
+        assert loaded(_health(node))[A]["owner"] == "bob"
+
+        # ?next= elsewhere is not followed: the node's /health instead.
+        away = browser.get("/services/lemonade/login", params={"next": "https://example.org/"})
+        assert str(away.url).endswith(f"/services/lemonade/{API}/health")
