@@ -86,7 +86,7 @@ def check_node_request(router: Router, owners: OwnerRegistry | None, caller: Cal
     """Raise a ForbiddenError when ``caller`` may not make this request; return otherwise.
 
     ``route`` is the path under ``lemonade/``; ``path_kwargs`` are the route's named groups."""
-    scope = route_scope(route)
+    scope = route_scope(route, method)
     caller.require(scope, f"{method} lemonade/{route}")
     if route.startswith("api/v1/logs/"):
         _check_log_reader(router, owners, caller, path_kwargs.get("model", ""))

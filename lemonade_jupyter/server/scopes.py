@@ -29,8 +29,9 @@ ADMIN = "custom:lemonade:admin"
 #: Every scope of the node, the way a hub config declares them.
 ALL_SCOPES: tuple[str, ...] = (USE, PIN, ADMIN)
 
-#: Route (as written in ``server/routes.py``, under ``lemonade/``) -> the scope it needs.
-ROUTE_SCOPES: dict[str, str] = {
+#: Route (as written in ``server/routes.py``, under ``lemonade/``) -> the scope it needs, or
+#: a scope per method where reading and changing differ.
+ROUTE_SCOPES: dict[str, str | dict[str, str]] = {
     "api/v1/health": USE,
     "api/v1/models": USE,
     "api/v1/load": USE,
@@ -38,7 +39,7 @@ ROUTE_SCOPES: dict[str, str] = {
     "api/v1/pull": USE,  # the body decides: hub pulls, remote models, far-away files need admin
     "api/v1/pull/cancel": ADMIN,
     "api/v1/delete": ADMIN,
-    "api/v1/alias": ADMIN,
+    "api/v1/alias": {"GET": USE, "POST": ADMIN},
     "api/v1/alias/remove": ADMIN,
     "internal/pin": PIN,
     "internal/config": USE,
@@ -56,12 +57,12 @@ ROUTE_SCOPES: dict[str, str] = {
 _COMPILED = [(re.compile(path), scope) for path, scope in ROUTE_SCOPES.items()]
 
 
-def route_scope(route: str) -> str:
-    """The scope the route at ``route`` (the path under ``lemonade/``) needs; :data:`ADMIN`
-    for a path the table does not know (closed by default)."""
+def route_scope(route: str, method: str = "POST") -> str:
+    """The scope ``method`` on the route at ``route`` (the path under ``lemonade/``) needs;
+    :data:`ADMIN` for a path or a method the table does not know (closed by default)."""
     for pattern, scope in _COMPILED:
         if pattern.fullmatch(route):
-            return scope
+            return scope if isinstance(scope, str) else scope.get(method.upper(), ADMIN)
     return ADMIN
 
 

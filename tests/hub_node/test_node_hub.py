@@ -118,6 +118,12 @@ def test_node_each_route_wants_its_scope(node):
                      "missing_scope")
     assert error["scope"] == ADMIN
 
+    with node.client("bob") as http:
+        assert http.get(f"{API}/alias").status_code == 200  # reading is use
+    error = _refused(_post(node, "bob", f"{API}/alias", {"alias": "x", "model_name": A}),
+                     "missing_scope")
+    assert error["scope"] == ADMIN
+
     # A Hub token without any lemonade scope gets nowhere, not even /health.
     nothing = node.make_token("bob", scopes=["read:users:name!user"])
     with node.client("bob", nothing) as http:

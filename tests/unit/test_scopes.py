@@ -28,6 +28,12 @@ def test_scopes_route_scope(route, scope):
     assert route_scope(route) == scope
 
 
+def test_scopes_reading_aliases_is_use_and_changing_them_admin():
+    assert route_scope("api/v1/alias", "GET") == USE
+    assert route_scope("api/v1/alias", "POST") == ADMIN
+    assert route_scope("api/v1/alias", "DELETE") == ADMIN
+
+
 def test_scopes_admin_holds_every_scope_and_nothing_else_does():
     assert has_scope(frozenset({ADMIN}), PIN) and has_scope(frozenset({ADMIN}), USE)
     assert not has_scope(frozenset({USE}), PIN)
