@@ -231,3 +231,17 @@ def test_node_a_browser_logs_in_through_the_hubs_oauth(node):
         # ?next= elsewhere is not followed: the node's /health instead.
         away = browser.get("/services/lemonade/login", params={"next": "https://example.org/"})
         assert str(away.url).endswith(f"/services/lemonade/{API}/health")
+
+
+def test_node_pins_owners_and_options_survive_a_restart_of_the_hub(node):
+    resp = _post(node, "alice", f"{API}/load", {"model_name": "user.b", "pinned": True,
+                                                "ctx_size": 512})
+    assert resp.status_code == 200, resp.text
+
+    node.stop()  # the Hub stops its service (and the service its backends)
+    node.start()  # the same database: the users' tokens still hold
+
+    back = wait_for(lambda: loaded(_health(node)).get("user.b"), 60,
+                    what="the pinned model back")
+    assert back["pinned"] is True and back["owner"] == "alice"
+    assert back["recipe_options"]["ctx_size"] == 512
