@@ -6,7 +6,7 @@ ships a complete, maintained identity provider for Jupyter servers:
 runs). It asks the Hub about an API token in the ``Authorization`` header (programs, kernels),
 runs the OAuth login for a browser (redirect to the Hub, ``oauth_callback``, a cookie), patches
 XSRF for cookie logins, and caches the Hub's answers. Writing our own on
-``jupyterhub.services.auth.HubOAuth`` would repeat all of that. Two things differ for a node:
+``jupyterhub.services.auth.HubOAuth`` would repeat all of that. Four things differ for a node:
 
 * **Access.** The single-user provider lets in holders of the service's ``access:services``
   scope. A node lets in any caller holding one of its custom scopes (``server/scopes.py``) or
@@ -14,8 +14,8 @@ XSRF for cookie logins, and caches the Hub's answers. Writing our own on
   so a user without the right scope gets a 403 naming it rather than a bare refusal.
 * **XSRF.** The Hub's provider swaps the Jupyter handlers' XSRF check for the Hub's, which
   cannot know yet that a request carries a token when tornado (6.6) checks XSRF before
-  ``prepare``: every POST with an API token was refused. A node keeps Jupyter's own check,
-  which waits for the user and skips token-authenticated requests.
+  ``prepare``: every POST with an API token was refused (found by ``tests/hub_node``). A node
+  keeps Jupyter's own check, which waits for the user and skips token-authenticated requests.
 * **Login.** The single-user provider starts the OAuth login when a page handler redirects to
   its login URL; a node has API routes only (they answer 403, never a redirect), so it adds
   ``{prefix}login``: a browser sent there goes through the Hub's OAuth and comes back with the
