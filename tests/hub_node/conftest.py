@@ -10,6 +10,7 @@ files in the node's model folder (links to the default model's file).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ MODELS = ("user.b", "user.c")
 def _needs() -> None:
     """JupyterHub and its proxy are test needs (``pip install -e .[test]`` and
     ``npm install -g configurable-http-proxy``; scripts/test.sh installs both)."""
-    pytest.importorskip("jupyterhub", reason="pip install jupyterhub (the test extra)")
+    assert importlib.util.find_spec("jupyterhub"), (
+        "jupyterhub is missing: pip install -e '.[test]' (or pip install jupyterhub)")
     assert shutil.which("configurable-http-proxy"), (
         "configurable-http-proxy is missing: npm install -g configurable-http-proxy")
 

@@ -56,7 +56,8 @@ def _events(node: HubNode, user: str, until: Any, timeout: float = 30) -> list[d
 
 
 def test_node_owner_shown_to_others_and_only_owner_or_admin_unpins(node):
-    assert _post(node, "alice", f"{API}/load", {"model_name": A, "pinned": True}).status_code == 200
+    pinned = _post(node, "alice", f"{API}/load", {"model_name": A, "pinned": True})
+    assert pinned.status_code == 200, pinned.text
 
     seen = _health(node, "bob")
     assert loaded(seen)[A]["owner"] == "alice" and loaded(seen)[A]["pinned"] is True
@@ -76,7 +77,8 @@ def test_node_owner_shown_to_others_and_only_owner_or_admin_unpins(node):
 
 
 def test_node_a_load_evicts_only_unpinned_models_and_the_event_names_both_users(node):
-    assert _post(node, "alice", f"{API}/load", {"model_name": A, "pinned": True}).status_code == 200
+    pinned = _post(node, "alice", f"{API}/load", {"model_name": A, "pinned": True})
+    assert pinned.status_code == 200, pinned.text
     assert _post(node, "alice", f"{API}/load", {"model_name": "user.b"}).status_code == 200
 
     assert _post(node, "bob", f"{API}/load", {"model_name": "user.c"}).status_code == 200
