@@ -189,6 +189,12 @@ class HubNode:
             except psutil.Error:
                 pass
         psutil.wait_procs(tree, timeout=10)
+        # A Hub that exited on its own (a service that failed at start stops it) leaves its
+        # proxy behind, in a session of its own: the Hub's pid file names it.
+        proxy = _proxy_from_pid_file(self.root / "proxy.pid", self.proxy_api_port)
+        if proxy is not None:
+            proxy.kill()
+            psutil.wait_procs([proxy], timeout=10)
 
     # -- users ----------------------------------------------------------------------------------
     def make_token(self, user: str, scopes: list[str] | None = None) -> str:
@@ -230,6 +236,17 @@ class HubNode:
                     continue
             return None
         return wait_for(find, 30, what="the node service's process")  # type: ignore[no-any-return]
+
+
+def _proxy_from_pid_file(path: Path, api_port: int) -> psutil.Process | None:
+    """The proxy the pid file names, if it still runs and is ours (its API port)."""
+    try:
+        proc = psutil.Process(int(path.read_text().strip()))
+        cmd = proc.cmdline()
+    except (OSError, ValueError, psutil.Error):
+        return None
+    mine = any("configurable-http-proxy" in a for a in cmd) and str(api_port) in cmd
+    return proc if mine else None
 
 
 def _tree(pid: int) -> list[psutil.Process]:

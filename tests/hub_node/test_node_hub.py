@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import psutil
+import pytest
 
 from lemonade_jupyter.core.catalog import DEFAULT_MODEL
 
@@ -247,3 +248,14 @@ def test_node_pins_owners_and_options_survive_a_restart_of_the_hub(node):
                     what="the pinned model back")
     assert back["pinned"] is True and back["owner"] == "alice"
     assert back["recipe_options"]["ctx_size"] == 512
+
+
+def test_node_with_allow_any_llamacpp_args_does_not_start(tmp_path, fake_llama_server_path):
+    hub = HubNode(tmp_path / "hub", lemonade={"llama_server_path": fake_llama_server_path,
+                                              "allow_any_llamacpp_args": True})
+    try:
+        with pytest.raises(AssertionError, match="the Hub exited"):
+            hub.start()  # the service stops at start, and the Hub with it
+    finally:
+        hub.stop()
+    assert "allow_any_llamacpp_args cannot be on in node mode" in hub.log_tail(100_000)
