@@ -101,6 +101,13 @@ c.LemonadeApp.remote_total_timeout_s = 600.0
 c.LemonadeApp.remote_max_answer_mib = 64.0
 c.LemonadeApp.remote_max_models_per_upstream = 256
 
+# -- node mode: one router for every user of a JupyterHub (docs/jupyterhub.md) -----------------
+# Set by `lemonade-jupyter node` (the Hub-managed service); a single-user server leaves it off.
+c.LemonadeApp.node_mode = False
+# Folders whose GGUF files any user may register by local path; a file elsewhere needs
+# custom:lemonade:admin. Ignored by a single-user server.
+c.LemonadeApp.node_model_folders = []
+
 # -- the HTTP side ------------------------------------------------------------------------------
 # Seconds of silence on a proxied stream (cold load, long prompt) before a ": ping" comment.
 c.LemonadeApp.sse_ping_interval_s = 2.0

@@ -8,6 +8,8 @@ and a GPU are found, else for the CPU. Nothing needs it to get started: the ``[p
 extra's engine runs until a native build exists, which the router then prefers.
 ``lemonade-jupyter engine`` prints the engine the router would start (JSON), with the backends
 it was built with and the devices it sees (it is asked: ``llama-server --list-devices``).
+``lemonade-jupyter node [JUPYTER SERVER ARGS]`` runs one router for a whole JupyterHub node, as
+a Hub-managed service (docs/jupyterhub.md).
 ``lemonade-jupyter quickstart [--headless]`` starts Jupyter with the extension, loads and pins
 the default model, prints a chat answer, then keeps serving (JupyterLab, or a bare Jupyter
 server with ``--headless``) until Ctrl-C; ``--exit`` stops after the answer.
@@ -43,10 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     quick.add_argument("--no-build", action="store_true",
                        help="on the prebuilt engine, do not build a native llama-server in the "
                             "background after the first answer")
+    node = sub.add_parser("node", help="one router for every user of a JupyterHub, run as a "
+                          "Hub service (docs/jupyterhub.md)")
+    node.add_argument("server_args", nargs=argparse.REMAINDER,
+                      help="more Jupyter server arguments, e.g. --LemonadeApp.data_dir=DIR")
     from . import client_cli
 
     client_cli.add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command == "node":
+        from .server.node import run_node
+
+        return run_node(args.server_args)
     if args.command in client_cli.COMMANDS:
         return client_cli.run(args)
     if args.command == "install-llama-server":

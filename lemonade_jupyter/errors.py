@@ -34,6 +34,9 @@ ladder. The kernel side imports only this module.
     │   └── HubUnavailableError      503 hub_unavailable (offline or unreachable)
     ├── InsufficientStorageError     507 insufficient_storage (a pull does not fit on disk)
     ├── PullCancelledError           409 pull_cancelled
+    ├── ForbiddenError               403 node mode: the caller may not do this
+    │   ├── MissingScopeError        403 missing_scope (names the Hub scope it needs)
+    │   └── LockedDownError          403 locked_down (names the node's rule that refuses it)
     └── ClientError                  kernel side; carries the server's status and envelope
 """
 
@@ -66,6 +69,9 @@ __all__ = [
     "HubUnavailableError",
     "InsufficientStorageError",
     "PullCancelledError",
+    "ForbiddenError",
+    "MissingScopeError",
+    "LockedDownError",
     "ClientError",
     "error_body",
 ]
@@ -361,6 +367,32 @@ class PullCancelledError(LemonadeError):
     status_code = 409
     error_type = "conflict_error"
     code = "pull_cancelled"
+
+
+class ForbiddenError(LemonadeError):
+    """A node router (one router for every user of a JupyterHub) refuses this caller."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
+class MissingScopeError(ForbiddenError):
+    """The caller's Hub token lacks the scope the request needs; the body names it."""
+
+    code = "missing_scope"
+
+    def __init__(self, scope: str, what: str) -> None:
+        super().__init__(f"{what} needs the JupyterHub scope '{scope}'", scope=scope)
+
+
+class LockedDownError(ForbiddenError):
+    """A rule of the node's locked-down surface refuses the request; the body names it."""
+
+    code = "locked_down"
+
+    def __init__(self, rule: str, message: str, *, param: str | None = None) -> None:
+        super().__init__(message, param=param, rule=rule)
 
 
 class ClientError(LemonadeError):

@@ -12,6 +12,11 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install Debian chromium; the browser test will fail"
 fi
+# The node tests (tests/hub_node) run a real JupyterHub, whose proxy comes from npm.
+if ! command -v configurable-http-proxy >/dev/null && [ "$(id -u)" = 0 ]; then
+  npm install -g --silent configurable-http-proxy >/dev/null \
+    || echo "warning: could not install configurable-http-proxy; the node tests will fail"
+fi
 # Two tiers: the main suite (setup.cfg leaves out the tests marked slow), then the slow tier
 # (load, long concurrency and fault runs, deep fuzzing), so a broken build fails in minutes.
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -21,7 +21,8 @@ def test_public_api_all_pinned() -> None:
         "RemoteLoopError", "RemoteRedirectError", "RemoteAnswerTooLargeError",
         "HubError", "HubAuthError", "HubAccessError",
         "HubNotFoundError", "HubUnavailableError", "InsufficientStorageError",
-        "PullCancelledError", "QueueFullError", "ClientError", "error_body",
+        "PullCancelledError", "QueueFullError", "ForbiddenError", "MissingScopeError",
+        "LockedDownError", "ClientError", "error_body",
     ])
     assert hasattr(lemonade_jupyter, "_jupyter_server_extension_points")
 

@@ -26,6 +26,10 @@ from ..errors import InvalidRequestError
 from .remote_rules import DEFAULT_KEY_ENVS, is_host_entry, is_key_env_entry
 from .validation import check_bool, check_number
 
+def _is_absolute_path(entry: str) -> bool:
+    return entry.startswith("/") and "\0" not in entry and len(entry) <= 4096
+
+
 #: Most entries of a list setting.
 MAX_LIST_ENTRIES = 256
 
@@ -301,6 +305,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream_loading_state", bool, False, scope=SERVER,
             help="Tell a streaming chat request that waits for a cold load the load's progress, "
             "as reasoning content before the answer (chat UIs show it as the model thinking)."),
+    # -- node mode: one router for every user of a JupyterHub (server/node.py) ---------------
+    Setting("node_model_folders", tuple, (),
+            item=(_is_absolute_path, "an absolute path"),
+            help="Node mode: folders whose GGUF files any user with custom:lemonade:use may "
+            "register by local path (a pull with a file checkpoint); a file elsewhere needs "
+            "custom:lemonade:admin. Paths are compared after resolving links. Ignored by a "
+            "single-user server."),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -14,11 +14,15 @@ import json
 from typing import Any
 
 from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
 from tornado import web
 
+from ..api_paths import ROUTE_PREFIX
+from ..core.events import acting_user
 from ..core.remote_hops import HOP_HEADER
 from ..core.router import Router
 from ..errors import InvalidRequestError, LemonadeError, error_body
+from .node_access import caller_of, check_node_request
 
 #: Request bodies larger than this are refused with 413 before we parse them.
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -58,6 +62,7 @@ class LemonadeHandler(APIHandler):
         method = getattr(self, (self.request.method or "").lower(), None)
         if self.current_user is None and not getattr(method, "__allow_unauthenticated", False):
             raise web.HTTPError(403)
+        self._check_caller()
         # A request this router forwarded came back (a remote model leads here): 508 at once.
         self.router.remote.hops.check(self.request.headers.get(HOP_HEADER))
         length = self.request.headers.get("Content-Length")
@@ -65,6 +70,26 @@ class LemonadeHandler(APIHandler):
             self.request.body or b""
         ) > MAX_BODY_BYTES:
             raise web.HTTPError(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+
+    def _check_caller(self) -> None:
+        """Name the user in the router's events, and in node mode check what the caller may do
+        (``server/node_access.py``) before the handler touches anything."""
+        user = self.current_user
+        if user is None:
+            return
+        if not self.settings.get("lemonade_node_mode"):
+            # A single-user server has one user (a token login is a new anonymous identity
+            # on every request): the server's own user owns what is loaded.
+            acting_user.set(self.settings.get("lemonade_server_user"))
+            return
+        caller = caller_of(user)
+        acting_user.set(caller.name or None)
+        prefix = url_path_join(self.base_url, ROUTE_PREFIX)
+        path = self.request.path or ""
+        route = path[len(prefix):] if path.startswith(prefix) else path
+        check_node_request(self.router, self.settings.get("lemonade_owners"), caller,
+                           (self.request.method or "").upper(), route, self.request.body,
+                           self.path_kwargs)
 
     def json_body(self) -> dict[str, Any]:
         """The request body as a JSON object; raise InvalidRequestError (400) otherwise."""

@@ -11,11 +11,15 @@ option the server honoured was silently ignored by the embedded router.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+
 from ..core.catalog import Catalog
+from ..core.owners import OwnerRegistry
 from ..core.router import Router
 from ..core.settings import RouterSettings, ServerOptions
+from .node_access import server_user
 from .remote_hosts import OwnServer
 from .remote_rest import drop_refused
 from .remote_upstream import RemoteUpstream
@@ -30,6 +34,11 @@ class Services:
     upstream: UpstreamPool
     remote_upstream: RemoteUpstream
     options: ServerOptions
+    #: Who loaded and pinned what (in single-user mode: the server's user).
+    owners: OwnerRegistry
+    #: One router for every user of a JupyterHub (``lemonade-jupyter node``): callers are Hub
+    #: users whose scopes are checked on every route.
+    node_mode: bool = False
 
     def handler_settings(self) -> dict[str, object]:
         """The tornado application settings the handlers read (``self.settings[...]``)."""
@@ -39,6 +48,9 @@ class Services:
             "lemonade_remote_upstream": self.remote_upstream,
             "lemonade_ping_interval_s": self.options.sse_ping_interval_s,
             "lemonade_stream_loading_state": self.options.stream_loading_state,
+            "lemonade_owners": self.owners,
+            "lemonade_node_mode": self.node_mode,
+            "lemonade_server_user": None if self.node_mode else server_user(),
         }
 
     async def start(self, own: OwnServer) -> None:
@@ -52,6 +64,7 @@ class Services:
         self.upstream.close()
         await self.remote_upstream.close()
         await self.router.stop()
+        await asyncio.to_thread(self.owners.close)
 
 
 def build_services(
@@ -61,6 +74,7 @@ def build_services(
     data_dir: Path,
     keep_state: bool = True,
     note: str = "",
+    node_mode: bool = False,
 ) -> Services:
     """The router on ``data_dir`` and its pools, configured from ``settings`` and ``options``.
 
@@ -77,4 +91,7 @@ def build_services(
     if note:
         router.notes.append(note)
     router.remote.ca_bundle = options.remote_ca_bundle or None
-    return Services(router, UpstreamPool(), RemoteUpstream(), options)
+    owners = OwnerRegistry(data_dir if keep_state else None)
+    router.events.add_listener(owners.on_event)
+    router.events.owner_of = owners.get
+    return Services(router, UpstreamPool(), RemoteUpstream(), options, owners, node_mode)

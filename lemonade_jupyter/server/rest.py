@@ -54,7 +54,7 @@ class HealthHandler(PolledHandler):
         self.router.note_watcher()
         await self.router.launcher.probe_engine()  # its backends and devices (once per binary)
         memory = await self.router.memory.fresh(HEALTH_MEMORY_MAX_AGE_S)
-        self.write_json(health_view(self.router, memory))
+        self.write_json(health_view(self.router, memory, self.settings.get("lemonade_owners")))
 
 
 class ModelsHandler(PolledHandler):

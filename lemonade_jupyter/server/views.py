@@ -10,6 +10,7 @@ from typing import Any
 from ..core.engines.llamacpp import DEFAULT_CTX_SIZE, EngineInfo
 from ..core.live_model import LiveModel
 from ..core.memory import MemorySample
+from ..core.owners import OwnerRegistry
 from ..core.router import Router
 from ..core.settings import RUNTIME_KEYS
 from ..errors import EngineMissingError
@@ -60,14 +61,20 @@ def engine_view(router: Router) -> dict[str, Any] | None:
         return None
 
 
-def health_view(router: Router, memory: MemorySample | None) -> dict[str, Any]:
+def health_view(router: Router, memory: MemorySample | None,
+                owners: OwnerRegistry | None = None) -> dict[str, Any]:
+    """``/health``. With ``owners``, each model and each pin says whose it is (``owner``:
+    the user whose load or pin it was; None when nobody is known)."""
     models = sorted(router.live_models(), key=lambda m: m.name)
     types = router.model_types()
     slots = router.slots()
+    owner = owners.get if owners is not None else (lambda _name: None)
     return {
         "status": "ok",
-        "all_models_loaded": [model_view(m, router.launcher.engine_of(m.backend))
-                              for m in models],
+        "all_models_loaded": [{**model_view(m, router.launcher.engine_of(m.backend)),
+                               "owner": owner(m.name)} for m in models],
+        "pins": [{"model_name": m.name, "type": m.type, "owner": owner(m.name)}
+                 for m in models if m.pinned],
         "max_models": {t: slots for t in types},
         "pinned_models": {t: sum(1 for m in models if m.type == t and m.pinned) for t in types},
         "loaded_models": {t: sum(1 for m in models if m.type == t) for t in types},

@@ -28,6 +28,7 @@ EXPECTED_STATUS = {
     "HubError": 502, "HubAuthError": 401, "HubAccessError": 403,
     "HubNotFoundError": 404, "HubUnavailableError": 503, "InsufficientStorageError": 507,
     "PullCancelledError": 409, "QueueFullError": 429,
+    "ForbiddenError": 403, "MissingScopeError": 403, "LockedDownError": 403,
 }
 
 
@@ -40,6 +41,10 @@ def make(cls):
         return cls("user.x", 4.2, "boom")
     if cls is errors.QueueFullError:
         return cls("user.x", slots=1, queued=2)
+    if cls is errors.MissingScopeError:
+        return cls("custom:lemonade:pin", "Pinning a model")
+    if cls is errors.LockedDownError:
+        return cls("model_folders", "not under a model folder", param="checkpoint")
     if cls is ClientError:
         return cls(418, {"error": {"type": "teapot", "code": "tea"}}, "short and stout")
     return cls("something went wrong", param="p")

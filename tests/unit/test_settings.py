@@ -279,7 +279,7 @@ def _other_value(s: Setting) -> object:
     if s.type is bool:
         return not s.default
     if s.type is tuple:  # a list of strings; "x" is a host name and a variable name
-        return ["x"]
+        return ["/x"] if s.name == "node_model_folders" else ["x"]  # that one takes paths
     if s.type is str:
         return "/x"
     if s.type is int:
