@@ -302,6 +302,10 @@ SETTINGS: tuple[Setting, ...] = (
             "system's store. Certificates are always verified."),
     Setting("sse_ping_interval_s", float, 2.0, minimum=0.001, maximum=3600, scope=SERVER,
             help="Seconds of silence (cold load, prefill) before a ': ping' SSE comment."),
+    Setting("node_mode", bool, False, scope=SERVER,
+            help="One router for every user of a JupyterHub, run as a Hub service by "
+            "`lemonade-jupyter node`: callers are Hub users whose custom:lemonade:* scopes are "
+            "checked on every route, and the surface is locked down (docs/jupyterhub.md)."),
     Setting("stream_loading_state", bool, False, scope=SERVER,
             help="Tell a streaming chat request that waits for a cold load the load's progress, "
             "as reasoning content before the answer (chat UIs show it as the model thinking)."),

@@ -90,13 +90,6 @@ class LemonadeApp(ExtensionApp):
     # written out).
     locals().update(_setting_traits())
 
-    node_mode = Bool(
-        False, config=True,
-        help="One router for every user of a JupyterHub, run as a Hub service by "
-        "`lemonade-jupyter node`: callers are Hub users whose custom:lemonade:* scopes are "
-        "checked on every route, and the surface is locked down (docs/jupyterhub.md).",
-    )
-
     @validate(*(s.name for s in SETTINGS))
     def _validate_setting(self, proposal: dict) -> object:
         """Reject a bad value in the config file with the same rule as /internal/set."""
@@ -127,7 +120,7 @@ class LemonadeApp(ExtensionApp):
         note = self._take_data_dir(data_dir)
         self.services = build_services(
             self.router_settings(), self.server_options(),
-            data_dir=data_dir, keep_state=not note, note=note, node_mode=self.node_mode,
+            data_dir=data_dir, keep_state=not note, note=note,
         )
         self.router = self.services.router
         self.settings.update(self.services.handler_settings())

@@ -74,7 +74,6 @@ def build_services(
     data_dir: Path,
     keep_state: bool = True,
     note: str = "",
-    node_mode: bool = False,
 ) -> Services:
     """The router on ``data_dir`` and its pools, configured from ``settings`` and ``options``.
 
@@ -94,4 +93,5 @@ def build_services(
     owners = OwnerRegistry(data_dir if keep_state else None)
     router.events.add_listener(owners.on_event)
     router.events.owner_of = owners.get
-    return Services(router, UpstreamPool(), RemoteUpstream(), options, owners, node_mode)
+    return Services(router, UpstreamPool(), RemoteUpstream(), options, owners,
+                    node_mode=options.node_mode)

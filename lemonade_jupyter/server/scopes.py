@@ -50,8 +50,15 @@ ROUTE_SCOPES: dict[str, str | dict[str, str]] = {
     "api/v1/memory/history": USE,
     "metrics": USE,
     "api/v1/stats": USE,
+    "api/v1/models/(?P<model>[^/]+)": USE,
     # The engine's inference routes (server/engine_routes.py).
     **{f"api/v1/{path}": USE for path in PROXIED},
+    # Ollama's API (server/ollama.py, server/ollama_models.py): its pulls are hub pulls and its
+    # delete forgets a model for everyone.
+    **{f"ollama/api/{path}": USE
+       for path in ("chat", "generate", "embed", "embeddings", "tags", "ps", "show", "version")},
+    "ollama/api/pull": ADMIN,
+    "ollama/api/delete": ADMIN,
 }
 
 _COMPILED = [(re.compile(path), scope) for path, scope in ROUTE_SCOPES.items()]
