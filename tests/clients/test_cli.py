@@ -81,6 +81,8 @@ def test_status_and_models_print_the_apis_json_and_a_table(clean, rest):
     text = ok(run_cli("status", server=clean)).stdout
     row = next(line for line in text.splitlines() if line.startswith(DEFAULT_MODEL))
     assert row.split()[1:4] == ["llm", "ready", "yes"], row
+    (entry,) = shown["all_models_loaded"]
+    assert entry["owner"] and row.split()[4] == entry["owner"], row  # who loaded it
     assert "MiB" in row
     assert "llm: 1 of 1 slots in use, 1 pinned" in text
 
