@@ -32,7 +32,7 @@ ladder. The kernel side imports only this module.
     │   ├── HubAccessError           403 hub_forbidden (gated repository; names HF_TOKEN)
     │   ├── HubNotFoundError         404 checkpoint_not_found (repository, revision or file)
     │   └── HubUnavailableError      503 hub_unavailable (offline or unreachable)
-    ├── UnverifiedSourceError        403 unverified_source (a curated model, unpinned, from a mirror)
+    ├── UnverifiedSourceError        403 unverified_source (an unpinned curated model, off the hub)
     ├── InsufficientStorageError     507 insufficient_storage (a pull does not fit on disk)
     ├── PullCancelledError           409 pull_cancelled
     └── ClientError                  kernel side; carries the server's status and envelope

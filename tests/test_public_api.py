@@ -20,7 +20,8 @@ def test_public_api_all_pinned() -> None:
         "UpstreamError", "BackendTransportError", "RemoteUnreachableError", "RemoteTimeoutError",
         "RemoteLoopError", "RemoteRedirectError", "RemoteAnswerTooLargeError",
         "HubError", "HubAuthError", "HubAccessError",
-        "HubNotFoundError", "HubUnavailableError", "UnverifiedSourceError", "InsufficientStorageError",
+        "HubNotFoundError", "HubUnavailableError", "UnverifiedSourceError",
+        "InsufficientStorageError",
         "PullCancelledError", "QueueFullError", "ClientError", "error_body",
     ])
     assert hasattr(lemonade_jupyter, "_jupyter_server_extension_points")

@@ -1,4 +1,4 @@
-"""Which hub a curated model may come from: any when its entry pins its files, else the official one.
+"""Which hub a curated model may come from: any if its entry pins its files, else the official one.
 
 A curated name promises a particular model. Where its entry in ``curated_models.json`` pins the
 size and sha256 of each file, :mod:`.hub_fetch` checks what arrives, so any ``HF_ENDPOINT``
@@ -57,7 +57,7 @@ def require_trusted_source(name: str, checkpoint: str, mmproj: str | None,
         f"'{name}' is a curated model whose entry pins no size and sha256 for its files, so "
         f"it is pulled only from the official hub ({DEFAULT_ENDPOINT}); HF_ENDPOINT is "
         f"{endpoint}, which could serve another model under its name: refused, nothing "
-        f"downloaded. Either pin its figures in the curated list (run `python "
-        f"{FIGURES_SCRIPT}` on a machine that reaches {DEFAULT_ENDPOINT}), or pull the "
+        f"downloaded. Either pin its figures in the curated list (run python "
+        f"{FIGURES_SCRIPT} on a machine that reaches {DEFAULT_ENDPOINT}), or pull the "
         f"checkpoint from this hub under a name of your own: {json.dumps(body)}",
         param="model_name")
