@@ -1,10 +1,11 @@
 """A curated model whose entry pins no file figures comes only from the official hub.
 
 In a real Jupyter server whose ``HF_ENDPOINT`` is the fake hub (a mirror, as far as the
-router can tell): with a curated list where :data:`CURATED` pins nothing, its pull (and a load,
-which pulls first) is refused with a 403 that says what to do, before the mirror is asked
-anything; the same entry with its figures pinned is pulled from the mirror and checked; the
-same checkpoint under a ``user.`` name, the body the refusal suggests, is pulled from it.
+router can tell): with a curated list where :data:`CURATED` pins nothing, its pull (by
+``/pull``, by a load, which pulls first, and by Ollama's pull) is refused with a 403 that says
+what to do, before the mirror is asked anything; the same entry with its figures pinned is
+pulled from the mirror and checked; the same checkpoint under a ``user.`` name, the body the
+refusal suggests, is pulled from it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ async def test_an_unpinned_curated_pull_from_a_mirror_is_refused(unpinned, api, 
     # A load pulls a curated model first: refused the same way.
     load = await api.post(f"{API}/load", {"model_name": CURATED})
     assert load.code == 403 and load.error["code"] == "unverified_source", load.body
+    # The Ollama pull of the name too, in Ollama's error shape.
+    ollama = await api.post("lemonade/ollama/api/pull", {"model": CURATED, "stream": False})
+    assert ollama.code == 403 and "pins no size and sha256" in ollama.json["error"]
     # Nothing asked of the mirror, nothing cached, nothing registered, no pull started.
     assert fake_hub.requests() == []
     assert not cached_files(hub_cache)
