@@ -32,6 +32,7 @@ ladder. The kernel side imports only this module.
     │   ├── HubAccessError           403 hub_forbidden (gated repository; names HF_TOKEN)
     │   ├── HubNotFoundError         404 checkpoint_not_found (repository, revision or file)
     │   └── HubUnavailableError      503 hub_unavailable (offline or unreachable)
+    ├── UnverifiedSourceError        403 unverified_source (an unpinned curated model, off the hub)
     ├── InsufficientStorageError     507 insufficient_storage (a pull does not fit on disk)
     ├── PullCancelledError           409 pull_cancelled
     ├── ForbiddenError               403 node mode: the caller may not do this
@@ -67,6 +68,7 @@ __all__ = [
     "HubAccessError",
     "HubNotFoundError",
     "HubUnavailableError",
+    "UnverifiedSourceError",
     "InsufficientStorageError",
     "PullCancelledError",
     "ForbiddenError",
@@ -351,6 +353,15 @@ class HubUnavailableError(HubError):
     status_code = 503
     error_type = "service_unavailable"
     code = "hub_unavailable"
+
+
+class UnverifiedSourceError(LemonadeError):
+    """A curated model whose entry pins no file figures, asked of a hub other than the official
+    one: nothing could tell its files from another model's, so the pull is refused up front."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "unverified_source"
 
 
 class InsufficientStorageError(LemonadeError):

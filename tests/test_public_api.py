@@ -20,7 +20,8 @@ def test_public_api_all_pinned() -> None:
         "UpstreamError", "BackendTransportError", "RemoteUnreachableError", "RemoteTimeoutError",
         "RemoteLoopError", "RemoteRedirectError", "RemoteAnswerTooLargeError",
         "HubError", "HubAuthError", "HubAccessError",
-        "HubNotFoundError", "HubUnavailableError", "InsufficientStorageError",
+        "HubNotFoundError", "HubUnavailableError", "UnverifiedSourceError",
+        "InsufficientStorageError",
         "PullCancelledError", "QueueFullError", "ForbiddenError", "MissingScopeError",
         "LockedDownError", "ClientError", "error_body",
     ])

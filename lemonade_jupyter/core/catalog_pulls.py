@@ -20,8 +20,9 @@ from typing import Any, Protocol
 from ..api_paths import API_V1
 from ..errors import InvalidRequestError, ModelNotFoundError
 from . import names
-from .hub import HubRef, LocalModel, parse_checkpoint
+from .hub import HubRef, LocalModel, current_endpoint, parse_checkpoint
 from .hub_fetch import Checks
+from .hub_source import require_trusted_source
 from .model_spec import MMPROJ, ModelSpec, check_user_fields
 from .pulls import PullJob
 
@@ -65,7 +66,8 @@ def prepare_pull(catalog: PullCatalog, name: Any, checkpoint: Any, recipe: Any =
     """Validate a ``/pull`` completely, without side effects; InvalidRequestError (400).
 
     With a ``checkpoint``: a user model from a local GGUF file or a hub checkpoint. Without
-    one: a model of the catalog, pulled by its name.
+    one: a model of the catalog, pulled by its name; a curated one whose entry pins no file
+    figures only from the official hub, else UnverifiedSourceError (403, :mod:`.hub_source`).
     """
     if checkpoint is None and isinstance(name, str) and name in catalog:
         if labels is not None or recipe not in (None, "llamacpp"):
@@ -79,6 +81,11 @@ def prepare_pull(catalog: PullCatalog, name: Any, checkpoint: Any, recipe: Any =
         spec = catalog.get(name)
         ref = parse_checkpoint(spec.source) if spec.source else None
         kind = "curated" if spec.curated else "refresh"
+        if spec.curated and spec.source:
+            # Read from the same environment the download reads an instant later (start_pull
+            # follows without an await in between): the refusal cannot miss a new HF_ENDPOINT.
+            require_trusted_source(name, spec.source, spec.mmproj_source or None, spec.checks,
+                                   current_endpoint())
         return PullRequest(name, spec.source or spec.checkpoint, ref, spec.recipe,
                            spec.labels, spec.mmproj_source or None, kind, spec.checks)
     if checkpoint is None and isinstance(name, str) and not name.startswith("user."):

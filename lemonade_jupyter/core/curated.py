@@ -2,9 +2,10 @@
 Hub, known by name before they are downloaded.
 
 An entry may pin the size and sha256 of each of its files (``"files": {PATH: {"size": N,
-"sha256": HEX}}``); a pull then keeps only files that match (see :mod:`.hub_fetch`). The file
-ships with the package, but a bad entry is skipped with a warning rather than stopping a start:
-the list is read once, when the catalog is built.
+"sha256": HEX}}``); a pull then keeps only files that match (see :mod:`.hub_fetch`), from
+any hub. An entry that pins nothing is pulled only from the official hub (:mod:`.hub_source`).
+The file ships with the package, but a bad entry is skipped with a warning rather than stopping
+a start: the list is read once, when the catalog is built.
 """
 
 from __future__ import annotations

@@ -247,9 +247,13 @@ class HubEnv:
     @classmethod
     def current(cls) -> HubEnv:
         env = os.environ
-        endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         offline = (env.get("HF_HUB_OFFLINE") or "").strip().lower() in _TRUE
-        return cls(endpoint, env.get("HF_TOKEN") or None, offline, cache_dir())
+        return cls(current_endpoint(), env.get("HF_TOKEN") or None, offline, cache_dir())
+
+
+def current_endpoint() -> str:
+    """The hub a pull starting now talks to: ``HF_ENDPOINT``, else the official hub."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
 def cache_dir() -> Path:

@@ -11,7 +11,8 @@ snapshot, so a cancelled, failed or refused pull leaves no file of its own behin
 **Curated checks.** A curated model's entry pins the size and sha256 of each of its files.
 Those figures are what the file must be, whatever ``HF_ENDPOINT`` serves: a mirror that
 offers another file name, another size (seen in the listing, before a byte is fetched) or
-other bytes (seen after the download) is refused, and nothing is registered or kept.
+other bytes (seen after the download) is refused, and nothing is registered or kept. An entry
+that pins nothing is not pulled from a mirror at all (:mod:`.hub_source`).
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ The fake (``tests/fakes/fake_hub.py``) serves the default model's GGUF under sev
   of two test-only curated models whose pinned figures the served file does not have.
 
 Each test gets its own ``HF_HUB_CACHE`` (removed afterwards) and ``HF_ENDPOINT`` pointing at
-the fake, and the catalog reads a test copy of the curated list (:func:`curated_list`): the
-real list pins the real hub's files, which the fake does not serve. The server tests reuse the
-in-process Jupyter server of ``tests/server``.
+the fake, and the catalog reads a test copy of the curated list (:func:`curated_list`) that
+pins the figures of the files the fake serves, computed here: to the router the fake is a
+mirror, and a curated entry that pins nothing comes only from the official hub. The server
+tests reuse the in-process Jupyter server of ``tests/server``.
 """
 
 from __future__ import annotations

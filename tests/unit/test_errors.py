@@ -26,7 +26,8 @@ EXPECTED_STATUS = {
     "BackendTransportError": 502, "RemoteUnreachableError": 502, "RemoteTimeoutError": 504,
     "RemoteLoopError": 508, "RemoteRedirectError": 502, "RemoteAnswerTooLargeError": 502,
     "HubError": 502, "HubAuthError": 401, "HubAccessError": 403,
-    "HubNotFoundError": 404, "HubUnavailableError": 503, "InsufficientStorageError": 507,
+    "HubNotFoundError": 404, "HubUnavailableError": 503, "UnverifiedSourceError": 403,
+    "InsufficientStorageError": 507,
     "PullCancelledError": 409, "QueueFullError": 429,
     "ForbiddenError": 403, "MissingScopeError": 403, "LockedDownError": 403,
 }
