@@ -86,10 +86,12 @@ class MemoryBackend:
         return self.answers and not self.exited.done()
 
     async def stop(self) -> None:
-        """Idempotent, like the real one: the exit resolves at once."""
+        """Idempotent, like the real one; the exit is resolved, and its callbacks have run,
+        before it returns (the real one awaits the reaping of its process)."""
         self._stop_requested = True
         self.stops += 1
         self._end(0)
+        await asyncio.sleep(0)  # one loop step: the exit's done-callbacks run now
 
     # What a test does to it ---------------------------------------------------------
     def crash(self, code: int = 1) -> None:

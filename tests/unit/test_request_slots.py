@@ -73,10 +73,10 @@ async def test_waiters_take_the_slot_in_arrival_order_and_a_full_queue_is_refuse
             await router.acquire(NAME)
         assert info.value.status_code == 429 and info.value.headers() == {"Retry-After": "1"}
         router.release(busy)
-        one = await first
+        one = await asyncio.wait_for(first, 10)
         assert order == [1] and not second.done()  # one slot: the second still waits
         router.release(one)
-        two = await second
+        two = await asyncio.wait_for(second, 10)
         assert order == [1, 2] and not m.slot_queue and m.busy_slots == 1
         router.release(two)
 
@@ -92,7 +92,7 @@ async def test_a_new_request_does_not_overtake_those_waiting(tmp_path):
         router.release(busy)
         # A slot is free, but someone waits for it: a newcomer must queue behind.
         assert not request_slots.has_free_slot(m)
-        router.release(await waiter)
+        router.release(await asyncio.wait_for(waiter, 10))
 
 
 async def test_cancelled_wait_leaves_the_queue_and_stopped_model_sends_waiters_back(tmp_path):
