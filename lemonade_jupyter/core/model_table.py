@@ -480,7 +480,7 @@ class ModelTable:
                 self._prefs.forget(m.name)
 
         await asyncio.gather(*(unload_one(m) for m in targets))
-        self.notify_all()
+        self.changes.notify()  # pins were forgotten: a pool may admit now
         self._effects.persist()
 
     async def shrink(self) -> None:

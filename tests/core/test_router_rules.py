@@ -273,3 +273,25 @@ async def test_router_pinned_reload_waits_out_the_cooldown(open_router, launcher
                                 "the reload after the cooldown")
         assert back.pinned and launcher.starts.count("user.m1") == 4
         assert [e.reason for e in events(router, "load_failed", "user.m1")] == ["crash"]
+
+
+async def test_router_a_change_of_one_model_wakes_only_its_own_waiters(open_router):
+    """Each model has its own change signal: leases, loads and evictions of others do not
+    wake a wait about this one, while its own drain still ends when its request does."""
+    async with open_router(max_loaded_models=-1) as router:
+        quiet = await router.load("user.m1")
+        busy = await router.load("user.m2")
+        before, busy_before = quiet.changes.version, busy.changes.version
+        for _ in range(20):
+            await use(router, "user.m2")
+        await router.load("user.m3")
+        await router.unload("user.m3")
+        assert quiet.changes.version == before  # nothing about it changed: nobody woke
+        assert busy.changes.version >= busy_before + 40  # each lease taken and given back
+        lease = await router.acquire("user.m1")
+        unload = asyncio.ensure_future(router.unload("user.m1"))  # drains: waits for it
+        await wait_until(lambda: quiet.state.value == "evicting", 5, "the drain started")
+        assert not unload.done()
+        router.release(lease)
+        await asyncio.wait_for(unload, 5)
+        assert router.get_live("user.m1") is None
