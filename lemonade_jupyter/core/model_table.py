@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 
 
 class ModelTable:
-    """Keeps models loaded within per-type slots; the router's lifecycle engine."""
+    """Keeps models loaded within per-type slots; the router's lifecycle engine and the one
+    writer of every model's record."""
 
     def __init__(self, *, catalog: Catalog, preferences: ModelPreferences,
                  launcher: BackendLauncher, events: EventLog, effects: Effects) -> None:
@@ -225,7 +226,13 @@ class ModelTable:
 
     async def _run_transition(self, m: LiveModel, kind: TransitionKind,
                               coro: Coroutine[Any, Any, None]) -> None:
-        await self.transitions.run(m.name, kind, self._notifying(m, coro))
+        """Start ``coro`` unless a transition runs for ``m``; await whichever runs."""
+        current = self.transitions.current(m.name)
+        if current is not None:
+            coro.close()  # never started: closed here, before a wrapper could hide it
+            await asyncio.shield(current.task)
+            return
+        await asyncio.shield(self._start_transition(m, kind, coro))
 
     async def _notifying(self, m: LiveModel, coro: Coroutine[Any, Any, None]) -> None:
         try:
