@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,16 +40,16 @@ from ..errors import (
     BackendShutdownError, BackendTransportError, InvalidRequestError, LemonadeError,
     ModelNotFoundError, UpstreamError,
 )
-from . import eviction, placement, request_slots
+from . import eviction, placement, request_slots, saved_state
 from .aliases import ModelAliases
 from .backend import Backend
 from .catalog import Catalog
 from .cooldown import CrashLoopGuard
 from .decisions import EvictReason
-from .engine_flags import args_policy
 from .events import EventLog
 from .housekeeping import WATCHER_WINDOW_S, memory_loop
 from .launcher import BackendLauncher, Launcher
+from .lease import Lease
 from .lifecycle import ModelState
 from .live_model import LiveModel, RouterSnapshot
 from .memory import MemoryMonitor, MemorySample
@@ -61,7 +61,7 @@ from .preferences import ModelPreferences
 from .remote import RemoteRegistry
 from .remote_metrics import RemoteCollector
 from .request_stats import RequestStats
-from .settings import PERSISTED_KEYS, RouterSettings
+from .settings import RouterSettings
 from .supervisor import Supervisor
 from .watchdog import run_every
 
@@ -75,28 +75,6 @@ class RouterPhase(str, enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class Lease:
-    """Permission to send one request to a model's backend; release it exactly once."""
-
-    model: LiveModel
-    backend: Backend
-    #: Whether it holds one of the backend's parallel slots (a generation does; tokenizing
-    #: does not).
-    slot: bool = True
-
-    @property
-    def url(self) -> str:
-        return self.backend.url
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.backend.address
-
-    def headers(self) -> dict[str, str]:
-        return self.backend.auth_headers()
 
 
 class Router:
@@ -169,20 +147,10 @@ class Router:
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
             timeout=httpx.Timeout(None, connect=5.0),
         )
-        state = self._store.read()
-        saved_settings = state.get("settings")
-        if isinstance(saved_settings, dict):
-            try:
-                self.settings = self.settings.with_updates(saved_settings)
-            except LemonadeError as exc:
-                log.warning("Ignoring saved settings: %s", exc.message)
         known = frozenset(spec.name for spec in self.catalog.all())
-        self.preferences.load_json(state.get("models"), known, args_policy(self.settings))
-        pins = state.get("pins")  # the file's older form: pins only
-        if isinstance(pins, dict):
-            for name, pinned in pins.items():
-                if pinned is True and name in known:
-                    self.preferences.set_pinned(name, True)
+        restored = saved_state.restore(self._store.read(), self.settings, self.preferences,
+                                       known)
+        self.settings = restored.settings
         self._spawn(run_every(lambda: self.settings.watchdog_interval_s, self.check_backends))
         self._spawn(self.remote.run())
         self._spawn(memory_loop(
@@ -190,14 +158,10 @@ class Router:
             evicting=self._evicting, sample=self.memory.sample,
             evaluate=self.evaluate_eviction,
         ))
-        loaded = state.get("loaded")
-        if self.settings.restore_on_start and isinstance(loaded, list):
-            names = [n for n in loaded if isinstance(n, str) and n in known]
-            # Pinned models first: they are the ones a user asked to keep.
-            names.sort(key=lambda n: not self.preferences.pinned(n))
-            self._spawn(self._restore(names))
+        if self.settings.restore_on_start and restored.loaded:
+            self._spawn(self._restore(restored.loaded))
 
-    async def _restore(self, names: list[str]) -> None:
+    async def _restore(self, names: tuple[str, ...]) -> None:
         for name in names:
             try:
                 await self.load(name, reason="restore")
@@ -493,11 +457,8 @@ class Router:
         """Save preferences, the loaded set and the persisted settings (off the loop)."""
         if self.phase is not RouterPhase.RUNNING:
             return
-        self._store.save({
-            "models": self.preferences.to_json(),
-            "loaded": sorted(m.name for m in self._table.live()),
-            "settings": {k: getattr(self.settings, k) for k in PERSISTED_KEYS},
-        })
+        self._store.save(saved_state.to_json(
+            self.preferences, (m.name for m in self._table.live()), self.settings))
 
 
 class RouterEffects:
