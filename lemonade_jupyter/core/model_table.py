@@ -147,7 +147,10 @@ class ModelTable:
             if explicit and not probed:
                 # Re-check everything after this await: an eviction or a crash may have
                 # started meanwhile (pinning a model that is being evicted lost the pin).
-                probed = await self._answers(m)
+                # One probe per explicit load: a silent backend is reported, and the loop
+                # goes on with whatever the supervisor made of it (bounded even if nothing).
+                probed = True
+                await self._answers(m)
                 continue
             merged = m.options.merged(options, given)
             if merged.process_key() != m.options.process_key():
