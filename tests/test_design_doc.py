@@ -9,9 +9,9 @@ import pytest
 
 import lemonade_jupyter.core as core
 from lemonade_jupyter.core import (
-    cooldown, decisions, eviction, fit_admission, gguf_facts, housekeeping, launcher, lifecycle,
+    cooldown, decisions, effects, eviction, fit_admission, gguf_facts, housekeeping, launcher, lifecycle,
     live_model, memory_sources, metrics, model_table, persistence, placement, preferences,
-    remote, remote_metrics, remote_spec, router, transitions, watchdog,
+    remote, remote_metrics, remote_spec, router, supervisor, transitions, watchdog,
     request_slots, request_stats, router, transitions, watchdog,
 )
 from lemonade_jupyter.core import engines
@@ -56,6 +56,11 @@ NAMESPACES = {
     "remote_metrics": remote_metrics,
     "request_slots": request_slots,
     "RequestStats": request_stats.RequestStats,
+    "Supervisor": supervisor.Supervisor,
+    "Effects": effects.Effects,
+    "effects": effects,
+    "fit_admission": fit_admission,
+    "supervisor": supervisor,
 }
 
 

@@ -18,8 +18,10 @@ figure at the probe.
 Estimates are only made where a fit is checked (on a GPU, or with a RAM budget): reading a
 header takes a while, and without a budget a CPU load needs none.
 
-Owns ``_measured`` (what models measured once they ran); it also attributes each memory
-sample to the live models (:mod:`.memory_sources`). Runs on the router's loop.
+A planner: it reads models and returns decisions (:class:`FitPlan`, the context to start with,
+each model's :class:`~.memory_sources.ModelMemory`); :class:`~.model_table.ModelTable` applies
+them, so a model's record keeps one writer. Owns ``_measured`` (what models measured once
+they ran). Runs on the router's loop.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from ..errors import InsufficientMemoryError
 from . import placement as placing
@@ -38,11 +41,22 @@ from .gguf_facts import read_facts
 from .live_model import LiveModel
 from .memory import DeviceMemory, MemorySample
 from .options import AUTO_CTX_SIZE
-from .memory_sources import attribute
+from .memory_sources import ModelMemory, attribute
+from .placement import Placement
 from .settings import RouterSettings
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """Where a model's next start goes, what it needs there, and the context it starts with."""
+
+    placement: Placement
+    #: Its expected need (None: no fit is checked for it).
+    estimate_bytes: int | None
+    ctx_size: int | None
 
 
 class FitAdmission:
@@ -63,10 +77,10 @@ class FitAdmission:
         RAM budget."""
         return self._offloads() or self._settings().memory_budget_mib is not None
 
-    async def resolve_context(self, m: LiveModel) -> None:
-        """Set ``m.ctx_size``, the context its next start asks for: the ``ctx_size`` option,
-        the default, or for -1 the trained context from the GGUF header (read off the loop);
-        :meth:`place` may lower a -1 to what fits."""
+    async def resolve_context(self, m: LiveModel) -> int:
+        """The context ``m``'s next start asks for: the ``ctx_size`` option, the default, or
+        for -1 the trained context from the GGUF header (read off the loop); :meth:`place`
+        may lower a -1 to what fits."""
         facts = None
         if m.options.ctx_size == AUTO_CTX_SIZE:
             try:
@@ -74,39 +88,38 @@ class FitAdmission:
             except (OSError, ValueError) as exc:
                 log.warning("Cannot read the trained context of %s (using %d): %s",
                             m.name, DEFAULT_CTX_SIZE, exc)
-        m.ctx_size = requested_context(m.options.ctx_size, facts)
+        return requested_context(m.options.ctx_size, facts)
 
-    async def place(self, m: LiveModel, others: Sequence[LiveModel],
-                    sample: MemorySample) -> None:
-        """Choose ``m``'s devices and estimate its need there; refuse (409) a need that cannot
-        fit even if everyone who may go went (nobody is evicted here).
+    async def place(self, m: LiveModel, ctx_size: int | None, others: Sequence[LiveModel],
+                    sample: MemorySample) -> FitPlan:
+        """Choose ``m``'s devices and estimate its need there for a start with ``ctx_size``.
 
-        A ``ctx_size`` of -1 is capped here to the largest context that fits that room."""
+        A ``ctx_size`` option of -1 is capped here to the largest context that fits the room
+        (free memory plus what every model that may go for a fit holds). Nobody is evicted
+        here; :meth:`victims` refuses (409) a need that cannot fit once the plan is applied."""
         gpus = self._gpus(sample, others)
         offload = self._offloads()
         on_gpu = not placing.choose(m.options, gpus, offload=offload).on_cpu
         need = None
         if on_gpu or self._settings().memory_budget_mib is not None:
-            need = await self._need(m)
-        self._set_placement(m, need, gpus, offload, others)
+            need = await self._need(m, ctx_size)
+        where = self._choose(m, need, gpus, offload, others)
         if need is not None and m.options.ctx_size == AUTO_CTX_SIZE:
-            room = self.room(m, others, sample)
+            room = self.room(where, others, sample)
             if room is not None and need > room:
-                await self._cap_context(m, room)
-                self._set_placement(m, await self._need(m), gpus, offload, others)
-        self.victims(m, others, sample)
+                ctx_size = await self._cap_context(m, ctx_size, room)
+                need = await self._need(m, ctx_size)
+                where = self._choose(m, need, gpus, offload, others)
+        return FitPlan(where, need, ctx_size)
 
-    def _set_placement(self, m: LiveModel, need: int | None, gpus: tuple[DeviceMemory, ...],
-                       offload: bool, others: Sequence[LiveModel]) -> None:
-        m.estimate_bytes = need
+    def _choose(self, m: LiveModel, need: int | None, gpus: tuple[DeviceMemory, ...],
+                offload: bool, others: Sequence[LiveModel]) -> Placement:
         reclaimable = [sum(x.held_on(d.uuid) for x in others
                            if d.uuid in x.devices() and may_evict(x.snapshot(), EvictReason.FIT))
                        for d in gpus if d.uuid]
-        m.placement = placing.choose(m.options, gpus, offload=offload, need_bytes=need,
-                                     reserve_bytes=self._reserve_bytes(),
-                                     reclaimable=reclaimable,
-                                     names=[d.name for d in self._engine_gpus()])
-        m.device = m.placement.device_keys[0]
+        return placing.choose(m.options, gpus, offload=offload, need_bytes=need,
+                              reserve_bytes=self._reserve_bytes(), reclaimable=reclaimable,
+                              names=[d.name for d in self._engine_gpus()])
 
     def _gpus(self, sample: MemorySample,
               others: Sequence[LiveModel]) -> tuple[DeviceMemory, ...]:
@@ -130,36 +143,38 @@ class FitAdmission:
     def _held(key: str, models: Sequence[LiveModel]) -> int:
         return sum(x.held_on(key) for x in models if key in x.devices())
 
-    async def _cap_context(self, m: LiveModel, room: int) -> None:
+    async def _cap_context(self, m: LiveModel, ctx_size: int | None, room: int) -> int | None:
         try:
             facts = await asyncio.to_thread(read_facts, m.spec.checkpoint)
         except (OSError, ValueError):
-            return  # no header, no per-token figure: the fit check decides as it is
-        wanted = m.ctx_size or DEFAULT_CTX_SIZE
-        m.ctx_size = largest_fitting_context(facts, room, wanted)
+            return ctx_size  # no header, no per-token figure: the fit check decides as it is
+        wanted = ctx_size or DEFAULT_CTX_SIZE
+        capped = largest_fitting_context(facts, room, wanted)
         log.info("%s: trained context %d does not fit in %d MiB; starting with %d",
-                 m.name, wanted, room // MIB, m.ctx_size)
+                 m.name, wanted, room // MIB, capped)
+        return capped
 
-    def room(self, m: LiveModel, others: Sequence[LiveModel],
+    def room(self, where: Placement, others: Sequence[LiveModel],
              sample: MemorySample) -> int | None:
-        """The largest need ``m`` could have on its devices with its split: on each, free
-        memory plus what every model that may be evicted for a fit holds, divided by its
-        share. None where nothing is checked (the CPU without a budget, a device the sample
-        does not know)."""
+        """The largest need a model could have on the devices of ``where`` with its split: on
+        each, free memory plus what every model that may be evicted for a fit holds, divided
+        by its share. None where nothing is checked (the CPU without a budget, a device the
+        sample does not know)."""
         rooms = []
-        for key in m.placement.device_keys:
+        for key in where.device_keys:
             members = [x for x in others if key in x.devices()]
-            free = self._free(m, key, members, sample)
+            free = self._free(key, members, sample)
             if free is None:
                 return None
             room = free + sum(x.held_on(key) for x in members
                               if may_evict(x.snapshot(), EvictReason.FIT))
-            rooms.append(int(room / max(m.placement.share(key), 1e-9)))
+            rooms.append(int(room / max(where.share(key), 1e-9)))
         return min(rooms) if rooms else None
 
-    def _free(self, m: LiveModel, key: str, members: Sequence[LiveModel],
+    def _free(self, key: str, members: Sequence[LiveModel],
               sample: MemorySample) -> int | None:
-        """Free bytes for ``m`` on device ``key``; None where no fit is checked."""
+        """Free bytes on device ``key`` for a model beside ``members``; None where no fit is
+        checked."""
         if key == placing.CPU:
             budget = self._settings().memory_budget_mib
             if budget is None:
@@ -186,7 +201,7 @@ class FitAdmission:
         refused: tuple[str, int, int, int] | None = None  # where, need, free, pinned
         for key in m.placement.device_keys:
             members = [x for x in others if key in x.devices()]
-            maybe_free = self._free(m, key, members, sample)
+            maybe_free = self._free(key, members, sample)
             if maybe_free is None:
                 continue
             free = maybe_free
@@ -212,25 +227,27 @@ class FitAdmission:
                                           pinned_bytes=pinned, devices=figures)
         return victims
 
-    def apply_sample(self, models: Iterable[LiveModel], sample: MemorySample) -> None:
-        """Attribute a memory sample to the models (per device, with sources), and remember
-        each model's measured figure for its next admission."""
+    def attribute(self, models: Iterable[LiveModel],
+                  sample: MemorySample) -> list[tuple[LiveModel, ModelMemory]]:
+        """Each running model's memory in a sample (per device, with sources), for the table
+        to apply; remembers each model's measured figure for its next admission."""
+        found = []
         for m in models:
             backend = m.backend
             if backend is None or backend.pid is None:
                 continue
-            m.memory = attribute(backend.pid, m.placement, sample, backend.buffer_report,
-                                 m.load_delta)
-            total = m.memory.total_for(m.placement)
-            m.memory_bytes = total
-            m.device = (m.memory.gpu_keys(m.placement) or m.placement.device_keys)[0]
+            memory = attribute(backend.pid, m.placement, sample, backend.buffer_report,
+                               m.load_delta)
+            total = memory.total_for(m.placement)
             if total is not None:
-                self._measured[_measure_key(m)] = total
+                self._measured[_measure_key(m, m.ctx_size)] = total
+            found.append((m, memory))
+        return found
 
-    async def _need(self, m: LiveModel) -> int | None:
+    async def _need(self, m: LiveModel, ctx_size: int | None) -> int | None:
         """The measured figure of an earlier run with the same file and options, else the
         estimate from the GGUF header; None when the header cannot be read."""
-        measured = self._measured.get(_measure_key(m))
+        measured = self._measured.get(_measure_key(m, ctx_size))
         if measured is not None:
             return measured
         try:
@@ -238,7 +255,7 @@ class FitAdmission:
         except (OSError, ValueError) as exc:
             log.info("No memory estimate for %s: %s", m.name, exc)
             return None
-        return facts.estimate_bytes(m.ctx_size or m.options.ctx_size or DEFAULT_CTX_SIZE)
+        return facts.estimate_bytes(ctx_size or m.options.ctx_size or DEFAULT_CTX_SIZE)
 
     def _reserve_bytes(self) -> int:
         return int(self._settings().gpu_memory_reserve_mib * MIB)
@@ -256,6 +273,6 @@ def _as_memory(device: EngineDevice) -> DeviceMemory:
                         device.total_bytes - device.free_bytes, device.name)
 
 
-def _measure_key(m: LiveModel) -> tuple[object, ...]:
+def _measure_key(m: LiveModel, ctx_size: int | None) -> tuple[object, ...]:
     # The context actually started with: a -1 can resolve differently from run to run.
-    return (m.spec.checkpoint, m.options.process_key(), m.ctx_size)
+    return (m.spec.checkpoint, m.options.process_key(), ctx_size)

@@ -1,5 +1,8 @@
 """Starting one backend for one model: the engine to use, the checks before, one attempt.
 
+:class:`BackendLauncher` is the interface the model table uses; :class:`Launcher` is the real
+one (``llama-server`` processes). Tests of the table's rules use an in-memory one.
+
 Separate from the router's lifecycle so that "can this model start at all?" (its weights
 file, the engine binary) is answered before admission evicts anybody, and so that the retry
 policy (in :mod:`.model_table`) does not mix with process details.
@@ -12,6 +15,7 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -37,6 +41,27 @@ GPU_LOG_ARGS = ["-lv", "4"]
 #: with ``timeit`` on the default setup); a lookup this fresh is as good as a new one, and an
 #: engine installed meanwhile is still used from the next start.
 ENGINE_LOOKUP_TTL_S = 2.0
+
+
+class BackendLauncher(Protocol):
+    """Starts backends; holds no per-model state."""
+
+    def check_can_start(self, spec: ModelSpec) -> None:
+        """Raise ModelNotFoundError (weights gone) or EngineMissingError before any eviction."""
+
+    def offloads(self) -> bool:
+        """Whether the next start's engine can put layers on a GPU."""
+
+    def engine_gpus(self) -> tuple[probe.EngineDevice, ...]:
+        """The GPUs the next start's engine listed, in its order."""
+
+    async def probe_engine(self) -> object:
+        """Ask the next start's engine what it offloads to (once per engine)."""
+
+    async def start(self, spec: ModelSpec, options: LoadOptions,
+                    placement: Placement | None = None) -> Backend:
+        """One attempt: start a backend and return once it serves. Raises ModelNotFoundError,
+        EngineMissingError or ModelLoadError; a failed start leaves nothing running."""
 
 
 class Launcher:

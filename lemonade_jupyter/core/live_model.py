@@ -1,9 +1,14 @@
 """A model the router holds: its slot, state, backend and usage statistics.
 
+A record with one writer: :class:`~.model_table.ModelTable` is the only module that assigns
+its fields or calls its mutating methods (:meth:`LiveModel.set_state`, :meth:`LiveModel.touch`),
+which ``tests/test_single_writer.py`` checks on the source. Planners read it and return
+decisions; the table applies them.
+
 Its pin and load options are views of :class:`~.preferences.ModelPreferences` (one owner;
-a start in progress carries its new options until it succeeds);
-its state changes only through :meth:`LiveModel.set_state`, which checks the lifecycle table
-and wakes waiters; ``in_use`` is derived from the in-flight count.
+a start in progress carries its new options until it succeeds). Derived values are
+properties, never stored: ``in_use`` (from the in-flight count), ``device`` and
+``memory_bytes`` (from its placement and its attributed memory).
 """
 
 from __future__ import annotations
@@ -58,19 +63,21 @@ class RouterSnapshot:
 
 @dataclass(eq=False)
 class LiveModel:
-    """One slot of a pool. Owned and written by the router's event loop only.
+    """One slot of a pool. Written only by :class:`~.model_table.ModelTable`, on the router's
+    event loop.
 
     ``admitted`` is False while a fresh load still waits for a slot; such an entry does not
     count against its pool. ``in_flight`` counts requests between acquire and release;
     ``waiters`` counts callers waiting on its transition (they are about to use it).
     ``busy_slots`` counts the leases that hold one of its backend's parallel slots, and
-    ``slot_queue`` holds, in arrival order, the requests that wait for one
-    (:mod:`.request_slots` is the only writer of both).
+    ``slot_queue`` holds, in arrival order, the requests that wait for one (the rules are in
+    :mod:`.request_slots`; the table writes both). ``changes`` is this model's own change
+    signal: it wakes whoever waits for something about this model only.
     """
 
     spec: ModelSpec
     preferences: ModelPreferences
-    changes: ChangeSignal
+    changes: ChangeSignal = field(default_factory=ChangeSignal)
     _state: ModelState = ModelState.LOADING
     backend: Backend | None = None
     admitted: bool = False
@@ -79,9 +86,8 @@ class LiveModel:
     last_use: float = field(default_factory=time.monotonic)
     last_use_wall: float = field(default_factory=time.time)
     load_duration_ms: float = 0.0
-    memory_bytes: int | None = None
+    #: What its last downsize freed (None: not measured).
     memory_freed_bytes: int | None = None
-    device: str = "cpu"
     #: Options of a start in progress; remembered in the preferences once it succeeds.
     pending_options: LoadOptions | None = None
     #: Where its backend runs, and what the router expects it to need there (None: unknown).
@@ -90,8 +96,9 @@ class LiveModel:
     #: The context length its next (or current) start runs with: the ``ctx_size`` option
     #: resolved (-1: the trained context, capped to what fits); None before its first start.
     ctx_size: int | None = None
-    #: Its memory per device with the source of each figure (``memory_bytes`` is the total
-    #: where it runs); the change of each GPU's used memory across its load.
+    #: Its memory per device with the source of each figure, attributed from the latest
+    #: sample of its current backend (``memory_bytes`` is the total where it runs); the change
+    #: of each GPU's used memory across its load.
     memory: ModelMemory = field(default_factory=ModelMemory)
     load_delta: dict[str, int] = field(default_factory=dict)
     busy_slots: int = 0
@@ -134,6 +141,19 @@ class LiveModel:
         check_move(self.name, self._state, new)
         self._state = new
         self.changes.notify()
+
+    @property
+    def device(self) -> str:
+        """Where it runs: the first GPU it holds memory on, else its placement's first device."""
+        return (self.memory.gpu_keys(self.placement) or self.placement.device_keys)[0]
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """What it holds where it runs (None: not measured since its backend started; 0 once
+        downsized)."""
+        if self._state is ModelState.DOWNSIZED:
+            return 0
+        return self.memory.total_for(self.placement)
 
     @property
     def is_busy(self) -> bool:

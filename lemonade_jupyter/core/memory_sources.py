@@ -74,7 +74,8 @@ class ModelMemory:
         uuids = self.gpu_keys(placement)
         if not uuids:
             return self.ram.bytes
-        known = [v for v in (self.gpu[u].bytes for u in uuids) if v is not None]
+        known = [f.bytes for u in uuids if (f := self.gpu.get(u)) is not None
+                 and f.bytes is not None]
         return sum(known) if known else None
 
     def gpu_keys(self, placement: Placement) -> tuple[str, ...]:

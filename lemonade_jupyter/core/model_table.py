@@ -9,13 +9,18 @@ Rules in one place:
 * Loads, restores, reloads, downsizes and evictions are *transitions*, at most one per model
   at a time (:mod:`.transitions`): everyone who needs the model awaits the same task.
 * No lock is ever held across an await. Decisions are plain functions over snapshots, taken
-  and acted on between two awaits; whoever must wait for "something changed" awaits the
-  :class:`~.lifecycle.ChangeSignal`, which every writer notifies.
+  and acted on between two awaits. Whoever waits for something about one model awaits that
+  model's change signal (``LiveModel.changes``); whoever waits for "any model changed" (a slot
+  in a full pool, pools shrinking) awaits the table's. Every write notifies both.
 * A failed start evicts every model that may go for a retry and tries once more; during a
   crash-loop cooldown an explicit load is tried once, without the retry.
 
-Owns ``_models`` (name → :class:`LiveModel`, loading entries included) and the transitions;
-written only on the router's event loop.
+The one writer of the model records: owns ``_models`` (name → :class:`LiveModel`, loading
+entries included), every field of each (planners such as :class:`~.fit_admission.FitAdmission`
+return decisions that it applies; leases and request slots are taken and given back through
+its methods) and the transitions; written only on the router's event loop. What it needs from
+the world goes through two interfaces (:mod:`.effects`): a :class:`~.launcher.BackendLauncher`
+and the router's :class:`~.effects.Effects`.
 """
 
 from __future__ import annotations
@@ -23,71 +28,62 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ..errors import (
     InsufficientMemoryError, InvalidRequestError, LemonadeError, ModelLoadError,
     ModelNotFoundError, SlotsPinnedError,
 )
-from . import process
+from . import request_slots
 from .backend import Backend
 from .catalog import Catalog, ModelSpec
-from .cooldown import CrashLoopGuard
 from .decisions import (
     EvictReason, admission, may_downsize, may_evict, pool, retry_victims, shrink_victims,
 )
-from .fit_admission import FitAdmission
+from .effects import Effects
 from .events import EventLog
-from .launcher import Launcher
+from .fit_admission import FitAdmission, FitPlan
+from .launcher import BackendLauncher
 from .lifecycle import SERVING, ChangeSignal, ModelState, TransitionKind
 from .live_model import LiveModel, ModelSnapshot
 from .memory import MemorySample
-from .placement import Placement
+from .memory_sources import ModelMemory
 from .options import LoadOptions
+from .placement import Placement
 from .preferences import ModelPreferences
-from .settings import RouterSettings
 from .transitions import Transitions
 
 log = logging.getLogger(__name__)
 
 
 class ModelTable:
-    """Keeps models loaded within per-type slots; the router's lifecycle engine."""
+    """Keeps models loaded within per-type slots; the router's lifecycle engine and the one
+    writer of every model's record."""
 
-    def __init__(
-        self,
-        *,
-        catalog: Catalog,
-        preferences: ModelPreferences,
-        guard: Callable[[], CrashLoopGuard],
-        launcher: Launcher,
-        events: EventLog,
-        changes: ChangeSignal,
-        settings: Callable[[], RouterSettings],
-        check_open: Callable[[], None],
-        persist: Callable[[], None],
-        measure: Callable[[], Awaitable[MemorySample]],
-        fresh: Callable[[float], Awaitable[MemorySample]],
-        on_crash: Callable[[str], None],
-    ) -> None:
+    def __init__(self, *, catalog: Catalog, preferences: ModelPreferences,
+                 launcher: BackendLauncher, events: EventLog, effects: Effects) -> None:
         self._catalog = catalog
         self._prefs = preferences
-        self._guard = guard
         self._launcher = launcher
         self._events = events
-        self._changes = changes
-        self._settings = settings
-        self._check_open = check_open
-        self._persist = persist
-        self._measure = measure
-        self._fresh = fresh
-        self._on_crash = on_crash
+        self._effects = effects
+        #: Wakes whoever waits for "any model changed"; each model has its own signal too.
+        self.changes = ChangeSignal()
         self._models: dict[str, LiveModel] = {}
-        self.transitions = Transitions(changes)
-        self.fit = FitAdmission(settings, lambda: launcher.offloads(),
-                                lambda: launcher.engine_gpus())
+        self.transitions = Transitions(self.changes)
+        self.fit = FitAdmission(effects.settings, launcher.offloads, launcher.engine_gpus)
+
+    def _changed(self, m: LiveModel) -> None:
+        """Wake the waiters of ``m`` and those of any model."""
+        m.changes.notify()
+        self.changes.notify()
+
+    def notify_all(self) -> None:
+        """Something about every model changed (the router stops, the settings changed)."""
+        for m in list(self._models.values()):
+            m.changes.notify()
+        self.changes.notify()
 
     # ------------------------------------------------------------------ queries
     def get(self, name: str) -> LiveModel | None:
@@ -118,20 +114,20 @@ class ModelTable:
         spec = self._catalog.get(name)
         probed = False
         while True:
-            self._check_open()
+            self._effects.check_open()
             m = self._models.get(name)
             if m is not None and m.backend is not None and m.backend.exited.done():
-                self.backend_exited(m, m.backend)
+                self._effects.backend_exited(m, m.backend)
                 if self._models.get(name) is m and m.backend is not None:
                     # Not a crash: a stop we asked for (evict, unload, kill) has reaped the
                     # process but not returned yet. Its transition notifies when it has.
-                    await self._changes.wait()
+                    await m.changes.wait()
                 continue
             if m is None:
                 retry = self._may_start(name, explicit)
                 m = self._new_entry(spec, pinned, options, given)
-                task = self.transitions.start(
-                    name, TransitionKind.LOAD, self._load_task(m, reason, retry))
+                task = self._start_transition(
+                    m, TransitionKind.LOAD, self._load_task(m, reason, retry))
                 await self._await(m, task, TransitionKind.LOAD)
                 continue
             current = self.transitions.current(name)
@@ -140,28 +136,31 @@ class ModelTable:
                 continue
             if m.stored_state is ModelState.DOWNSIZED:
                 retry = self._may_start(name, explicit)
-                task = self.transitions.start(name, TransitionKind.RESTORE,
+                task = self._start_transition(m, TransitionKind.RESTORE,
                                               self._restore_task(m, TransitionKind.RESTORE,
                                                                  reason, retry))
                 await self._await(m, task, TransitionKind.RESTORE)
                 continue
             if m.state not in SERVING:
-                await self._changes.wait()
+                await m.changes.wait()
                 continue
             if explicit and not probed:
                 # Re-check everything after this await: an eviction or a crash may have
                 # started meanwhile (pinning a model that is being evicted lost the pin).
-                probed = await self._answers(m)
+                # One probe per explicit load: a silent backend is reported, and the loop
+                # goes on with whatever the supervisor made of it (bounded even if nothing).
+                probed = True
+                await self._answers(m)
                 continue
             merged = m.options.merged(options, given)
             if merged.process_key() != m.options.process_key():
                 m.pending_options = merged
-                task = self.transitions.start(name, TransitionKind.RELOAD, self._reload_task(m))
+                task = self._start_transition(m, TransitionKind.RELOAD, self._reload_task(m))
                 await self._await(m, task, TransitionKind.RELOAD)
                 continue
             if merged != m.options:  # eviction options only: they apply in place
                 self._prefs.set_options(name, merged)
-                self._persist()
+                self._effects.persist()
             if pinned is not None:
                 self.set_pin(m, pinned)
             if count_use:
@@ -174,18 +173,18 @@ class ModelTable:
         backend = m.backend
         if backend is None:
             return False
-        if await backend.probe(self._settings().watchdog_probe_timeout_s):
+        if await backend.probe(self._effects.settings().watchdog_probe_timeout_s):
             return True
         if m.backend is backend and not backend.stop_requested:  # not our own eviction
             if backend.exited.done():
-                self.backend_exited(m, backend)
+                self._effects.backend_exited(m, backend)
             else:
-                await self.kill(m, backend)
+                await self._effects.backend_hung(m, backend)
         return False
 
     def _may_start(self, name: str, explicit: bool) -> bool:
         """Refuse an automatic start during a cooldown; say whether a failure may be retried."""
-        guard = self._guard()
+        guard = self._effects.guard()
         if not explicit:
             guard.check(name)
             return True
@@ -195,7 +194,7 @@ class ModelTable:
                    given: frozenset[str]) -> LiveModel:
         if pinned is not None:
             self._prefs.set_pinned(spec.name, pinned)
-        m = LiveModel(spec=spec, preferences=self._prefs, changes=self._changes)
+        m = LiveModel(spec=spec, preferences=self._prefs)
         m.pending_options = self._prefs.options(spec.name).merged(options, given)
         self._models[spec.name] = m
         return m
@@ -212,7 +211,7 @@ class ModelTable:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             if task.cancelled():
-                self._check_open()
+                self._effects.check_open()
                 return
             raise
         except LemonadeError:
@@ -221,7 +220,28 @@ class ModelTable:
             raise
         finally:
             m.waiters -= 1
-            self._changes.notify()
+            self._changed(m)
+
+    def _start_transition(self, m: LiveModel, kind: TransitionKind,
+                          coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Start ``m``'s transition; its end wakes the model's own waiters too."""
+        return self.transitions.start(m.name, kind, self._notifying(m, coro))
+
+    async def _run_transition(self, m: LiveModel, kind: TransitionKind,
+                              coro: Coroutine[Any, Any, None]) -> None:
+        """Start ``coro`` unless a transition runs for ``m``; await whichever runs."""
+        current = self.transitions.current(m.name)
+        if current is not None:
+            coro.close()  # never started: closed here, before a wrapper could hide it
+            await asyncio.shield(current.task)
+            return
+        await asyncio.shield(self._start_transition(m, kind, coro))
+
+    async def _notifying(self, m: LiveModel, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        finally:
+            self._changed(m)
 
     # ------------------------------------------------------------------ transitions
     async def _load_task(self, m: LiveModel, reason: str, retry: bool) -> None:
@@ -245,12 +265,12 @@ class ModelTable:
             "reload" if reason in ("crash", "restore") else "load", m.name, reason,
             load_duration_ms=round(m.load_duration_ms, 1), pinned=m.pinned,
         )
-        self._persist()
+        self._effects.persist()
 
     async def _restore_task(self, m: LiveModel, kind: TransitionKind, reason: str,
                             retry: bool = True) -> None:
         """Start a new backend for ``m`` in its slot (a downsized model, or a reload)."""
-        m.set_state(ModelState.LOADING)
+        self._set_state(m, ModelState.LOADING)
         try:
             await self._place(m)
             await self._make_room(m)
@@ -267,8 +287,8 @@ class ModelTable:
         await self._drain(m)
         if self._models.get(m.name) is not m:
             return  # it crashed meanwhile; the next request loads it afresh
-        m.set_state(ModelState.LOADING)
-        old, m.backend = m.backend, None
+        self._set_state(m, ModelState.LOADING)
+        old = self._take_backend(m)
         if old is not None:
             await old.stop()
         # A "reload" event, not "restore": nothing was downsized, the options changed.
@@ -277,30 +297,30 @@ class ModelTable:
     async def _downsize_task(self, m: LiveModel) -> None:
         if not may_downsize(m.snapshot()) or m.backend is None:
             return
-        m.set_state(ModelState.DOWNSIZING)
+        self._set_state(m, ModelState.DOWNSIZING)
         pid = m.backend.pid
-        sample = await self._measure()  # measure right before: report what is really freed
+        sample = await self._effects.measure()  # right before: report what is really freed
         if m.backend is None:
             return  # it crashed while we measured; the crash path forgot it
         before = sample.per_pid.get(pid) if pid is not None else None
-        old, m.backend = m.backend, None
+        old = self._take_backend(m)
+        assert old is not None
         await old.stop()
         m.memory_freed_bytes = before
-        m.memory_bytes = 0
-        m.set_state(ModelState.DOWNSIZED)
+        self._set_state(m, ModelState.DOWNSIZED)  # its memory_bytes reads 0 from now on
         self._events.emit("downsize", m.name, "idle", memory_before=before, memory_after=0)
 
     async def _evict_task(self, m: LiveModel, reason: EvictReason) -> None:
         if not may_evict(m.snapshot(), reason):
             return  # rescued: used, pinned or busy since the decision
-        m.set_state(ModelState.EVICTING)
+        self._set_state(m, ModelState.EVICTING)
         await self._drain(m)
         if self._models.get(m.name) is not m:
             return  # it crashed while draining; the crash event said so
         before = m.memory_bytes
         if m.backend is not None:
             await m.backend.stop()
-        m.backend = None
+        self._take_backend(m)
         self.forget(m)
         kind = "unload" if reason is EvictReason.MANUAL else "evict"
         self._events.emit(kind, m.name, reason.value, memory_before=before, memory_after=0)
@@ -309,12 +329,12 @@ class ModelTable:
     async def _admit(self, m: LiveModel) -> None:
         """Wait until ``m`` has a slot in its pool, evicting LRU models that may go."""
         while True:
-            self._check_open()
+            self._effects.check_open()
             members = [s for s in pool(self.snapshots(), m.type) if s.name != m.name]
-            decision = admission(members, self._settings().max_loaded_models)
+            decision = admission(members, self._effects.settings().max_loaded_models)
             if decision.admit:
                 m.admitted = True
-                self._changes.notify()
+                self._changed(m)
                 return
             if decision.all_pinned:
                 raise SlotsPinnedError(m.type, m.name)
@@ -322,11 +342,11 @@ class ModelTable:
             if victim is not None:
                 await self.evict(victim, EvictReason.LRU)
                 continue
-            await self._changes.wait()
+            await self.changes.wait()  # about any member of the pool
 
     async def _start_with_retry(self, m: LiveModel, retry: bool) -> Backend:
         """Start a backend; on failure evict every model that may go and retry once."""
-        guard = self._guard()
+        guard = self._effects.guard()
         try:
             return await self._start(m)
         except ModelLoadError as first:
@@ -349,20 +369,26 @@ class ModelTable:
         With an engine that cannot offload and no RAM budget there is nothing to choose or
         check: the model runs on the CPU, without a memory sample (a thread hop) on its way."""
         await self._launcher.probe_engine()  # once per engine binary: what it offloads to
-        await self.fit.resolve_context(m)
+        wanted = await self.fit.resolve_context(m)
         if not self.fit.active():
-            m.placement, m.estimate_bytes, m.device = Placement(), None, "cpu"
+            self._apply_plan(m, FitPlan(Placement(), None, wanted))
             return
-        wanted = m.ctx_size
-        await self.fit.place(m, self._others(m), await self._fresh(1.0))
+        others = self._others(m)
+        sample = await self._effects.fresh(1.0)
+        self._apply_plan(m, await self.fit.place(m, wanted, others, sample))
+        self.fit.victims(m, others, sample)  # 409 here, before anyone is evicted
         if m.ctx_size != wanted:
             self._events.emit("context", m.name, "fit", trained=wanted, ctx_size=m.ctx_size)
+
+    def _apply_plan(self, m: LiveModel, plan: FitPlan) -> None:
+        m.placement, m.estimate_bytes, m.ctx_size = (
+            plan.placement, plan.estimate_bytes, plan.ctx_size)
 
     async def _make_room(self, m: LiveModel) -> None:
         """Evict what the fit decision names, as one decision with reason ``fit``."""
         if m.estimate_bytes is None:
             return  # no fit is checked for it
-        victims = self.fit.victims(m, self._others(m), await self._fresh(1.0))
+        victims = self.fit.victims(m, self._others(m), await self._effects.fresh(1.0))
         if victims:
             await asyncio.gather(*(self.evict(v, EvictReason.FIT) for v in victims))
 
@@ -371,15 +397,16 @@ class ModelTable:
 
     def apply_memory_sample(self, sample: MemorySample) -> None:
         """Attribute a memory sample to the live models (the router's memory listener)."""
-        self.fit.apply_sample(list(self._models.values()), sample)
+        for m, memory in self.fit.attribute(list(self._models.values()), sample):
+            m.memory = memory
 
     async def _start(self, m: LiveModel) -> Backend:
         """One start on ``m``'s placement; on a GPU, measure the device's change across it."""
         if m.placement.on_cpu:
             return await self._launcher.start(m.spec, m.start_options(), m.placement)
-        before = await self._measure()
+        before = await self._effects.measure()
         backend = await self._launcher.start(m.spec, m.start_options(), m.placement)
-        after = await self._measure()
+        after = await self._effects.measure()
         m.load_delta = {}
         for uuid in m.placement.uuids:
             was, now = before.device(uuid), after.device(uuid)
@@ -393,9 +420,20 @@ class ModelTable:
             self._prefs.set_options(m.name, m.pending_options)
             m.pending_options = None
         m.load_duration_ms = backend.load_duration_ms
-        m.memory_bytes = None
-        m.set_state(ModelState.READY)
-        backend.exited.add_done_callback(lambda _f: self.backend_exited(m, backend))
+        m.memory = ModelMemory()  # not measured yet: the next sample attributes the new one
+        self._set_state(m, ModelState.READY)
+        backend.exited.add_done_callback(
+            lambda _f: self._effects.backend_exited(m, backend))
+
+    def _set_state(self, m: LiveModel, new: ModelState) -> None:
+        m.set_state(new)  # checks the lifecycle table, wakes the model's waiters
+        self.changes.notify()
+
+    def _take_backend(self, m: LiveModel) -> Backend | None:
+        """Detach ``m``'s backend, to stop it (the model stays in the table)."""
+        old, m.backend = m.backend, None
+        self._changed(m)
+        return old
 
     # ------------------------------------------------------------------ leaving
     def forget(self, m: LiveModel) -> None:
@@ -404,8 +442,8 @@ class ModelTable:
         m.set_state(ModelState.UNLOADED)
         if self._models.get(m.name) is m:
             del self._models[m.name]
-            self._persist()  # the loaded set changed (a no-op while the router stops)
-        self._changes.notify()
+            self._effects.persist()  # the loaded set changed (a no-op while the router stops)
+        self._changed(m)
 
     async def evict(self, m: LiveModel, reason: EvictReason) -> bool:
         """Evict ``m`` if :func:`may_evict` allows it once running transitions are done.
@@ -418,14 +456,14 @@ class ModelTable:
             with contextlib.suppress(LemonadeError):
                 await asyncio.shield(current.task)
         if self._models.get(m.name) is m:
-            await self.transitions.run(m.name, TransitionKind.EVICT, self._evict_task(m, reason))
+            await self._run_transition(m, TransitionKind.EVICT, self._evict_task(m, reason))
         return self._models.get(m.name) is not m
 
     async def downsize(self, m: LiveModel) -> int | None:
         """Release an idle model's memory, keeping its slot; the bytes freed, if known."""
         if not may_downsize(m.snapshot()) or m.backend is None:
             return None
-        await self.transitions.run(m.name, TransitionKind.DOWNSIZE, self._downsize_task(m))
+        await self._run_transition(m, TransitionKind.DOWNSIZE, self._downsize_task(m))
         return m.memory_freed_bytes if m.stored_state is ModelState.DOWNSIZED else None
 
     async def unload(self, name: str | None) -> None:
@@ -452,14 +490,14 @@ class ModelTable:
                 self._prefs.forget(m.name)
 
         await asyncio.gather(*(unload_one(m) for m in targets))
-        self._changes.notify()
-        self._persist()
+        self.changes.notify()  # pins were forgotten: a pool may admit now
+        self._effects.persist()
 
     async def shrink(self) -> None:
         """Evict LRU unpinned models until every pool fits the slots (busy ones when idle)."""
         while True:
-            self._check_open()
-            slots = self._settings().max_loaded_models
+            self._effects.check_open()
+            slots = self._effects.settings().max_loaded_models
             snaps = self.snapshots()
             victims = [v for t in {s.type for s in snaps if s.admitted}
                        for v in shrink_victims(pool(snaps, t), slots)]
@@ -469,49 +507,72 @@ class ModelTable:
             if now:
                 await asyncio.gather(*(self.evict(m, EvictReason.LRU) for m in now))
             else:
-                await self._changes.wait()
+                await self.changes.wait()  # about any model of the pools
 
     async def _drain(self, m: LiveModel) -> None:
         """Wait until no request is in flight on ``m`` (a busy model is never evicted)."""
         while m.in_flight > 0:
-            await self._changes.wait()
+            await m.changes.wait()
 
     # ------------------------------------------------------------------ pins
     def set_pin(self, m: LiveModel, pinned: bool) -> None:
         if self._prefs.set_pinned(m.name, pinned):
             self._events.emit("pin" if pinned else "unpin", m.name, "manual")
-            self._changes.notify()
-        self._persist()
+            self._changed(m)
+        self._effects.persist()
+
+    # ------------------------------------------------------------------ leases
+    def take_lease(self, m: LiveModel, *, slot: bool) -> Backend:
+        """Count one request in flight on ``m`` (and in one of its slots); return its backend.
+
+        The caller checked, with no await since, that ``m`` serves and (for ``slot``) that a
+        slot is free."""
+        assert m.backend is not None
+        m.in_flight += 1
+        if slot:
+            m.busy_slots += 1
+        self._changed(m)
+        return m.backend
+
+    def end_lease(self, m: LiveModel, *, slot: bool) -> None:
+        """A request on ``m`` ended: it leaves the in-flight count (and its slot)."""
+        m.in_flight = max(0, m.in_flight - 1)
+        if slot:
+            m.busy_slots = max(0, m.busy_slots - 1)
+        self._changed(m)
+
+    async def wait_for_slot(self, m: LiveModel, bound: int | None,
+                            serving: Callable[[], bool]) -> bool:
+        """Wait in ``m``'s queue until it is this request's turn and a slot is free.
+
+        Returns True when the caller may take the slot now (before any other await); False
+        when ``m`` stopped serving meanwhile (``serving()`` turned False: evicted, crashed,
+        reloading), so the caller must ask for the model again. Raises QueueFullError at once
+        when ``bound`` requests already wait. A cancelled wait leaves the queue.
+        """
+        request_slots.check_queue(m, bound)
+        ticket = object()
+        m.slot_queue.append(ticket)
+        self._changed(m)  # the model is busy now: nothing evicts it under the waiting request
+        try:
+            while True:
+                if not serving():
+                    return False
+                if request_slots.is_turn_of(m, ticket):
+                    return True
+                await m.changes.wait()
+        finally:
+            m.slot_queue.remove(ticket)
+            self._changed(m)
 
     # ------------------------------------------------------------------ crashes
-    def backend_exited(self, m: LiveModel, backend: Backend, *, forced: bool = False) -> None:
-        """The backend of ``m`` exited: if we did not ask for it, it is a crash.
-
-        Idempotent: only the first call for the current backend acts. The model leaves its
-        pool; the router decides about a reload (a pinned model comes back at once).
-        """
-        if m.backend is not backend or (backend.stop_requested and not forced):
-            return
-        code = backend.exited.result() if backend.exited.done() else None
-        self._guard().exited(m.name, uptime_s=time.time() - backend.started_at,
-                             served=backend.served, reason=f"backend exited with code {code}")
+    def remove_crashed(self, m: LiveModel, backend: Backend) -> bool:
+        """Forget ``m`` because ``backend``, its current one, died; False if it is not."""
+        if m.backend is not backend:
+            return False
         m.backend = None
         self.forget(m)
-        self._events.emit("crash", m.name, "crash", exit_code=code, pid=backend.pid,
-                          pinned=m.pinned)
-        self._on_crash(m.name)
-
-    async def kill(self, m: LiveModel, backend: Backend) -> None:
-        """Kill a backend that stopped answering and handle it as a crash.
-
-        SIGKILL at once: a hung process cannot stop gracefully, and a SIGSTOPped one that is
-        continued first serves the requests queued meanwhile, which took the whole stop grace
-        (5 s) before the reload in tests/reliability/test_faults.py.
-        """
-        if backend.pid is not None and not backend.exited.done():
-            process.signal_group(backend.pid, signal.SIGKILL)
-        await backend.stop()
-        self.backend_exited(m, backend, forced=True)
+        return True
 
     async def stop_all(self) -> None:
         """Cancel transitions, stop every backend, forget every model (router shutdown)."""

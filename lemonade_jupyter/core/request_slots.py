@@ -16,16 +16,14 @@ Waiting requests make the model busy, so it is not evicted under them.
 The slot count is the ``parallel`` load option, else what the backend said at readiness
 (``/props`` ``total_slots``); a backend that says nothing is not limited here.
 
-Owner: this module is the only writer of a model's ``busy_slots`` and ``slot_queue``, on the
-router's loop; every change notifies the router's change signal.
+Rules only: this module reads a model and says what may happen; the writes (taking a slot,
+joining and leaving the queue) are :class:`~.model_table.ModelTable`'s, on the router's loop,
+and every one of them wakes the model's change signal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ..errors import QueueFullError
-from .lifecycle import ChangeSignal
 from .live_model import LiveModel
 from .settings import RouterSettings
 
@@ -52,41 +50,14 @@ def has_free_slot(m: LiveModel) -> bool:
     return slots is None or (not m.slot_queue and m.busy_slots < slots)
 
 
-def take(m: LiveModel, changes: ChangeSignal) -> None:
-    """Count one more request in ``m``'s slots (no await between the check and this)."""
-    m.busy_slots += 1
-    changes.notify()
-
-
-def give_back(m: LiveModel, changes: ChangeSignal) -> None:
-    """A request that held a slot of ``m`` ended: the first one waiting may take it."""
-    m.busy_slots = max(0, m.busy_slots - 1)
-    changes.notify()
-
-
-async def wait_for_slot(m: LiveModel, bound: int | None, changes: ChangeSignal,
-                        serving: Callable[[], bool]) -> bool:
-    """Wait in ``m``'s queue until it is this request's turn and a slot is free.
-
-    Returns True when the caller may :func:`take` the slot now (before any other await);
-    False when ``m`` stopped serving meanwhile (``serving()`` turned False: evicted, crashed,
-    reloading), so the caller must ask the router for the model again. Raises QueueFullError
-    at once when ``bound`` requests already wait. A cancelled wait leaves the queue.
-    """
+def check_queue(m: LiveModel, bound: int | None) -> None:
+    """Raise QueueFullError (429) when ``bound`` requests already wait for ``m``."""
     if bound is not None and len(m.slot_queue) >= bound:
         raise QueueFullError(m.name, slots=slots_of(m) or 0, queued=len(m.slot_queue),
                              retry_after_s=RETRY_AFTER_S)
-    ticket = object()
-    m.slot_queue.append(ticket)
-    changes.notify()  # the model is busy now: nothing evicts it under the waiting request
-    try:
-        while True:
-            if not serving():
-                return False
-            slots = slots_of(m)
-            if m.slot_queue[0] is ticket and (slots is None or m.busy_slots < slots):
-                return True
-            await changes.wait()
-    finally:
-        m.slot_queue.remove(ticket)
-        changes.notify()
+
+
+def is_turn_of(m: LiveModel, ticket: object) -> bool:
+    """Whether the waiting request ``ticket`` is first in ``m``'s queue and a slot is free."""
+    slots = slots_of(m)
+    return m.slot_queue[0] is ticket and (slots is None or m.busy_slots < slots)

@@ -3,13 +3,17 @@
 It builds the parts and wires them together; each part owns one thing and none of them knows
 the router:
 
-* :class:`~.model_table.ModelTable`: the live models, admission, transitions, crashes.
+* :class:`~.model_table.ModelTable`: the live models, admission, transitions; the one writer
+  of every model's record. It asks the world through :class:`~.effects.Effects` (built here
+  as :class:`RouterEffects`) and a :class:`~.launcher.BackendLauncher`.
+* :class:`~.supervisor.Supervisor`: the crash policy (crashes, hangs, the pinned reload) and
+  the eviction commit.
 * :class:`~.preferences.ModelPreferences`: each model's pin and load options (persisted).
 * :class:`~.cooldown.CrashLoopGuard`: the start limit of crash-looping models.
 * :class:`~.aliases.ModelAliases`: other names of models, resolved at every public entry point
   (:meth:`Router.resolve`), so below the router only model names exist.
 * :mod:`.eviction` (a pure plan), :mod:`.housekeeping` (the memory loop) and
-  :class:`~.watchdog.Watchdog` (finds hung backends): they report, the router acts.
+  :class:`~.watchdog.Watchdog` (finds hung backends): they report, the supervisor acts.
 * :class:`~.metrics.RouterMetrics` and the views read :meth:`Router.snapshot`.
 
 The router itself owns its phase (new, running, stopping, stopped), the background tasks, the
@@ -25,31 +29,31 @@ import enum
 import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
 from ..errors import (
-    BackendShutdownError, BackendTransportError, CoolingDownError, InvalidRequestError,
-    LemonadeError, ModelLoadError, ModelNotFoundError, UpstreamError,
+    BackendShutdownError, BackendTransportError, InvalidRequestError, LemonadeError,
+    ModelNotFoundError, UpstreamError,
 )
-from . import eviction, placement, request_slots
+from . import eviction, placement, request_slots, saved_state
 from .aliases import ModelAliases
-from .backend import Backend, BackendState
+from .backend import Backend
 from .catalog import Catalog
 from .cooldown import CrashLoopGuard
 from .decisions import EvictReason
-from .engine_flags import args_policy
 from .events import EventLog
 from .housekeeping import WATCHER_WINDOW_S, memory_loop
-from .launcher import Launcher
-from .lifecycle import SERVING, ChangeSignal, ModelState
+from .launcher import BackendLauncher, Launcher
+from .lease import Lease
+from .lifecycle import ModelState
 from .live_model import LiveModel, RouterSnapshot
 from .log_folder import private_log_dir
 from .log_worker import TailReader
-from .memory import MemoryMonitor
+from .memory import MemoryMonitor, MemorySample
 from .metrics import RouterMetrics
 from .model_table import ModelTable
 from .options import LoadOptions
@@ -59,15 +63,13 @@ from .remote import RemoteRegistry
 from .remote_metrics import RemoteCollector
 from .remote_target import LocalTarget, Target, choose_target
 from .request_stats import RequestStats
-from .settings import PERSISTED_KEYS, RouterSettings
-from .watchdog import Watchdog, run_every
+from .settings import RouterSettings
+from .supervisor import Supervisor
+from .watchdog import run_every
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: An eviction reports memory from a sample at most this old (taken before it commits).
-MEASURE_MAX_AGE_S = 0.5
 
 
 class RouterPhase(str, enum.Enum):
@@ -75,28 +77,6 @@ class RouterPhase(str, enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class Lease:
-    """Permission to send one request to a model's backend; release it exactly once."""
-
-    model: LiveModel
-    backend: Backend
-    #: Whether it holds one of the backend's parallel slots (a generation does; tokenizing
-    #: does not).
-    slot: bool = True
-
-    @property
-    def url(self) -> str:
-        return self.backend.url
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.backend.address
-
-    def headers(self) -> dict[str, str]:
-        return self.backend.auth_headers()
 
 
 class Router:
@@ -113,7 +93,10 @@ class Router:
         log_dir: Path | None = None,
         events: EventLog | None = None,
         nvml: Any | None = None,
+        launcher: BackendLauncher | None = None,
     ) -> None:
+        """``launcher``: what starts backends (tests pass an in-memory one); None starts
+        ``llama-server`` processes through :attr:`launcher`."""
         self.catalog = catalog
         self.settings = settings or RouterSettings()
         self.events = events or EventLog()
@@ -136,20 +119,18 @@ class Router:
         # settings are then neither restored nor saved (registrations and aliases still are).
         self._store = RouterStateStore(data_dir if keep_state else None)
         self._guard = self._new_guard()
-        self._changes = ChangeSignal()
         self._http: httpx.AsyncClient | None = None
         self._background: set[asyncio.Task[Any]] = set()
         # ``nvml``: a stand-in for the pynvml module (tests); None imports the real one.
         self.memory = MemoryMonitor(self._backend_pids, nvml=nvml)
-        self._table = ModelTable(
-            catalog=catalog, preferences=self.preferences, guard=lambda: self._guard,
-            launcher=self.launcher, events=self.events, changes=self._changes,
-            settings=lambda: self.settings, check_open=self._check_open,
-            persist=self._persist, measure=lambda: self.memory.sample(),
-            fresh=lambda max_age_s: self.memory.fresh(max_age_s), on_crash=self._on_crash,
-        )
+        effects = RouterEffects(self)
+        self._table = ModelTable(catalog=catalog, preferences=self.preferences,
+                                 launcher=launcher or self.launcher, events=self.events,
+                                 effects=effects)
+        self._supervisor = Supervisor(self._table, effects, self.preferences, self.events)
+        #: Wakes whoever waits for "any model changed" (the table's signal).
+        self._changes = self._table.changes
         self.memory.add_listener(self._table.apply_memory_sample)
-        self._watchdog = Watchdog()
         #: The last generation request's figures; fed by the proxy (``stats.record``).
         self.stats = RequestStats()
         self.metrics = RouterMetrics(self.events, self.snapshot, self.stats)
@@ -168,20 +149,10 @@ class Router:
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
             timeout=httpx.Timeout(None, connect=5.0),
         )
-        state = self._store.read()
-        saved_settings = state.get("settings")
-        if isinstance(saved_settings, dict):
-            try:
-                self.settings = self.settings.with_updates(saved_settings)
-            except LemonadeError as exc:
-                log.warning("Ignoring saved settings: %s", exc.message)
         known = frozenset(spec.name for spec in self.catalog.all())
-        self.preferences.load_json(state.get("models"), known, args_policy(self.settings))
-        pins = state.get("pins")  # the file's older form: pins only
-        if isinstance(pins, dict):
-            for name, pinned in pins.items():
-                if pinned is True and name in known:
-                    self.preferences.set_pinned(name, True)
+        restored = saved_state.restore(self._store.read(), self.settings, self.preferences,
+                                       known)
+        self.settings = restored.settings
         self._spawn(run_every(lambda: self.settings.watchdog_interval_s, self.check_backends))
         self._spawn(self.remote.run())
         self._spawn(memory_loop(
@@ -189,14 +160,10 @@ class Router:
             evicting=self._evicting, sample=self.memory.sample,
             evaluate=self.evaluate_eviction,
         ))
-        loaded = state.get("loaded")
-        if self.settings.restore_on_start and isinstance(loaded, list):
-            names = [n for n in loaded if isinstance(n, str) and n in known]
-            # Pinned models first: they are the ones a user asked to keep.
-            names.sort(key=lambda n: not self.preferences.pinned(n))
-            self._spawn(self._restore(names))
+        if self.settings.restore_on_start and restored.loaded:
+            self._spawn(self._restore(restored.loaded))
 
-    async def _restore(self, names: list[str]) -> None:
+    async def _restore(self, names: tuple[str, ...]) -> None:
         for name in names:
             try:
                 await self.load(name, reason="restore")
@@ -214,7 +181,7 @@ class Router:
         if self.phase in (RouterPhase.STOPPING, RouterPhase.STOPPED):
             return
         self.phase = RouterPhase.STOPPING
-        self._changes.notify()
+        self._table.notify_all()
         self.catalog.pulls.cancel_all()  # hung up at once; their waiters get the error
         for task in list(self._background):
             task.cancel()
@@ -310,24 +277,16 @@ class Router:
                             and m.stored_state is ModelState.READY)
 
                 bound = request_slots.queue_bound(m, self.settings)
-                if not await request_slots.wait_for_slot(m, bound, self._changes, serving):
+                if not await self._table.wait_for_slot(m, bound, serving):
                     continue  # it stopped serving meanwhile: ask for it again
-            assert m.backend is not None
-            m.in_flight += 1
-            if slot:
-                request_slots.take(m, self._changes)
-            return Lease(m, m.backend, slot)
+            return Lease(m, self._table.take_lease(m, slot=slot), slot)
 
     def release(self, lease: Lease, *, ok: bool = True) -> None:
         """End a lease; ``ok`` means the backend answered, which ends a crash streak."""
-        m = lease.model
-        m.in_flight = max(0, m.in_flight - 1)
-        if lease.slot:
-            request_slots.give_back(m, self._changes)
+        self._table.end_lease(lease.model, slot=lease.slot)
         if ok and not lease.backend.exited.done():
             lease.backend.served = True
-            self._guard.success(m.name)
-        self._changes.notify()
+            self._guard.success(lease.model.name)
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Lease]:
@@ -377,16 +336,7 @@ class Router:
         Returns once the router has dealt with it (a dead backend is removed, a hung one
         killed), so the caller can replay through a new lease.
         """
-        backend = lease.backend
-        if self.phase is not RouterPhase.RUNNING:
-            return  # the failure is our own shutdown closing the connection
-        if not backend.exited.done():
-            if await backend.probe(self.settings.watchdog_probe_timeout_s):
-                return
-            log.warning("Backend of %s does not answer; killing it", lease.model.name)
-            await self._table.kill(lease.model, backend)
-            return
-        self._table.backend_exited(lease.model, backend)
+        await self._supervisor.report_failure(lease.model, lease.backend)
 
     # ------------------------------------------------------------------ operations
     async def unload(self, name: str | None = None) -> None:
@@ -425,7 +375,7 @@ class Router:
         self.settings = new
         self.events.emit("config", None, "manual", keys=sorted(updates))
         self._persist()
-        self._changes.notify()
+        self._table.notify_all()
         await self._table.shrink()
         return new
 
@@ -455,29 +405,7 @@ class Router:
         ``pressure``: the used fraction per device key, one figure for every device, or None
         for an idle-only pass. Returns the decisions that were carried out.
         """
-        planned = eviction.plan(self._table.snapshots(), self.settings, pressure)
-        if not planned:
-            return []
-        grace = self.settings.eviction_grace_s
-        if grace > 0:
-            await asyncio.sleep(grace)
-        if any(d.action is eviction.Action.EVICT for d in planned):
-            # Measure now, so the eviction events report the memory really held (the model's
-            # figure is otherwise only as fresh as the last /health poll, or unknown).
-            await self.memory.fresh(MEASURE_MAX_AGE_S)
-        done = []
-        for decision in planned:
-            m = self._table.get(decision.model)
-            if eviction.rescued(decision, m.snapshot() if m is not None else None):
-                continue
-            assert m is not None
-            if decision.action is eviction.Action.DOWNSIZE:
-                await self._table.downsize(m)
-                if m.stored_state is ModelState.DOWNSIZED:
-                    done.append(decision)
-            elif await self._table.evict(m, decision.reason):
-                done.append(decision)
-        return done
+        return await self._supervisor.evaluate_eviction(pressure)
 
     def note_watcher(self) -> None:
         """A client looked at memory (``/health``, the event stream): keep sampling a while."""
@@ -490,48 +418,10 @@ class Router:
     def _evicting(self) -> bool:
         return eviction.any_enabled(self._table.snapshots(), self.settings)
 
-    # ------------------------------------------------------------------ crashes and hangs
-    def _on_crash(self, name: str) -> None:
-        if self.phase is RouterPhase.RUNNING and self.preferences.pinned(name):
-            self._spawn(self._keep_pinned_loaded(name))
-
-    async def _keep_pinned_loaded(self, name: str) -> None:
-        """Reload a crashed pinned model, waiting out crash-loop cooldowns in between.
-
-        A pin means "keep this loaded": when the model crash-loops into a cooldown it is tried
-        again once the cooldown ends (one try per cooldown, and those double up to their cap,
-        so this is no restart storm). It stops once the model is live, unpinned or unloaded,
-        on any other error (its next request tries again), or when the router stops. The
-        options it comes back with are the remembered ones.
-        """
-        while (self.phase is RouterPhase.RUNNING and self.preferences.pinned(name)
-               and self.get_live(name) is None):
-            try:
-                await self._table.ensure(name, pinned=None, options=LoadOptions(),
-                                         given=frozenset(), reason="crash", explicit=False,
-                                         count_use=False)
-            except CoolingDownError as exc:
-                await asyncio.sleep(exc.retry_after_s)
-            except ModelLoadError:
-                continue  # counted by the guard: the next turn is refused into a cooldown
-            except LemonadeError as exc:
-                log.warning("Reload of pinned %s failed: %s", name, exc.message)
-                return
-
+    # ------------------------------------------------------------------ hangs
     async def check_backends(self) -> None:
         """One watchdog round: probe every serving backend, kill those found hung."""
-        serving = {m.backend: m for m in self._table.live()
-                   if m.state in SERVING and m.backend is not None
-                   and m.backend.state is BackendState.READY}
-        hung = await self._watchdog.check_once(
-            list(serving), timeout_s=self.settings.watchdog_probe_timeout_s,
-            failures_to_kill=self.settings.watchdog_probe_failures)
-        for backend in hung:
-            m = serving[backend]  # type: ignore[index]
-            if m.backend is backend:
-                log.warning("Backend of %s failed %d probes; killing it", m.name,
-                            self._watchdog.failures(backend.generation))
-                await self._table.kill(m, backend)  # type: ignore[arg-type]
+        await self._supervisor.check_backends()
 
     # ------------------------------------------------------------------ memory
     def _backend_pids(self) -> list[int]:
@@ -574,8 +464,45 @@ class Router:
         """Save preferences, the loaded set and the persisted settings (off the loop)."""
         if self.phase is not RouterPhase.RUNNING:
             return
-        self._store.save({
-            "models": self.preferences.to_json(),
-            "loaded": sorted(m.name for m in self._table.live()),
-            "settings": {k: getattr(self.settings, k) for k in PERSISTED_KEYS},
-        })
+        self._store.save(saved_state.to_json(
+            self.preferences, (m.name for m in self._table.live()), self.settings))
+
+
+class RouterEffects:
+    """What the model table and the supervisor ask of the router (:class:`~.effects.Effects`).
+
+    A small object rather than methods of :class:`Router`, so the router's public surface stays
+    its API; it reads the router's state at each call, never a copy."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def settings(self) -> RouterSettings:
+        return self._router.settings
+
+    def guard(self) -> CrashLoopGuard:
+        return self._router._guard
+
+    def check_open(self) -> None:
+        self._router._check_open()
+
+    def running(self) -> bool:
+        return self._router.phase is RouterPhase.RUNNING
+
+    def persist(self) -> None:
+        self._router._persist()
+
+    async def measure(self) -> MemorySample:
+        return await self._router.memory.sample()
+
+    async def fresh(self, max_age_s: float) -> MemorySample:
+        return await self._router.memory.fresh(max_age_s)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._router._spawn(coro)
+
+    def backend_exited(self, m: LiveModel, backend: Backend) -> None:
+        self._router._supervisor.backend_exited(m, backend)
+
+    async def backend_hung(self, m: LiveModel, backend: Backend) -> None:
+        await self._router._supervisor.kill(m, backend)

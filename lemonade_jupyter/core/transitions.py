@@ -56,16 +56,6 @@ class Transitions:
         task.add_done_callback(done)
         return task
 
-    async def run(self, name: str, kind: TransitionKind,
-                  coro: Coroutine[Any, Any, None]) -> None:
-        """Start ``coro`` unless a transition runs for ``name``; await whichever runs."""
-        current = self._running.get(name)
-        if current is not None:
-            coro.close()
-            await asyncio.shield(current.task)
-            return
-        await asyncio.shield(self.start(name, kind, coro))
-
     def _end(self, name: str, task: asyncio.Task[Any] | None) -> None:
         current = self._running.get(name)
         if current is not None and current.task is task:

@@ -76,7 +76,6 @@ async def test_trained_context_is_capped_to_a_gpus_room(default_model_file):
     """On a GPU the room is its free memory less the reserve (no process: placement only)."""
     from lemonade_jupyter.core.catalog import ModelSpec
     from lemonade_jupyter.core.fit_admission import FitAdmission
-    from lemonade_jupyter.core.lifecycle import ChangeSignal
     from lemonade_jupyter.core.live_model import LiveModel
     from lemonade_jupyter.core.memory import DeviceMemory, MemorySample
     from lemonade_jupyter.core.preferences import ModelPreferences
@@ -89,13 +88,12 @@ async def test_trained_context_is_capped_to_a_gpus_room(default_model_file):
     sample = MemorySample("nvml", (DeviceMemory("GPU", total, used, uuid="GPU-0"),))
     prefs = ModelPreferences()
     prefs.set_options("user.m1", LoadOptions(ctx_size=-1))
-    m = LiveModel(spec=ModelSpec("user.m1", default_model_file), preferences=prefs,
-                  changes=ChangeSignal())
+    m = LiveModel(spec=ModelSpec("user.m1", default_model_file), preferences=prefs)
     fit = FitAdmission(lambda: RouterSettings(gpu_memory_reserve_mib=512.0), lambda: True)
-    await fit.resolve_context(m)
-    assert m.ctx_size == 8192
-    await fit.place(m, [], sample)
-    assert m.placement.uuids == ("GPU-0",)
-    assert m.ctx_size == 2048  # 2048 + 100 cells fit: rounded down to 256s
-    assert m.estimate_bytes == facts.estimate_bytes(2048)
-    assert m.start_options().ctx_size == 2048 and m.options.ctx_size == -1
+    wanted = await fit.resolve_context(m)
+    assert wanted == 8192 and m.ctx_size is None  # a planner: it decides, the table applies
+    plan = await fit.place(m, wanted, [], sample)
+    assert plan.placement.uuids == ("GPU-0",)
+    assert plan.ctx_size == 2048  # 2048 + 100 cells fit: rounded down to 256s
+    assert plan.estimate_bytes == facts.estimate_bytes(2048)
+    assert m.placement.uuids == () and m.estimate_bytes is None  # nothing written
