@@ -29,14 +29,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..errors import LemonadeError, QuotaExceededError, TooManyRequestsError
+from .catalog import Catalog
+from .live_model import LiveModel
+from .owners import OwnerRegistry
 
-if TYPE_CHECKING:
-    from .live_model import LiveModel
-    from .owners import OwnerRegistry
-    from .router import Router
+
+class Router(Protocol):
+    """What the quotas read of the router (it is not imported: core modules do not reach
+    back into it)."""
+
+    settings: Any
+    catalog: Catalog
+
+    def get_live(self, name: str) -> LiveModel | None: ...
+
+    def live_models(self) -> list[LiveModel]: ...
 
 MIB = 1024 * 1024
 
