@@ -107,6 +107,13 @@ c.LemonadeApp.node_mode = False
 # Folders whose GGUF files any user may register by local path; a file elsewhere needs
 # custom:lemonade:admin. Ignored by a single-user server.
 c.LemonadeApp.node_model_folders = []
+# Quotas of one user (admins too, for their own pins); -1: no limit. Runtime settings.
+# Models one user may pin, and the memory (MiB) their pinned models may hold together: a pin
+# beyond either is refused with 409 quota_exceeded.
+c.LemonadeApp.node_max_pins_per_user = 2
+c.LemonadeApp.node_max_pinned_mib_per_user = -1
+# Inference requests one user may have in flight; one more gets 429 with Retry-After.
+c.LemonadeApp.node_max_requests_per_user = 8
 
 # -- the HTTP side ------------------------------------------------------------------------------
 # Seconds of silence on a proxied stream (cold load, long prompt) before a ": ping" comment.

@@ -35,6 +35,8 @@ ladder. The kernel side imports only this module.
     ├── UnverifiedSourceError        403 unverified_source (an unpinned curated model, off the hub)
     ├── InsufficientStorageError     507 insufficient_storage (a pull does not fit on disk)
     ├── PullCancelledError           409 pull_cancelled
+    ├── QuotaExceededError           409 quota_exceeded (node mode: a user's pins or pinned memory)
+    │   └── TooManyRequestsError     429 + Retry-After (node mode: a user's requests in flight)
     ├── ForbiddenError               403 node mode: the caller may not do this
     │   ├── MissingScopeError        403 missing_scope (names the Hub scope it needs)
     │   └── LockedDownError          403 locked_down (names the node's rule that refuses it)
@@ -71,6 +73,8 @@ __all__ = [
     "UnverifiedSourceError",
     "InsufficientStorageError",
     "PullCancelledError",
+    "QuotaExceededError",
+    "TooManyRequestsError",
     "ForbiddenError",
     "MissingScopeError",
     "LockedDownError",
@@ -378,6 +382,47 @@ class PullCancelledError(LemonadeError):
     status_code = 409
     error_type = "conflict_error"
     code = "pull_cancelled"
+
+
+class QuotaExceededError(LemonadeError):
+    """A node router's per-user quota refuses the request; nothing was changed.
+
+    The body names the ``quota`` and its figures: ``limit``, ``used`` (what the user holds
+    now) and ``requested`` (what this request adds), in the quota's unit."""
+
+    status_code = 409
+    error_type = "quota_exceeded_error"
+    code = "quota_exceeded"
+
+    def __init__(self, quota: str, message: str, *, limit: float, used: float,
+                 requested: float, param: str | None = None) -> None:
+        super().__init__(message, param=param, quota=quota, limit=limit, used=used,
+                         requested=requested)
+        self.quota = quota
+        self.limit = limit
+        self.used = used
+        self.requested = requested
+
+
+class TooManyRequestsError(QuotaExceededError):
+    """A user already has as many requests in flight as a node allows one user.
+
+    Refused at once (429) so that one notebook's batch cannot starve everyone else's;
+    ``Retry-After`` says when to try again."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, user: str, *, limit: int, used: int, retry_after_s: int = 1) -> None:
+        super().__init__(
+            "requests_in_flight",
+            f"User '{user}' already has {used} request(s) in flight on this node, the most "
+            f"one user may have (node_max_requests_per_user = {limit}). Retry later.",
+            limit=limit, used=used, requested=1)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class ForbiddenError(LemonadeError):

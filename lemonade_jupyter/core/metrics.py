@@ -1,7 +1,9 @@
 """Prometheus metrics of one router, in a registry of its own.
 
 Counters follow the event stream (evictions by reason, restarts, load durations); histograms
-of time to first token and tokens per second per model follow the request statistics; gauges
+of time to first token and tokens per second per model follow the request statistics, and so
+do the usage counters per user (requests, prompt and completion tokens, time to first token:
+the ``user`` label is the request's user, see ``core/usage.py``); gauges
 (loaded and pinned models per type, memory per model and per device, requests waiting per
 model) are read from a snapshot of the router taken at scrape time, so they can never drift
 from ``/health``. The metrics know the router only through that snapshot function, its event
@@ -19,6 +21,7 @@ from prometheus_client.registry import Collector
 from .events import Event, EventLog
 from .live_model import RouterSnapshot
 from .request_stats import RequestRecord, RequestStats
+from .usage import NO_USER
 
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 #: Time to first token (s): from a cached short prompt to a long prefill on a CPU.
@@ -64,6 +67,23 @@ class RouterMetrics:
             "lemonade_tokens_per_second", "Decoding speed of generation requests",
             ["model"], buckets=TPS_BUCKETS, registry=self.registry,
         )
+        self.user_requests = Counter(
+            "lemonade_user_requests", "Generation requests, by user", ["user"],
+            registry=self.registry,
+        )
+        self.user_prompt_tokens = Counter(
+            "lemonade_user_prompt_tokens", "Prompt tokens of generation requests (cached ones "
+            "included), by user", ["user"], registry=self.registry,
+        )
+        self.user_completion_tokens = Counter(
+            "lemonade_user_completion_tokens", "Tokens generated, by user", ["user"],
+            registry=self.registry,
+        )
+        self.user_time_to_first_token = Histogram(
+            "lemonade_user_time_to_first_token_seconds",
+            "Prompt processing time of generation requests, by user", ["user"],
+            buckets=TTFT_BUCKETS, registry=self.registry,
+        )
         self.registry.register(_StateCollector(snapshot))
         events.add_listener(self.on_event)
         if stats is not None:
@@ -73,6 +93,11 @@ class RouterMetrics:
         self.time_to_first_token.labels(model=rec.model).observe(rec.time_to_first_token)
         if rec.output_tokens > 0:
             self.tokens_per_second.labels(model=rec.model).observe(rec.tokens_per_second)
+        user = rec.user or NO_USER
+        self.user_requests.labels(user=user).inc()
+        self.user_prompt_tokens.labels(user=user).inc(rec.prompt_tokens)
+        self.user_completion_tokens.labels(user=user).inc(rec.output_tokens)
+        self.user_time_to_first_token.labels(user=user).observe(rec.time_to_first_token)
 
     def on_event(self, event: Event) -> None:
         if event.kind == "evict":

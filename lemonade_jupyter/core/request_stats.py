@@ -4,7 +4,8 @@ llama-server puts a ``timings`` object in every non-streamed generation answer a
 event of a stream (``prompt_n``, ``prompt_ms``, ``predicted_n``, ``predicted_per_second``,
 ``cache_n``...). The proxy hands the answer's last bytes here; :class:`RequestStats` keeps the
 figures of the last request (``GET lemonade/api/v1/stats``, lemonade's stats endpoint) and
-tells its listeners (the Prometheus histograms of :mod:`.metrics`).
+tells its listeners (the Prometheus histograms of :mod:`.metrics`). Each record also names its
+user (the request's ``acting_user``) and is added to that user's usage (:mod:`.usage`).
 
 Owner: :class:`RequestStats` (one per router) holds the last record; only :meth:`record` writes
 it, on the router's loop.
@@ -16,8 +17,11 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from .events import acting_user
+from .usage import UsageLedger
 
 #: The ``timings`` object of llama-server: flat, numbers only, so it ends at the first ``}``.
 _TIMINGS = re.compile(rb'"timings"\s*:\s*(\{[^{}]*\})')
@@ -40,6 +44,8 @@ class RequestRecord:
     output_tokens: int
     #: Wall-clock time the request ended (seconds since the epoch).
     finished_at: float
+    #: The user's row in the usage ledger (:mod:`.usage`): who made the request.
+    user: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +74,8 @@ class RequestStats:
 
     def __init__(self) -> None:
         self.last: RequestRecord | None = None
+        #: Requests and tokens per user since the router started.
+        self.usage = UsageLedger()
         self._listeners: list[Callable[[RequestRecord], None]] = []
 
     def add_listener(self, listener: Callable[[RequestRecord], None]) -> None:
@@ -92,6 +100,9 @@ class RequestStats:
             output_tokens=int(_number(timings, "predicted_n")),
             finished_at=time.time(),
         )
+        user = self.usage.add(acting_user.get(), rec.prompt_tokens, rec.output_tokens,
+                              rec.time_to_first_token)
+        rec = replace(rec, user=user)
         self.last = rec
         for listener in self._listeners:
             listener(rec)

@@ -316,6 +316,28 @@ SETTINGS: tuple[Setting, ...] = (
             "register by local path (a pull with a file checkpoint); a file elsewhere needs "
             "custom:lemonade:admin. Paths are compared after resolving links. Ignored by a "
             "single-user server."),
+    # -- node mode: quotas per user (core/quotas.py) ------------------------------------------
+    Setting("node_max_pins_per_user", int, 2, minimum=0, maximum=1_000_000, special=-1,
+            runtime=True, persisted=True,
+            message="node_max_pins_per_user must be a non-negative integer or -1 (no limit)",
+            help="Node mode: models one user may hold pinned (admins too, for their own pins); "
+            "a pin beyond it is refused with 409 quota_exceeded. -1: no limit. Ignored by a "
+            "single-user server."),
+    Setting("node_max_pinned_mib_per_user", int, -1, minimum=0, maximum=1_000_000_000,
+            special=-1, runtime=True, persisted=True,
+            message="node_max_pinned_mib_per_user must be a non-negative integer or -1 "
+            "(no limit)",
+            help="Node mode: memory (MiB) one user's pinned models may hold together, each "
+            "counted as measured, else as estimated, else as its file's size; a pin beyond it "
+            "is refused with 409 quota_exceeded. -1: no limit. Ignored by a single-user "
+            "server."),
+    Setting("node_max_requests_per_user", int, 8, minimum=1, maximum=1_000_000, special=-1,
+            runtime=True, persisted=True,
+            message="node_max_requests_per_user must be a positive integer or -1 (no limit)",
+            help="Node mode: inference requests (chat, completions, embeddings...) one user may "
+            "have in flight at once; one more is refused with 429 and Retry-After, so one "
+            "notebook's batch cannot starve the other users. -1: no limit. Ignored by a "
+            "single-user server."),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

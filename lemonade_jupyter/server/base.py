@@ -22,7 +22,8 @@ from ..core.events import acting_user
 from ..core.remote_hops import HOP_HEADER
 from ..core.router import Router
 from ..errors import InvalidRequestError, LemonadeError, error_body
-from .node_access import caller_of, check_node_request
+from ..core.quotas import InFlight
+from .node_access import caller_of, check_node_request, is_inference
 
 #: Request bodies larger than this are refused with 413 before we parse them.
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -87,9 +88,20 @@ class LemonadeHandler(APIHandler):
         prefix = url_path_join(self.base_url, ROUTE_PREFIX)
         path = self.request.path or ""
         route = path[len(prefix):] if path.startswith(prefix) else path
+        method = (self.request.method or "").upper()
         check_node_request(self.router, self.settings.get("lemonade_owners"), caller,
-                           (self.request.method or "").upper(), route, self.request.body,
-                           self.path_kwargs)
+                           method, route, self.request.body, self.path_kwargs)
+        if is_inference(route, method):  # last: a refused request is not counted
+            in_flight = self.settings.setdefault("lemonade_in_flight", InFlight())
+            in_flight.enter(caller.name, int(self.router.settings.node_max_requests_per_user))
+            self._in_flight = (in_flight, caller.name)
+
+    def on_finish(self) -> None:
+        """Count the caller's request in flight no more (node mode; see ``core/quotas.py``)."""
+        entry, self._in_flight = getattr(self, "_in_flight", None), None
+        if entry is not None:
+            entry[0].leave(entry[1])
+        super().on_finish()
 
     def json_body(self) -> dict[str, Any]:
         """The request body as a JSON object; raise InvalidRequestError (400) otherwise."""

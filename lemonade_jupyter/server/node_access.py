@@ -13,7 +13,10 @@ may go on. It raises before anything is touched, so a refused request changes no
     register other files);
   - ``remote_key_envs``: a remote model's ``api_key_env`` only among the names the node's admin
     lends (``core/remote_rules.py``), for everyone;
-  - ``log_owner``: a backend's log only for the model's owner and admins.
+  - ``log_owner``: a backend's log only for the model's owner and admins;
+
+* a pin over the caller's quota (pins, pinned memory): 409 ``quota_exceeded`` with the figures
+  (``core/quotas.py``; the quota of requests in flight is counted by ``server/base.py``).
 
 Unpinned models stay shared: any user's load may evict another user's idle unpinned model (the
 router's LRU and fit rules, unchanged); what is guarded here is the explicit acts on someone
@@ -36,9 +39,11 @@ from ..core.engine_flags import PARAM as ARGS_PARAM
 from ..core.engine_flags import refusal_reason, split_args
 from ..core.hub import parse_checkpoint
 from ..core.owners import OwnerRegistry
+from ..core.quotas import check_pin as check_pin_quota
 from ..core.remote_rules import key_env_allowed
 from ..core.router import Router
 from ..errors import LemonadeError, LockedDownError, MissingScopeError
+from .engine_routes import PROXIED
 from .scopes import ADMIN, PIN, has_scope, route_scope
 
 #: Keys of a ``/load`` body that are not load options.
@@ -99,6 +104,17 @@ def check_node_request(router: Router, owners: OwnerRegistry | None, caller: Cal
         check(router, owners, caller, data)
 
 
+def is_inference(route: str, method: str) -> bool:
+    """Whether the request runs a model (the engine's routes, Ollama's chat, generate and
+    embeddings): what the quota of requests in flight per user counts."""
+    return method == "POST" and route in _INFERENCE_ROUTES
+
+
+_INFERENCE_ROUTES = frozenset(
+    {f"api/v1/{path}" for path, engine in PROXIED.items() if engine.uses_slot}
+    | {f"ollama/api/{path}" for path in ("chat", "generate", "embed", "embeddings")})
+
+
 # -- per route ---------------------------------------------------------------------------------
 def _check_load(router: Router, owners: OwnerRegistry | None, caller: Caller,
                 body: dict[str, Any]) -> None:
@@ -115,6 +131,8 @@ def _check_load(router: Router, owners: OwnerRegistry | None, caller: Caller,
                 caller.require(ADMIN, f"Reloading {owner}'s pinned model '{name}' with "
                                "other options")
     _check_llamacpp_args(body.get(ARGS_PARAM))
+    if body.get("pinned") is True and name is not None:
+        check_pin_quota(router, owners, caller.name, name)
 
 
 def _check_pin(router: Router, owners: OwnerRegistry | None, caller: Caller,
@@ -123,6 +141,8 @@ def _check_pin(router: Router, owners: OwnerRegistry | None, caller: Caller,
     owner = owners.get(name) if owners is not None and name is not None else None
     if owner not in (None, caller.name):
         caller.require(ADMIN, f"Pinning or unpinning {owner}'s model '{name}'")
+    if body.get("pinned") is True and name is not None:
+        check_pin_quota(router, owners, caller.name, name)
 
 
 def _check_unload(router: Router, owners: OwnerRegistry | None, caller: Caller,

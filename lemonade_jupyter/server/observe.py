@@ -107,7 +107,8 @@ class MetricsHandler(PolledHandler):
 class StatsHandler(PolledHandler):
     """``GET lemonade/api/v1/stats``: the last generation request's figures (lemonade's stats
     endpoint): time to first token, tokens per second, input and output tokens, as the engine
-    measured them. Every figure is null before the first such request."""
+    measured them. Every figure is null before the first such request. ``users`` adds up each
+    user's requests and tokens since the start (``core/usage.py``), ``totals`` everyone's."""
 
     @web.authenticated
     @authorized
@@ -117,6 +118,9 @@ class StatsHandler(PolledHandler):
             body = {name: None for name in RequestRecord.__dataclass_fields__}
         else:
             body = last.to_json()
+        usage = self.router.stats.usage
+        body["users"] = usage.to_json()
+        body["totals"] = usage.totals.to_json()
         self.write_json(body)
 
 

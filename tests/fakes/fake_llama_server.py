@@ -168,16 +168,17 @@ class Handler(BaseHTTPRequestHandler):
             return
         chat = self.path == "/v1/chat/completions"
         if body.get("stream"):
-            self._stream(chat, model)
+            self._stream(chat, model, _timings(body))
             return
         text = "".join(TOKENS)
         choice = ({"index": 0, "message": {"role": "assistant", "content": text},
                    "finish_reason": "stop"} if chat else
                   {"index": 0, "text": text, "finish_reason": "stop"})
         self._json(200, {"object": "chat.completion" if chat else "text_completion",
-                         "model": model, "pid": os.getpid(), "choices": [choice]})
+                         "model": model, "pid": os.getpid(), "choices": [choice],
+                         "timings": _timings(body)})
 
-    def _stream(self, chat: bool, model: str) -> None:
+    def _stream(self, chat: bool, model: str, timings: dict) -> None:
         # Stale keep-alive: chunked, no "Connection: close" unless the client asked for it.
         stale = self.state.stale_keepalive and not self.close_connection
         self.send_response(200)
@@ -197,6 +198,8 @@ class Handler(BaseHTTPRequestHandler):
             delta = {"delta": {"content": token}} if chat else {"text": token}
             chunk = {"object": "chat.completion.chunk" if chat else "text_completion",
                      "model": model, "choices": [{"index": 0, **delta, "finish_reason": None}]}
+            if token is TOKENS[-1]:  # llama-server's last event carries its timings
+                chunk["timings"] = timings
             send(f"data: {json.dumps(chunk)}\n\n".encode())
             if self.state.token_delay:
                 time.sleep(self.state.token_delay)
@@ -207,6 +210,17 @@ class Handler(BaseHTTPRequestHandler):
             self._stale = True
             with self.state.lock:
                 self.state.stale.add(self.connection)
+
+
+def _timings(body: dict) -> dict:
+    """llama-server's ``timings`` of an answer: one prompt token per word of the request's
+    prompt or messages, one generated token per :data:`TOKENS`, fixed times."""
+    prompt = body.get("prompt") or [m.get("content") for m in body.get("messages") or []
+                                    if isinstance(m, dict)]
+    words = len(json.dumps(prompt).split())
+    return {"cache_n": 0, "prompt_n": words, "prompt_ms": 2.0 * words,
+            "predicted_n": len(TOKENS), "predicted_ms": 10.0 * len(TOKENS),
+            "predicted_per_second": 100.0}
 
 
 def main() -> None:

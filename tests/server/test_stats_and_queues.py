@@ -14,6 +14,8 @@ import httpx
 import psutil
 import pytest
 
+from lemonade_jupyter.server.node_access import server_user
+
 from tests.helpers.http import API, chat_body
 from tests.helpers.polling import wait_until
 
@@ -37,7 +39,10 @@ def histogram_count(metrics: str, name: str, model: str) -> float:
 async def test_stats_after_a_chat_match_the_engine_timings(api, default_model_name,
                                                            server_url, token):
     before = await api.get(f"{API}/stats")
-    assert before.code == 200 and set(before.json.values()) == {None}  # nothing yet
+    assert before.code == 200
+    last = dict(before.json)
+    assert last.pop("users") == {} and last.pop("totals")["requests"] == 0
+    assert set(last.values()) == {None}  # nothing yet
 
     answer = await api.post(f"{API}/chat/completions",
                             chat_body(default_model_name, max_tokens=6))
@@ -65,6 +70,14 @@ async def test_stats_after_a_chat_match_the_engine_timings(api, default_model_na
     metrics = (await api.get("lemonade/metrics")).body.decode()
     for name in ("lemonade_time_to_first_token_seconds", "lemonade_tokens_per_second"):
         assert histogram_count(metrics, name, default_model_name) == 2, name
+
+    # A single-user server's requests are its user's: the usage names them.
+    user = server_user()
+    assert stats["user"] == user
+    usage = stats["users"][user]
+    assert usage["requests"] == 2 and usage["completion_tokens"] == 6 + 7
+    assert stats["totals"]["requests"] == 2
+    assert f'lemonade_user_requests_total{{user="{user}"}} 2.0' in metrics
 
 
 async def test_a_request_without_timings_keeps_the_last_stats(api, default_model_name):

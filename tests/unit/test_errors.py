@@ -29,6 +29,7 @@ EXPECTED_STATUS = {
     "HubNotFoundError": 404, "HubUnavailableError": 503, "UnverifiedSourceError": 403,
     "InsufficientStorageError": 507,
     "PullCancelledError": 409, "QueueFullError": 429,
+    "QuotaExceededError": 409, "TooManyRequestsError": 429,
     "ForbiddenError": 403, "MissingScopeError": 403, "LockedDownError": 403,
 }
 
@@ -46,6 +47,10 @@ def make(cls):
         return cls("custom:lemonade:pin", "Pinning a model")
     if cls is errors.LockedDownError:
         return cls("model_folders", "not under a model folder", param="checkpoint")
+    if cls is errors.QuotaExceededError:
+        return cls("pins_per_user", "two pins at most", limit=2, used=2, requested=1)
+    if cls is errors.TooManyRequestsError:
+        return cls("alice", limit=4, used=4)
     if cls is ClientError:
         return cls(418, {"error": {"type": "teapot", "code": "tea"}}, "short and stout")
     return cls("something went wrong", param="p")

@@ -194,7 +194,8 @@ def test_derived_key_sets():
     assert RUNTIME_KEYS == tuple(s.name for s in SETTINGS if s.runtime)
     assert PERSISTED_KEYS == (
         "max_loaded_models", "auto_evict", "auto_evict_threshold_pct", "max_queue",
-        "restore_on_start", "memory_budget_mib",
+        "restore_on_start", "memory_budget_mib", "node_max_pins_per_user",
+        "node_max_pinned_mib_per_user", "node_max_requests_per_user",
     )
     # A persisted value is restored through with_updates(), which takes runtime keys only.
     assert set(PERSISTED_KEYS) <= set(RUNTIME_KEYS)
