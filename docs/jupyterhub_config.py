@@ -90,10 +90,11 @@ c.JupyterHub.load_roles = [
 ]
 
 # -- the users' own servers ------------------------------------------------------------------
-# Their notebooks use the node's router: the %lemonade magics and the OpenAI helpers find it
-# through these variables, with the server's own Hub token (scoped by the "server" role above).
-# CHANGE the address to the Hub's proxy as the users' servers reach it.
+# They start no router of their own (which would fight the node's over the GPU): a server whose
+# environment has LEMONADE_JUPYTER_NODE_URL serves no models and no backend, and its kernels
+# (%lemonade, the dashboard, Chat, openai_client()) reach the node router at that address as
+# their user, with the server's own $JUPYTERHUB_API_TOKEN (scoped by the "server" role above;
+# nothing to copy). CHANGE the address to the Hub's proxy as the users' servers reach it.
 c.Spawner.environment = {
-    "LEMONADE_JUPYTER_URL": "http://127.0.0.1:8000/services/lemonade/",
-    "LEMONADE_JUPYTER_TOKEN": lambda spawner: spawner.api_token,
+    "LEMONADE_JUPYTER_NODE_URL": "http://127.0.0.1:8000/services/lemonade/",
 }

@@ -3,7 +3,9 @@
 Order:
 
 1. ``LEMONADE_JUPYTER_URL`` (+ ``LEMONADE_JUPYTER_TOKEN``) from the environment, else
-   ``c.LemonadeMagics.server_url`` / ``token``: used as given, no probing.
+   ``LEMONADE_JUPYTER_NODE_URL`` (a hub's spawner sets it on a GPU node: the node router, as
+   the user, with ``LEMONADE_JUPYTER_TOKEN`` or else the server's ``JUPYTERHUB_API_TOKEN``),
+   else ``c.LemonadeMagics.server_url`` / ``token``: used as given, no probing.
 2. Under JupyterHub (the single-user server passes ``JUPYTERHUB_API_TOKEN`` and
    ``JUPYTERHUB_SERVICE_URL`` to its kernels): that server, with the hub token, if it answers
    ``lemonade/api/v1/health``. A bind address such as ``http://:8888/user/x/`` or
@@ -41,6 +43,9 @@ ENV_URL = "LEMONADE_JUPYTER_URL"
 ENV_TOKEN = "LEMONADE_JUPYTER_TOKEN"
 HUB_TOKEN = "JUPYTERHUB_API_TOKEN"
 HUB_SERVICE_URL = "JUPYTERHUB_SERVICE_URL"
+HUB_USER = "JUPYTERHUB_USER"
+#: Same name as ``server/on_node.NODE_URL_ENV`` (kernel code imports nothing of the server).
+ENV_NODE_URL = "LEMONADE_JUPYTER_NODE_URL"
 
 
 def running_servers() -> list[dict[str, Any]]:
@@ -120,6 +125,17 @@ def discover(
             timeout=timeout,
             transport=transport,
             source=f"{url} (from ${ENV_URL})",
+        )
+    if env.get(ENV_NODE_URL):
+        url = env[ENV_NODE_URL]
+        user = env.get(HUB_USER, "")
+        return RouterClient(
+            url,
+            env.get(ENV_TOKEN) or env.get(HUB_TOKEN) or token or "",
+            kind="node",
+            timeout=timeout,
+            transport=transport,
+            source=f"node router at {url}" + (f", as {user}" if user else ""),
         )
     if server_url:
         return RouterClient(

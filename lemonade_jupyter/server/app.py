@@ -14,6 +14,7 @@ router's families is registered there while the extension runs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import prometheus_client
@@ -28,6 +29,7 @@ from ..core.settings import (
     server_options_from_config,
 )
 from ..errors import InvalidRequestError
+from . import on_node
 from .compose import Services, build_services
 from .remote_hosts import own_server
 from .routes import handlers
@@ -116,6 +118,15 @@ class LemonadeApp(ExtensionApp):
         if self.node_mode and self.allow_any_llamacpp_args:  # type: ignore[attr-defined]
             raise TraitError("c.LemonadeApp.allow_any_llamacpp_args cannot be on in node mode: "
                              "the node's users may set only the allowlisted flags")
+        # A user's server on a node: the node's router serves it (server/on_node.py).
+        try:
+            self._node_url = "" if self.node_mode else on_node.node_router_url(os.environ)
+        except on_node.NodeURLError as exc:
+            raise TraitError(str(exc)) from None
+        if self._node_url:
+            self.log.info("lemonade: no router here; the node router at %s serves this hub",
+                          self._node_url)
+            return
         data_dir = self.data_folder()
         note = self._take_data_dir(data_dir)
         self.services = build_services(
@@ -147,9 +158,12 @@ class LemonadeApp(ExtensionApp):
 
     def initialize_handlers(self) -> None:
         # Relative to the server's base_url, which ExtensionApp prepends.
-        self.handlers.extend(handlers("/"))
+        node_url = getattr(self, "_node_url", "")
+        self.handlers.extend(on_node.handlers(node_url) if node_url else handlers("/"))
 
     async def _start_jupyter_server_extension(self, serverapp: object) -> None:
+        if getattr(self, "_node_url", ""):
+            return
         # Jupyter's port is known now: remote models may not point back at it.
         await self.services.start(own_server({"serverapp": serverapp}))
         self._jupyter_metrics = _RouterFamilies(self.router.metrics.registry)

@@ -59,6 +59,8 @@ def node_argv(environ: Mapping[str, str], extra: Sequence[str] = ()) -> list[str
         f"--ServerApp.port={url.port}",
         "--ServerApp.port_retries=0",
         f"--ServerApp.base_url={prefix}",
+        # A browser opening the service's address gets the router's page (server/node_page.py).
+        "--ServerApp.default_url=/lemonade/page",
         "--ServerApp.open_browser=False",
         "--ServerApp.identity_provider_class="
         "lemonade_jupyter.server.hub_auth.NodeIdentityProvider",

@@ -7,7 +7,7 @@ from typing import Any
 from jupyter_server.utils import url_path_join
 
 from ..api_paths import ROUTE_PREFIX
-from . import aliases, logs, model_detail, observe, ollama, ollama_models, pull, rest
+from . import aliases, logs, model_detail, node_page, observe, ollama, ollama_models, pull, rest
 from .engine_routes import PROXIED
 from .proxy import OpenAIProxyHandler
 
@@ -33,6 +33,8 @@ ROUTES: list[tuple[str, type, dict[str, Any]]] = [
     ("api/v1/memory/history", observe.MemoryHistoryHandler, {}),
     ("metrics", observe.MetricsHandler, {}),
     ("api/v1/stats", observe.StatsHandler, {}),
+    # The router's page for people (node_page.py): the above, read by a browser.
+    ("page", node_page.RouterPageHandler, {}),
     # Ollama's API (ollama.py, ollama_models.py): ollama.Client(host=".../lemonade/ollama").
     ("ollama/api/chat", ollama.ChatHandler, {}),
     ("ollama/api/generate", ollama.GenerateHandler, {}),

@@ -50,6 +50,7 @@ ROUTE_SCOPES: dict[str, str | dict[str, str]] = {
     "api/v1/memory/history": USE,
     "metrics": USE,
     "api/v1/stats": USE,
+    "page": USE,  # the page shows admins' buttons to admins only; each button's route checks
     "api/v1/models/(?P<model>[^/]+)": USE,
     # The engine's inference routes (server/engine_routes.py).
     **{f"api/v1/{path}": USE for path in PROXIED},

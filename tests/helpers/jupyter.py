@@ -30,7 +30,8 @@ from . import REPO
 from .http import API, api_client, auth_headers
 
 #: Variables of the test's environment that would leak into the server or its discovery.
-LEAKY_ENV = ("JUPYTER_TOKEN", "LEMONADE_JUPYTER_URL", "LEMONADE_JUPYTER_TOKEN", "JPY_PARENT_PID")
+LEAKY_ENV = ("JUPYTER_TOKEN", "LEMONADE_JUPYTER_URL", "LEMONADE_JUPYTER_TOKEN",
+             "LEMONADE_JUPYTER_NODE_URL", "JPY_PARENT_PID")
 
 
 def repo_first_on_pythonpath(env: dict[str, str]) -> dict[str, str]:

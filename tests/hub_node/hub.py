@@ -57,6 +57,17 @@ service["url"] = "http://127.0.0.1:{service_port}"
 service["environment"] = {service_env!r}
 (admins,) = [r for r in c.JupyterHub.load_roles if r["name"] == "lemonade-admin"]
 admins["users"] = ["admin"]
+
+# The users' own servers: processes of this OS user, in homes of the test's own.
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = {home_template!r}
+c.Spawner.cmd = [{singleuser!r}]
+c.Spawner.args = {spawner_args!r}
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 120
+c.Spawner.environment["LEMONADE_JUPYTER_NODE_URL"] = {node_url!r}
+c.Spawner.environment["LEMONADE_BACKEND_THREADS"] = "1"
+c.Spawner.environment["JUPYTER_PLATFORM_DIRS"] = "1"
 """
 
 
@@ -127,7 +138,11 @@ class HubNode:
             proxy_api_port=self.proxy_api_port, pid_file=str(self.root / "proxy.pid"),
             db_url=f"sqlite:///{self.root / 'jupyterhub.sqlite'}",
             cookie_file=str(self.root / "cookie_secret"), service_port=self.service_port,
-            service_env=service_env)
+            service_env=service_env,
+            home_template=str(self.root / "homes" / "{username}"),
+            singleuser=str(Path(sys.executable).parent / "jupyterhub-singleuser"),
+            spawner_args=["--ServerApp.allow_root=True"] if os.geteuid() == 0 else [],
+            node_url=self.service_url)
         path = self.root / "jupyterhub_config.py"
         path.write_text(text)
         return path
@@ -221,6 +236,48 @@ class HubNode:
         kwargs.setdefault("timeout", httpx.Timeout(120.0, connect=10.0))
         return httpx.Client(base_url=self.service_url, headers={
             "Authorization": f"token {token or self.tokens[user]}"}, **kwargs)
+
+    # -- the users' own servers -------------------------------------------------------------
+    def start_server(self, user: str) -> str:
+        """Start ``user``'s own single-user server through the Hub's REST API (the user's
+        token) and wait until the Hub says it is ready; its URL through the proxy."""
+        with httpx.Client(base_url=self.url, timeout=60, headers={
+                "Authorization": f"token {self.tokens[user]}"}) as http:
+            resp = http.post(f"/hub/api/users/{user}/server")
+            assert resp.status_code in (201, 202, 400), (resp.status_code, resp.text[:500])
+
+            def ready() -> str | None:
+                model = http.get(f"/hub/api/users/{user}").json()
+                server = (model.get("servers") or {}).get("")
+                return str(server["url"]) if server and server.get("ready") else None
+            url = wait_for(ready, START_DEADLINE_S, what=f"{user}'s server\n{self.log_tail()}",
+                           interval=0.5)
+        return f"{self.url}{url}"
+
+    def stop_server(self, user: str) -> None:
+        """Stop ``user``'s own server and wait until the Hub says it is gone."""
+        with httpx.Client(base_url=self.url, timeout=60, headers={
+                "Authorization": f"token {self.tokens[user]}"}) as http:
+            resp = http.delete(f"/hub/api/users/{user}/server")
+            assert resp.status_code in (202, 204, 400), (resp.status_code, resp.text[:500])
+            wait_for(lambda: not (http.get(f"/hub/api/users/{user}").json().get("servers")),
+                     60, what=f"{user}'s server to stop", interval=0.5)
+
+    def server_process(self, user: str) -> psutil.Process:
+        """``user``'s single-user server's process, a child of the Hub."""
+        assert self.proc is not None
+
+        def find() -> psutil.Process | None:
+            for p in _tree(self.proc.pid):  # type: ignore[union-attr]
+                try:
+                    cmd = p.cmdline()
+                    if (any("jupyterhub-singleuser" in a for a in cmd)
+                            and p.environ().get("JUPYTERHUB_USER") == user):
+                        return p
+                except psutil.Error:
+                    continue
+            return None
+        return wait_for(find, 30, what=f"{user}'s server process")  # type: ignore[no-any-return]
 
     def service_process(self) -> psutil.Process:
         """The node service's process (``lemonade-jupyter node``), a child of the Hub."""
