@@ -23,7 +23,8 @@ def test_public_api_all_pinned() -> None:
         "HubNotFoundError", "HubUnavailableError", "UnverifiedSourceError",
         "InsufficientStorageError",
         "PullCancelledError", "QueueFullError", "ForbiddenError", "MissingScopeError",
-        "LockedDownError", "ClientError", "error_body",
+        "LockedDownError", "QuotaExceededError", "TooManyRequestsError", "ClientError",
+        "error_body",
     ])
     assert hasattr(lemonade_jupyter, "_jupyter_server_extension_points")
 
