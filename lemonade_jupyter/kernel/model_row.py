@@ -19,8 +19,8 @@ from .pools import format_bytes, format_seconds, model_idle_seconds
 __all__ = ["COLUMNS", "GRID", "LOG_LINES", "ModelRow"]
 
 #: The table's column headers and their widths (a CSS grid).
-COLUMNS = ("model", "type", "state", "pinned", "", "idle", "memory")
-GRID = "minmax(12em, 2fr) 6em 7em 8em 13em 6em 7em"
+COLUMNS = ("model", "type", "state", "owner", "pinned", "", "idle", "memory")
+GRID = "minmax(12em, 2fr) 6em 7em 7em 8em 13em 6em 7em"
 #: Lines a row's "logs" button shows.
 LOG_LINES = 20
 
@@ -36,6 +36,8 @@ class ModelRow:
         self.label = widgets.HTML(f"<b>{html.escape(name)}</b>")
         self.type = widgets.Label()
         self.state = widgets.Label()
+        #: Who loaded it (on a node router: the Hub user; on a single-user server: its user).
+        self.owner = widgets.Label()
         self.pin = widgets.ToggleButton(
             value=False,
             description="pin",
@@ -69,7 +71,8 @@ class ModelRow:
 
     @property
     def cells(self) -> list[widgets.Widget]:
-        return [self.label, self.type, self.state, self.pin, self.actions, self.idle, self.memory]
+        return [self.label, self.type, self.state, self.owner, self.pin, self.actions, self.idle,
+                self.memory]
 
     def close(self) -> None:
         """Close every widget of the row (the buttons inside the actions box too)."""
@@ -81,6 +84,7 @@ class ModelRow:
         pinned = bool(m.get("pinned"))
         self.type.value = str(m.get("type") or "")
         self.state.value = str(m.get("status") or "")
+        self.owner.value = str(m.get("owner") or "")
         if self.pin.value != pinned:
             self.pin.value = pinned
         self.pin.description = "pinned" if pinned else "pin"

@@ -114,6 +114,7 @@ def dashboard_flow(router: RouterClient, model: str) -> None:
         assert dash.models == [model]
         row = dash.rows[model]
         assert row.pin.value is False and row.state.value == "ready"
+        assert row.owner.value and row.owner.value == loaded(router)[model]["owner"]
         row.pin.value = True  # click the toggle
         assert loaded(router)[model]["pinned"] is True
         row.pin.value = False
