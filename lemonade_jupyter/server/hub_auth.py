@@ -85,11 +85,14 @@ class NodeLoginHandler(JupyterHandler):
         next_url = (wanted if wanted.startswith(prefix) and "//" not in wanted
                     and "\\" not in wanted else url_path_join(prefix, API_V1, "health"))
         params: dict[str, str] = {}
-        verifier = None
-        if auth.pkce_enabled:
+        # PKCE came with JupyterHub 6; a Hub 5 knows neither the setting nor the verifier.
+        if getattr(auth, "pkce_enabled", False):
             verifier, challenge, method = auth.generate_pkce_code_challenge()
             params.update(code_challenge=challenge, code_challenge_method=method)
-        params["state"] = auth.set_state_cookie(self, next_url=next_url, code_verifier=verifier)
+            params["state"] = auth.set_state_cookie(self, next_url=next_url,
+                                                    code_verifier=verifier)
+        else:
+            params["state"] = auth.set_state_cookie(self, next_url=next_url)
         self.redirect(url_concat(auth.login_url, params))
 
 
