@@ -71,7 +71,12 @@ class Renamer:
 
 
 def upstream_error(resp_status: int, payload: bytes) -> tuple[int, dict[str, Any]]:
-    """Map a backend error answer to our envelope, keeping its status and message."""
+    """Map a backend error answer to our envelope, keeping its status and message.
+
+    One exception: llama-server answers 501 ``not_supported_error`` for a request the model
+    cannot serve (``/infill`` on a model without fill-in-the-middle tokens, embeddings from a
+    model loaded without them). That is the caller's request, not a server fault: a 400
+    ``not_supported`` with the engine's message."""
     try:
         data = json.loads(payload)
     except ValueError:
@@ -83,5 +88,7 @@ def upstream_error(resp_status: int, payload: bytes) -> tuple[int, dict[str, Any
     else:
         message = payload.decode("utf-8", "replace")[:500] or f"backend answered {resp_status}"
         err_type = "invalid_request_error" if resp_status < 500 else "server_error"
+    if err_type == "not_supported_error":
+        return 400, error_body(message, err_type, code="not_supported")
     status = resp_status if 400 <= resp_status < 600 else 502
     return status, error_body(message, err_type, code="backend_error")

@@ -196,18 +196,18 @@ async def test_infill_answers_what_the_engine_answers(api, lemonade, fim_model_f
 
 async def test_infill_refusal_of_the_engine_arrives_in_our_envelope(api, lemonade,
                                                                     default_model_name):
-    """The default model names no fill-in-the-middle tokens: the engine's own refusal (its
-    status and message) comes back in our envelope."""
+    """The default model names no fill-in-the-middle tokens: the engine's own refusal (501,
+    not supported) comes back in our envelope as the caller's error: 400, with its message."""
     body = {"model": default_model_name, "input_prefix": "def f(", "input_suffix": "):",
             "n_predict": 4}
     ours = await api.post(f"{API}/infill", body)
     engine = await direct(lemonade, default_model_name, "/infill", body)
     assert engine.status_code == 501
-    assert ours.code == 501
+    assert ours.code == 400
     assert ours.error["message"] == engine.json()["error"]["message"]
     assert "infill is not supported" in ours.error["message"].lower()
     assert ours.error["type"] == engine.json()["error"]["type"]
-    assert ours.error["code"] == "backend_error"
+    assert ours.error["code"] == "not_supported"
 
 
 async def test_llama_cpp_completion_answers_what_the_engine_answers(api, lemonade,
