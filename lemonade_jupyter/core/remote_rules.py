@@ -149,6 +149,10 @@ class HostRules:
     #: Names of this machine (lower case): ``localhost``, its hostname, the address Jupyter
     #: was told to listen on.
     own_names: frozenset[str] = frozenset({"localhost"})
+    #: A node router (one for every user of a JupyterHub): every port of this machine is
+    #: refused, not only its own, since the node's loopback services (the Hub's API, its
+    #: proxy's API, users' servers) are all there.
+    node: bool = False
 
     def refusal(self, host: str, port: int, addresses: Collection[IPAddress],
                 local: Collection[IPAddress] = ()) -> str | None:
@@ -169,6 +173,10 @@ class HostRules:
             if allowed.has_name(host) or (found and all(allowed.has_address(a) for a in found)):
                 return None
             return f"host '{host}' is not in the server's remote_allowed_hosts"
+        if self.node and self._is_own(host, found, local):
+            return (f"'{host}:{port}' is on this node; a node router never points a remote "
+                    "model at the node's own services (an admin may allow a host with "
+                    "remote_allowed_hosts)")
         if port in self.own_ports and self._is_own(host, found, local):
             return (f"'{host}:{port}' is this Jupyter server itself; a remote model must be "
                     "another server (an admin may allow it with remote_allowed_hosts)")

@@ -165,7 +165,8 @@ class LemonadeApp(ExtensionApp):
         if getattr(self, "_node_url", ""):
             return
         # Jupyter's port is known now: remote models may not point back at it.
-        await self.services.start(own_server({"serverapp": serverapp}))
+        await self.services.start(own_server({"serverapp": serverapp,
+                                              "lemonade_node_mode": self.node_mode}))
         self._jupyter_metrics = _RouterFamilies(self.router.metrics.registry)
         prometheus_client.REGISTRY.register(self._jupyter_metrics)
         self.log.info("lemonade router started (data in %s)", self.data_folder())

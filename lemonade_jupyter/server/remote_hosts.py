@@ -24,7 +24,7 @@ from typing import Any
 
 from ..core.remote_rules import HostRules, IPAddress, canonical_address, ip_literal
 from ..core.remote_spec import ReplicaSpec, url_endpoint
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, LockedDownError
 
 #: Seconds a host name may take to resolve before it is judged by its name alone.
 RESOLVE_TIMEOUT_S = 5.0
@@ -40,6 +40,8 @@ class OwnServer:
 
     ports: frozenset[int]
     names: frozenset[str]
+    #: A node router: every port of this machine is refused (HostRules.node).
+    node: bool = False
 
 
 def own_server(app_settings: Mapping[str, Any]) -> OwnServer:
@@ -55,21 +57,26 @@ def own_server(app_settings: Mapping[str, Any]) -> OwnServer:
     own_port = app_settings.get(OWN_PORT_SETTING)
     if own_port:
         ports.add(int(own_port))
-    return OwnServer(frozenset(ports), frozenset(names))
+    return OwnServer(frozenset(ports), frozenset(names),
+                     node=bool(app_settings.get("lemonade_node_mode")))
 
 
 def host_rules(router_settings: Any, own: OwnServer) -> HostRules:
     """The admin's host lists with this server's own endpoint."""
     return HostRules(allowed=router_settings.remote_allowed_hosts,
                      denied=router_settings.remote_denied_hosts,
-                     own_ports=own.ports, own_names=own.names)
+                     own_ports=own.ports, own_names=own.names, node=own.node)
 
 
 async def check_replica_hosts(replicas: tuple[ReplicaSpec, ...], rules: HostRules,
                               param: str = "base_url") -> None:
-    """Raise InvalidRequestError (400) when a replica points where the rules refuse."""
+    """Raise InvalidRequestError (400) when a replica points where the rules refuse; on a node
+    router, LockedDownError (403, rule ``remote_base_url``)."""
     verdicts = await asyncio.gather(*(refusal(r.base_url, rules) for r in replicas))
     for why in verdicts:
+        if why is not None and rules.node:
+            raise LockedDownError("remote_base_url", f"Parameter '{param}' is refused: {why}",
+                                  param=param)
         if why is not None:
             raise InvalidRequestError(f"Parameter '{param}' is refused: {why}", param=param)
 

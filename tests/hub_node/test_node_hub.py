@@ -157,6 +157,13 @@ def test_node_locked_down_rules_answer_403_and_register_nothing(node, tmp_path):
         "model_name": "user.far", "recipe": "remote", "base_url": "http://127.0.0.1:9/v1",
         "upstream_model": "m", "api_key_env": "MY_SECRET"}), "locked_down")
     assert error["rule"] == "remote_key_envs" and "MY_SECRET" in error["message"]
+    # The Hub's own API on this machine: another port than the node's, but a loopback
+    # service of the node.
+    error = _refused(_post(node, "admin", f"{API}/pull", {
+        "model_name": "user.hubapi", "recipe": "remote",
+        "base_url": f"http://127.0.0.1:{node.hub_port}/hub/api",
+        "upstream_model": "m"}), "locked_down")
+    assert error["rule"] == "remote_base_url" and "on this node" in error["message"]
     assert {m["id"] for m in _models(node)} == before
 
     assert _post(node, "alice", f"{API}/load", {"model_name": "user.b"}).status_code == 200

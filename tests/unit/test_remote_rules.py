@@ -262,3 +262,16 @@ def test_a_good_list_in_the_config_reaches_the_router():
     settings = app.router_settings()
     assert settings.remote_allowed_hosts == ("gpu-a.lan", "10.0.0.0/8", "fd00::/8")
     assert settings.remote_key_envs == ("VLLM_*",)
+
+
+def test_a_node_router_refuses_every_port_of_its_own_machine():
+    """On a node router the Hub's API, its proxy's API and users' servers listen on this
+    machine too: any port of an own address is refused, not only the server's own."""
+    node = HostRules(own_ports=frozenset({8888}), node=True)
+    assert "on this node" in node.refusal("127.0.0.1", 8081, [], [])
+    assert "on this node" in node.refusal("localhost", 8001, [LOOP4], [LOOP4])
+    assert "on this node" in node.refusal("10.1.2.3", 9000, [], [LAN])  # an address of ours
+    assert node.refusal("gpu.lan", 8000, [FAR], []) is None  # another machine
+    assert HostRules(own_ports=frozenset({8888})).refusal("127.0.0.1", 8081, [], []) is None
+    lifted = HostRules(allowed=("127.0.0.1",), own_ports=frozenset({8888}), node=True)
+    assert lifted.refusal("127.0.0.1", 8081, [], []) is None
