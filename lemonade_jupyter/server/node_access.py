@@ -188,11 +188,31 @@ def _check_pull(router: Router, owners: OwnerRegistry | None, caller: Caller,
             f"other files need the JupyterHub scope '{ADMIN}'", param="checkpoint")
 
 
+def _check_ollama(router: Router, owners: OwnerRegistry | None, caller: Caller,
+                  body: dict[str, Any]) -> None:
+    """Ollama's ``keep_alive`` and load options (``num_ctx``, ``num_gpu``) change how long a
+    model stays and how it is loaded (``keep_alive: 0`` unloads it after the answer): on
+    another user's loaded model that is an admin's act, like an unload or a reload."""
+    raw = body.get("model")
+    if not isinstance(raw, str) or not raw:
+        return
+    name = router.resolve(raw[:-len(":latest")] if raw.endswith(":latest") else raw)
+    owner = _owner(owners, name)
+    if router.get_live(name) is None or owner in (None, caller.name):
+        return
+    options = body.get("options")
+    loads = isinstance(options, dict) and bool({"num_ctx", "num_gpu"} & set(options))
+    if "keep_alive" in body or loads:
+        caller.require(ADMIN, f"Changing keep_alive or load options of {owner}'s model '{name}'")
+
+
 _BODY_RULES = {
     "api/v1/load": _check_load,
     "internal/pin": _check_pin,
     "api/v1/unload": _check_unload,
     "api/v1/pull": _check_pull,
+    **{f"ollama/api/{path}": _check_ollama
+       for path in ("chat", "generate", "embed", "embeddings")},
 }
 
 

@@ -69,6 +69,12 @@ def test_node_owner_shown_to_others_and_only_owner_or_admin_unpins(node):
     assert error["scope"] == ADMIN and "alice" in error["message"]
     _refused(_post(node, "bob", f"{API}/unload", {"model_name": A}), "missing_scope")
     _refused(_post(node, "bob", f"{API}/unload", {}), "missing_scope")
+    # Ollama's keep_alive would unload or rekeep alice's model: an admin's act too.
+    for extra in ({"keep_alive": 0}, {"options": {"num_ctx": 512}}):
+        resp = _post(node, "bob", "lemonade/ollama/api/generate",
+                     {"model": A, "prompt": "hi", "stream": False, **extra})
+        assert resp.status_code == 403, resp.text  # in Ollama's error shape
+        assert ADMIN in resp.json()["error"] and "alice" in resp.json()["error"]
     assert loaded(_health(node))[A]["pinned"] is True  # nothing changed
 
     resp = _post(node, "admin", "lemonade/internal/pin", {"model_name": A, "pinned": False})
