@@ -6,6 +6,7 @@ import threading
 
 import ipywidgets as widgets
 
+from lemonade_jupyter.kernel.model_row import COLUMNS
 from lemonade_jupyter.kernel.widgets import Dashboard
 
 from tests.helpers.polling import wait_for
@@ -28,7 +29,8 @@ def test_dashboard_refresh_builds_rows_and_panels(fake: FakeRouter) -> None:
         assert row.pin.value is True and row.pin.description == "pinned"
         assert row.type.value == "llm" and row.state.value == "ready"
         assert row.memory.value == "100.0 MiB" and row.idle.value.endswith("s")
-        assert list(dash.table.children[7:]) == row.cells  # 7 header cells, then the row
+        headers = len(COLUMNS)  # the header cells, then the row
+        assert list(dash.table.children[headers:]) == row.cells
         assert "lemonade-model-table" in dash.table._dom_classes
         assert "lemonade-pin-toggle" in row.pin._dom_classes
         assert "1/1" in dash.slots.value and "all pinned" in dash.slots.value
@@ -43,7 +45,7 @@ def test_dashboard_refresh_builds_rows_and_panels(fake: FakeRouter) -> None:
         assert "reason: lru" in dash.events.value
         client.unload(DEFAULT)
         dash.refresh()
-        assert dash.models == [] and dash.rows == {} and len(dash.table.children) == 7
+        assert dash.models == [] and dash.rows == {} and len(dash.table.children) == len(COLUMNS)
     finally:
         dash.close()
 
