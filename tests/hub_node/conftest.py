@@ -57,6 +57,9 @@ def hub(tmp_path_factory, fake_llama_server_path, default_model_file) -> Iterato
         "node_model_folders": [str(folder)],
         "max_loaded_models": 2,
         "remote_key_envs": ["LEMONADE_REMOTE_KEY_*"],
+        # The tests' remote upstreams listen on this machine, which a node refuses by default:
+        # they are named "localhost", the one host allowed (127.0.0.1 stays refused).
+        "remote_allowed_hosts": ["localhost"],
     })
     try:
         node.start()

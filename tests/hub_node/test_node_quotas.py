@@ -141,7 +141,7 @@ class _Upstream:
     """The fake OpenAI upstream on a loop of its own thread (the Hub tests are synchronous)."""
 
     def __init__(self, slow_s: float) -> None:
-        self.fake = FakeUpstream(slow_s=slow_s)
+        self.fake = FakeUpstream(slow_s=slow_s, host_name="localhost")
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -176,7 +176,7 @@ def _chat(node: HubNode, user: str, model: str) -> httpx.Response:
 
 def test_node_requests_in_flight_beyond_a_users_quota_get_429_with_retry_after(quotas):
     node = quotas
-    with _Upstream(slow_s=10) as upstream:
+    with _Upstream(slow_s=10) as upstream:  # named localhost: the node allows that host
         resp = _post(node, "admin", f"{API}/pull", {
             "model_name": "user.slow", "recipe": "remote", "base_url": upstream.base_url,
             "upstream_model": "slow"})
