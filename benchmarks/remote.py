@@ -25,7 +25,7 @@ from .report import Row, Target
 
 S9 = "9. Remote model (a replica behind the router)"
 #: The environment variable that holds the replica's key, in the Jupyter server's environment.
-KEY_ENV = "LEMONADE_BENCH_REMOTE_KEY"
+KEY_ENV = "LEMONADE_REMOTE_KEY_BENCH"  # a name the router lends by default (remote_key_envs)
 NAME = "user.bench-remote"
 
 
