@@ -154,6 +154,10 @@ class LemonadeHandler(APIHandler):
                 "Internal error in the lemonade router; see the Jupyter server log",
                 "server_error", code="internal_error",
             )
+        self.finish_error(body)
+
+    def finish_error(self, body: dict[str, Any]) -> None:
+        """Send an error envelope; an API with another error shape (Ollama's) reshapes it."""
         self.clear_header("Content-Type")
         self.finish(json.dumps(body))
 

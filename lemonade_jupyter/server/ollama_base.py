@@ -21,7 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..core.hub import parse_checkpoint
@@ -63,28 +62,11 @@ class OllamaHandler(LemonadeHandler):
     def upstream(self) -> UpstreamPool:
         return self.settings["lemonade_upstream"]  # type: ignore[no-any-return]
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, LemonadeError):
-            self.set_status(exc.status_code)
-            for name, value in exc.headers().items():
-                self.set_header(name, value)
-            message = exc.message
-        elif isinstance(exc, web.HTTPError):
-            message = exc.log_message or self._reason or "HTTP error"
-            if exc.args:
-                try:
-                    message = message % exc.args
-                except (TypeError, ValueError):
-                    pass
-        else:
-            if exc is not None:
-                self.log.error("Unhandled error in %s", self.request.path,
-                               exc_info=kwargs["exc_info"])
-            message = "Internal error in the lemonade router; see the Jupyter server log"
+    def finish_error(self, body: dict[str, Any]) -> None:
+        """Ollama's error shape: ``{"error": "<message>"}``, from the router's envelope."""
         self.clear_header("Content-Type")
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": message}))
+        self.finish(json.dumps({"error": body["error"]["message"]}))
 
     # ------------------------------------------------------------------ names
     def model_param(self, body: dict[str, Any]) -> str:
