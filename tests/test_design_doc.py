@@ -9,10 +9,10 @@ import pytest
 
 import lemonade_jupyter.core as core
 from lemonade_jupyter.core import (
-    cooldown, decisions, effects, eviction, fit_admission, gguf_facts, housekeeping, launcher, lifecycle,
-    live_model, memory_sources, metrics, model_table, persistence, placement, preferences,
-    remote, remote_metrics, remote_spec, router, supervisor, transitions, watchdog,
-    request_slots, request_stats, router, transitions, watchdog,
+    cooldown, decisions, departures, effects, eviction, fit_admission, gguf_facts,
+    housekeeping, launcher, lifecycle, live_model, load_sequence, memory_sources, metrics,
+    model_records, model_table, persistence, placement, preferences, remote, remote_metrics,
+    remote_spec, request_slots, request_stats, router, supervisor, transitions, watchdog,
 )
 from lemonade_jupyter.core import engines
 from lemonade_jupyter.core.engines import lookup
@@ -23,6 +23,9 @@ DOC = Path(core.__file__).parent / "DESIGN.md"
 NAMESPACES = {
     "Router": router.Router,
     "ModelTable": model_table.ModelTable,
+    "ModelRecords": model_records.ModelRecords,
+    "LoadSequence": load_sequence.LoadSequence,
+    "Departures": departures.Departures,
     "ModelPreferences": preferences.ModelPreferences,
     "CrashLoopGuard": cooldown.CrashLoopGuard,
     "Transitions": transitions.Transitions,
@@ -37,6 +40,9 @@ NAMESPACES = {
     "lifecycle": lifecycle,
     "housekeeping": housekeeping,
     "model_table": model_table,
+    "model_records": model_records,
+    "load_sequence": load_sequence,
+    "departures": departures,
     "transitions": transitions,
     "preferences": preferences,
     "cooldown": cooldown,
