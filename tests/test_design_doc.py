@@ -12,7 +12,8 @@ from lemonade_jupyter.core import (
     cooldown, decisions, departures, effects, eviction, fit_admission, gguf_facts,
     housekeeping, launcher, lifecycle, live_model, load_sequence, memory_sources, metrics,
     model_records, model_table, persistence, placement, preferences, remote, remote_metrics,
-    remote_spec, request_slots, request_stats, router, supervisor, transitions, watchdog,
+    remote_spec, request_leases, request_slots, request_stats, router, runtime, supervisor,
+    transitions, watchdog,
 )
 from lemonade_jupyter.core import engines
 from lemonade_jupyter.core.engines import lookup
@@ -26,6 +27,8 @@ NAMESPACES = {
     "ModelRecords": model_records.ModelRecords,
     "LoadSequence": load_sequence.LoadSequence,
     "Departures": departures.Departures,
+    "RequestLeases": request_leases.RequestLeases,
+    "RouterRuntime": runtime.RouterRuntime,
     "ModelPreferences": preferences.ModelPreferences,
     "CrashLoopGuard": cooldown.CrashLoopGuard,
     "Transitions": transitions.Transitions,
@@ -43,6 +46,8 @@ NAMESPACES = {
     "model_records": model_records,
     "load_sequence": load_sequence,
     "departures": departures,
+    "request_leases": request_leases,
+    "runtime": runtime,
     "transitions": transitions,
     "preferences": preferences,
     "cooldown": cooldown,

@@ -34,7 +34,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from ..errors import LemonadeError
+from ..errors import LemonadeError, ModelNotFoundError
 from .backend import Backend
 from .catalog import Catalog
 from .decisions import EvictReason
@@ -98,6 +98,9 @@ class ModelTable:
 
     def snapshots(self) -> list[ModelSnapshot]:
         return self._records.snapshots()
+
+    def backend_pids(self) -> list[int]:
+        return self._records.backend_pids()
 
     # ------------------------------------------------------------------ ensure
     async def ensure(self, name: str, *, pinned: bool | None, options: LoadOptions,
@@ -212,6 +215,28 @@ class ModelTable:
             self._records.changed(m)
         self._effects.persist()
 
+    def pin(self, name: str, pinned: bool) -> LiveModel:
+        """Pin or unpin a loaded model (no reload). Pinning a downsized model restores it."""
+        m = self._records.get(name)
+        if m is None or m.state in (ModelState.EVICTING, ModelState.UNLOADED):
+            if name not in self._catalog:
+                raise ModelNotFoundError(f"Model '{name}' is not in the catalog", param="model")
+            raise ModelNotFoundError(
+                f"Model '{name}' is not loaded; load it first (pins apply to loaded models)",
+                param="model",
+            )
+        self.set_pin(m, pinned)
+        if pinned and m.state is ModelState.DOWNSIZED:
+            self._effects.spawn(self._restore_quietly(name))
+        return m
+
+    async def _restore_quietly(self, name: str) -> None:
+        try:
+            await self.ensure(name, pinned=None, options=LoadOptions(), given=frozenset(),
+                              reason="pin", explicit=False, count_use=False)
+        except LemonadeError as exc:
+            log.warning("Background reload failed: %s", exc.message)
+
     # ------------------------------------------------------------------ leaving
     async def evict(self, m: LiveModel, reason: EvictReason) -> bool:
         """Evict ``m`` unless rescued (:meth:`Departures.evict`); True when it is gone."""
@@ -224,6 +249,11 @@ class ModelTable:
     async def unload(self, name: str | None) -> None:
         """Explicitly unload one model (pinned too) or all; forget their pins and options."""
         await self._departures.unload(name)
+
+    async def settings_changed(self) -> None:
+        """Wake every waiter to re-check, then shrink the pools to the (new) limit."""
+        self._records.notify_all()
+        await self._departures.shrink()
 
     async def shrink(self) -> None:
         """Evict LRU unpinned models until every pool fits the slots (busy ones when idle)."""
