@@ -1,4 +1,5 @@
-"""A model's record has one writer, by code: only the model table assigns a ``LiveModel`` field.
+"""A model's record has one writer, by code: only the table's records (``core/model_records.py``)
+assign a ``LiveModel`` field.
 
 Every module of the package is parsed; an assignment (plain, augmented, annotated, by tuple
 unpacking, or into a field's item), a mutating call on a field's container
@@ -21,7 +22,7 @@ from lemonade_jupyter.core.live_model import LiveModel
 
 PACKAGE = Path(lemonade_jupyter.__file__).parent
 #: The modules allowed to write a model's record.
-OWNERS = {"core/model_table.py"}
+OWNERS = {"core/model_records.py"}
 #: The record's own methods that change it; only an owner calls them.
 MUTATORS = {"set_state", "touch"}
 #: Methods that change a container in place.
@@ -89,7 +90,7 @@ def test_single_writer_only_the_model_table_writes_a_model_record():
         module = path.relative_to(PACKAGE).as_posix()
         if module not in OWNERS:
             violations += writes(path.read_text(), module)
-    assert violations == [], "writes to a LiveModel outside the model table:\n" + "\n".join(
+    assert violations == [], "writes to a LiveModel outside the table's records:\n" + "\n".join(
         violations)
 
 

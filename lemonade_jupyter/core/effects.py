@@ -10,7 +10,7 @@ it asks through two interfaces, passed once when it is built, instead of a bag o
 * :class:`Effects`: everything else the table and the supervisor ask of the router: its
   settings, the crash-loop guard, whether it is open, saving its state, memory samples, a
   background task, and the report of a backend that exited or stopped answering (the
-  supervisor's crash policy acts on it). The router implements it.
+  supervisor's crash policy acts on it). :class:`~.runtime.RouterRuntime` implements it.
 
 Neither interface knows the router, so no core module imports it (``tests/test_core_layering.py``).
 """

@@ -1,9 +1,9 @@
 """A model the router holds: its slot, state, backend and usage statistics.
 
-A record with one writer: :class:`~.model_table.ModelTable` is the only module that assigns
-its fields or calls its mutating methods (:meth:`LiveModel.set_state`, :meth:`LiveModel.touch`),
-which ``tests/test_single_writer.py`` checks on the source. Planners read it and return
-decisions; the table applies them.
+A record with one writer: :class:`~.model_records.ModelRecords` (the table's records) is the
+only module that assigns its fields or calls its mutating methods (:meth:`LiveModel.set_state`,
+:meth:`LiveModel.touch`), which ``tests/test_single_writer.py`` checks on the source. Planners
+read it and return decisions; the table applies them.
 
 Its pin and load options are views of :class:`~.preferences.ModelPreferences` (one owner;
 a start in progress carries its new options until it succeeds). Derived values are
@@ -63,7 +63,7 @@ class RouterSnapshot:
 
 @dataclass(eq=False)
 class LiveModel:
-    """One slot of a pool. Written only by :class:`~.model_table.ModelTable`, on the router's
+    """One slot of a pool. Written only by :class:`~.model_records.ModelRecords`, on the router's
     event loop.
 
     ``admitted`` is False while a fresh load still waits for a slot; such an entry does not

@@ -17,7 +17,7 @@ The slot count is the ``parallel`` load option, else what the backend said at re
 (``/props`` ``total_slots``); a backend that says nothing is not limited here.
 
 Rules only: this module reads a model and says what may happen; the writes (taking a slot,
-joining and leaving the queue) are :class:`~.model_table.ModelTable`'s, on the router's loop,
+joining and leaving the queue) are :class:`~.model_records.ModelRecords`', on the router's loop,
 and every one of them wakes the model's change signal.
 """
 

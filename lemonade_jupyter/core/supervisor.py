@@ -37,7 +37,7 @@ from .live_model import LiveModel
 from .model_table import ModelTable
 from .options import LoadOptions
 from .preferences import ModelPreferences
-from .watchdog import Watchdog
+from .watchdog import Watchdog, run_every
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,11 @@ class Supervisor:
                 return
 
     # ------------------------------------------------------------------ hangs
+    async def watch(self) -> None:
+        """Forever: a watchdog round (:meth:`check_backends`) every ``watchdog_interval_s``."""
+        await run_every(lambda: self._effects.settings().watchdog_interval_s,
+                        self.check_backends)
+
     async def check_backends(self) -> None:
         """One watchdog round: probe every serving backend, kill those found hung."""
         settings = self._effects.settings()
@@ -145,6 +150,10 @@ class Supervisor:
         self.backend_exited(m, backend)
 
     # ------------------------------------------------------------------ eviction commit
+    def evicting(self) -> bool:
+        """Whether the eviction engine has anything to do (auto-evict or downsize is on)."""
+        return eviction.any_enabled(self._table.snapshots(), self._effects.settings())
+
     async def evaluate_eviction(
         self, pressure: float | Mapping[str, float] | None,
     ) -> list[eviction.Decision]:
