@@ -38,6 +38,7 @@ from ..errors import (
 from . import request_slots
 from .backend import Backend
 from .catalog import Catalog, ModelSpec
+from .context_size import requested_label
 from .decisions import (
     EvictReason, admission, may_downsize, may_evict, pool, retry_victims, shrink_victims,
 )
@@ -50,7 +51,6 @@ from .live_model import LiveModel, ModelSnapshot
 from .memory import MemorySample
 from .memory_sources import ModelMemory
 from .options import LoadOptions
-from .placement import Placement
 from .preferences import ModelPreferences
 from .transitions import Transitions
 
@@ -264,6 +264,7 @@ class ModelTable:
         self._events.emit(
             "reload" if reason in ("crash", "restore") else "load", m.name, reason,
             load_duration_ms=round(m.load_duration_ms, 1), pinned=m.pinned,
+            ctx_size=m.ctx_size, ctx_size_requested=requested_label(m.options.ctx_size),
         )
         self._effects.persist()
 
@@ -280,7 +281,9 @@ class ModelTable:
             raise
         self._install(m, backend)
         self._events.emit(kind.value, m.name, reason,
-                          load_duration_ms=round(m.load_duration_ms, 1), pinned=m.pinned)
+                          load_duration_ms=round(m.load_duration_ms, 1), pinned=m.pinned,
+                          ctx_size=m.ctx_size,
+                          ctx_size_requested=requested_label(m.options.ctx_size))
 
     async def _reload_task(self, m: LiveModel) -> None:
         """Process options changed: a new process in the same slot, pin kept."""
@@ -371,12 +374,12 @@ class ModelTable:
         await self._launcher.probe_engine()  # once per engine binary: what it offloads to
         wanted = await self.fit.resolve_context(m)
         if not self.fit.active():
-            self._apply_plan(m, FitPlan(Placement(), None, wanted))
-            return
-        others = self._others(m)
-        sample = await self._effects.fresh(1.0)
-        self._apply_plan(m, await self.fit.place(m, wanted, others, sample))
-        self.fit.victims(m, others, sample)  # 409 here, before anyone is evicted
+            self._apply_plan(m, await self.fit.place_unchecked(m, wanted))
+        else:
+            others = self._others(m)
+            sample = await self._effects.fresh(1.0)
+            self._apply_plan(m, await self.fit.place(m, wanted, others, sample))
+            self.fit.victims(m, others, sample)  # 409 here, before anyone is evicted
         if m.ctx_size != wanted:
             self._events.emit("context", m.name, "fit", trained=wanted, ctx_size=m.ctx_size)
 
