@@ -259,18 +259,23 @@ class Router:
         return await self._table.ensure(name, pinned=pinned, options=options or LoadOptions(),
                                         given=given, reason=reason, explicit=reason == "load")
 
-    async def acquire(self, name: str, *, slot: bool = True) -> Lease:
+    async def acquire(self, name: str, *, slot: bool = True,
+                      options: LoadOptions | None = None,
+                      given: frozenset[str] = frozenset()) -> Lease:
         """Auto-load ``name`` if needed and take a lease on its backend (one request).
 
         With ``slot`` the lease also takes one of the backend's parallel slots, waiting in the
-        model's queue while all are busy (:mod:`.request_slots`). Raises QueueFullError (429)
-        when ``max_queue`` requests already wait, and whatever loading it raises.
+        model's queue while all are busy (:mod:`.request_slots`). ``options`` (those in
+        ``given``) apply only to a load this call starts: a model already there keeps its own.
+        Raises QueueFullError (429) when ``max_queue`` requests already wait, and whatever
+        loading it raises.
         """
         name = self.resolve(name)
         await self.catalog.ensure_local(name, progress=self.events.emit)  # pulls it if needed
         while True:
-            m = await self._table.ensure(name, pinned=None, options=LoadOptions(),
-                                         given=frozenset(), reason="request", explicit=False)
+            m = await self._table.ensure(name, pinned=None, options=options or LoadOptions(),
+                                         given=given, reason="request", explicit=False,
+                                         new_only=True)
             if slot and not request_slots.has_free_slot(m):
                 def serving(m: LiveModel = m) -> bool:
                     return (self._table.get(name) is m and m.backend is not None
