@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from ..errors import ClientError
+from ..kernel.client import ctx_size
 from .commands import COMMANDS
 from .connect import Refused, Unreachable, UsageError, connect, fail
 
@@ -40,8 +41,8 @@ def add_parsers(sub: Any) -> None:
     load.add_argument("model")
     load.add_argument("--pinned", action="store_true", help="pin it: never evicted "
                       "automatically")
-    load.add_argument("--ctx-size", type=int, help="context size in tokens (-1: the trained "
-                      "one)")
+    load.add_argument("--ctx-size", type=ctx_size, help="context size in tokens, or auto "
+                      "(the default): the trained one capped by what fits")
     load.add_argument("--gpu-layers", type=int, help="layers offloaded to the GPU")
     load.add_argument("--device", help="cpu, auto, a GPU index or indices such as 0,1")
     load.add_argument("--llamacpp-args", help="more llama-server flags (allowlisted), "

@@ -28,19 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+import psutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import InsufficientMemoryError
 from . import placement as placing
-from .context_size import largest_fitting_context, requested_context
+from .context_size import cpu_room_bytes, is_auto, largest_fitting_context, requested_context
 from .decisions import EvictReason, fit, may_evict
 from .engines.llamacpp import DEFAULT_CTX_SIZE
 from .engines.probe import EngineDevice
 from .gguf_facts import read_facts
 from .live_model import LiveModel
 from .memory import DeviceMemory, MemorySample
-from .options import AUTO_CTX_SIZE
 from .memory_sources import ModelMemory, attribute
 from .placement import Placement
 from .settings import RouterSettings
@@ -78,11 +79,11 @@ class FitAdmission:
         return self._offloads() or self._settings().memory_budget_mib is not None
 
     async def resolve_context(self, m: LiveModel) -> int:
-        """The context ``m``'s next start asks for: the ``ctx_size`` option, the default, or
-        for -1 the trained context from the GGUF header (read off the loop); :meth:`place`
-        may lower a -1 to what fits."""
+        """The context ``m``'s next start asks for: the ``ctx_size`` number, or for ``auto``
+        (the default) the trained context from the GGUF header (read off the loop);
+        :meth:`place` or :meth:`place_unchecked` may lower an ``auto`` to what fits."""
         facts = None
-        if m.options.ctx_size == AUTO_CTX_SIZE:
+        if is_auto(m.options.ctx_size):
             try:
                 facts = await asyncio.to_thread(read_facts, m.spec.checkpoint)
             except (OSError, ValueError) as exc:
@@ -90,13 +91,14 @@ class FitAdmission:
                             m.name, DEFAULT_CTX_SIZE, exc)
         return requested_context(m.options.ctx_size, facts)
 
-    async def place(self, m: LiveModel, ctx_size: int | None, others: Sequence[LiveModel],
+    async def place(self, m: LiveModel, ctx_size: int, others: Sequence[LiveModel],
                     sample: MemorySample) -> FitPlan:
         """Choose ``m``'s devices and estimate its need there for a start with ``ctx_size``.
 
-        A ``ctx_size`` option of -1 is capped here to the largest context that fits the room
-        (free memory plus what every model that may go for a fit holds). Nobody is evicted
-        here; :meth:`victims` refuses (409) a need that cannot fit once the plan is applied."""
+        An ``auto`` context is capped here to the largest that fits the room (free memory
+        plus what every model that may go for a fit holds; on the CPU without a budget, the
+        machine's room). Nobody is evicted here; :meth:`victims` refuses (409) a need that
+        cannot fit once the plan is applied."""
         gpus = self._gpus(sample, others)
         offload = self._offloads()
         on_gpu = not placing.choose(m.options, gpus, offload=offload).on_cpu
@@ -104,13 +106,23 @@ class FitAdmission:
         if on_gpu or self._settings().memory_budget_mib is not None:
             need = await self._need(m, ctx_size)
         where = self._choose(m, need, gpus, offload, others)
-        if need is not None and m.options.ctx_size == AUTO_CTX_SIZE:
-            room = self.room(where, others, sample)
-            if room is not None and need > room:
+        if is_auto(m.options.ctx_size):
+            room = self.room(where, others, sample) if need is not None else None
+            if room is not None and need is not None and need > room:
                 ctx_size = await self._cap_context(m, ctx_size, room)
                 need = await self._need(m, ctx_size)
                 where = self._choose(m, need, gpus, offload, others)
+            elif need is None and where.on_cpu:  # the CPU without a budget
+                ctx_size = await self._cap_context(m, ctx_size, await _machine_room())
         return FitPlan(where, need, ctx_size)
+
+    async def place_unchecked(self, m: LiveModel, ctx_size: int) -> FitPlan:
+        """The plan when nothing is checked (an engine that cannot offload, no RAM budget):
+        the CPU, no estimate, and an ``auto`` context capped to the machine's room
+        (:func:`~.context_size.cpu_room_bytes`)."""
+        if is_auto(m.options.ctx_size):
+            ctx_size = await self._cap_context(m, ctx_size, await _machine_room())
+        return FitPlan(Placement(), None, ctx_size)
 
     def _choose(self, m: LiveModel, need: int | None, gpus: tuple[DeviceMemory, ...],
                 offload: bool, others: Sequence[LiveModel]) -> Placement:
@@ -143,15 +155,16 @@ class FitAdmission:
     def _held(key: str, models: Sequence[LiveModel]) -> int:
         return sum(x.held_on(key) for x in models if key in x.devices())
 
-    async def _cap_context(self, m: LiveModel, ctx_size: int | None, room: int) -> int | None:
+    async def _cap_context(self, m: LiveModel, ctx_size: int, room: int) -> int:
+        """``ctx_size`` (an ``auto`` one) capped to what fits ``room`` (:mod:`.context_size`)."""
         try:
             facts = await asyncio.to_thread(read_facts, m.spec.checkpoint)
         except (OSError, ValueError):
             return ctx_size  # no header, no per-token figure: the fit check decides as it is
-        wanted = ctx_size or DEFAULT_CTX_SIZE
-        capped = largest_fitting_context(facts, room, wanted)
-        log.info("%s: trained context %d does not fit in %d MiB; starting with %d",
-                 m.name, wanted, room // MIB, capped)
+        capped = largest_fitting_context(facts, room, ctx_size)
+        if capped != ctx_size:
+            log.info("%s: trained context %d does not fit in %d MiB; starting with %d",
+                     m.name, ctx_size, room // MIB, capped)
         return capped
 
     def room(self, where: Placement, others: Sequence[LiveModel],
@@ -259,6 +272,13 @@ class FitAdmission:
 
     def _reserve_bytes(self) -> int:
         return int(self._settings().gpu_memory_reserve_mib * MIB)
+
+
+async def _machine_room() -> int:
+    """The room of an ``auto`` context on the CPU without a budget: a share of the memory the
+    machine has available now (read in a worker thread: psutil reads /proc)."""
+    available = (await asyncio.to_thread(psutil.virtual_memory)).available
+    return cpu_room_bytes(int(available))
 
 
 def _where(m: LiveModel, key: str) -> str:

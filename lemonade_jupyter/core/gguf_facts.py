@@ -8,15 +8,17 @@ process itself. After a first load the router uses the measured figure instead
 
 Measured on the default model (SmolLM2-135M Q4_1, ``-c 2048``, one thread, CPU build):
 llama-server's own report was 92.10 MiB of weights, 45.00 MiB of KV cache, 15.51 MiB of compute
-buffer and 0.75 MiB of output buffer; the process RSS after loading was 171.5 MiB. Weights and
+buffer and 0.75 MiB of output buffer; the process RSS after loading was 171.5 MiB (329.3 MiB
+with ``-c 8192``, its trained context and the default since ``ctx_size: auto``, estimated at
+341 MiB). Weights and
 KV cache computed here from the header match llama.cpp's figures to the byte; the margin below
 (64 MiB + 5 % of the weights) puts the estimate at 205.7 MiB, 20 % above the RSS: an estimate
 that errs on the side of making room (``tests/core/test_fit.py`` checks the bound with a real
 backend).
 
-Reading a header parses the whole metadata (the tokenizer's vocabulary too: ~0.3 s for the
-default model on an idle core, 2.5 s on a busy one), so the result is cached per file (path,
-size, mtime) and read off the event loop by the caller.
+The header is read by :mod:`.gguf_header` (tens of milliseconds; ``gguf.GGUFReader`` took
+seconds, its tokenizer arrays included), cached per file (path, size, mtime) and read off the
+event loop by the caller.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+
+from .gguf_header import read_header
 
 MIB = 1024 * 1024
 #: Fixed part of the margin: compute and output buffers of small models, the process itself.
@@ -68,28 +72,27 @@ def read_facts(path: str) -> GgufFacts:
 
 @functools.lru_cache(maxsize=256)
 def _read_cached(path: str, _size: int, _mtime_ns: int) -> GgufFacts:
-    import gguf  # imported here: only admission by fit needs it
-
-    reader = gguf.GGUFReader(path)
+    header = read_header(path)  # our own walk of the header: gguf's reader takes seconds
 
     def field(key: str, default: int | None = None) -> int:
-        value = reader.fields.get(key)
+        value = header.metadata.get(key)
         if value is None:
             if default is None:
                 raise ValueError(f"{path}: the GGUF header has no {key}")
             return default
-        return int(value.parts[-1][0])
+        if isinstance(value, str):
+            raise ValueError(f"{path}: the GGUF header's {key} is not a number")
+        return int(value)
 
-    arch_field = reader.fields.get("general.architecture")
-    if arch_field is None:
+    arch = header.metadata.get("general.architecture")
+    if not isinstance(arch, str):
         raise ValueError(f"{path}: the GGUF header names no architecture")
-    arch = bytes(arch_field.parts[-1]).decode()
     n_embd = field(f"{arch}.embedding_length")
     n_head = field(f"{arch}.attention.head_count")
     head_dim = n_embd // max(n_head, 1)
     return GgufFacts(
         architecture=arch,
-        weights_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        weights_bytes=header.tensor_bytes,
         n_layer=field(f"{arch}.block_count"),
         n_head_kv=field(f"{arch}.attention.head_count_kv", n_head),
         key_length=field(f"{arch}.attention.key_length", head_dim),

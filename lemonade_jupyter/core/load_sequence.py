@@ -29,16 +29,16 @@ from ..errors import (
     SlotsPinnedError,
 )
 from .backend import Backend
+from .context_size import requested_label
 from .decisions import EvictReason, admission, pool, retry_victims
 from .departures import Departures
 from .effects import Effects
 from .events import EventLog
-from .fit_admission import FitAdmission, FitPlan
+from .fit_admission import FitAdmission
 from .launcher import BackendLauncher
 from .lifecycle import ModelState, TransitionKind
 from .live_model import LiveModel
 from .model_records import ModelRecords
-from .placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class LoadSequence:
         self._events.emit(
             "reload" if reason in ("crash", "restore") else "load", m.name, reason,
             load_duration_ms=round(m.load_duration_ms, 1), pinned=m.pinned,
+            ctx_size=m.ctx_size, ctx_size_requested=requested_label(m.options.ctx_size),
         )
         self._effects.persist()
 
@@ -100,7 +101,9 @@ class LoadSequence:
             raise
         self._records.install(m, backend)
         self._events.emit(kind.value, m.name, reason,
-                          load_duration_ms=round(m.load_duration_ms, 1), pinned=m.pinned)
+                          load_duration_ms=round(m.load_duration_ms, 1), pinned=m.pinned,
+                          ctx_size=m.ctx_size,
+                          ctx_size_requested=requested_label(m.options.ctx_size))
 
     async def reload(self, m: LiveModel) -> None:
         """Process options changed: a new process in the same slot, pin kept."""
@@ -140,12 +143,12 @@ class LoadSequence:
         await self._launcher.probe_engine()  # once per engine binary: what it offloads to
         wanted = await self._fit.resolve_context(m)
         if not self._fit.active():
-            self._records.apply_plan(m, FitPlan(Placement(), None, wanted))
-            return
-        others = self._records.others(m)
-        sample = await self._effects.fresh(1.0)
-        self._records.apply_plan(m, await self._fit.place(m, wanted, others, sample))
-        self._fit.victims(m, others, sample)  # 409 here, before anyone is evicted
+            self._records.apply_plan(m, await self._fit.place_unchecked(m, wanted))
+        else:
+            others = self._records.others(m)
+            sample = await self._effects.fresh(1.0)
+            self._records.apply_plan(m, await self._fit.place(m, wanted, others, sample))
+            self._fit.victims(m, others, sample)  # 409 here, before anyone is evicted
         if m.ctx_size != wanted:
             self._events.emit("context", m.name, "fit", trained=wanted, ctx_size=m.ctx_size)
 

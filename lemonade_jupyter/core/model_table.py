@@ -105,10 +105,12 @@ class ModelTable:
     # ------------------------------------------------------------------ ensure
     async def ensure(self, name: str, *, pinned: bool | None, options: LoadOptions,
                      given: frozenset[str], reason: str, explicit: bool,
-                     count_use: bool = True) -> LiveModel:
+                     count_use: bool = True, new_only: bool = False) -> LiveModel:
         """Make ``name`` serve (loading, restoring or reloading it) and return its entry.
 
-        ``explicit`` is a user's ``/load``: never refused by the crash-loop guard. Raises
+        ``explicit`` is a user's ``/load``: never refused by the crash-loop guard.
+        ``new_only``: ``options`` apply to a new entry only, never reload a model that is
+        there (an auto-loading request's options). Raises
         ModelNotFoundError, SlotsPinnedError, CoolingDownError, EngineMissingError,
         ModelLoadError, BackendShutdownError.
         """
@@ -154,7 +156,7 @@ class ModelTable:
                 probed = True
                 await self._answers(m)
                 continue
-            merged = m.options.merged(options, given)
+            merged = m.options if new_only else m.options.merged(options, given)
             if merged.process_key() != m.options.process_key():
                 records.set_pending(m, merged)
                 task = records.start_transition(m, TransitionKind.RELOAD, loads.reload(m))

@@ -20,6 +20,8 @@ from .validation import check_number
 class LoadOptions:
     """What a ``/load`` may set for one model; ``None`` means "the default"."""
 
+    #: Tokens of context; None: ``auto``, the trained context capped by what fits
+    #: (:mod:`.context_size`). ``"auto"`` and -1 parse to None.
     ctx_size: int | None = None
     llamacpp_args: str = ""
     auto_evict: bool | None = None
@@ -56,8 +58,11 @@ class LoadOptions:
 #: Bounds of ``ctx_size`` (tokens).
 MIN_CTX_SIZE = 64
 MAX_CTX_SIZE = 1 << 20
-#: ``ctx_size: -1``: the context the model was trained with (its GGUF header), capped by what
-#: fits in memory where admission by fit checks it (:mod:`.context_size`).
+#: ``ctx_size: "auto"`` (the default): the context the model was trained with (its GGUF
+#: header), capped by what fits (:mod:`.context_size`). ``-1`` is the same, kept for clients
+#: that send a number; both are stored as None, the default, so that asking for ``auto``
+#: explicitly does not reload a model that runs with it.
+AUTO_CTX_LABEL = "auto"
 AUTO_CTX_SIZE = -1
 #: More layers than any model has: "all of them".
 MAX_GPU_LAYERS = 10_000
@@ -108,18 +113,20 @@ def parse_load_options(body: Mapping[str, Any], *, args_policy: ArgsPolicy = STR
     return LoadOptions(**values), frozenset(given)
 
 
-def _check_ctx_size(value: Any) -> int:
-    """A context length in tokens, or -1 for the model's trained context."""
-    if value == AUTO_CTX_SIZE and isinstance(value, int) and not isinstance(value, bool):
-        return AUTO_CTX_SIZE
+def _check_ctx_size(value: Any) -> int | None:
+    """A context length in tokens, or None for ``"auto"`` (or -1): the trained context capped
+    by what fits."""
+    if value == AUTO_CTX_LABEL or (value == AUTO_CTX_SIZE and isinstance(value, int)
+                                   and not isinstance(value, bool)):
+        return None
     try:
         return int(check_number("ctx_size", value, minimum=MIN_CTX_SIZE,
                                 maximum=MAX_CTX_SIZE, integer=True))
     except InvalidRequestError:
         raise InvalidRequestError(
             f"Parameter 'ctx_size' must be an integer between {MIN_CTX_SIZE} and "
-            f"{MAX_CTX_SIZE}, or -1 for the context the model was trained with",
-            param="ctx_size") from None
+            f"{MAX_CTX_SIZE}, or \"auto\" (also -1) for the context the model was trained "
+            "with, capped by what fits", param="ctx_size") from None
 
 
 def _check_device(value: Any) -> str | tuple[int, ...] | None:

@@ -69,14 +69,17 @@ class RequestLeases:
             except LemonadeError as exc:
                 log.warning("Could not restore %s at start: %s", name, exc.message)
 
-    async def acquire(self, name: str, *, slot: bool) -> Lease:
+    async def acquire(self, name: str, *, slot: bool, options: LoadOptions | None = None,
+                      given: frozenset[str] = frozenset()) -> Lease:
         """Pull and load ``name`` if needed and take a lease on its backend (and, with
-        ``slot``, a parallel slot). Raises QueueFullError (429) when ``max_queue`` requests
-        already wait, and whatever loading raises."""
+        ``slot``, a parallel slot). ``options`` (those in ``given``) apply only to a load this
+        call starts: a model already there keeps its own. Raises QueueFullError (429) when
+        ``max_queue`` requests already wait, and whatever loading raises."""
         await self._catalog.ensure_local(name, progress=self._events.emit)
         while True:
-            m = await self._table.ensure(name, pinned=None, options=LoadOptions(),
-                                         given=frozenset(), reason="request", explicit=False)
+            m = await self._table.ensure(name, pinned=None, options=options or LoadOptions(),
+                                         given=given, reason="request", explicit=False,
+                                         new_only=True)
             if slot and not request_slots.has_free_slot(m):
                 def serving(m: LiveModel = m) -> bool:
                     return (self._table.get(name) is m and m.backend is not None

@@ -189,11 +189,16 @@ class Router:
         return await self._leases.load(self.resolve(name), pinned=pinned, options=options,
                                        given=given, reason=reason)
 
-    async def acquire(self, name: str, *, slot: bool = True) -> Lease:
+    async def acquire(self, name: str, *, slot: bool = True,
+                      options: LoadOptions | None = None,
+                      given: frozenset[str] = frozenset()) -> Lease:
         """Auto-load ``name`` if needed and take a lease on its backend (one request); with
-        ``slot`` also one of its parallel slots, queueing while all are busy. Raises
-        QueueFullError (429) beyond ``max_queue`` waiting requests, and what loading raises."""
-        return await self._leases.acquire(self.resolve(name), slot=slot)
+        ``slot`` also one of its parallel slots, queueing while all are busy. ``options``
+        (those in ``given``) shape a load this call starts, never a model already there.
+        Raises QueueFullError (429) beyond ``max_queue`` waiting requests, and what loading
+        raises."""
+        return await self._leases.acquire(self.resolve(name), slot=slot, options=options,
+                                          given=given)
 
     def release(self, lease: Lease, *, ok: bool = True) -> None:
         """End a lease; ``ok`` means the backend answered, which ends a crash streak."""

@@ -26,7 +26,16 @@ from ..api_paths import ROUTE_PREFIX
 from ..errors import ClientError
 from .wire import HTTPX_ERRORS, error_from_response, iter_sse, local_error, map_http_errors
 
-__all__ = ["HTTPX_ERRORS", "RouterClient", "iter_sse", "map_http_errors"]
+__all__ = ["HTTPX_ERRORS", "RouterClient", "ctx_size", "iter_sse", "map_http_errors"]
+
+
+def ctx_size(text: str) -> int | str:
+    """A ``--ctx-size`` argument (the magic's and the command line's): ``auto`` (the trained
+    context capped by what fits) or a number of tokens, as the load route takes it. Named for
+    argparse, whose error then reads "invalid ctx_size value"."""
+    if text == "auto":
+        return text
+    return int(text)
 
 
 class RouterClient:

@@ -15,6 +15,8 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 
+from .client import ctx_size
+
 __all__ = ["build_parser", "looks_like_hub_checkpoint", "parse_value", "split_chat"]
 
 
@@ -30,7 +32,9 @@ def build_parser() -> MagicArgumentParser:
         default=None,
         help="pin it (--no-pinned unpins); omitted keeps the current pin",
     )
-    load.add_argument("--ctx-size", type=int, default=None, help="context size in tokens")
+    load.add_argument("--ctx-size", type=ctx_size, default=None,
+                      help="context size in tokens, or auto (the default): the trained "
+                      "context capped by what fits")
     load.add_argument(
         "--auto-evict",
         action=argparse.BooleanOptionalAction,

@@ -113,7 +113,7 @@ class LemonadeMagics(Magics):
 
         Usage::
 
-          %lemonade load MODEL [--pinned] [--ctx-size N|-1] [--auto-evict | --no-auto-evict]
+          %lemonade load MODEL [--pinned] [--ctx-size N|auto] [--auto-evict | --no-auto-evict]
                                [--llamacpp-args "..."] [--downsize-idle-timeout S]
                                [--evict-idle-timeout S] [--evict-weight-factor F]
                                [--parallel N] [--max-queue N]
@@ -210,9 +210,10 @@ class LemonadeMagics(Magics):
         return None
 
     def _do_load(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Message:
-        if args.ctx_size is not None and args.ctx_size <= 0 and args.ctx_size != -1:
-            raise UsageError("--ctx-size must be a positive number of tokens, or -1 for the "
-                             "context the model was trained with")
+        if isinstance(args.ctx_size, int) and args.ctx_size <= 0 and args.ctx_size != -1:
+            raise UsageError("--ctx-size must be a positive number of tokens, or auto (also "
+                             "-1) for the context the model was trained with, capped by what "
+                             "fits")
         client = self.client
         health = client.health()
         warning = pinned_slots_warning(

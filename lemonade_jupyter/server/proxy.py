@@ -16,6 +16,9 @@ comments keep the connection alive while a cold load or a long prefill keeps it 
 client that goes away cancels the pump, which closes the backend request so llama-server stops
 generating.
 
+Load options in the body (``ctx_size``, ``llamacpp_args``) are taken out before it goes to the
+engine and apply only when the request auto-loads its model (``request_load_options.py``).
+
 Backend death: a non-streaming request is replayed once on a reloaded backend; a stream is
 replayed only if no data reached the client yet, else it ends with an SSE error event.
 
@@ -28,12 +31,14 @@ A streaming chat request that waits for a cold load may tell the load's progress
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ..core.engine_flags import args_policy
 from ..core.events import Event
 from ..core.lifecycle import ModelState
 from ..core.remote import RemoteModel
@@ -48,6 +53,8 @@ from .openai_checks import check_request
 from .relay import AnswerRelay
 from .remote_proxy import RemoteForwarder, check_remote_request
 from .remote_upstream import RemoteUpstream
+from .request_load_options import HEADER as LOAD_OPTIONS_HEADER
+from .request_load_options import RequestLoadOptions, take_load_options
 from .upstream import UpstreamPool, UpstreamResponse
 
 #: Default seconds of silence before a ``: ping`` comment (c.LemonadeApp.sse_ping_interval_s).
@@ -65,6 +72,8 @@ class OpenAIProxyHandler(LemonadeHandler):
         self.upstream_path = route.path
         #: What goes to the engine: the client's body, or it with the default length.
         self._engine_body = b""
+        #: Load options the body carried, for a load this request causes.
+        self._load = RequestLoadOptions()
         self._pump: asyncio.Task[None] | None = None
         self.relay = AnswerRelay(
             self, float(self.settings.get("lemonade_ping_interval_s", DEFAULT_PING_INTERVAL_S)),
@@ -110,9 +119,12 @@ class OpenAIProxyHandler(LemonadeHandler):
             else:
                 await remote.plain(target, body)
             return
+        # Load options (400 if bad) leave the body: the engine never sees them.
+        self._load, body = take_load_options(body, args_policy(self.router.settings))
+        raw = json.dumps(body).encode() if self._load.given else self.request.body
         # Unknown model (404) or a body it cannot serve (400): refused before any auto-load.
         check_request(self.upstream_path, self.router.catalog.get(target.name), body)
-        self._engine_body = body_for_engine(self.route, body, self.request.body,
+        self._engine_body = body_for_engine(self.route, body, raw,
                                             self.router.settings.default_n_predict)
         if streams:
             await self._pumped(self._stream(model))
@@ -159,8 +171,16 @@ class OpenAIProxyHandler(LemonadeHandler):
         )
 
     async def _acquire(self, model: str) -> Lease:
-        """A lease for this route: with one of the backend's slots, or none (tokenizing)."""
-        return await self.router.acquire(model, slot=self.route.uses_slot)
+        """A lease for this route: with one of the backend's slots, or none (tokenizing).
+
+        The request's load options apply if it auto-loads the model; the answer says what
+        the model runs with, unless a stream's headers already went out (while it waited
+        for that very load, which then ran with them)."""
+        lease = await self.router.acquire(model, slot=self.route.uses_slot,
+                                          options=self._load.options, given=self._load.given)
+        if self._load.given and not self.relay.headers_sent:
+            self.set_header(LOAD_OPTIONS_HEADER, self._load.running(lease.backend.options))
+        return lease
 
     async def _acquire_with_pings(self, model: str) -> Lease:
         """Acquire a lease; if that takes long (cold load, a full model), commit SSE headers

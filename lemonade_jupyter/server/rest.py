@@ -12,6 +12,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..core.engine_flags import args_policy
+from ..core.context_size import requested_label
 from ..core.options import parse_load_options
 from ..core.remote import RemoteModel
 from ..core.router import Router
@@ -97,6 +98,9 @@ class LoadHandler(LemonadeHandler):
                 "checkpoint": m.spec.checkpoint,
                 "recipe": m.spec.recipe,
                 "pinned": m.pinned,
+                # The context it runs with, and what was asked for ("auto" by default).
+                "ctx_size": m.ctx_size,
+                "ctx_size_requested": requested_label(m.options.ctx_size),
             }
         )
 

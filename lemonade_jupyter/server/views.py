@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.context_size import requested_label
 from ..core.engines.llamacpp import DEFAULT_CTX_SIZE, EngineInfo
 from ..core.live_model import LiveModel
 from ..core.memory import MemorySample
@@ -47,8 +48,9 @@ def model_view(m: LiveModel, engine: EngineInfo | None = None) -> dict[str, Any]
                              [*m.memory.gpu.items(), ("cpu", m.memory.ram)]},
         "memory_source": m.memory.sources(),
         "estimate_bytes": m.estimate_bytes,
-        # The context its backend runs with (a ctx_size of -1 resolved).
+        # The context its backend runs with ("auto" resolved), and what was asked for.
         "ctx_size": (backend.options.ctx_size or DEFAULT_CTX_SIZE) if backend else None,
+        "ctx_size_requested": requested_label(m.options.ctx_size),
         "engine": engine.to_json() if engine else None,
     }
 

@@ -32,13 +32,13 @@ async def test_fit_estimate_from_the_gguf_header_is_above_the_measured_rss_by_a_
     catalog, make_router
 ):
     facts = read_facts(default_model_path())
-    estimate = facts.estimate_bytes(2048)  # the router's default context
     async with make_router(catalog) as router:
-        await router.load("user.m1")
+        ctx = (await router.load("user.m1")).ctx_size  # the default: auto, the trained 8192
         rss = await measured_rss(router, "user.m1")
+    estimate = facts.estimate_bytes(ctx)
     write_artifact("fit_estimate.json", {
-        "weights_mib": round(facts.weights_bytes / MIB, 2),
-        "kv_cache_mib": round(facts.kv_cache_bytes(2048) / MIB, 2),
+        "ctx_size": ctx, "weights_mib": round(facts.weights_bytes / MIB, 2),
+        "kv_cache_mib": round(facts.kv_cache_bytes(ctx) / MIB, 2),
         "estimate_mib": round(estimate / MIB, 1), "measured_rss_mib": round(rss / MIB, 1),
         "estimate_over_measured": round(estimate / rss, 3),
     })

@@ -41,7 +41,7 @@ def test_magics_help_is_the_docstring(ip: InteractiveShell, fake_magics: Lemonad
     [
         ("frob", "unknown command 'frob'"),
         ("load", "the following arguments are required: model"),
-        ("load m --ctx-size x", "invalid int value"),
+        ("load m --ctx-size x", "invalid ctx_size value"),
         ("load m --ctx-size 0", "--ctx-size must be a positive"),
         ("config max_loaded_models", "expected key=value"),
         ("pull n /no/such/file.gguf", "no such file"),
@@ -296,6 +296,15 @@ def test_magics_load_takes_ctx_size_minus_one(
     assert _calls_last(fake, "api/v1/load") == {"model_name": DEFAULT, "ctx_size": -1}
     with pytest.raises(UsageError, match="-1"):
         ip.run_line_magic("lemonade", f"load {DEFAULT} --ctx-size -2")
+
+
+def test_magics_load_takes_ctx_size_auto(
+    ip: InteractiveShell, fake: FakeRouter, fake_magics: LemonadeMagics
+) -> None:
+    ip.run_line_magic("lemonade", f"load {DEFAULT} --ctx-size auto")
+    assert _calls_last(fake, "api/v1/load") == {"model_name": DEFAULT, "ctx_size": "auto"}
+    with pytest.raises(UsageError, match="invalid ctx_size value"):
+        ip.run_line_magic("lemonade", f"load {DEFAULT} --ctx-size automatic")
 
 
 def _calls_last(fake: FakeRouter, path: str) -> object:

@@ -1,5 +1,6 @@
-"""``ctx_size: -1`` through a real Jupyter server: the model runs with the context it was
-trained with (its GGUF header), which ``/health`` shows and llama-server's ``/props`` confirms.
+"""``ctx_size: -1`` (a synonym of ``auto``) through a real Jupyter server: the model runs with
+the context it was trained with (its GGUF header), which ``/health`` shows and llama-server's
+``/props`` confirms. ``test_ctx_auto.py`` covers ``auto`` itself, the default.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ async def test_ctx_size_minus_one_loads_the_trained_context(api, lemonade, defau
     answer = await api.post(f"{API}/load", {"model_name": DEFAULT_MODEL, "ctx_size": -1})
     assert answer.code == 200, answer.body
     [entry] = (await api.health())["all_models_loaded"]
-    assert entry["ctx_size"] == trained
-    assert entry["recipe_options"] == {"ctx_size": -1}  # what was asked for, kept for reloads
+    assert entry["ctx_size"] == trained and entry["ctx_size_requested"] == "auto"
+    assert entry["recipe_options"] == {}  # -1 is auto, the default: resolved at every load
     # The backend itself says so (its key from the router, as only the router has it).
     async with httpx.AsyncClient(timeout=10) as http:
         backend = f"{entry['backend_url']}/props"
@@ -28,8 +29,8 @@ async def test_ctx_size_minus_one_loads_the_trained_context(api, lemonade, defau
     assert props.status_code == 200, props.text
     assert props.json()["default_generation_settings"]["n_ctx"] == trained
 
-    # A plain load shows the default context.
+    # A plain load is the same: no reload (the same process).
     await api.load(DEFAULT_MODEL, ctx_size=None)
-    [entry] = (await api.health())["all_models_loaded"]
-    assert entry["ctx_size"] == 2048 and entry["recipe_options"] == {}
+    [again] = (await api.health())["all_models_loaded"]
+    assert again["ctx_size"] == trained and again["pid"] == entry["pid"]
 

@@ -9,6 +9,7 @@ from tests.helpers.http import API
 MODEL_KEYS = {
     "model_name", "checkpoint", "type", "recipe", "recipe_options", "pinned", "status", "pid",
     "backend_url", "last_use", "load_duration_ms", "memory_bytes", "is_busy", "device",
+    "ctx_size", "ctx_size_requested",
 }
 
 
@@ -29,6 +30,8 @@ async def test_health_shape_with_a_loaded_pinned_model(api, default_model_name, 
         "checkpoint": default_model_file,
         "recipe": "llamacpp",
         "pinned": True,
+        "ctx_size": 8192,  # auto: the default model's trained context
+        "ctx_size_requested": "auto",
     }
     health = await api.health()
     assert health["status"] == "ok"

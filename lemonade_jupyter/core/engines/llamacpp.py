@@ -27,6 +27,9 @@ __all__ = ["DEFAULT_CTX_SIZE", "INSTALL_HINT", "LOOPBACK", "EngineInfo", "LlamaC
            "find_engine", "find_llama_server"]
 
 INSTALL_HINT = INSTALL_COMMAND
+#: The context when the trained one is unknown (a header that cannot be read or names none),
+#: and the floor of ``ctx_size: auto`` (:mod:`..context_size`). A start always passes the
+#: context the router resolved; this is the engine's fallback for a caller that did not.
 DEFAULT_CTX_SIZE = 2048
 
 
