@@ -162,7 +162,7 @@ async def test_at_most_warm_streams_connections_are_kept_per_backend():
 
 async def test_a_kept_connection_the_backend_closed_is_dropped_and_never_used():
     async with _backend() as seen:
-        pool = UpstreamPool()
+        pool = UpstreamPool(idle_s=60)  # not dropped for being idle while the test runs
         await _stream(pool, seen.port)
         await _kept(pool, seen.port)
         seen.close_unused()  # llama-server's keep-alive timeout, or its exit
@@ -261,6 +261,7 @@ async def test_streams_through_the_proxy_take_connections_opened_ahead_and_unloa
     assert live is not None and live.backend is not None
     port = live.backend.port
     pool = lemonade.services.upstream
+    pool.warm.idle_s = 60.0  # kept until the backend goes (not dropped for being idle)
     body = {"model": default_model_name, "messages": [{"role": "user", "content": "Hi"}],
             "max_tokens": 5, "stream": True, "x_tokens_per_s": 1e6}
     async with httpx.AsyncClient(timeout=60) as http:
