@@ -68,9 +68,8 @@ class WarmConnections:
         self._idle: dict[Key, deque[tuple[ResponseHandler, asyncio.TimerHandle]]] = {}
         self._opening: dict[Key, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Connections handed out warm, and opened ahead (what tests and benchmarks read).
+        #: Streams that found a connection kept for them (a running count).
         self.used = 0
-        self.opened = 0
 
     def count(self, key: Key | None = None) -> int:
         """Idle connections kept (for one backend, or for all): a snapshot."""
@@ -123,7 +122,6 @@ class WarmConnections:
             self._opening[key] -= 1
             if not self._opening[key]:
                 del self._opening[key]
-        self.opened += 1
         self._keep(key, proto)
 
     def _keep(self, key: Key, proto: ResponseHandler) -> None:
