@@ -239,7 +239,10 @@ async def test_an_opening_that_fails_is_dropped_quietly():
 
 # ---------------------------------------------------------------- through a real Jupyter server
 @pytest.fixture
-def lemonade_traits(tmp_path) -> dict[str, Any]:
+def lemonade_traits(request, tmp_path) -> dict[str, Any]:
+    """The real llama-server, or (parametrized ``"stand-in"``) the benchmarks' stand-in."""
+    if getattr(request, "param", None) != "stand-in":
+        return {}
     path = tmp_path / "fast-upstream-server"
     path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STAND_IN}" "$@"\n')
     path.chmod(0o755)
@@ -253,6 +256,7 @@ def _sockets_at(local: tuple[str, int]) -> list[Any]:
             if c.laddr and (c.laddr.ip, c.laddr.port) == local]
 
 
+@pytest.mark.parametrize("lemonade_traits", ["stand-in"], indirect=True)
 async def test_streams_through_the_proxy_take_connections_opened_ahead_and_unload_closes_them(
     lemonade, api, server_url, token, default_model_name
 ):
@@ -280,3 +284,24 @@ async def test_streams_through_the_proxy_take_connections_opened_ahead_and_unloa
     # The backend's exit closes the kept connection: dropped, its socket closed (no fd left).
     await wait_until(lambda: pool.warm.count() == 0 and not _sockets_at(local),
                      timeout=30, what="the kept connection to close with its backend")
+
+
+async def test_llama_server_answers_streams_on_connections_opened_ahead(
+    lemonade, api, server_url, token, default_model_name
+):
+    """The real engine: a connection it accepted earlier, with no request yet, carries the next
+    stream whole (llama-server waits for a request on it, and closes it after the stream)."""
+    await api.load(default_model_name)
+    live = lemonade.router.get_live(default_model_name)
+    assert live is not None and live.backend is not None
+    pool = lemonade.services.upstream
+    body = {"model": default_model_name, "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4, "stream": True}
+    async with httpx.AsyncClient(timeout=120) as http:
+        for _ in range(3):
+            r = await http.post(f"{server_url}{API}/chat/completions", json=body,
+                                headers={"Authorization": f"token {token}"})
+            assert r.status_code == 200 and r.content.endswith(b"data: [DONE]\n\n")
+            assert b'"error"' not in r.content
+            await _kept(pool, live.backend.port)
+    assert pool.warm.used == 2
