@@ -30,8 +30,10 @@ aiohttp does. aiohttp's own keep-alive pool cannot do this: it never opens a con
 request, has no way to drop one backend's connections, and a stream's connection must never go
 back into it. What is kept here is bounded and never stale:
 
-* at most ``per_backend`` connections per backend, counting those being opened (each idle one
-  holds an HTTP thread of llama-server, which has a few);
+* at most ``per_backend`` connections per backend, counting those being opened: each idle one
+  holds one of llama-server's HTTP threads (the prebuilt engine here, 1 thread, default
+  ``--parallel``, stopped answering ``/health`` with 9 idle connections open, until its 5 s
+  keep-alive closed them), so the setting is capped at 4;
 * a connection is kept ``idle_s`` at most (below llama-server's 5 s keep-alive), then closed;
 * a connection the backend closed (it stopped, was evicted, or timed it out) is dropped the
   moment its end closes, and never handed out; the race of one closed just as a request went on
