@@ -4,16 +4,16 @@ Why: llama-server closes the connection after every stream (while its answer adv
 keep-alive), so each stream through the proxy needed a new TCP connection, opened while the
 client waited for its first token. Profiled in the Jupyter server (timestamps in the handler and
 in aiohttp against the client's send, one clock; 16-token streams at 1,000 tokens/s from
-``benchmarks/fast_upstream.py``, one at a time, 200 per run, on the shared 2-core machine of
-``benchmarks/RESULTS.md``), medians: the handler's ``prepare`` starts 0.47 ms after the send
-(tornado reading the request), ``post`` 0.35 ms later (Jupyter's authentication), the lease is
-held 0.18 ms after that (JSON checks, the router's slot accounting), aiohttp asks for a
-connection 0.12 ms later, and opening it took 0.25–0.31 ms (0.8 ms in an earlier run of section
-7); writing the request takes 0.05 ms, then the backend's headers and first chunk arrive, and
-the client reads the chunk about 0.2 ms after the proxy has it. Only the connection does not
-need the request, so it is opened before the request comes. The backend's address is an IP
-literal, which aiohttp never resolves; the other steps are Jupyter's or a few hundredths of a
-millisecond each.
+``benchmarks/fast_upstream.py``, one at a time, 200-300 per run, on a shared 2-core machine;
+``benchmarks/RESULTS.md``, "The next stream's connection opened ahead"), medians: the handler's
+``prepare`` starts 0.47-0.68 ms after the send (tornado reading the request), ``post`` 0.35-0.46
+ms later (Jupyter's authentication), the lease is held 0.18-0.27 ms after that (JSON checks, the
+router's slot accounting), aiohttp asks for a connection 0.12-0.16 ms later, and opening it took
+0.25-0.38 ms (0.8 ms in an earlier profile); writing the request takes 0.05 ms, then the
+backend's headers and first chunk arrive, and the client reads the chunk about 0.2 ms after the
+proxy has it. Only the connection does not need the request, so it is opened before the request
+comes. The backend's address is an IP literal, which aiohttp never resolves; the other steps are
+Jupyter's or a few hundredths of a millisecond each.
 
 When: as a stream ends, its backend gets one connection opened for the next stream (this
 module), which that stream's connect takes (:class:`StreamConnector`). Opening it earlier, as
