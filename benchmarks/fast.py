@@ -13,6 +13,11 @@ per stream and concurrency 1, 16 and 64; the Jupyter server's CPU per streamed t
 first token; a plain request's latency; and what one core of the Jupyter server sustains:
 tokens per second of its CPU time while 64 streams at 4,000 tokens/s ask far more than it can
 relay (at that point every core-second it gets goes into relaying).
+
+The time to first token has a third arm, in the same rotation: a second Jupyter server with
+``warm_stream_connections = 0``, whose streams each connect to the backend themselves, as every
+stream did before the proxy opened the next stream's connection ahead (``warm_connections.py``).
+Its row shows what that saves, measured side by side on the same machine and load.
 """
 
 from __future__ import annotations
@@ -80,22 +85,25 @@ class _Side:
                 "reads_per_token": sum(r.reads for r in results) / tokens}
 
 
-async def _streaming(ctx: Context, direct: _Side, routed: _Side, configs: list[tuple[int, int]]
+async def _streaming(ctx: Context, direct: _Side, routed: _Side, connecting: _Side,
+                     configs: list[tuple[int, int]]
                      ) -> dict[tuple[int, int], dict[str, list[dict[str, Any]]]]:
     out: dict[tuple[int, int], dict[str, list[dict[str, Any]]]] = {}
     sides = {"direct": direct, "router": routed}
+    first = {**sides, "connecting": connecting}
     for _ in range(2 if ctx.smoke else 20):  # warm-up: connections, first-request paths
-        for side in sides.values():
+        for side in first.values():
             await side.batch(_body(50, 5000), 4)
-    # Time to first token: many short streams, alternating, each after one to the other side.
+    # Time to first token: many short streams, rotating, each after one to another side.
     reps = ctx.reps(Reps(100, 300, 25), Reps(10, 10, 0))
-    ttft: dict[str, list[dict[str, Any]]] = {"direct": [], "router": []}
+    ttft: dict[str, list[dict[str, Any]]] = {name: [] for name in first}
+    names = list(first)
     started = time.monotonic()
     for i in range(reps.max):
         if i >= reps.min and time.monotonic() - started > reps.budget_s:
             break
-        for name in (list(sides) if i % 2 == 0 else list(sides)[::-1]):
-            ttft[name].append(await sides[name].batch(_body(16, TARGET_RATE), 1))
+        for name in names[i % 3:] + names[:i % 3]:
+            ttft[name].append(await first[name].batch(_body(16, TARGET_RATE), 1))
     out[(0, 0)] = ttft
     for rate, concurrency in configs:
         body = _body(_tokens(rate, concurrency, ctx.smoke), rate)
@@ -134,35 +142,42 @@ def run_fast(ctx: Context) -> None:
     root = ctx.tmp / "fast"
     root.mkdir(parents=True, exist_ok=True)
     bare = FastUpstream(root)
-    server = JupyterServer(root, {
-        "llama_server_path": FastUpstream.launcher(root), "max_loaded_models": -1,
-        "restore_on_start": False, "memory_sample_interval_s": 3600,
-    }, name="jupyter-fast")
+    traits = {"llama_server_path": FastUpstream.launcher(root), "max_loaded_models": -1,
+              "restore_on_start": False, "memory_sample_interval_s": 3600}
+    server = JupyterServer(root, traits, name="jupyter-fast")
+    # The same, each stream connecting to its backend itself (no connection opened ahead).
+    (root / "connecting").mkdir(exist_ok=True)
+    connecting = JupyterServer(root / "connecting", {**traits, "warm_stream_connections": 0},
+                               name="jupyter-fast-connecting")
     left: list[int] = []
     try:
         bare.start()
-        server.start()
-        with httpx.Client(timeout=60) as client:
-            r = client.post(server.api("api/v1/load"), headers=server.headers,
-                            json={"model_name": DEFAULT_MODEL})
-            if r.status_code != 200:
-                raise BenchmarkError(f"/load failed: {r.status_code} {r.text[:300]}")
+        for one in (server, connecting):
+            one.start()
+            with httpx.Client(timeout=60) as client:
+                r = client.post(one.api("api/v1/load"), headers=one.headers,
+                                json={"model_name": DEFAULT_MODEL})
+                if r.status_code != 200:
+                    raise BenchmarkError(f"/load failed: {r.status_code} {r.text[:300]}")
         time.sleep(2)  # let the server's own start-up work (extensions, the load) settle
         direct = _Side(StreamClient(bare.port, bare.headers, reuse=False),
                        "/v1/chat/completions", bare.pid)
         routed = _Side(StreamClient(server.port, server.headers), _path(server, CHAT),
                        server.pid)
+        routed_connecting = _Side(StreamClient(connecting.port, connecting.headers),
+                                  _path(connecting, CHAT), connecting.pid)
         configs = ([(TARGET_RATE, TARGET_C)] if ctx.smoke else
                    [(r, c) for c in CONCURRENCY for r in RATES])
         stand_in = bare.stats()
         with _profiled(ctx, server, "streaming"):
-            got = asyncio.run(_streaming(ctx, direct, routed, configs))
+            got = asyncio.run(_streaming(ctx, direct, routed, routed_connecting, configs))
         stand_in = {k: v - stand_in.get(k, 0) for k, v in bare.stats().items()}
+        left += connecting.stop()
         with _profiled(ctx, server, "plain"):
             _plain(ctx, server, bare)
     finally:
         bare.stop()
-        left = server.stop()
+        left += connecting.stop() + server.stop()
     if left:
         raise BenchmarkError(f"backends left running after the server stopped: {left}")
     ttft = got.pop((0, 0))
@@ -171,8 +186,14 @@ def run_fast(ctx: Context) -> None:
     ctx.add(Row(S7, f"time to first token, {TARGET_RATE} tok/s, c=1", "ms", "direct",
                 _flat(ttft["direct"], "ttft_ms"), "router", _flat(ttft["router"], "ttft_ms"),
                 "median", Target("max_diff", 1.5, "≤ +1.5 ms"),
-                note="16-token streams, one at a time, direct and router alternating; "
+                note="16-token streams, one at a time, direct and the two routers rotating; "
                      "request sent to first token read"))
+    ctx.add(Row(S7, f"time to first token, {TARGET_RATE} tok/s, c=1: connection opened ahead",
+                "ms", "router, each stream connecting (warm_stream_connections = 0)",
+                _flat(ttft["connecting"], "ttft_ms"), "router (connection opened ahead)",
+                _flat(ttft["router"], "ttft_ms"), "median",
+                note="the same streams, in the same rotation: a second Jupyter server whose "
+                     "streams each open their backend connection"))
     ctx.add(Row(S7, "Jupyter server CPU per short stream", "ms", "the stand-in's process "
                 "(direct)", [b["cpu_ms_per_token"] * b["tokens"] for b in ttft["direct"]],
                 "Jupyter server process (router)",

@@ -121,5 +121,8 @@ c.LemonadeApp.sse_ping_interval_s = 2.0
 # A streaming chat request that waits for a cold load first gets the load's progress as
 # reasoning_content chunks (chat UIs show it as the model thinking).
 c.LemonadeApp.stream_loading_state = False
+# Connections to each busy backend opened ahead of its next stream (llama-server closes the
+# connection after every stream); 0: every stream connects itself.
+c.LemonadeApp.warm_stream_connections = 1
 # Jupyter's own /metrics (which also carries the lemonade_* series) wants a login by default.
 c.ServerApp.authenticate_prometheus = True

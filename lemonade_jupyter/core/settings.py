@@ -309,6 +309,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream_loading_state", bool, False, scope=SERVER,
             help="Tell a streaming chat request that waits for a cold load the load's progress, "
             "as reasoning content before the answer (chat UIs show it as the model thinking)."),
+    Setting("warm_stream_connections", int, 1, minimum=0, maximum=4, scope=SERVER,
+            help="Connections to each busy local backend opened ahead of its next stream (as a "
+            "stream ends; closed after 3 s unused), so a stream does not wait for a TCP connect "
+            "(llama-server closes the connection after every stream). Each holds one of "
+            "llama-server's few HTTP threads while it waits (--parallel + 2 at least), hence "
+            "the small cap. 0: every stream connects itself."),
     # -- node mode: one router for every user of a JupyterHub (server/node.py) ---------------
     Setting("node_model_folders", tuple, (),
             item=(_is_absolute_path, "an absolute path"),

@@ -93,5 +93,6 @@ def build_services(
     owners = OwnerRegistry(data_dir if keep_state else None)
     router.events.add_listener(owners.on_event)
     router.events.owner_of = owners.get
-    return Services(router, UpstreamPool(), RemoteUpstream(), options, owners,
+    return Services(router, UpstreamPool(warm_streams=options.warm_stream_connections),
+                    RemoteUpstream(), options, owners,
                     node_mode=options.node_mode)

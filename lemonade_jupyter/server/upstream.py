@@ -23,7 +23,11 @@ says what its errors mean:
   the request. aiohttp resends by itself only for idempotent methods, and these are POSTs.
 * A stream goes on a connection of its own, closed at its end: llama-server closes the
   connection after a stream although its answer advertises keep-alive, so one put back in the
-  pool would fail the next request.
+  pool would fail the next request. That connection is opened ahead: as a stream ends, one is
+  opened for the backend's next stream (``warm_connections.py``: at most ``warm_streams`` per
+  backend, dropped once idle for ``idle_s`` or closed by the backend), so a stream does not
+  wait for a TCP connect; one the backend closed just as the stream went on it is resent once,
+  on a fresh connection, as for plain requests.
 * Backpressure is aiohttp's: its reader stops reading the socket while more than twice
   ``read_bufsize`` bytes wait to be taken, so a client that reads slowly slows the backend down
   instead of filling our memory. A read returns everything that has arrived, so events that
@@ -49,6 +53,7 @@ from typing import Any
 import aiohttp
 
 from ..errors import BackendTransportError
+from .warm_connections import StreamConnector, WarmConnections, open_connection
 
 #: What a transport failure can look like (aiohttp's own errors, the OS's, a connect timeout).
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
@@ -119,51 +124,68 @@ class ChunkStream:
 
 
 class UpstreamStream(ChunkStream):
-    """A local backend's streamed answer; its connection is never reused."""
+    """A local backend's streamed answer; its connection is never reused. Closing it opens the
+    connection for the backend's next stream ahead."""
 
-    def __init__(self, pool: UpstreamPool, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, pool: UpstreamPool, response: aiohttp.ClientResponse,
+                 backend: tuple[str, int]) -> None:
         super().__init__(response)
         self._pool = pool
+        #: Where the next stream's connection is opened when this one closes (None: done).
+        self._backend: tuple[str, int] | None = backend
+        self._closes = pool._closes
 
     def _failure(self, exc: BaseException) -> Exception:
         return _transport_error(exc, "the backend closed the connection mid-answer")
 
     async def aclose(self) -> None:
-        """Close the stream's connection (it is never reused)."""
+        """Close the stream's connection (it is never reused); open one for the backend's next
+        stream, unless the pool was closed meanwhile (the server is stopping)."""
         self._pool._streams.discard(self._response)
         self._response.close()
+        backend, self._backend = self._backend, None
+        if backend is not None and self._closes == self._pool._closes:
+            self._pool.open_ahead(*backend)
 
 
 class UpstreamPool:
-    """Connections to the backends, by ``(host, port)``, over two aiohttp sessions.
+    """Connections to the backends, by ``(host, port)``, over three aiohttp sessions.
 
-    ``_pooled`` keeps connections for plain requests; ``_once`` opens one for each request and
-    closes it after (streams, and the resend after a stale connection). Both are made on first
-    use, on the loop that uses them (aiohttp binds a session to its loop)."""
+    ``_pooled`` keeps connections for plain requests; ``_streams_session`` gives each stream a
+    connection of its own, opened ahead (``warm``); ``_once`` opens one for each request and
+    closes it after (the resend after a stale connection). All are made on first use, on the
+    loop that uses them (aiohttp binds a session to its loop)."""
 
     def __init__(self, *, idle_s: float = 3.0, connect_timeout_s: float = 5.0,
-                 read_bufsize: int = 1 << 16) -> None:
+                 read_bufsize: int = 1 << 16, warm_streams: int = 1) -> None:
         self.idle_s = idle_s
         self.connect_timeout_s = connect_timeout_s
         self.read_bufsize = read_bufsize
+        #: Connections opened ahead of the next stream, at most ``warm_streams`` per backend.
+        self.warm = WarmConnections(warm_streams, idle_s)
         self._pooled: aiohttp.ClientSession | None = None
         self._once: aiohttp.ClientSession | None = None
+        self._streams_session: aiohttp.ClientSession | None = None
         #: Streams whose headers arrived and that are not closed yet.
         self._streams: set[aiohttp.ClientResponse] = set()
         #: Counts :meth:`close` calls: a connection closed by our own shutdown is no stale one.
         self._closes = 0
 
-    def _session(self, pooled: bool) -> aiohttp.ClientSession:
-        session = self._pooled if pooled else self._once
+    def _session(self, pooled: bool, stream: bool = False) -> aiohttp.ClientSession:
+        session = (self._streams_session if stream else
+                   self._pooled if pooled else self._once)
         if session is None or session.closed:
-            connector = (aiohttp.TCPConnector(limit=0, keepalive_timeout=self.idle_s)
+            connector = (StreamConnector(self.warm) if stream else
+                         aiohttp.TCPConnector(limit=0, keepalive_timeout=self.idle_s)
                          if pooled else aiohttp.TCPConnector(limit=0, force_close=True))
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, read_bufsize=self.read_bufsize,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
             )
-            if pooled:
+            if stream:
+                self._streams_session = session
+            elif pooled:
                 self._pooled = session
             else:
                 self._once = session
@@ -172,17 +194,9 @@ class UpstreamPool:
     async def post(self, host: str, port: int, path: str, body: bytes,
                    headers: dict[str, str]) -> UpstreamResponse:
         """Send a POST and read the whole answer."""
-        url = f"http://{host}:{port}{path}"
-        closes = self._closes
         try:
-            try:
-                response = await self._session(True).post(url, data=body, headers=headers)
-            except aiohttp.ClientConnectorError:
-                raise
-            except _CLOSED_BEFORE_ANSWER:
-                if closes != self._closes:
-                    raise
-                response = await self._session(False).post(url, data=body, headers=headers)
+            response = await self._send(self._session(True), f"http://{host}:{port}{path}",
+                                        body, headers)
             async with response:
                 return UpstreamResponse(response.status, response.headers, await response.read())
         except _TRANSPORT_ERRORS as exc:
@@ -192,12 +206,32 @@ class UpstreamPool:
                      headers: dict[str, str]) -> UpstreamStream:
         """Send a POST on a connection of its own; return once the answer's headers are in."""
         try:
-            response = await self._session(False).post(f"http://{host}:{port}{path}", data=body,
-                                                       headers=headers)
+            response = await self._send(self._session(False, stream=True),
+                                        f"http://{host}:{port}{path}", body, headers)
         except _TRANSPORT_ERRORS as exc:
             raise _transport_error(exc, "the backend request failed") from exc
         self._streams.add(response)
-        return UpstreamStream(self, response)
+        return UpstreamStream(self, response, (host, port))
+
+    def open_ahead(self, host: str, port: int) -> None:
+        """Open a connection for the next stream to ``host:port`` in the background (up to
+        ``warm.per_backend`` are kept; see ``warm_connections.py``)."""
+        self.warm.open_ahead((host, port),
+                             lambda: open_connection(host, port, self.connect_timeout_s))
+
+    async def _send(self, session: aiohttp.ClientSession, url: str, body: bytes,
+                    headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST on ``session``'s connection (kept or opened ahead); if the backend closed that
+        connection before any answer, once more on a fresh one (it never saw the request)."""
+        closes = self._closes
+        try:
+            return await session.post(url, data=body, headers=headers)
+        except aiohttp.ClientConnectorError:
+            raise
+        except _CLOSED_BEFORE_ANSWER:
+            if closes != self._closes:
+                raise
+            return await self._session(False).post(url, data=body, headers=headers)
 
     def close(self) -> None:
         """Close every connection, idle or in use (the extension is stopping).
@@ -210,8 +244,10 @@ class UpstreamPool:
         for response in list(self._streams):
             response.close()
         self._streams.clear()
-        sessions = [s for s in (self._pooled, self._once) if s is not None and not s.closed]
-        self._pooled = self._once = None
+        self.warm.close()
+        sessions = [s for s in (self._pooled, self._once, self._streams_session)
+                    if s is not None and not s.closed]
+        self._pooled = self._once = self._streams_session = None
         for session in sessions:
             # Closing the connector closes its connections now, the ones in flight too; what
             # it returns (and the session's own close) only waits for the sockets to go.

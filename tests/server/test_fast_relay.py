@@ -98,9 +98,10 @@ async def test_plain_requests_share_a_kept_connection_and_streams_get_their_own(
         assert answer.body.endswith(b"data: [DONE]\n\n")
     after = await _stats(lemonade, backend)
     # Each of our /stats calls opens one connection; the plain requests at most one more
-    # (a pooled one the backend dropped); each stream exactly one of its own.
+    # (a pooled one the backend dropped); each stream exactly one of its own, and the last
+    # one's end opened one ahead for the next stream (test_warm_connections.py).
     assert after["requests"] - before["requests"] == 13
-    assert after["connections"] - before["connections"] <= 1 + 1 + 3
+    assert after["connections"] - before["connections"] <= 1 + 1 + 3 + 1
     assert after["connections"] - before["connections"] >= 1 + 3
 
 
