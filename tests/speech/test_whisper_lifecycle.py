@@ -14,7 +14,7 @@ import signal
 import psutil
 import pytest
 
-from lemonade_jupyter.errors import ModelLoadError
+from lemonade_jupyter.errors import EngineMissingError, ModelLoadError
 from tests.helpers.http import API
 from tests.helpers.polling import wait_until
 from tests.speech.conftest import WHISPER, engine_inference, register_whisper
@@ -180,3 +180,17 @@ async def test_a_downsized_whisper_model_keeps_its_slot_and_comes_back(
     assert e["status"] == "ready" and e["pid"] not in (None, old_pid)
     backend = lemonade.router.get_live(WHISPER).backend
     assert (await engine_inference(backend.url, backend.api_key, jfk_wav)).status_code == 200
+
+
+async def test_no_whisper_engine_is_refused_before_anything_moves(
+        api, whisper_model_file, tmp_path, monkeypatch):
+    """The engine check runs before admission: a missing whisper engine evicts nobody."""
+    await register_whisper(api, whisper_model_file)
+    await register_whisper(api, whisper_model_file, "user.whisper2")
+    await api.load(WHISPER)
+    before = await api.loaded()
+    monkeypatch.setenv("LEMONADE_WHISPER_SERVER", str(tmp_path / "no-whisper-server"))
+    answer = await api.post(f"{API}/load", {"model_name": "user.whisper2"})
+    assert answer.code == EngineMissingError.status_code, answer.body
+    assert "LEMONADE_WHISPER_SERVER" in answer.error["message"]
+    assert await api.loaded() == before
