@@ -1,15 +1,24 @@
-"""What a request may set, and the audio it may carry (pure: no engine)."""
+"""What a request may set, the form it comes in and the audio it may carry (no engine)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import wave
 
+import httpx
 import numpy as np
 import pytest
+from aiohttp import web
 
 from lemonade_jupyter.core.engines.whisper_audio import SAMPLE_RATE, AudioError, decode_wav
-from lemonade_jupyter.core.engines.whisper_request import BadField, check_fields
+from lemonade_jupyter.core.engines.whisper_request import (
+    MAX_FIELD_BYTES,
+    BadField,
+    check_fields,
+    read_form,
+)
+from lemonade_jupyter.core.ports import free_port
 
 
 def wav(samples: np.ndarray, rate: int = SAMPLE_RATE, channels: int = 1, width: int = 2) -> bytes:
@@ -96,3 +105,49 @@ def test_check_fields_takes_each_allowed_value():
 def test_check_fields_refuses_everything_else(fields):
     with pytest.raises(BadField):
         check_fields(fields, known)
+
+
+def post_forms(cases: list[dict]) -> list[dict]:
+    """POST each case (httpx ``files``/``data``/``content``/``headers``) to an in-process
+    aiohttp app that runs :func:`read_form` with a 1000-byte file bound."""
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            audio, fields = await read_form(request, max_file_bytes=1000)
+        except BadField as exc:
+            return web.json_response({"status": exc.status, "error": str(exc)})
+        return web.json_response({"status": 200, "audio": len(audio), "fields": fields})
+
+    async def run() -> list[dict]:
+        app = web.Application()
+        app.router.add_post("/", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with httpx.AsyncClient(timeout=30) as c:
+                return [(await c.post(f"http://127.0.0.1:{port}/", **case)).json()
+                        for case in cases]
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(run())
+
+
+def test_read_form_bounds_every_part():
+    file_ok = {"files": {"file": ("a.wav", b"x" * 1000)}, "data": {"language": "en",
+                                                                    "other": "dropped"}}
+    too_big = {"files": {"file": ("a.wav", b"x" * 1001)}}
+    big_unknown = {"files": {"file": ("a.wav", b"x"), "junk": ("j", b"j" * (MAX_FIELD_BYTES + 1))}}
+    many = {"files": [("file", ("a.wav", b"x"))] + [(f"f{i}", ("f", b"1")) for i in range(40)]}
+    broken = {"content": b"--nope\r\nnot a part", "headers": {
+        "Content-Type": "multipart/form-data; boundary=other"}}
+    no_file = {"files": {"language": (None, "en")}}
+    got = post_forms([file_ok, too_big, big_unknown, many, broken, no_file])
+    assert got[0] == {"status": 200, "audio": 1000, "fields": {"language": "en"}}
+    assert got[1]["status"] == 413 and "the file" in got[1]["error"]
+    assert got[2]["status"] == 413 and "'junk'" in got[2]["error"]
+    assert got[3]["status"] == 400 and "more than 32 parts" in got[3]["error"]
+    assert got[4]["status"] == 400
+    assert got[5]["status"] == 400 and "no 'file'" in got[5]["error"]

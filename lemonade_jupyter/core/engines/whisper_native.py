@@ -90,7 +90,7 @@ class NativeEngine:
             audio, fields = await read_form(request)
             choices = check_fields(fields, lambda _code: True)
         except BadField as exc:
-            return error(400, str(exc))
+            return error(exc.status, str(exc))
         form = aiohttp.FormData()
         form.add_field("file", audio, filename="audio.wav", content_type="audio/wav")
         form.add_field("response_format", choices["response_format"])

@@ -97,7 +97,9 @@ class LocalEngine(Engine):
             audio, fields = await read_form(request)
             choices = check_fields(fields, self._model.known_language)
             samples = decode_wav(audio)
-        except (BadField, AudioError) as exc:
+        except BadField as exc:
+            return error(exc.status, str(exc))
+        except AudioError as exc:
             return error(400, str(exc))
         if self._waiting >= MAX_WAITING:
             return error(503, "too many transcriptions waiting", "server_error")
@@ -107,6 +109,9 @@ class LocalEngine(Engine):
         try:
             transcript = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._model.transcribe, samples, decode)
+        except Exception as exc:  # whisper.cpp's own failure: an answer, not a traceback
+            log.exception("transcription failed")
+            return error(500, f"transcription failed: {exc}", "server_error")
         finally:
             self._waiting -= 1
         body, ctype = render(transcript, choices["response_format"])
