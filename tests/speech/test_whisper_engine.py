@@ -4,12 +4,15 @@ HTTP API."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import signal
 import sys
+import threading
 import time
+import wave
 from pathlib import Path
 
 import httpx
@@ -191,3 +194,33 @@ def test_native_whisper_server_exit_ends_the_wrapper(start_engine, whisper_model
     assert "exited with code 3" in engine.log.read_text()
 
 
+
+
+def test_whisper_engine_answers_health_while_it_transcribes(start_engine, whisper_model_file,
+                                                            jfk_wav):
+    """Transcription runs on a worker thread: the event loop keeps answering /health (the
+    router's readiness and watchdog probes) while a longer file is being transcribed."""
+    engine = start_engine(whisper_model_file)
+    with wave.open(io.BytesIO(jfk_wav), "rb") as wf:
+        params, frames = wf.getparams(), wf.readframes(wf.getnframes())
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as wf:  # jfk.wav four times: 44 s, two 30 s windows
+        wf.setparams(params)
+        wf.writeframes(frames * 4)
+    done: list[httpx.Response] = []
+    worker = threading.Thread(target=lambda: done.append(
+        engine.inference(buf.getvalue(), language="en")))
+    worker.start()
+    probes = []
+    try:
+        while worker.is_alive() and len(probes) < 2000:
+            started = time.monotonic()
+            code = httpx.get(f"{engine.url}/health", timeout=5).status_code
+            probes.append((code, time.monotonic() - started))
+            time.sleep(0.02)
+    finally:
+        worker.join(120)
+    assert done and done[0].status_code == 200, done
+    assert len(probes) >= 5, probes  # it was busy for a while, and /health answered meanwhile
+    assert all(code == 200 for code, _ in probes)
+    assert max(seconds for _, seconds in probes) < 1.0, probes

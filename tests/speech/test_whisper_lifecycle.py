@@ -60,6 +60,11 @@ async def test_whisper_model_loads_pinned_into_the_transcription_pool(
                                     response_format="verbose_json", language="en")
     assert answer.status_code == 200, answer.text
     assert answer.json()["duration"] == 11.0
+    # Its output goes to the capped backend log, like llama-server's: whisper.cpp's load
+    # lines and the wrapper's own.
+    await backend.flush_log()
+    head = backend.log_head()
+    assert "whisper_model_load" in head and "whisper server listening" in head, head[-2000:]
 
 
 async def test_whisper_backend_refuses_a_request_without_its_key(api, lemonade,
