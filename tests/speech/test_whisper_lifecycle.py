@@ -199,3 +199,22 @@ async def test_no_whisper_engine_is_refused_before_anything_moves(
     assert answer.code == EngineMissingError.status_code, answer.body
     assert "LEMONADE_WHISPER_SERVER" in answer.error["message"]
     assert await api.loaded() == before
+
+
+async def test_a_hung_whisper_backend_is_killed_by_the_watchdog_and_reloaded(
+        api, whisper_model_file):
+    """SIGSTOP: the process lives but answers nothing. The watchdog's /health probes fail,
+    it kills the backend, and the pin brings the model back on a new process."""
+    await register_whisper(api, whisper_model_file)
+    await api.load(WHISPER, pinned=True)
+    old = entry(await api.health(), WHISPER)
+    os.kill(old["pid"], signal.SIGSTOP)
+
+    async def replaced():
+        e = entry(await api.health(), WHISPER)
+        return e if e and e["status"] == "ready" and e["pid"] != old["pid"] else None
+
+    new = await wait_until(replaced, what="the watchdog's kill and the reload")
+    assert new["pinned"] is True
+    assert not psutil.pid_exists(old["pid"]) or \
+        psutil.Process(old["pid"]).status() == psutil.STATUS_ZOMBIE
