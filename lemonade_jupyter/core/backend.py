@@ -1,4 +1,5 @@
-"""One backend process (``llama-server``) serving one model on a loopback port.
+"""One backend process (``llama-server``, or a whisper-server for transcription models)
+serving one model on a loopback port.
 
 A :class:`Backend` is started once and stopped once; a reload makes a new one (with a new
 ``generation``), which is how the router tells "the backend that just failed" from "the one
@@ -17,6 +18,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -25,7 +27,7 @@ from . import process
 from .backend_logs import log_path
 from .capped_log import LogPump
 from .catalog import ModelSpec
-from .engines.llamacpp import LOOPBACK, LlamaCppEngine
+from .engines.llamacpp import LOOPBACK
 from .options import LoadOptions
 from .ports import free_port
 
@@ -35,6 +37,21 @@ _generations = itertools.count(1)
 
 class _PortTaken(ModelLoadError):
     """Another process answers on the port this backend was given: retry on a new port."""
+
+
+class EngineCommand(Protocol):
+    """What a backend asks of its engine: the command line and the environment (the key
+    travels there). :class:`.engines.llamacpp.LlamaCppEngine` and
+    :class:`.engines.whispercpp.WhisperCppEngine` are the two."""
+
+    def argv(self, spec: ModelSpec, options: LoadOptions, *, port: int,
+             sleep_idle_seconds: int | None = None) -> list[str]: ...
+
+    def env(self, api_key: str) -> dict[str, str]: ...
+
+    @property
+    def process_name(self) -> str:
+        """What the process is called in messages (``llama-server``, ``whisper-server``)."""
 
 
 class BackendState(enum.Enum):
@@ -65,7 +82,7 @@ class Backend:
 
     def __init__(
         self,
-        engine: LlamaCppEngine,
+        engine: EngineCommand,
         spec: ModelSpec,
         options: LoadOptions,
         *,
@@ -205,7 +222,7 @@ class Backend:
             if self._reaper.done():
                 await self.flush_log()
                 raise ModelLoadError(
-                    f"llama-server for '{self.spec.name}' exited with code "
+                    f"{self._engine.process_name} for '{self.spec.name}' exited with code "
                     f"{self._proc.returncode} while loading: {self._reason()}"
                 )
             try:
@@ -228,7 +245,7 @@ class Backend:
             if now >= deadline:
                 await self.flush_log()
                 raise ModelLoadError(
-                    f"llama-server for '{self.spec.name}' was not ready after "
+                    f"{self._engine.process_name} for '{self.spec.name}' was not ready after "
                     f"{self._ready_timeout_s:.0f} s: {self._reason()}"
                 )
             # Wake early if the process exits; never sleep past the deadline.

@@ -5,6 +5,12 @@
 * :mod:`.llamacpp`: llama-server's command line;
 * :mod:`.prebuilt_server`: the prebuilt engine (xllamacpp) behind llama-server's command line;
 * :mod:`.install`, :mod:`.gpu`, :mod:`.progress`: the native build, per flavour.
+* :mod:`.whispercpp`: the ``whispercpp`` recipe (transcription models): which whisper engine,
+  and the command line of :mod:`.whisper_server` (``lemonade-whisper-server``), which serves
+  whisper-server's API through :mod:`.whisper_model` (pywhispercpp) or, with the key in
+  front, a native ``whisper-server`` (:mod:`.whisper_native`, built by
+  :mod:`.whisper_install`); :mod:`.whisper_request`, :mod:`.whisper_audio` and
+  :mod:`.whisper_formats` check a request, read its WAV and shape its answer.
 
 The names below are imported on first use, so that the prebuilt engine's process
 (``python -m lemonade_jupyter.core.engines.prebuilt_server``) does not import the router's
