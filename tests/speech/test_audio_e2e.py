@@ -16,6 +16,7 @@ import shutil
 import wave
 from io import BytesIO
 
+import httpx
 import openai
 import pytest
 
@@ -89,6 +90,15 @@ async def test_audio_e2e_jfk_in_every_response_format(api, client, whisper, jfk_
                                                        response_format="srt"))
     check_vtt(await client.audio.transcriptions.create(model=whisper, file=audio,
                                                        response_format="vtt"))
+    # OpenAI's content types: JSON for the JSON formats, plain text for the others.
+    async with httpx.AsyncClient(timeout=60) as http:
+        for fmt, ctype in (("verbose_json", "application/json"), ("srt", "text/plain")):
+            resp = await http.post(f"{server_url}{API}/audio/transcriptions",
+                                   headers={"Authorization": f"token {token}"},
+                                   files={"file": audio},
+                                   data={"model": whisper, "response_format": fmt})
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["content-type"].split(";")[0] == ctype, resp.headers
     (still,) = (await api.health())["all_models_loaded"]
     assert still["pid"] == live["pid"]  # one backend served all of them
 
