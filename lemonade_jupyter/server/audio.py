@@ -21,8 +21,9 @@ Form fields (each checked before anything loads, ``core/audio_upload.py``):
 
 Limits: the body may be ``max_audio_upload_mib`` (25 MiB by default) plus 64 KiB for the other
 fields, the file ``max_audio_upload_mib``: larger, **413** ``audio_too_large`` before the form
-is read. A multipart body that does not parse: **400** ``Invalid body``. The audio may last ``max_audio_seconds`` (1800 s by default): longer, **400**
-``audio_too_long``. A refused request never loads or evicts a model.
+is read. A multipart body that does not parse: **400** ``Invalid body``. The audio may last
+``max_audio_seconds`` (1800 s by default): longer, **400** ``audio_too_long``. A refused
+request never loads or evicts a model.
 
 Everything else is the chat routes' path: the model is auto-loaded by the router (``409`` when
 its pool is all pinned, ``503`` while it cools down after crashes, ``429`` when its queue is
