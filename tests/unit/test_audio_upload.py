@@ -63,6 +63,9 @@ def test_audio_upload_reads_a_wav_header():
     assert facts.frames == 11_025 and facts.duration_s == pytest.approx(0.5)
     assert not facts.is_float and not facts.is_engine_format
     assert parse_wav(tone(0.1, ENGINE_RATE)).is_engine_format
+    # 16 kHz mono but not 16-bit integers: converted all the same.
+    assert not parse_wav(tone(0.1, ENGINE_RATE, width=3)).is_engine_format
+    assert not parse_wav(float_wav([0.0] * 160, ENGINE_RATE)).is_engine_format
 
 
 def test_audio_upload_a_file_cut_mid_frame_keeps_whole_frames():
