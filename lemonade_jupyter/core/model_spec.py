@@ -22,10 +22,11 @@ from ..errors import InvalidRequestError
 from . import names
 from .hub import HubRef
 from .hub_fetch import Checks
+from .whisper_models import WHISPER_LABEL, WHISPER_RECIPE, is_whisper_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct-GGUF"
 GGUF_MAGIC = b"GGUF"
-KNOWN_RECIPES = ("llamacpp",)
+KNOWN_RECIPES = ("llamacpp", WHISPER_RECIPE)
 #: A user model's name, a label, and an mmproj file of a hub repository (an allowlist each).
 USER_NAME = names.USER_MODEL_NAME
 LABEL = names.LABEL
@@ -146,15 +147,15 @@ def check_user_fields(name: Any, recipe: Any, labels: Any,
             param="model_name",
         )
     if not isinstance(checkpoint, HubRef):
-        check_local_file(checkpoint)
+        check_local_file(checkpoint, whisper=recipe == WHISPER_RECIPE)
     if recipe is None:
         recipe = "llamacpp"
     if recipe not in KNOWN_RECIPES:
         raise InvalidRequestError(
             f"Parameter 'recipe' must be one of {', '.join(KNOWN_RECIPES)}", param="recipe"
         )
-    if labels is None:
-        labels = ["llm"]
+    if labels is None or (labels == [] and recipe == WHISPER_RECIPE):
+        labels = [WHISPER_LABEL] if recipe == WHISPER_RECIPE else ["llm"]
     if (
         not isinstance(labels, list)
         or len(labels) > 16
@@ -166,8 +167,9 @@ def check_user_fields(name: Any, recipe: Any, labels: Any,
     return name, recipe, tuple(labels)
 
 
-def check_local_file(checkpoint: Any) -> None:
-    """An absolute path to an existing regular GGUF file; InvalidRequestError otherwise."""
+def check_local_file(checkpoint: Any, *, whisper: bool = False) -> None:
+    """An absolute path to an existing regular GGUF file (a whisper.cpp model file with
+    ``whisper``); InvalidRequestError otherwise."""
     if not isinstance(checkpoint, str) or not os.path.isabs(checkpoint):
         raise InvalidRequestError(
             "Parameter 'checkpoint' must be an absolute path to a local .gguf file, or a "
@@ -178,6 +180,12 @@ def check_local_file(checkpoint: Any) -> None:
         raise InvalidRequestError(
             f"Checkpoint '{checkpoint}' is not an existing regular file", param="checkpoint"
         )
+    if whisper:
+        if not is_whisper_file(checkpoint):
+            raise InvalidRequestError(
+                f"Checkpoint '{checkpoint}' is not a whisper.cpp model file (it does not "
+                "start with the ggml magic)", param="checkpoint")
+        return
     if not is_gguf(checkpoint):
         raise InvalidRequestError(
             f"Checkpoint '{checkpoint}' is not a GGUF file (bad magic bytes)",
