@@ -101,6 +101,12 @@ c.LemonadeApp.remote_total_timeout_s = 600.0
 c.LemonadeApp.remote_max_answer_mib = 64.0
 c.LemonadeApp.remote_max_models_per_upstream = 256
 
+# -- the audio routes (api/v1/audio/transcriptions and translations) ---------------------------
+# Size cap (MiB) of one upload (larger: 413 audio_too_large) and the longest audio (seconds)
+# one request transcribes (longer: 400 audio_too_long).
+c.LemonadeApp.max_audio_upload_mib = 25.0
+c.LemonadeApp.max_audio_seconds = 1800.0
+
 # -- node mode: one router for every user of a JupyterHub (docs/jupyterhub.md) -----------------
 # Set by `lemonade-jupyter node` (the Hub-managed service); a single-user server leaves it off.
 c.LemonadeApp.node_mode = False

@@ -12,3 +12,7 @@ ROUTE_PREFIX = "lemonade/"
 #: The OpenAI-compatible API and the model management routes (no trailing slash: an OpenAI
 #: client's ``base_url``).
 API_V1 = ROUTE_PREFIX + "api/v1"
+
+#: OpenAI's audio routes under ``API_V1`` (multipart uploads to a transcription model), and
+#: whether each one asks the engine to translate into English.
+AUDIO_ROUTES = {"audio/transcriptions": False, "audio/translations": True}

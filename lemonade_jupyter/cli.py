@@ -6,6 +6,9 @@ drive a running router (``status``, ``models``, ``load``, ``pull``, ``chat``...;
 cache (once per flavour): with ``auto``, for this machine's GPUs when a CUDA compiler (nvcc)
 and a GPU are found, else for the CPU. Nothing needs it to get started: the ``[prebuilt]``
 extra's engine runs until a native build exists, which the router then prefers.
+``lemonade-jupyter install-whisper-server [--gpu auto|cuda|cpu]`` does the same for
+whisper.cpp's ``whisper-server`` (transcription models); without it they run on the
+``pywhispercpp`` wheel of the ``[prebuilt]`` extra.
 ``lemonade-jupyter engine`` prints the engine the router would start (JSON), with the backends
 it was built with and the devices it sees (it is asked: ``llama-server --list-devices``).
 ``lemonade-jupyter node [JUPYTER SERVER ARGS]`` runs one router for a whole JupyterHub node, as
@@ -34,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     inst.add_argument("--force", action="store_true", help="rebuild even if cached")
     inst.add_argument("--jobs", type=int, default=None, help="parallel build jobs (default: "
                       "every core)")
+    winst = sub.add_parser("install-whisper-server",
+                           help="build whisper.cpp's whisper-server into the cache (minutes)")
+    winst.add_argument("--gpu", choices=("auto", "cuda", "cpu"), default="auto",
+                       help="the flavour, chosen as for install-llama-server")
+    winst.add_argument("--force", action="store_true", help="rebuild even if cached")
+    winst.add_argument("--jobs", type=int, default=None, help="parallel build jobs")
     sub.add_parser("engine", help="print the engine the router would start, its backends and "
                    "devices, as JSON")
     quick = sub.add_parser("quickstart", help="start Jupyter, load+pin the default model, chat")
@@ -64,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             install_llama_server(force=args.force, jobs=args.jobs, gpu=args.gpu)
+        except RuntimeError as exc:
+            print(f"lemonade-jupyter: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "install-whisper-server":
+        from .core.engines.whisper_install import install_whisper_server
+
+        try:
+            install_whisper_server(force=args.force, jobs=args.jobs, gpu=args.gpu)
         except RuntimeError as exc:
             print(f"lemonade-jupyter: {exc}", file=sys.stderr)
             return 1

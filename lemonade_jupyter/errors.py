@@ -9,6 +9,9 @@ ladder. The kernel side imports only this module.
 
     LemonadeError                    500 internal_error
     ├── InvalidRequestError          400 invalid_request_error
+    │   ├── UnsupportedAudioFormatError  400 unsupported_audio_format (names the formats read)
+    │   ├── AudioTooLongError        400 audio_too_long (beyond max_audio_seconds)
+    │   └── AudioTooLargeError       413 audio_too_large (an upload beyond max_audio_upload_mib)
     ├── ModelNotFoundError           404 model_not_found
     ├── SlotsPinnedError             409 slots_pinned_error (every slot of the pool is pinned)
     ├── InsufficientMemoryError      409 insufficient_memory (pinned or busy models hold it)
@@ -50,6 +53,9 @@ from typing import Any
 __all__ = [
     "LemonadeError",
     "InvalidRequestError",
+    "UnsupportedAudioFormatError",
+    "AudioTooLongError",
+    "AudioTooLargeError",
     "ModelNotFoundError",
     "SlotsPinnedError",
     "InsufficientMemoryError",
@@ -113,6 +119,25 @@ class InvalidRequestError(LemonadeError):
     status_code = 400
     error_type = "invalid_request_error"
     code = None
+
+
+class UnsupportedAudioFormatError(InvalidRequestError):
+    """An upload to the audio routes is not audio the router reads; the message lists what is."""
+
+    code = "unsupported_audio_format"
+
+
+class AudioTooLongError(InvalidRequestError):
+    """The uploaded audio lasts longer than ``max_audio_seconds``."""
+
+    code = "audio_too_long"
+
+
+class AudioTooLargeError(InvalidRequestError):
+    """An upload to the audio routes is larger than ``max_audio_upload_mib``."""
+
+    status_code = 413
+    code = "audio_too_large"
 
 
 class ModelNotFoundError(LemonadeError):

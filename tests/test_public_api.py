@@ -16,6 +16,7 @@ def test_public_api_all_pinned() -> None:
     ]
     assert sorted(errors.__all__) == sorted([
         "LemonadeError", "InvalidRequestError", "ModelNotFoundError", "SlotsPinnedError",
+        "UnsupportedAudioFormatError", "AudioTooLongError", "AudioTooLargeError",
         "InsufficientMemoryError", "CoolingDownError", "EngineMissingError", "ModelLoadError", "BackendShutdownError",
         "UpstreamError", "BackendTransportError", "RemoteUnreachableError", "RemoteTimeoutError",
         "RemoteLoopError", "RemoteRedirectError", "RemoteAnswerTooLargeError",

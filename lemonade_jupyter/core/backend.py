@@ -1,4 +1,5 @@
-"""One backend process (``llama-server``) serving one model on a loopback port.
+"""One backend process (``llama-server``, or a whisper-server for transcription models)
+serving one model on a loopback port.
 
 A :class:`Backend` is started once and stopped once; a reload makes a new one (with a new
 ``generation``), which is how the router tells "the backend that just failed" from "the one
@@ -17,6 +18,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -25,7 +27,7 @@ from . import process
 from .backend_logs import log_path
 from .capped_log import LogPump
 from .catalog import ModelSpec
-from .engines.llamacpp import LOOPBACK, LlamaCppEngine
+from .engines.llamacpp import LOOPBACK
 from .options import LoadOptions
 from .ports import free_port
 
@@ -35,6 +37,17 @@ _generations = itertools.count(1)
 
 class _PortTaken(ModelLoadError):
     """Another process answers on the port this backend was given: retry on a new port."""
+
+
+class EngineCommand(Protocol):
+    """What a backend asks of its engine: the command line and the environment (the key
+    travels there). :class:`.engines.llamacpp.LlamaCppEngine` and
+    :class:`.engines.whispercpp.WhisperCppEngine` are the two."""
+
+    def argv(self, spec: ModelSpec, options: LoadOptions, *, port: int,
+             sleep_idle_seconds: int | None = None) -> list[str]: ...
+
+    def env(self, api_key: str) -> dict[str, str]: ...
 
 
 class BackendState(enum.Enum):
@@ -65,7 +78,7 @@ class Backend:
 
     def __init__(
         self,
-        engine: LlamaCppEngine,
+        engine: EngineCommand,
         spec: ModelSpec,
         options: LoadOptions,
         *,

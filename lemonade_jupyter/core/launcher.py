@@ -1,7 +1,8 @@
 """Starting one backend for one model: the engine to use, the checks before, one attempt.
 
 :class:`BackendLauncher` is the interface the model table uses; :class:`Launcher` is the real
-one (``llama-server`` processes). Tests of the table's rules use an in-memory one.
+one (``llama-server`` processes, and whisper-server processes for the ``whispercpp`` recipe:
+:mod:`.whisper_launch`). Tests of the table's rules use an in-memory one.
 
 Separate from the router's lifecycle so that "can this model start at all?" (its weights
 file, the engine binary) is answered before admission evicts anybody, and so that the retry
@@ -26,10 +27,12 @@ from .catalog import DEFAULT_MODEL, ModelSpec
 from .engine_flags import args_policy
 from .engines import probe
 from .engines.llamacpp import EngineInfo, LlamaCppEngine, find_engine
+from .engines.whispercpp import WhisperEngineInfo
 from .memory_sources import parse_buffer_report
 from .options import LoadOptions
 from .placement import Placement
 from .settings import RouterSettings
+from .whisper_launch import WHISPER_RECIPE, start_whisper, whisper_engine
 
 #: So that CUDA numbers the GPUs in NVML's (PCI bus) order, which placement uses.
 GPU_ENV = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
@@ -82,7 +85,7 @@ class Launcher:
         self._settings = settings
         self._http = http
         #: The engine each live backend runs, for ``/health`` (gone with the backend).
-        self._engines: weakref.WeakKeyDictionary[Backend, EngineInfo] = (
+        self._engines: weakref.WeakKeyDictionary[Backend, EngineInfo | WhisperEngineInfo] = (
             weakref.WeakKeyDictionary())
 
     @property
@@ -98,7 +101,10 @@ class Launcher:
     def check_can_start(self, spec: ModelSpec) -> None:
         """Raise ModelNotFoundError (weights gone) or EngineMissingError before any eviction."""
         check_weights(spec)
-        self.engine()
+        if spec.recipe == WHISPER_RECIPE:
+            whisper_engine()
+        else:
+            self.engine()
 
     def engine(self) -> EngineInfo:
         """The engine the next start would use; raises EngineMissingError when there is none
@@ -110,7 +116,7 @@ class Launcher:
         self._looked_up = (now, info)
         return info
 
-    def engine_of(self, backend: Backend | None) -> EngineInfo | None:
+    def engine_of(self, backend: Backend | None) -> EngineInfo | WhisperEngineInfo | None:
         """The engine ``backend`` was started with (None for no backend)."""
         return self._engines.get(backend) if backend is not None else None
 
@@ -156,6 +162,11 @@ class Launcher:
         """
         check_weights(spec)  # again: restores and reloads come here without the load checks
         settings = self._settings()
+        if spec.recipe == WHISPER_RECIPE:
+            backend, winfo = await start_whisper(spec, options, settings, http=self._http(),
+                                                 log_dir=self.log_dir)
+            self._engines[backend] = winfo
+            return backend
         info = self.engine()
         engine = LlamaCppEngine(info.path, threads=settings.backend_threads, info=info,
                                 args_policy=args_policy(settings))

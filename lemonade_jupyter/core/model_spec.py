@@ -22,11 +22,18 @@ from ..errors import InvalidRequestError
 from . import names
 from .hub import HubRef
 from .hub_fetch import Checks
-from .whisper_models import WHISPER_LABEL, WHISPER_RECIPE, is_whisper_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct-GGUF"
 GGUF_MAGIC = b"GGUF"
-KNOWN_RECIPES = ("llamacpp", WHISPER_RECIPE)
+#: whisper.cpp's model files (``ggml-*.bin``) start with 0x67676d6c ("ggml") little-endian.
+GGML_MAGIC = (0x67676D6C).to_bytes(4, "little")
+#: ``llamacpp``: a GGUF served by llama-server; ``whispercpp``: a whisper.cpp ``ggml-*.bin``
+#: served by a whisper-server (:mod:`.engines.whispercpp`), always of type ``transcription``.
+KNOWN_RECIPES = ("llamacpp", "whispercpp")
+#: The magic bytes each recipe's weights file starts with.
+MAGIC_BY_RECIPE = {"llamacpp": GGUF_MAGIC, "whispercpp": GGML_MAGIC}
+#: The labels a model of each recipe gets when it names none.
+DEFAULT_LABELS = {"llamacpp": ("llm",), "whispercpp": ("transcription",)}
 #: A user model's name, a label, and an mmproj file of a hub repository (an allowlist each).
 USER_NAME = names.USER_MODEL_NAME
 LABEL = names.LABEL
@@ -128,11 +135,20 @@ def default_model_path() -> str:
 
 def is_gguf(path: str) -> bool:
     """True for an existing regular file starting with the GGUF magic bytes."""
+    return _starts_with(path, GGUF_MAGIC)
+
+
+def is_whisper_ggml(path: str) -> bool:
+    """True for an existing regular file starting with whisper.cpp's ``ggml`` magic."""
+    return _starts_with(path, GGML_MAGIC)
+
+
+def _starts_with(path: str, magic: bytes) -> bool:
     try:
         if not os.path.isfile(path):
             return False
         with open(path, "rb") as fh:
-            return fh.read(4) == GGUF_MAGIC
+            return fh.read(len(magic)) == magic
     except OSError:
         return False
 
@@ -147,15 +163,15 @@ def check_user_fields(name: Any, recipe: Any, labels: Any,
             param="model_name",
         )
     if not isinstance(checkpoint, HubRef):
-        check_local_file(checkpoint, whisper=recipe == WHISPER_RECIPE)
+        check_local_file(checkpoint, recipe if recipe in KNOWN_RECIPES else "llamacpp")
     if recipe is None:
         recipe = "llamacpp"
     if recipe not in KNOWN_RECIPES:
         raise InvalidRequestError(
             f"Parameter 'recipe' must be one of {', '.join(KNOWN_RECIPES)}", param="recipe"
         )
-    if labels is None or (labels == [] and recipe == WHISPER_RECIPE):
-        labels = [WHISPER_LABEL] if recipe == WHISPER_RECIPE else ["llm"]
+    if labels is None or (labels == [] and recipe != "llamacpp"):  # [] from a client: none
+        labels = list(DEFAULT_LABELS[recipe])
     if (
         not isinstance(labels, list)
         or len(labels) > 16
@@ -164,15 +180,21 @@ def check_user_fields(name: Any, recipe: Any, labels: Any,
         raise InvalidRequestError(
             "Parameter 'labels' must be a list of short strings", param="labels"
         )
+    if (recipe == "whispercpp") != (model_type(labels) == "transcription"):
+        raise InvalidRequestError(
+            "Recipe 'whispercpp' goes with the label 'transcription', and only it does",
+            param="labels",
+        )
     return name, recipe, tuple(labels)
 
 
-def check_local_file(checkpoint: Any, *, whisper: bool = False) -> None:
-    """An absolute path to an existing regular GGUF file (a whisper.cpp model file with
-    ``whisper``); InvalidRequestError otherwise."""
+def check_local_file(checkpoint: Any, recipe: str = "llamacpp") -> None:
+    """An absolute path to an existing regular file of ``recipe``'s format (GGUF, or
+    whisper.cpp's ggml for ``whispercpp``); InvalidRequestError otherwise."""
     if not isinstance(checkpoint, str) or not os.path.isabs(checkpoint):
         raise InvalidRequestError(
-            "Parameter 'checkpoint' must be an absolute path to a local .gguf file, or a "
+            "Parameter 'checkpoint' must be an absolute path to a local .gguf file (a "
+            "whisper.cpp ggml-*.bin for recipe 'whispercpp'), or a "
             "Hugging Face checkpoint ORG/REPO:VARIANT or ORG/REPO/FILE.gguf",
             param="checkpoint",
         )
@@ -180,11 +202,12 @@ def check_local_file(checkpoint: Any, *, whisper: bool = False) -> None:
         raise InvalidRequestError(
             f"Checkpoint '{checkpoint}' is not an existing regular file", param="checkpoint"
         )
-    if whisper:
-        if not is_whisper_file(checkpoint):
+    if recipe == "whispercpp":
+        if not is_whisper_ggml(checkpoint):
             raise InvalidRequestError(
-                f"Checkpoint '{checkpoint}' is not a whisper.cpp model file (it does not "
-                "start with the ggml magic)", param="checkpoint")
+                f"Checkpoint '{checkpoint}' is not a whisper.cpp ggml model (bad magic bytes)",
+                param="checkpoint",
+            )
         return
     if not is_gguf(checkpoint):
         raise InvalidRequestError(

@@ -290,6 +290,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("remote_max_models_per_upstream", int, 256, minimum=1, maximum=100_000,
             help="Models one remote pull may register from an upstream's list; an upstream "
             "that lists more is refused (400): register the models needed one by one."),
+    # -- the audio routes (server/audio.py, core/audio_upload.py) -----------------------------
+    Setting("max_audio_upload_mib", float, 25.0, minimum=0, exclusive_minimum=True,
+            maximum=1024,
+            help="Size cap (MiB) of one upload to the audio routes (transcriptions, "
+            "translations); a larger one is refused with 413 audio_too_large before it is "
+            "read. 25, like OpenAI's."),
+    Setting("max_audio_seconds", float, 1800.0, minimum=0, exclusive_minimum=True,
+            maximum=86_400,
+            help="Longest audio (seconds) one request to the audio routes may transcribe; "
+            "longer is refused with 400 audio_too_long before any model loads."),
     # -- the HTTP side around the router (scope SERVER: fields of ServerOptions) --------------
     Setting("llama_server_path", str, "", scope=SERVER,
             help="Path of llama-server; empty: $LEMONADE_LLAMA_SERVER, PATH, then the cached "

@@ -66,10 +66,16 @@ class LemonadeHandler(APIHandler):
         self._check_caller()
         # A request this router forwarded came back (a remote model leads here): 508 at once.
         self.router.remote.hops.check(self.request.headers.get(HOP_HEADER))
-        length = self.request.headers.get("Content-Length")
-        if (length and length.isdigit() and int(length) > MAX_BODY_BYTES) or len(
-            self.request.body or b""
-        ) > MAX_BODY_BYTES:
+        self.check_body_size()
+
+    def body_size(self) -> int:
+        """The body's size: the larger of its ``Content-Length`` and what arrived."""
+        length = self.request.headers.get("Content-Length", "")
+        return max(int(length) if length.isdigit() else 0, len(self.request.body or b""))
+
+    def check_body_size(self) -> None:
+        """Refuse a body over :data:`MAX_BODY_BYTES` (413); a route of uploads has its own."""
+        if self.body_size() > MAX_BODY_BYTES:
             raise web.HTTPError(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
 
     def _check_caller(self) -> None:

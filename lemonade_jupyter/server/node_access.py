@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..api_paths import AUDIO_ROUTES
 from ..core.engine_flags import PARAM as ARGS_PARAM
 from ..core.engine_flags import refusal_reason, split_args
 from ..core.hub import parse_checkpoint
@@ -112,6 +113,7 @@ def is_inference(route: str, method: str) -> bool:
 
 _INFERENCE_ROUTES = frozenset(
     {f"api/v1/{path}" for path, engine in PROXIED.items() if engine.uses_slot}
+    | {f"api/v1/{path}" for path in AUDIO_ROUTES}
     | {f"ollama/api/{path}" for path in ("chat", "generate", "embed", "embeddings")})
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from jupyter_server.utils import url_path_join
 
-from ..api_paths import ROUTE_PREFIX
-from . import aliases, logs, model_detail, node_page, observe, ollama, ollama_models, pull, rest
+from ..api_paths import AUDIO_ROUTES, ROUTE_PREFIX
+from . import aliases, audio, logs, model_detail, node_page, observe, ollama, ollama_models, pull, rest
 from .engine_routes import PROXIED
 from .proxy import OpenAIProxyHandler
 
@@ -49,6 +49,9 @@ ROUTES: list[tuple[str, type, dict[str, Any]]] = [
     # The engine's inference routes, one handler (engine_routes.py says how each behaves).
     *((f"api/v1/{path}", OpenAIProxyHandler, {"route": route})
       for path, route in PROXIED.items()),
+    # OpenAI's audio routes, served by a transcription model (audio.py).
+    *((f"api/v1/{path}", audio.AudioHandler, {"translate": translate})
+      for path, translate in AUDIO_ROUTES.items()),
 ]
 
 

