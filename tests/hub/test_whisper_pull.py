@@ -131,7 +131,7 @@ async def test_a_local_whisper_file_registers_with_recipe_whispercpp(
     assert listed["type"] == "transcription" and listed["recipe"] == "whispercpp"
     answer = await api.post(f"{API}/pull", {"model_name": "user.fake", "recipe": "whispercpp",
                                             "checkpoint": default_model_file})
-    assert answer.code == 400 and "ggml magic" in answer.error["message"]
+    assert answer.code == 400 and "not a whisper.cpp" in answer.error["message"]
     assert "user.fake" not in await models(api)
 
 
