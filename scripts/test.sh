@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command: install the test needs (venv, package with the prebuilt llama.cpp server,
-# default model, Debian chromium for the browser test) and run the whole test suite (both
+# default model, Debian chromium for the browser test, espeak-ng for the audio tests) and run the whole test suite (both
 # tiers: the main one, then the slow one) plus a benchmark smoke run. Nothing is compiled: the
 # tests use a native llama-server when one was built (`lemonade-jupyter install-llama-server`),
 # else the prebuilt engine.
@@ -11,6 +11,11 @@ VENV="${LEMONADE_VENV:-.venv}"
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install Debian chromium; the browser test will fail"
+fi
+# The audio route tests speak with espeak-ng (a WAV made in the test).
+if [ ! -x /usr/bin/espeak-ng ] && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) \
+    || echo "warning: could not install espeak-ng; the espeak audio tests will be skipped"
 fi
 # The node tests (tests/hub_node) run a real JupyterHub, whose proxy comes from npm.
 if ! command -v configurable-http-proxy >/dev/null && [ "$(id -u)" = 0 ]; then

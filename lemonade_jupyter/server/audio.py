@@ -149,9 +149,8 @@ class AudioHandler(LemonadeHandler):
             self.write_json(err, status)
             return
         self.set_status(resp.code)
-        self.set_header("Content-Type", "application/json" if form.answers_json
-                        else "text/plain; charset=utf-8")
-        self.finish(resp.body)
+        self.finish(resp.body, set_content_type="application/json" if form.answers_json
+                    else "text/plain; charset=utf-8")
 
 
 async def _engine_form(form: AudioRequest, audio: bytes, translate: bool) -> tuple[bytes, str]:
