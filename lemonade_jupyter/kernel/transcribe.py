@@ -41,7 +41,7 @@ def as_text(answer: str | dict[str, Any], response_format: str) -> str:
         if response_format == "json":
             return str(answer.get("text", ""))
         return json.dumps(answer, indent=2, ensure_ascii=False)
-    return answer
+    return answer.strip() if response_format == "text" else answer  # the engine's line end
 
 
 def transcribe(client: RouterClient, model: str, path: str, *, output: str | None,
