@@ -17,12 +17,13 @@ LEFTOVER_DEADLINE_S = 5.0
 
 
 def is_backend(p: psutil.Process) -> bool:
-    """True for a real or fake llama-server process."""
+    """True for a real or fake llama-server process, or a whisper engine."""
     try:
         cmd = " ".join(p.cmdline())
     except psutil.Error:
         return False
-    return "llama-server" in cmd or "fake_llama_server" in cmd
+    return ("llama-server" in cmd or "fake_llama_server" in cmd
+            or "engines.whisper_server" in cmd)
 
 
 def alive(pid: int) -> bool:

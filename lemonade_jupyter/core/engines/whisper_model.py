@@ -7,6 +7,7 @@ calls it from one worker thread, so requests run one at a time and never on the 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,36 @@ from .whisper_formats import Segment, Transcript
 
 class ModelLoadFailed(RuntimeError):
     """whisper.cpp could not load the file (its log says why)."""
+
+
+#: The magic and the eleven hyperparameters that open a whisper.cpp model file.
+HEADER = struct.Struct("<I11i")
+MAGIC = 0x67676D6C
+_NAMES = ("n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer",
+          "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer", "n_mels")
+
+
+def check_header(path: str) -> dict[str, int]:
+    """The hyperparameters of the model at ``path``, checked before whisper.cpp sees them:
+    its loader trusts them, and a file with a right magic and wrong sizes crashed the
+    process (SIGSEGV) instead of failing. Raises ModelLoadFailed."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEADER.size)
+    except OSError as exc:
+        raise ModelLoadFailed(f"cannot read {path}: {exc}") from exc
+    if len(head) < HEADER.size or HEADER.unpack(head)[0] != MAGIC:
+        raise ModelLoadFailed(f"{path} is not a whisper.cpp ggml model (bad magic)")
+    values = HEADER.unpack(head)[1:]
+    params = dict(zip(_NAMES, values[:10]))
+    params["ftype"] = values[10]
+    bad = [k for k, v in params.items() if k != "ftype" and not 0 < v <= 1 << 20]
+    if (bad or params["n_audio_state"] != params["n_text_state"]
+            or params["n_audio_state"] % params["n_audio_head"]
+            or params["n_text_state"] % params["n_text_head"]
+            or not 0 <= params["ftype"] % 1000 < 64):
+        raise ModelLoadFailed(f"{path} has impossible hyperparameters: {params}")
+    return params
 
 
 @dataclass(frozen=True)
@@ -35,9 +66,12 @@ class WhisperModel:
     def __init__(self, path: str, threads: int) -> None:
         from pywhispercpp.model import Model  # the wheel's library is loaded by engines only
 
+        check_header(path)
         self._model = Model(path, n_threads=threads, print_progress=False,
                             print_realtime=False, print_timestamps=False,
-                            redirect_whispercpp_logs_to=False)
+                            redirect_whispercpp_logs_to=False,
+                            # whisper-server's default (pywhispercpp's is 5)
+                            greedy={"best_of": 2})
         if getattr(self._model, "_ctx", None) is None:
             raise ModelLoadFailed(f"whisper.cpp could not load {path}")
 
@@ -53,7 +87,7 @@ class WhisperModel:
 
         segments = self._model.transcribe(
             samples, language=decode.language, translate=decode.translate,
-            temperature=decode.temperature, initial_prompt=decode.prompt or None,
+            temperature=decode.temperature, initial_prompt=decode.prompt,
             extract_probability=True)
         ctx = self._model._ctx
         out = []

@@ -1,0 +1,173 @@
+"""The engine process on its own: ``lemonade-whisper-server`` on the synthetic model, started
+with the command line and environment the router gives it, spoken to over whisper-server's
+HTTP API."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.speech.conftest import wait_healthy
+
+SRT_CUE = re.compile(r"^\d+\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n", re.M)
+VTT_CUE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}\n", re.M)
+
+
+def test_whisper_engine_health_is_503_until_the_model_is_loaded(start_engine,
+                                                                 whisper_model_file):
+    seen: list[int] = []
+    engine = start_engine(whisper_model_file, seen=seen)
+    assert seen[-1] == 200
+    assert httpx.get(f"{engine.url}/health").json() == {"status": "ok"}
+    # The port opens before the model loads; what it said before 200 was 503, never an error.
+    assert set(seen) <= {503, 200}
+
+
+def test_whisper_engine_answers_every_response_format(start_engine, whisper_model_file,
+                                                       jfk_wav):
+    engine = start_engine(whisper_model_file)
+    as_json = engine.inference(jfk_wav, response_format="json", language="en")
+    assert as_json.status_code == 200, as_json.text
+    assert list(as_json.json()) == ["text"] and isinstance(as_json.json()["text"], str)
+
+    verbose = engine.inference(jfk_wav, response_format="verbose_json", language="en")
+    body = verbose.json()
+    assert body["task"] == "transcribe" and body["language"] == "en"
+    assert abs(body["duration"] - 11.0) < 0.01  # jfk.wav is 176000 samples at 16 kHz
+    assert body["segments"], body
+    for i, seg in enumerate(body["segments"]):
+        assert seg["id"] == i and 0 <= seg["start"] <= seg["end"] <= 30.0
+        assert isinstance(seg["text"], str) and isinstance(seg["tokens"], list)
+    assert body["text"] == " ".join(s["text"].strip() for s in body["segments"]
+                                    if s["text"].strip())
+
+    srt = engine.inference(jfk_wav, response_format="srt", language="en")
+    assert srt.headers["content-type"].startswith("application/x-subrip")
+    assert SRT_CUE.match(srt.text), srt.text
+    vtt = engine.inference(jfk_wav, response_format="vtt", language="en")
+    assert vtt.text.startswith("WEBVTT\n\n") and VTT_CUE.search(vtt.text), vtt.text
+    text = engine.inference(jfk_wav, response_format="text", language="en")
+    assert text.headers["content-type"].startswith("text/plain")
+
+    translated = engine.inference(jfk_wav, response_format="verbose_json", translate="true",
+                                  temperature=0.2)
+    assert translated.json()["task"] == "translate"
+
+
+def test_whisper_engine_refuses_a_request_without_its_key(start_engine, whisper_model_file,
+                                                          jfk_wav):
+    engine = start_engine(whisper_model_file)
+    for key in ("not-the-key", engine.key[:-1]):
+        answer = engine.inference(jfk_wav, key=key)
+        assert answer.status_code == 401, answer.text
+        assert answer.json()["error"]["type"] == "authentication_error"
+    assert httpx.post(f"{engine.url}/inference", files={"file": ("a.wav", jfk_wav)}
+                      ).status_code == 401
+    assert httpx.get(f"{engine.url}/props").status_code == 401
+    props = httpx.get(f"{engine.url}/props", headers=engine.auth())
+    assert props.json()["total_slots"] == 1
+    assert engine.inference(jfk_wav).status_code == 200
+
+
+def test_whisper_engine_refuses_bad_fields_with_a_400(start_engine, whisper_model_file,
+                                                      jfk_wav):
+    engine = start_engine(whisper_model_file)
+    bad = [
+        {"response_format": "xml"},
+        {"temperature": "hot"},
+        {"temperature": "7"},
+        {"temperature": "nan"},
+        {"language": "klingon"},
+        {"language": "zz"},
+        {"translate": "maybe"},
+        {"prompt": "x" * 5000},
+    ]
+    for fields in bad:
+        answer = engine.inference(jfk_wav, **fields)
+        assert answer.status_code == 400, (fields, answer.text)
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+    not_wav = engine.inference(b"RIFF....WAVEjunk")
+    assert not_wav.status_code == 400 and "WAV" in not_wav.json()["error"]["message"]
+    no_file = httpx.post(f"{engine.url}/inference", headers=engine.auth(),
+                         data={"response_format": "json"})
+    assert no_file.status_code == 400
+    not_form = httpx.post(f"{engine.url}/inference", headers=engine.auth(),
+                          content=json.dumps({"file": "x"}))
+    assert not_form.status_code == 400
+    # Still serving after all that.
+    assert engine.inference(jfk_wav).status_code == 200
+
+
+def test_whisper_engine_exits_cleanly_on_sigterm(start_engine, whisper_model_file):
+    engine = start_engine(whisper_model_file)
+    engine.proc.send_signal(signal.SIGTERM)
+    assert engine.proc.wait(30) == 0
+
+
+def test_whisper_engine_exits_when_the_model_does_not_load(start_engine, tmp_path):
+    broken = tmp_path / "ggml-broken.bin"
+    broken.write_bytes(b"lmgg" + b"\0" * 64)
+    engine = start_engine(str(broken), wait=False)
+    assert engine.proc.wait(60) == 1
+    assert "cannot load" in engine.log.read_text()
+
+
+FAKE_NATIVE = """\
+#!{python}
+# A stand-in for whisper.cpp's whisper-server: no API key, /health and /inference.
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+args = sys.argv[1:]
+port = int(args[args.index("--port") + 1])
+assert args[args.index("--host") + 1] == "127.0.0.1"
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def answer(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data))); self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        self.answer(200, {{"status": "ok"}})
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.answer(200, {{"text": "native", "auth": self.headers.get("Authorization"),
+                          "bytes": len(body), "argv": args}})
+HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def test_native_whisper_server_runs_behind_the_key(start_engine, whisper_model_file, jfk_wav,
+                                                   tmp_path: Path):
+    """whisper.cpp's server has no key: the wrapper checks ours and forwards only the
+    checked fields; the native server listens on a port of its own."""
+    native = tmp_path / "whisper-server"
+    native.write_text(FAKE_NATIVE.format(python=sys.executable))
+    native.chmod(0o755)
+    engine = start_engine(whisper_model_file, native=str(native))
+    assert engine.inference(jfk_wav, key="wrong").status_code == 401
+    assert engine.inference(jfk_wav, response_format="xml").status_code == 400
+    answer = engine.inference(jfk_wav, language="en")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["text"] == "native" and body["auth"] is None  # our key stays with us
+    assert body["bytes"] > len(jfk_wav)
+    assert str(engine.url.rsplit(":", 1)[1]) not in body["argv"]
+    assert body["argv"][:2] == ["-m", whisper_model_file]
+
+
+def test_native_whisper_server_exit_ends_the_wrapper(start_engine, whisper_model_file,
+                                                     tmp_path: Path):
+    native = tmp_path / "whisper-server"
+    native.write_text("#!/bin/sh\necho 'error: failed to load model' >&2\nexit 3\n")
+    native.chmod(0o755)
+    engine = start_engine(whisper_model_file, native=str(native), wait=False)
+    assert engine.proc.wait(60) == 1
+    assert "exited with code 3" in engine.log.read_text()
+
+
