@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One command: install the test needs (venv, package with the prebuilt llama.cpp server,
-# default model, Debian chromium for the browser test, espeak-ng for the audio tests) and run the whole test suite (both
-# tiers: the main one, then the slow one) plus a benchmark smoke run. Nothing is compiled: the
-# tests use a native llama-server when one was built (`lemonade-jupyter install-llama-server`),
-# else the prebuilt engine.
+# default model, Debian chromium for the browser test, espeak-ng for the audio tests) and run
+# the whole test suite (both tiers: the main one, then the slow one) plus a benchmark smoke run.
+# Nothing is compiled: the tests use a native llama-server when one was built
+# (`lemonade-jupyter install-llama-server`), else the prebuilt engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh test
