@@ -2,11 +2,13 @@
 
 The rule (:mod:`lemonade_jupyter.core.whisper_facts`): file size + a compute buffer fixed per
 model size (read from the encoder width) + 64 MiB for the process; a width outside the table
-takes the next larger size's buffer.
+takes the next larger size's buffer. With the real engine on the synthetic model, the estimate
+is what admission uses before the start and lies above the RSS measured once it runs.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -20,6 +22,10 @@ from lemonade_jupyter.core.options import LoadOptions
 from lemonade_jupyter.core.preferences import ModelPreferences
 from lemonade_jupyter.core.settings import RouterSettings
 from lemonade_jupyter.core.whisper_facts import read_facts
+from tests.fakes.synthetic_whisper import write_synthetic_whisper
+from tests.helpers.artifacts import write_artifact
+from tests.helpers.http import API
+from tests.helpers.polling import wait_until
 
 MIB = 1024 * 1024
 #: (n_audio_state, n_audio_layer, n_text_layer) of whisper.cpp's model sizes.
@@ -75,3 +81,30 @@ async def test_fit_admission_estimates_a_whisper_model_from_its_own_header(tmp_p
     plan = await fit.place(m, wanted, [], sample)
     assert plan.estimate_bytes == read_facts(str(path)).estimate_bytes()
     assert plan.placement.on_cpu
+
+
+@pytest.mark.parametrize("lemonade_traits", [{"memory_budget_mib": 64 * 1024.0,
+                                              "memory_sample_interval_s": 0.2}], indirect=True)
+async def test_a_running_whisper_model_is_estimated_then_measured_below_the_estimate(
+        api, lemonade, tmp_path, lemonade_traits):
+    path = str(write_synthetic_whisper(tmp_path / "ggml-synth.bin"))
+    answer = await api.post(f"{API}/pull", {"model_name": "user.synth", "checkpoint": path,
+                                            "recipe": "whispercpp"})
+    assert answer.code == 200, answer.body
+    await api.load("user.synth")
+    estimate = read_facts(path).estimate_bytes()
+
+    async def measured():
+        health = await api.health()
+        entry = next(m for m in health["all_models_loaded"] if m["model_name"] == "user.synth")
+        return entry if entry["memory_bytes"] else None
+
+    entry = await wait_until(measured, what="the whisper engine's measured memory")
+    assert entry["estimate_bytes"] == estimate  # what admission counted before the start
+    assert entry["memory_by_device"]["cpu"]["source"] == "process_rss"
+    rss = entry["memory_bytes"]
+    write_artifact("whisper_fit_estimate.json", {
+        "file_mib": round(os.path.getsize(path) / MIB, 2),
+        "estimate_mib": round(estimate / MIB, 1), "measured_rss_mib": round(rss / MIB, 1),
+        "estimate_over_measured": round(estimate / rss, 3)})
+    assert rss <= estimate, (rss / MIB, estimate / MIB)
