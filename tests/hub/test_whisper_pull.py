@@ -20,9 +20,14 @@ from typing import Any
 
 import pytest
 
+from IPython.utils.capture import capture_output
+
 from lemonade_jupyter.core import curated
+from lemonade_jupyter.kernel.client import RouterClient
+from lemonade_jupyter.server.embedded import EmbeddedServer
 from tests.fakes.fake_hub import FakeHub
 from tests.helpers.http import API
+from tests.kernel.conftest import ip, use_client  # noqa: F401 - the IPython shell fixture
 
 from .conftest import cached_files
 
@@ -170,3 +175,24 @@ async def test_a_pinned_curated_whisper_model_is_pulled_and_checked(pinned_whisp
     assert answer.code == 200, answer.body
     entry = (await models(api))["Whisper-Base"]
     assert entry["downloaded"] is True and entry["recipe"] == "whispercpp"
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, whisper_cache: Path) -> Iterator[RouterClient]:
+    """An embedded router (its own thread and data dir) downloading from the whisper hub."""
+    server = EmbeddedServer(data_dir=tmp_path / "embedded-data")
+    server.start()
+    client = RouterClient(server.url, server.token, kind="explicit", source="test")
+    yield client
+    client.close()
+    server.stop()
+
+
+def test_magic_pull_of_a_whisper_checkpoint_needs_no_recipe(ip, embedded, whisper_cache):
+    """``%lemonade pull`` sends no recipe unless given: the checkpoint brings its own."""
+    use_client(ip, embedded)
+    with capture_output():
+        msg = ip.run_line_magic("lemonade", f"pull tiny {REPO}:tiny.en")
+    assert repr(msg).startswith(f"Pulled user.tiny (transcription) from {REPO}:tiny.en in ")
+    listed = {m["id"]: m for m in embedded.models()}["user.tiny"]
+    assert listed["recipe"] == "whispercpp" and listed["labels"] == ["transcription"]
