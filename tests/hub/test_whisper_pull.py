@@ -196,3 +196,21 @@ def test_magic_pull_of_a_whisper_checkpoint_needs_no_recipe(ip, embedded, whispe
     assert repr(msg).startswith(f"Pulled user.tiny (transcription) from {REPO}:tiny.en in ")
     listed = {m["id"]: m for m in embedded.models()}["user.tiny"]
     assert listed["recipe"] == "whispercpp" and listed["labels"] == ["transcription"]
+
+
+async def test_an_offline_pull_checks_the_cached_file_too(api, whisper_cache, monkeypatch):
+    """With ``HF_HUB_OFFLINE`` only the cache is read: a file there under a whisper.cpp name
+    that is not a whisper.cpp model (another tool's, a damaged copy) is refused just the same."""
+    snapshot = whisper_cache / "models--ggerganov--whisper.cpp" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "ggml-medium.bin").write_bytes(b"GGUF" + b"\0" * 60)
+    write_whisper_file(snapshot / "ggml-base.en.bin")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    answer = await api.post(f"{API}/pull", {"model_name": "user.medium",
+                                            "checkpoint": f"{REPO}:medium"})
+    assert answer.code == 502 and "ggml magic" in answer.error["message"], answer.body
+    assert "user.medium" not in await models(api)
+    answer = await api.post(f"{API}/pull", {"model_name": "user.base",
+                                            "checkpoint": f"{REPO}:base.en"})
+    assert answer.code == 200, answer.body
+    assert (await models(api))["user.base"]["type"] == "transcription"
