@@ -214,3 +214,17 @@ async def test_an_offline_pull_checks_the_cached_file_too(api, whisper_cache, mo
                                             "checkpoint": f"{REPO}:base.en"})
     assert answer.code == 200, answer.body
     assert (await models(api))["user.base"]["type"] == "transcription"
+
+
+async def test_a_cached_blob_without_the_magic_is_refused_before_it_is_linked(
+        api, whisper_cache, whisper_hub, model_figures, default_model_file):
+    """Online, a file whose blob is already in the cache is not fetched again, only checked:
+    the check of the magic applies to it as to a download."""
+    blobs = whisper_cache / "models--ggerganov--whisper.cpp" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / str(model_figures["sha256"])).symlink_to(default_model_file)  # the ETag's name
+    answer = await api.post(f"{API}/pull", {"model_name": "user.small",
+                                            "checkpoint": f"{REPO}:small"})
+    assert answer.code == 502 and "ggml magic" in answer.error["message"], answer.body
+    assert not whisper_hub.downloads("ggml-small.bin")  # the cached blob was not fetched again
+    assert "user.small" not in await models(api)
