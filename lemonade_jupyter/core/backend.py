@@ -49,6 +49,10 @@ class EngineCommand(Protocol):
 
     def env(self, api_key: str) -> dict[str, str]: ...
 
+    @property
+    def process_name(self) -> str:
+        """What the process is called in messages (``llama-server``, ``whisper-server``)."""
+
 
 class BackendState(enum.Enum):
     """Lifecycle of one process; only :meth:`Backend._set_state` writes it."""
@@ -218,7 +222,7 @@ class Backend:
             if self._reaper.done():
                 await self.flush_log()
                 raise ModelLoadError(
-                    f"llama-server for '{self.spec.name}' exited with code "
+                    f"{self._engine.process_name} for '{self.spec.name}' exited with code "
                     f"{self._proc.returncode} while loading: {self._reason()}"
                 )
             try:
@@ -241,7 +245,7 @@ class Backend:
             if now >= deadline:
                 await self.flush_log()
                 raise ModelLoadError(
-                    f"llama-server for '{self.spec.name}' was not ready after "
+                    f"{self._engine.process_name} for '{self.spec.name}' was not ready after "
                     f"{self._ready_timeout_s:.0f} s: {self._reason()}"
                 )
             # Wake early if the process exits; never sleep past the deadline.

@@ -14,6 +14,7 @@ import signal
 import psutil
 import pytest
 
+from lemonade_jupyter.errors import EngineMissingError, ModelLoadError
 from tests.helpers.http import API
 from tests.helpers.polling import wait_until
 from tests.speech.conftest import WHISPER, engine_inference, register_whisper
@@ -143,3 +144,53 @@ async def test_a_whisper_model_needs_a_ggml_file(api, tmp_path, default_model_fi
     w5 = next(m for m in models if m["id"] == "user.w5")
     assert w5["type"] == "transcription" and w5["labels"] == ["transcription"]
     assert not any(m["id"] in ("user.w2", "user.w3", "user.w4") for m in models)
+
+
+async def test_a_whisper_model_that_cannot_load_fails_with_the_engines_words(
+        api, tmp_path, whisper_model_file):
+    """A file with whisper.cpp's magic and sizes it would crash on: the load fails with the
+    engine's reason, nothing keeps running, nothing holds the slot."""
+    fields = bytearray(open(whisper_model_file, "rb").read(48))
+    fields[12:16] = (15).to_bytes(4, "little")  # n_audio_state != n_text_state
+    broken = tmp_path / "ggml-broken.bin"
+    broken.write_bytes(bytes(fields) + b"\0" * 64)
+    await register_whisper(api, str(broken), "user.broken")
+    answer = await api.post(f"{API}/load", {"model_name": "user.broken"})
+    assert answer.code == ModelLoadError.status_code, answer.body
+    assert answer.error["code"] == ModelLoadError.code
+    message = answer.error["message"]
+    assert "whisper-server for 'user.broken'" in message and "impossible" in message
+    assert entry(await api.health(), "user.broken") is None
+
+
+async def test_a_downsized_whisper_model_keeps_its_slot_and_comes_back(
+        api, lemonade, whisper_model_file, jfk_wav):
+    """Downsizing a whisper model stops its process and keeps its slot; the next load
+    starts it again."""
+    await register_whisper(api, whisper_model_file)
+    await api.load(WHISPER)
+    old_pid = entry(await api.health(), WHISPER)["pid"]
+    freed = await lemonade.router.downsize(lemonade.router.get_live(WHISPER))
+    e = entry(await api.health(), WHISPER)
+    assert e["status"] == "downsized" and e["memory_bytes"] == 0 and e["pid"] is None
+    assert freed is None or freed > 0
+    assert (await api.health())["loaded_models"]["transcription"] == 1
+    await api.load(WHISPER)
+    e = entry(await api.health(), WHISPER)
+    assert e["status"] == "ready" and e["pid"] not in (None, old_pid)
+    backend = lemonade.router.get_live(WHISPER).backend
+    assert (await engine_inference(backend.url, backend.api_key, jfk_wav)).status_code == 200
+
+
+async def test_no_whisper_engine_is_refused_before_anything_moves(
+        api, whisper_model_file, tmp_path, monkeypatch):
+    """The engine check runs before admission: a missing whisper engine evicts nobody."""
+    await register_whisper(api, whisper_model_file)
+    await register_whisper(api, whisper_model_file, "user.whisper2")
+    await api.load(WHISPER)
+    before = await api.loaded()
+    monkeypatch.setenv("LEMONADE_WHISPER_SERVER", str(tmp_path / "no-whisper-server"))
+    answer = await api.post(f"{API}/load", {"model_name": "user.whisper2"})
+    assert answer.code == EngineMissingError.status_code, answer.body
+    assert "LEMONADE_WHISPER_SERVER" in answer.error["message"]
+    assert await api.loaded() == before

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..catalog import ModelSpec
 from ..engine_flags import STRICT, ArgsPolicy, check_llamacpp_args
@@ -34,6 +35,7 @@ DEFAULT_CTX_SIZE = 2048
 class LlamaCppEngine:
     """Builds ``llama-server`` command lines; holds no process state."""
 
+    process_name: ClassVar[str] = "llama-server"
     binary: str
     #: ``--threads`` for every backend; None lets llama.cpp choose (all cores). On a small
     #: shared machine several backends each spinning on all cores slow each other down a lot

@@ -7,7 +7,11 @@ calls it from one worker thread, so requests run one at a time and never on the 
 from __future__ import annotations
 
 import math
+import os
+import re
 import struct
+import sys
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +27,8 @@ class ModelLoadFailed(RuntimeError):
 #: The magic and the eleven hyperparameters that open a whisper.cpp model file.
 HEADER = struct.Struct("<I11i")
 MAGIC = 0x67676D6C
+#: What whisper.cpp logs when a load returns NULL.
+_LOAD_FAILED = re.compile(r"^.*(failed to (load|open|init|allocate)|ERROR).*$", re.M)
 _NAMES = ("n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer",
           "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer", "n_mels")
 
@@ -67,13 +73,26 @@ class WhisperModel:
         from pywhispercpp.model import Model  # the wheel's library is loaded by engines only
 
         check_header(path)
-        self._model = Model(path, n_threads=threads, print_progress=False,
-                            print_realtime=False, print_timestamps=False,
-                            redirect_whispercpp_logs_to=False,
-                            # whisper-server's default (pywhispercpp's is 5)
-                            greedy={"best_of": 2})
-        if getattr(self._model, "_ctx", None) is None:
-            raise ModelLoadFailed(f"whisper.cpp could not load {path}")
+        # pywhispercpp hands back a context object even when whisper.cpp returned NULL (and
+        # the first call on it then crashes), so the load's own log is what tells: it is
+        # caught in a file, copied to our output, and read for whisper.cpp's failure lines.
+        fd, log_path = tempfile.mkstemp(prefix="whisper-load-", suffix=".log")
+        os.close(fd)
+        try:
+            self._model = Model(path, n_threads=threads, print_progress=False,
+                                print_realtime=False, print_timestamps=False,
+                                redirect_whispercpp_logs_to=log_path,
+                                # whisper-server's default (pywhispercpp's is 5)
+                                greedy={"best_of": 2})
+            with open(log_path, encoding="utf-8", errors="replace") as fh:
+                load_log = fh.read(1 << 20)
+        finally:
+            os.unlink(log_path)
+        sys.stderr.write(load_log)
+        sys.stderr.flush()
+        failed = _LOAD_FAILED.search(load_log)
+        if failed:
+            raise ModelLoadFailed(f"whisper.cpp could not load {path}: {failed.group(0)}")
 
     @staticmethod
     def known_language(code: str) -> bool:

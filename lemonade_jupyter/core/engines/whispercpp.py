@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from ...errors import EngineMissingError
 from ..catalog import ModelSpec
@@ -94,6 +95,7 @@ class WhisperCppEngine:
     The same interface as :class:`.llamacpp.LlamaCppEngine` (``argv``, ``env``), which is all
     :class:`..backend.Backend` asks of an engine."""
 
+    process_name: ClassVar[str] = "whisper-server"
     info: WhisperEngineInfo
     threads: int | None = None
     python: str = sys.executable
