@@ -39,7 +39,6 @@ import asyncio
 import aiohttp
 from jupyter_server.auth.decorator import authorized
 from tornado import web
-from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from ..core.audio_upload import (
     AudioRequest, WavFacts, check_duration, check_form, parse_wav, to_engine_wav,
@@ -117,24 +116,22 @@ class AudioHandler(LemonadeHandler):
         self._answer(resp, form)
 
     def _form(self) -> AudioRequest:
-        """The multipart form, parsed by tornado (bounded parts) and checked; 400 otherwise."""
+        """The multipart form, checked; 400 otherwise.
+
+        Tornado parsed it before :meth:`prepare` (``parse_body_arguments``, with its bound on
+        the number of parts and the size of their headers); a body it could not parse was
+        a 400 ``Invalid body`` already."""
         content_type = self.request.headers.get("Content-Type", "")
         if not content_type.startswith("multipart/form-data"):
             raise InvalidRequestError(
                 "The audio routes take a multipart/form-data body with a 'file' part",
                 param="file")
-        fields: dict[str, list[bytes]] = {}
-        files: dict[str, list[HTTPFile]] = {}
-        try:
-            parse_body_arguments(content_type, self.request.body or b"", fields, files,
-                                 self.request.headers)
-        except HTTPInputError as exc:
-            raise InvalidRequestError(f"Invalid multipart body: {exc}", param="file") from None
-        uploads = {name: [(f.filename, f.body) for f in parts] for name, parts in files.items()}
+        uploads = {name: [(f.filename, f.body) for f in parts]
+                   for name, parts in self.request.files.items()}
         for _filename, data in uploads.get("file", []):
             if len(data) > self._max_file_bytes():
                 raise self._too_large(len(data))
-        return check_form(fields, uploads)
+        return check_form(self.request.body_arguments, uploads)
 
     async def _engine_audio(self, audio: bytes, facts: WavFacts) -> bytes:
         """The audio in the engine's format; a conversion runs off the event loop."""

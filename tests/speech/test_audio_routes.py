@@ -94,10 +94,12 @@ def whisper_model(api, record, tmp_path, jp_asyncio_loop) -> str:
 
 
 async def post_form(server_url: str, token: str, route: str, files: dict | None,
-                    data: dict | None = None, **kwargs) -> httpx.Response:
+                    data: dict | None = None, *, headers: dict | None = None,
+                    **kwargs) -> httpx.Response:
     async with httpx.AsyncClient(timeout=60) as http:
         return await http.post(f"{server_url}{API}/audio/{route}", files=files, data=data,
-                               headers={"Authorization": f"token {token}"}, **kwargs)
+                               headers={"Authorization": f"token {token}", **(headers or {})},
+                               **kwargs)
 
 
 # ---------------------------------------------------------------------------- answers
@@ -193,7 +195,8 @@ async def test_audio_routes_engine_error_keeps_its_status(whisper_model, server_
                            {"file": ("a.wav", tone_wav(0.2), "audio/wav")},
                            {"model": whisper_model})
     assert resp.status_code == 500, resp.text
-    assert resp.json()["error"]["message"] == "fake engine failure"
+    err = resp.json()["error"]
+    assert (err["message"], err["code"]) == ("fake engine failure", "backend_error")
     assert resp.headers["content-type"].startswith("application/json")
 
 
@@ -238,12 +241,12 @@ async def test_audio_routes_refusals_are_clear_and_change_nothing(
     mp3 = b"ID3\x04\x00\x00" + b"\0" * 2000
 
     async def refused(route: str, files: dict | None, data: dict | None, status: int,
-                      param: str, code: str | None = None, **kwargs) -> str:
+                      param: str | None, code: str | None = None, **kwargs) -> str:
         resp = await post_form(server_url, token, route, files, data, **kwargs)
         assert resp.status_code == status, (data, resp.status_code, resp.text)
         assert resp.headers["content-type"].startswith("application/json")
         err = resp.json()["error"]
-        assert err["param"] == param and err["type"] == "invalid_request_error", err
+        assert err.get("param") == param and err["type"] == "invalid_request_error", err
         assert err.get("code") == code, err
         return err["message"]
 
@@ -255,9 +258,17 @@ async def test_audio_routes_refusals_are_clear_and_change_nothing(
     message = await refused("translations", {"file": ("a.txt", b"hello", "text/plain")}, ok,
                             400, "file", "unsupported_audio_format")
     assert "WAV" in message
+    # A file just over the limit (the body within the room left for the other fields), and
+    # a body far over it, refused before it is parsed.
     big = {"file": ("big.wav", good + b"\0" * (1 << 20), "audio/wav")}
     message = await refused("transcriptions", big, ok, 413, "file", "audio_too_large")
     assert "max_audio_upload_mib" in message
+    await refused("transcriptions", wav, {**ok, "prompt": "a" * (2 << 20)}, 413, "file",
+                  "audio_too_large")
+    message = await refused("transcriptions", None, None, 400, None,
+                            content=b"--x\r\nnot a form", headers={
+                                "Content-Type": "multipart/form-data; boundary=x"})
+    assert "Invalid body" in message
     long = {"file": ("long.wav", tone_wav(61, 8000, 1, 1), "audio/wav")}
     message = await refused("transcriptions", long, ok, 400, "file", "audio_too_long")
     assert "61.0 s" in message and "max_audio_seconds" in message

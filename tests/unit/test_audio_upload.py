@@ -65,6 +65,15 @@ def test_audio_upload_reads_a_wav_header():
     assert parse_wav(tone(0.1, ENGINE_RATE)).is_engine_format
 
 
+def test_audio_upload_a_file_cut_mid_frame_keeps_whole_frames():
+    """An upload cut short (its data chunk claims more than arrived, and ends inside a frame)
+    keeps the whole frames it has, and converts."""
+    data = tone(0.5, 22_050, channels=2, width=3)[:-1]
+    facts = parse_wav(data)
+    assert facts.data_len % 6 == 0 and facts.frames == 11_024
+    assert read_back(to_engine_wav(data, facts))[1] == ENGINE_RATE
+
+
 def test_audio_upload_skips_chunks_before_the_data():
     plain = tone(0.25, ENGINE_RATE)
     extra = b"LIST" + struct.pack("<I", 5) + b"abcde" + b"\0"  # odd size: padded
@@ -88,6 +97,8 @@ def test_audio_upload_refuses_other_formats_naming_what_works(data, named):
         parse_wav(data)
     assert err.value.status_code == 400 and err.value.code == "unsupported_audio_format"
     assert err.value.param == "file"
+    if named != "not a WAV":
+        assert f"looks like {named}" in err.value.message, err.value.message
     assert named in err.value.message and "WAV (RIFF/WAVE PCM" in err.value.message
 
 

@@ -12,7 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+import aiohttp
+from aiohttp import web
 
 from .whisper_formats import RESPONSE_FORMATS
 
@@ -67,7 +68,7 @@ async def read_form(request: web.Request) -> tuple[bytes, dict[str, str]]:
         part = await reader.next()
         if part is None:
             break
-        if not isinstance(part, BodyPartReader) or part.name not in _FIELDS:
+        if not isinstance(part, aiohttp.BodyPartReader) or part.name not in _FIELDS:
             continue  # unknown fields are ignored, as whisper-server does
         if part.name == "file":
             audio = bytes(await part.read())
