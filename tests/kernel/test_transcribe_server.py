@@ -5,11 +5,14 @@ around ``tests/fakes/fake_whisper_server.py``, a stand-in for whisper.cpp's serv
 fixed transcript in every format (the real engine's words are the engine tests' business).
 So the magic's request goes through discovery, the audio route, the router's auto-load and
 lease, and the engine wrapper. The dashboard then shows the model in the ``transcription``
-pool, with its measured memory.
+pool, with its measured memory. Last, the magic drives the real engine (the ``pywhispercpp``
+wheel) on the synthetic whisper model through an embedded router: its words are noise, the
+shape of the answer is whisper.cpp's.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import wave
 from collections.abc import Iterator
@@ -23,6 +26,8 @@ from lemonade_jupyter.kernel.client import RouterClient
 from lemonade_jupyter.kernel.magics import LemonadeMagics, LemonadeServerError
 from lemonade_jupyter.kernel.pools import pools
 from lemonade_jupyter.kernel.widgets import Dashboard
+from lemonade_jupyter.server.embedded import EmbeddedServer
+from tests.fakes.synthetic_whisper import JFK_WAV, write_synthetic_whisper
 from tests.helpers.jupyter import JupyterProcess
 from tests.helpers.polling import wait_for
 
@@ -115,3 +120,29 @@ def test_dashboard_shows_the_transcription_pool(ip, magics, router, tmp_path):
                  what="the transcription model's memory on the dashboard")
     finally:
         dash.close()
+
+
+def test_transcribe_magic_with_the_real_engine(ip, tmp_path, monkeypatch):
+    monkeypatch.delenv("LEMONADE_WHISPER_SERVER", raising=False)
+    model = write_synthetic_whisper(tmp_path / "ggml-synth.bin")
+    server = EmbeddedServer(data_dir=tmp_path / "embedded-data")
+    server.start()
+    client = RouterClient(server.url, server.token, kind="explicit", source="test")
+    try:
+        magics = LemonadeMagics(ip, progress="none")
+        magics.client = client
+        ip.register_magics(magics)
+        ip.run_line_magic("lemonade", f"pull synth {model} --recipe whispercpp")
+        out = tmp_path / "jfk.json"
+        ip.run_line_magic("lemonade", f"transcribe user.synth {JFK_WAV} --format verbose_json "
+                                      f"--language en -o {out}")
+        answer = json.loads(out.read_text())
+        assert answer["task"] == "transcribe" and answer["language"] == "en"
+        assert abs(answer["duration"] - 11.0) < 0.01 and isinstance(answer["text"], str)
+        loaded = {m["model_name"]: m for m in client.health()["all_models_loaded"]}
+        assert loaded["user.synth"]["type"] == "transcription"
+        assert loaded["user.synth"]["recipe"] == "whispercpp"
+    finally:
+        client.unload()
+        client.close()
+        server.stop()
