@@ -20,9 +20,10 @@ Form fields (each checked before anything loads, ``core/audio_upload.py``):
   ``auto``. ``prompt``: at most 2000 characters. Each bad value: **400** naming the field.
 
 Limits: the body may be ``max_audio_upload_mib`` (25 MiB by default) plus 64 KiB for the other
-fields, the file ``max_audio_upload_mib``: larger, **413** ``audio_too_large`` before anything
-is parsed. The audio may last ``max_audio_seconds`` (1800 s by default): longer, **400**
-``audio_too_long``. A refused request never loads or evicts a model.
+fields, the file ``max_audio_upload_mib``: larger, **413** ``audio_too_large`` before the form
+is read. A multipart body that does not parse: **400** ``Invalid body``. The audio may last
+``max_audio_seconds`` (1800 s by default): longer, **400** ``audio_too_long``. A refused
+request never loads or evicts a model.
 
 Everything else is the chat routes' path: the model is auto-loaded by the router (``409`` when
 its pool is all pinned, ``503`` while it cools down after crashes, ``429`` when its queue is
@@ -74,7 +75,9 @@ class AudioHandler(LemonadeHandler):
         return int(self.router.settings.max_audio_upload_mib * _MIB)
 
     def check_body_size(self) -> None:
-        """A body over the upload limit is a 413 ``audio_too_large`` (before parsing)."""
+        """A body over the upload limit is a 413 ``audio_too_large``, before the form is read
+        (tornado has the body in memory by then, within the Jupyter server's own
+        ``max_body_size``)."""
         size = self.body_size()
         if size > self._max_file_bytes() + FORM_OVERHEAD_BYTES:
             raise self._too_large(size)

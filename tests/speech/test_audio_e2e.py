@@ -11,15 +11,19 @@ words, the fields sent and the faults, with a stand-in engine.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import signal
 import wave
 from io import BytesIO
 
+import httpx
 import openai
 import pytest
 
 from tests.helpers.http import API
+from tests.helpers.polling import wait_until
 from tests.server.conftest import (  # noqa: F401 - fixtures shared with the server tests
     api, client, jp_server_config, lemonade, lemonade_data_dir, lemonade_traits, openai_client,
     server_url, token,
@@ -89,6 +93,15 @@ async def test_audio_e2e_jfk_in_every_response_format(api, client, whisper, jfk_
                                                        response_format="srt"))
     check_vtt(await client.audio.transcriptions.create(model=whisper, file=audio,
                                                        response_format="vtt"))
+    # OpenAI's content types: JSON for the JSON formats, plain text for the others.
+    async with httpx.AsyncClient(timeout=60) as http:
+        for fmt, ctype in (("verbose_json", "application/json"), ("srt", "text/plain")):
+            resp = await http.post(f"{server_url}{API}/audio/transcriptions",
+                                   headers={"Authorization": f"token {token}"},
+                                   files={"file": audio},
+                                   data={"model": whisper, "response_format": fmt})
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["content-type"].split(";")[0] == ctype, resp.headers
     (still,) = (await api.health())["all_models_loaded"]
     assert still["pid"] == live["pid"]  # one backend served all of them
 
@@ -122,6 +135,38 @@ async def test_audio_e2e_espeak_speech(client, whisper, tmp_path):
                                                        response_format="verbose_json")
     assert verbose.duration == pytest.approx(wav_seconds(data), abs=0.1)
     assert verbose.segments
+
+
+async def test_audio_e2e_kill_9_mid_transcription_is_replayed_once(api, lemonade, client, whisper,
+                                                                    jfk_wav):
+    """kill -9 of the real engine while it transcribes a minute of audio: the router
+    reloads it once and sends the request again; the client gets the whole answer."""
+    with wave.open(BytesIO(jfk_wav)) as w:
+        params, frames = w.getparams(), w.readframes(w.getnframes())
+    out = BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setparams(params)
+        w.writeframes(frames * 6)  # about 66 s: three of whisper's windows
+    long_wav = out.getvalue()
+    await api.load(whisper)
+    first = lemonade.router.get_live(whisper).backend
+    since = lemonade.router.events.recent()[-1].id
+    request = asyncio.ensure_future(client.audio.transcriptions.create(
+        model=whisper, file=("long.wav", long_wav, "audio/wav"), response_format="verbose_json"))
+
+    def transcribing() -> bool:
+        live = lemonade.router.get_live(whisper)
+        return live is not None and live.in_flight > 0
+
+    await wait_until(transcribing, timeout=30, what="the request to reach the engine")
+    os.kill(first.pid, signal.SIGKILL)
+    answer = await request
+    assert answer.duration == pytest.approx(wav_seconds(long_wav), abs=0.1)
+    live = lemonade.router.get_live(whisper)
+    assert live.backend is not first and live.backend.pid != first.pid
+    starts = [e.kind for e in lemonade.router.events.recent(since)
+              if e.model == whisper and e.kind in ("load", "reload")]
+    assert len(starts) == 1, starts
 
 
 async def test_audio_e2e_refusals_load_nothing(api, client, whisper, jfk_wav):

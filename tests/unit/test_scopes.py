@@ -41,3 +41,13 @@ def test_scopes_admin_holds_every_scope_and_nothing_else_does():
     assert not has_scope(frozenset({USE}), PIN)
     assert not has_scope(frozenset({PIN, USE}), ADMIN)
     assert not has_scope(frozenset({"access:services"}), USE)
+
+
+def test_scopes_audio_routes_count_as_inference_requests():
+    """Node mode's quota of requests in flight per user counts transcriptions like chats."""
+    from lemonade_jupyter.server.node_access import is_inference
+
+    for route in ("api/v1/audio/transcriptions", "api/v1/audio/translations",
+                  "api/v1/chat/completions"):
+        assert is_inference(route, "POST"), route
+    assert not is_inference("api/v1/audio/transcriptions", "GET")
