@@ -24,13 +24,14 @@ from pathlib import Path
 from lemonade_jupyter.core.catalog import default_model_path
 from lemonade_jupyter.core.engines.llamacpp import find_llama_server
 
-from . import clients, downsize, fast, hub, lifecycle, proxy, remote, scale
+from . import clients, downsize, fast, hub, lifecycle, proxy, remote, scale, speech
 from .common import Context
 from .procs import BareLlama, JupyterServer
 from .profiling import PySpy
 from .report import machine_info, now_iso, render_markdown, write_results
 
-SECTIONS = ("proxy", "cold", "swap", "downsize", "scale", "fast", "clients", "remote", "hub")
+SECTIONS = ("proxy", "cold", "swap", "downsize", "scale", "fast", "clients", "remote", "hub",
+            "speech")
 REPO = Path(__file__).resolve().parent.parent
 FAKE_SERVER = REPO / "tests" / "fakes" / "fake_llama_server.py"
 
@@ -184,6 +185,8 @@ def _run_sections(args: argparse.Namespace, ctx: Context, errors: list[str]) -> 
         section("8. upstream clients", lambda: clients.run_clients(ctx))
     if "hub" in args.only and hub.available(ctx):
         section("10. node router under JupyterHub", lambda: hub.run_hub(ctx))
+    if "speech" in args.only:
+        section("11. speech to text", lambda: speech.run_speech(ctx))
 
 
 if __name__ == "__main__":

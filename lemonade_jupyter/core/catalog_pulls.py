@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..api_paths import API_V1
 from ..errors import InvalidRequestError, ModelNotFoundError
-from . import names
+from . import names, whisper_models
 from .hub import HubRef, LocalModel, current_endpoint, parse_checkpoint
 from .hub_fetch import Checks
 from .hub_source import require_trusted_source
@@ -70,7 +70,8 @@ def prepare_pull(catalog: PullCatalog, name: Any, checkpoint: Any, recipe: Any =
     figures only from the official hub, else UnverifiedSourceError (403, :mod:`.hub_source`).
     """
     if checkpoint is None and isinstance(name, str) and name in catalog:
-        if labels is not None or recipe not in (None, "llamacpp"):
+        spec = catalog.get(name)
+        if labels is not None or recipe not in (None, "llamacpp", spec.recipe):
             raise InvalidRequestError(
                 f"'{name}' is in the catalog: pull it by name only, or register a copy as "
                 "user.NAME with a checkpoint", param="labels" if labels is not None
@@ -78,7 +79,6 @@ def prepare_pull(catalog: PullCatalog, name: Any, checkpoint: Any, recipe: Any =
         if mmproj is not None:
             raise InvalidRequestError("Parameter 'mmproj' needs a hub checkpoint",
                                       param="mmproj")
-        spec = catalog.get(name)
         ref = parse_checkpoint(spec.source) if spec.source else None
         kind = "curated" if spec.curated else "refresh"
         if spec.curated and spec.source:
@@ -94,6 +94,17 @@ def prepare_pull(catalog: PullCatalog, name: Any, checkpoint: Any, recipe: Any =
             f"user.NAME, or pick a name from GET {API_V1}/models?show_all=true",
             param="model_name")
     ref = parse_checkpoint(checkpoint)
+    if ref is not None and whisper_models.is_whisper_repo(ref.repo_id):
+        # A speech model: its recipe and label are fixed, its variant must name a model.
+        recipe, labels = whisper_models.pull_fields(recipe, labels)
+        whisper_models.check_variant(ref.repo_id, ref.variant)
+        if mmproj is not None:
+            raise InvalidRequestError("A whisper.cpp model has no mmproj file", param="mmproj")
+    elif ref is not None and recipe == whisper_models.WHISPER_RECIPE:
+        raise InvalidRequestError(
+            f"Recipe '{recipe}' runs whisper.cpp models, pulled from "
+            f"{', '.join(sorted(whisper_models.WHISPER_REPOS))} as REPO:VARIANT",
+            param="recipe")
     name, recipe, label_tuple = check_user_fields(name, recipe, labels,
                                                   ref if ref else checkpoint)
     if mmproj is not None:

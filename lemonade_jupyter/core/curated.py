@@ -1,5 +1,6 @@
 """The curated list (``curated_models.json``): well-known GGUF checkpoints on the Hugging Face
-Hub, known by name before they are downloaded.
+Hub, and whisper.cpp's speech models (``"recipe": "whispercpp"``), known by name before they
+are downloaded.
 
 An entry may pin the size and sha256 of each of its files (``"files": {PATH: {"size": N,
 "sha256": HEX}}``); a pull then keeps only files that match (see :mod:`.hub_fetch`), from
@@ -19,7 +20,7 @@ from typing import Any
 from . import names
 from .hub import parse_checkpoint
 from .hub_fetch import FileCheck
-from .model_spec import DEFAULT_MODEL, LABEL, ModelSpec
+from .model_spec import DEFAULT_MODEL, KNOWN_RECIPES, LABEL, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def load_curated(path: Path | None = None) -> list[ModelSpec]:
         try:
             name, checkpoint = entry["model_name"], entry["checkpoint"]
             labels = entry.get("labels") or ["llm"]
+            recipe = entry.get("recipe") or "llamacpp"  # whispercpp: a speech model
             mmproj = entry.get("mmproj") or ""
             size = entry.get("size")
             checks = _file_checks(entry.get("files"))
@@ -52,13 +54,15 @@ def load_curated(path: Path | None = None) -> list[ModelSpec]:
                       and isinstance(labels, list)
                       and all(names.spelled(LABEL, x) for x in labels)
                       and isinstance(mmproj, str)
+                      and recipe in KNOWN_RECIPES
                       and (size is None or isinstance(size, (int, float))))
         except (KeyError, TypeError, AttributeError, ValueError):
             ok = False
         if not ok or name in specs:
             log.warning("Skipping bad entry in %s: %r", path, entry)
             continue
-        specs[name] = ModelSpec(name=name, checkpoint="", labels=tuple(labels), source=checkpoint,
+        specs[name] = ModelSpec(name=name, checkpoint="", recipe=recipe, labels=tuple(labels),
+                                source=checkpoint,
                                 mmproj_source=mmproj, curated=True,
                                 size_gb=float(size) if size is not None else None,
                                 checks=checks)

@@ -3,7 +3,8 @@
 Slots (``max_loaded_models``) say how many models a pool holds; memory says whether the next
 one fits. Before a backend starts, :meth:`FitAdmission.place` chooses its devices
 (:mod:`.placement`) and estimates its need: the figure measured the last time the same file ran
-with the same process options, else the GGUF header's estimate (:mod:`.gguf_facts`). Then
+with the same process options, else the GGUF header's estimate (:mod:`.gguf_facts`; a
+whisper.cpp model's from its own header, :mod:`.whisper_facts`). Then
 :meth:`FitAdmission.victims` asks :func:`~.decisions.fit` on each of its devices: free memory
 (a GPU's free memory minus ``gpu_memory_reserve_mib``, or ``memory_budget_mib`` minus what the
 models on the CPU hold) against the need; the LRU unpinned idle models on that device are the
@@ -45,6 +46,8 @@ from .memory import DeviceMemory, MemorySample
 from .memory_sources import ModelMemory, attribute
 from .placement import Placement
 from .settings import RouterSettings
+from .whisper_facts import estimate_bytes as whisper_estimate
+from .whisper_models import WHISPER_RECIPE
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -83,7 +86,7 @@ class FitAdmission:
         (the default) the trained context from the GGUF header (read off the loop);
         :meth:`place` or :meth:`place_unchecked` may lower an ``auto`` to what fits."""
         facts = None
-        if is_auto(m.options.ctx_size):
+        if _sized_by_fit(m):
             try:
                 facts = await asyncio.to_thread(read_facts, m.spec.checkpoint)
             except (OSError, ValueError) as exc:
@@ -106,7 +109,7 @@ class FitAdmission:
         if on_gpu or self._settings().memory_budget_mib is not None:
             need = await self._need(m, ctx_size)
         where = self._choose(m, need, gpus, offload, others)
-        if is_auto(m.options.ctx_size):
+        if _sized_by_fit(m):
             room = self.room(where, others, sample) if need is not None else None
             if room is not None and need is not None and need > room:
                 ctx_size = await self._cap_context(m, ctx_size, room)
@@ -120,7 +123,7 @@ class FitAdmission:
         """The plan when nothing is checked (an engine that cannot offload, no RAM budget):
         the CPU, no estimate, and an ``auto`` context capped to the machine's room
         (:func:`~.context_size.cpu_room_bytes`)."""
-        if is_auto(m.options.ctx_size):
+        if _sized_by_fit(m):
             ctx_size = await self._cap_context(m, ctx_size, await _machine_room())
         return FitPlan(Placement(), None, ctx_size)
 
@@ -259,10 +262,17 @@ class FitAdmission:
 
     async def _need(self, m: LiveModel, ctx_size: int | None) -> int | None:
         """The measured figure of an earlier run with the same file and options, else the
-        estimate from the GGUF header; None when the header cannot be read."""
+        estimate from the GGUF header (a whisper.cpp model's: :mod:`.whisper_facts`); None
+        when the header cannot be read."""
         measured = self._measured.get(_measure_key(m, ctx_size))
         if measured is not None:
             return measured
+        if m.spec.recipe == WHISPER_RECIPE:
+            try:
+                return await asyncio.to_thread(whisper_estimate, m.spec.checkpoint)
+            except (OSError, ValueError) as exc:
+                log.info("No memory estimate for %s: %s", m.name, exc)
+                return None
         try:
             facts = await asyncio.to_thread(read_facts, m.spec.checkpoint)
         except (OSError, ValueError) as exc:
@@ -296,3 +306,9 @@ def _as_memory(device: EngineDevice) -> DeviceMemory:
 def _measure_key(m: LiveModel, ctx_size: int | None) -> tuple[object, ...]:
     # The context actually started with: a -1 can resolve differently from run to run.
     return (m.spec.checkpoint, m.options.process_key(), ctx_size)
+
+
+def _sized_by_fit(m: LiveModel) -> bool:
+    """Whether ``m``'s context is ours to choose: an ``auto`` ``ctx_size`` on a model that has
+    a context (a speech model has none to read or cap)."""
+    return is_auto(m.options.ctx_size) and m.spec.recipe != WHISPER_RECIPE

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HubNotFoundError, InvalidRequestError, LemonadeError
+from . import whisper_models
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,13 @@ def plan_pull(ref: HubRef, listing: Sequence[RepoFile], mmproj: str | None = Non
 
     Raises InvalidRequestError (400) for a variant that is unknown or matches several models,
     listing the variants there are (also as ``variants`` in the error), and HubNotFoundError
-    (404) for a file, a split part or an mmproj that the repository does not have.
+    (404) for a file, a split part or an mmproj that the repository does not have. A
+    whisper.cpp repository's variant picks its ``ggml-<variant>.bin`` (:mod:`.whisper_models`).
     """
+    if whisper_models.is_whisper_repo(ref.repo_id) and not ref.filename and mmproj is None:
+        path, variant = whisper_models.choose_file(ref.repo_id, ref.variant,
+                                                   [f.path for f in listing])
+        return PullPlan(ref, tuple(f for f in listing if f.path == path), None, variant)
     units = _units(listing)
     names = _labels(units)
     every = sorted(names, key=str.lower)

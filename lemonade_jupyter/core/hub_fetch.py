@@ -28,6 +28,7 @@ from ..errors import (
 )
 from .hub import HubEnv, HubRef, LocalModel, PullPlan, RepoFile, find_cached, plan_pull, repo_folder
 from .hub_errors import hub_error
+from .whisper_models import is_whisper_file, is_whisper_repo
 from .hub_transfer import (
     Hangup, HubCancelled, HubSession, hash_file, link_snapshot, write_ref,
 )
@@ -89,6 +90,7 @@ def _fetch(ref: HubRef, mmproj: str | None, env: HubEnv,
                 f"({env.cache_dir}). Unset HF_HUB_OFFLINE to download it.", param="checkpoint")
         if checks is not None:
             _check_cached(local, ref, env, checks, cancelled)
+        _check_format(local.path, os.path.basename(local.path), ref, env)
         for index, path in enumerate(local.all_files):
             size = os.path.getsize(path)
             progress(FileProgress(index, os.path.basename(path), size, size))
@@ -123,6 +125,7 @@ def _fetch(ref: HubRef, mmproj: str | None, env: HubEnv,
                 if check is not None:
                     _check_file(f.path, blob.stat().st_size,
                                 hash_file(blob, cancelled), check, ref, env)
+                _check_format(str(blob), f.path, ref, env)
             else:
                 fetched = session.download(session.file_url(ref.repo_id, revision, f.path),
                                            blob.parent, meta.size, report,
@@ -130,6 +133,7 @@ def _fetch(ref: HubRef, mmproj: str | None, env: HubEnv,
                 try:
                     if check is not None:
                         _check_file(f.path, fetched.size, fetched.sha256, check, ref, env)
+                    _check_format(str(fetched.path), f.path, ref, env)
                     os.replace(fetched.path, blob)
                 finally:
                     fetched.path.unlink(missing_ok=True)
@@ -181,6 +185,16 @@ def _check_cached(local: LocalModel, ref: HubRef, env: HubEnv, checks: Checks,
                            "list names: refused", param="checkpoint")
         _check_file(repo_path, os.path.getsize(path), hash_file(path, cancelled), check,
                     ref, env)
+
+
+def _check_format(path: str, shown: str, ref: HubRef, env: HubEnv) -> None:
+    """Refuse a file of a whisper.cpp repository that is not a whisper.cpp model (its first
+    four bytes are not the ``ggml`` magic): it would register a model no engine loads."""
+    if is_whisper_repo(ref.repo_id) and not is_whisper_file(path):
+        raise HubError(
+            f"The file {shown} of {ref} from {env.endpoint} is not a "
+            "whisper.cpp model (it does not start with the ggml magic): refused and not "
+            "kept. If HF_ENDPOINT is a mirror, it serves another file.", param="checkpoint")
 
 
 # ----------------------------------------------------------------------------- disk space

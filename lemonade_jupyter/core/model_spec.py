@@ -170,7 +170,7 @@ def check_user_fields(name: Any, recipe: Any, labels: Any,
         raise InvalidRequestError(
             f"Parameter 'recipe' must be one of {', '.join(KNOWN_RECIPES)}", param="recipe"
         )
-    if labels is None:
+    if labels is None or (labels == [] and recipe != "llamacpp"):  # [] from a client: none
         labels = list(DEFAULT_LABELS[recipe])
     if (
         not isinstance(labels, list)

@@ -16,6 +16,7 @@ The client is sync on purpose: magics run inside ipykernel's loop, where
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -188,7 +189,7 @@ class RouterClient:
         self,
         model_name: str,
         checkpoint: str | None = None,
-        recipe: str = "llamacpp",
+        recipe: str | None = None,
         labels: Sequence[str] = (),
         *,
         mmproj: str | None = None,
@@ -203,7 +204,11 @@ class RouterClient:
         """
         body: dict[str, Any] = {"model_name": model_name}
         if checkpoint is not None:
-            body.update(checkpoint=checkpoint, recipe=recipe, labels=list(labels))
+            # No recipe: the server's default for the checkpoint (llamacpp for a GGUF,
+            # whispercpp for a model of whisper.cpp's repository).
+            body.update(checkpoint=checkpoint, labels=list(labels))
+            if recipe is not None:
+                body["recipe"] = recipe
         elif labels:
             body["labels"] = list(labels)
         if mmproj is not None:
@@ -320,6 +325,48 @@ class RouterClient:
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
                         yield str(piece)
+
+    def transcribe(
+        self,
+        model: str,
+        path: str,
+        *,
+        language: str | None = None,
+        response_format: str = "text",
+        prompt: str | None = None,
+        temperature: float | None = None,
+        translate: bool = False,
+    ) -> str | dict[str, Any]:
+        """``POST api/v1/audio/transcriptions`` (``translations`` with ``translate``): the
+        audio file at ``path`` as a multipart upload to a transcription model.
+
+        The file is streamed from disk, not read into memory (the server bounds its size:
+        413). ``text``, ``srt`` and ``vtt`` answer a string; ``json`` and ``verbose_json`` a
+        dict (``{"text": ...}``, plus ``language``, ``duration`` and ``segments``). An error
+        answer raises ``ClientError`` with the server's status and message.
+        """
+        route = "api/v1/audio/" + ("translations" if translate else "transcriptions")
+        form: dict[str, str] = {"model": model, "response_format": response_format}
+        if language is not None:
+            form["language"] = language
+        if prompt is not None:
+            form["prompt"] = prompt
+        if temperature is not None:
+            form["temperature"] = repr(float(temperature))
+        with open(path, "rb") as audio, map_http_errors(self.base_url):
+            response = self._http.post(
+                route, data=form,
+                files={"file": (os.path.basename(path), audio, "application/octet-stream")})
+            if response.status_code >= 400:
+                raise error_from_response(response)
+            if response_format in ("json", "verbose_json"):
+                try:
+                    return dict(response.json())
+                except (ValueError, TypeError) as exc:
+                    raise local_error(502, "invalid_response",
+                                      f"{route} answered with non-JSON: "
+                                      f"{response.text[:120]!r}") from exc
+            return response.text
 
     def events(
         self, last_event_id: int | None = None, read_timeout: float = 5.0

@@ -68,7 +68,9 @@ def build_parser() -> MagicArgumentParser:
         "omitted: the catalog model NAME",
     )
     pull.add_argument("--labels", default="", help="comma-separated labels, e.g. llm or embeddings")
-    pull.add_argument("--recipe", default="llamacpp")
+    pull.add_argument("--recipe", default=None,
+                      help="llamacpp (GGUF) or whispercpp (whisper.cpp ggml-*.bin); omitted: "
+                      "the checkpoint's own (whispercpp for ggerganov/whisper.cpp:VARIANT)")
     pull.add_argument("--mmproj", default=None, help="the repository's mmproj file (vision)")
     sub.add_parser("delete", help="remove a user model").add_argument("name")
     remote = sub.add_parser("remote", help="NAME URL [URL ...]: a model served elsewhere "
@@ -107,6 +109,20 @@ def build_parser() -> MagicArgumentParser:
         help="continue the last %%lemonade chat conversation (its history is sent too)",
     )
     chat.add_argument("model")
+
+    tr = sub.add_parser("transcribe", help="MODEL FILE: the text of an audio file (WAV) "
+                        "from a transcription model (whisper.cpp)")
+    tr.add_argument("model")
+    tr.add_argument("file", metavar="FILE")
+    tr.add_argument("-o", "--output", metavar="OUT", default=None,
+                    help="write the text to file OUT instead of showing it")
+    tr.add_argument("--language", default=None, metavar="L",
+                    help="the spoken language (ISO 639-1, e.g. en), or auto (the default)")
+    tr.add_argument("--format", dest="response_format", default="text",
+                    choices=("text", "json", "verbose_json", "srt", "vtt"),
+                    help="text (default), json, verbose_json (with segments), srt or vtt")
+    tr.add_argument("--translate", action="store_true",
+                    help="translate the speech into English instead")
 
     oai = sub.add_parser("openai", help="an openai.OpenAI client for this router")
     oai.add_argument("--async", dest="asynchronous", action="store_true", help="AsyncOpenAI")

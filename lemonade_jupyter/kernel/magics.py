@@ -25,6 +25,7 @@ from .discovery import discover
 from .magic_args import build_parser, looks_like_hub_checkpoint, parse_value, split_chat
 from .pools import catalog_type, pinned_memory_warning, pinned_slots_warning
 from .progress import run_with_progress
+from .transcribe import TranscriptText, transcribe
 from .rendering import (
     Message, config_report, load_message, models_report, stats_line, status_report,
 )
@@ -124,7 +125,8 @@ class LemonadeMagics(Magics):
           %lemonade pull NAME          download the catalog model NAME (see models)
           %lemonade pull NAME ORG/REPO:VARIANT [--mmproj FILE] [--labels a,b]
                                        download from the Hugging Face Hub as user.NAME
-          %lemonade pull NAME PATH [--labels a,b]    register a local GGUF as user.NAME
+          %lemonade pull NAME PATH [--labels a,b] [--recipe whispercpp]
+                                       register a local GGUF (or whisper.cpp .bin) as user.NAME
           %lemonade delete user.NAME
           %lemonade alias MODEL ALIAS  ALIAS is another name for MODEL (every command and
                                        request takes it); %lemonade alias lists them
@@ -134,6 +136,10 @@ class LemonadeMagics(Magics):
           %lemonade chat [-o NAME] [--continue] [--system S] [--max-tokens N] [--stats]
                          MODEL PROMPT
           %%lemonade chat [-o NAME] [--continue] [--stats] MODEL    (the cell is the prompt)
+          %lemonade transcribe MODEL FILE [-o OUT] [--language L] [--translate]
+                         [--format text|json|verbose_json|srt|vtt]
+                                       the text of a WAV file from a transcription model
+                                       (e.g. Whisper-Tiny); -o writes it to file OUT
           %lemonade openai [--async]   an openai.OpenAI client for this router
           %lemonade dashboard [--interval S]   (one per kernel: a new one replaces the old)
           %lemonade COMMAND --help
@@ -392,6 +398,12 @@ class LemonadeMagics(Magics):
         if self.chat_format != "auto":
             return str(self.chat_format)
         return "markdown" if getattr(self.shell, "kernel", None) is not None else "text"
+
+    def _do_transcribe(self, args: argparse.Namespace, prompt: str,
+                       cell: str | None) -> TranscriptText | Message:
+        return transcribe(self.client, args.model, args.file, output=args.output,
+                          language=args.language, response_format=args.response_format,
+                          translate=args.translate, progress_mode=self._progress_mode())
 
     def _do_openai(self, args: argparse.Namespace, prompt: str, cell: str | None) -> Any:
         from .openai_support import async_openai_client, openai_client

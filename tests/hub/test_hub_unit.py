@@ -97,7 +97,8 @@ def test_curated_list_covers_every_kind_of_model():
     curated = load_curated()
     names = [s.name for s in curated]
     assert len(names) == len(set(names)) >= 24
-    assert {s.type for s in curated} == {"llm", "embedding", "reranking"}
+    assert {s.type for s in curated} == {"llm", "embedding", "reranking", "transcription"}
+    assert {s.recipe for s in curated if s.type == "transcription"} == {"whispercpp"}
     labels = {label for s in curated for label in s.labels}
     assert {"coding", "vision", "reasoning"} <= labels
     assert all(parse_checkpoint(s.source) for s in curated)

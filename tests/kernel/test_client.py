@@ -40,8 +40,7 @@ def test_client_sends_token_and_spec_routes(fake: FakeRouter) -> None:
     assert bodies[2] == {"model_name": DEFAULT, "pinned": False}
     assert bodies[4] == {
         "model_name": "user.x",
-        "checkpoint": "/m.gguf",
-        "recipe": "llamacpp",
+        "checkpoint": "/m.gguf",  # no recipe: the server's default for the checkpoint
         "labels": ["llm"],
     }
     assert bodies[5] == {"model_name": DEFAULT} and bodies[6] == {}

@@ -179,8 +179,7 @@ def test_magics_pull_and_delete(
     assert repr(msg) == f"Registered user.emb (embedding) from {gguf}"
     assert fake.requests[-1][2] == {
         "model_name": "user.emb",
-        "checkpoint": str(gguf),
-        "recipe": "llamacpp",
+        "checkpoint": str(gguf),  # no recipe: the server's default for the file
         "labels": ["embeddings", "custom"],
     }
     ip.run_line_magic("lemonade", f"pull user.emb2 {gguf}")
