@@ -184,6 +184,25 @@ def test_native_whisper_server_runs_behind_the_key(start_engine, whisper_model_f
     assert body["argv"][:2] == ["-m", whisper_model_file]
 
 
+def test_a_killed_wrapper_takes_the_native_server_with_it(start_engine, whisper_model_file,
+                                                        tmp_path: Path):
+    """kill -9 of the wrapper (what the watchdog does to a hung backend) runs no Python in
+    it, so only the parent-death signal can end the native server it started."""
+    import psutil
+
+    native = tmp_path / "whisper-server"
+    native.write_text(FAKE_NATIVE.format(python=sys.executable))
+    native.chmod(0o755)
+    engine = start_engine(whisper_model_file, native=str(native))
+    children = psutil.Process(engine.proc.pid).children()
+    assert len(children) == 1, children
+    child = children[0]
+    os.kill(engine.proc.pid, signal.SIGKILL)
+    engine.proc.wait(10)
+    gone, alive = psutil.wait_procs([child], timeout=10)
+    assert child in gone and not alive, "the native server outlived its wrapper"
+
+
 def test_native_whisper_server_exit_ends_the_wrapper(start_engine, whisper_model_file,
                                                      tmp_path: Path):
     native = tmp_path / "whisper-server"

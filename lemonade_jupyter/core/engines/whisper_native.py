@@ -24,6 +24,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from ..process import parent_death_preexec
 from .whisper_args import WhisperArgs, native_argv
 from .whisper_request import BadField, check_fields, error, read_form
 
@@ -57,7 +58,8 @@ class NativeEngine:
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
             *native_argv(self._args.native, self._args.model, self._port, self._args.threads),
-            stdin=asyncio.subprocess.DEVNULL, env=dict(os.environ))
+            stdin=asyncio.subprocess.DEVNULL, env=dict(os.environ),
+            preexec_fn=parent_death_preexec())
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         self._watch = asyncio.ensure_future(self._run())
 
