@@ -61,10 +61,11 @@ def tiny_gguf(path: Path) -> Path:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[MemoryApp]:
-    """The real app on memory backends, one llm and one embedding slot; stopped after."""
+    """The real app on memory backends, one llm and one embedding slot, memory sampled every
+    0.1 s (charts fill in quickly); stopped after."""
     Catalog(tmp_path / "data").add_user_model(
         EMBEDDER, str(tiny_gguf(tmp_path / "embedder.gguf")), "llamacpp", ["embeddings"])
-    with MemoryApp(tmp_path, max_loaded_models=1) as running:
+    with MemoryApp(tmp_path, max_loaded_models=1, memory_sample_interval_s=0.1) as running:
         yield running
 
 
