@@ -41,15 +41,15 @@ PREFIX = "/lemonade/"
 class RecordingTransport(httpx.BaseTransport):
     """An ``httpx`` transport that sends through a real one and notes each request."""
 
-    def __init__(self, sink: list[tuple[str, str, Any]], last: list[httpx.Request]) -> None:
+    def __init__(self, sink: list[tuple[str, str, Any]], sent: list[httpx.Request]) -> None:
         self._inner = httpx.HTTPTransport()
         self._sink = sink
-        self._last = last
+        self._last = sent
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content) if request.content else None
         self._sink.append((request.method, request.url.path.removeprefix(PREFIX), body))
-        self._last[:] = [request]
+        self._last.append(request)
         return self._inner.handle_request(request)
 
     def close(self) -> None:
@@ -99,7 +99,12 @@ class MemoryApp:
     @property
     def last_request(self) -> httpx.Request:
         """The newest request a recording client sent."""
-        return self._last[0]
+        return self._last[-1]
+
+    @property
+    def sent(self) -> list[httpx.Request]:
+        """Every request the recording clients sent, as sent (headers included)."""
+        return list(self._last)
 
     def calls(self, path: str) -> list[Any]:
         """The JSON bodies sent to ``path`` (``api/v1/load``), oldest first."""
