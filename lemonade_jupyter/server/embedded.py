@@ -79,6 +79,8 @@ class EmbeddedServer:
     included), so a kernel's router runs as the user configured the server's. The services are
     built by the same ``compose.build_services``. ``llama_server_path`` is a shorthand for
     ``options.llama_server_path``; ``options.data_dir`` is not read (see ``data_dir``).
+    ``launcher`` (code only, never configuration) replaces what starts backends: the test suite
+    runs the whole app on in-memory ones.
     """
 
     def __init__(
