@@ -59,8 +59,8 @@ class RecordingTransport(httpx.BaseTransport):
 class MemoryApp:
     """The whole app on in-memory backends, on a thread; ``with MemoryApp(root) as app``.
 
-    ``settings`` are rows of the settings table (``max_loaded_models=1`` …), as in
-    ``c.LemonadeApp``. :attr:`requests` lists ``(method, path, JSON body)`` of what clients made
+    ``settings`` are rows of the settings table (``max_loaded_models=1``,
+    ``sse_ping_interval_s=0.05`` …), router and server rows alike, as in ``c.LemonadeApp``. :attr:`requests` lists ``(method, path, JSON body)`` of what clients made
     by :meth:`client` sent, paths without ``/lemonade/``.
     """
 
@@ -71,7 +71,7 @@ class MemoryApp:
         self._clients: list[RouterClient] = []
         self.server = EmbeddedServer(
             data_dir=root / "data", settings=from_config(settings),
-            options=server_options_from_config({}), launcher=self.launcher)
+            options=server_options_from_config(settings), launcher=self.launcher)
 
     def __enter__(self) -> MemoryApp:
         self.server.start()
