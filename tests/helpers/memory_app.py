@@ -60,8 +60,9 @@ class MemoryApp:
     """The whole app on in-memory backends, on a thread; ``with MemoryApp(root) as app``.
 
     ``settings`` are rows of the settings table (``max_loaded_models=1``,
-    ``sse_ping_interval_s=0.05`` …), router and server rows alike, as in ``c.LemonadeApp``. :attr:`requests` lists ``(method, path, JSON body)`` of what clients made
-    by :meth:`client` sent, paths without ``/lemonade/``.
+    ``sse_ping_interval_s=0.05`` …), router and server rows alike, as in ``c.LemonadeApp``.
+    :attr:`requests` lists ``(method, path, JSON body)`` of what clients made by
+    :meth:`client` sent, paths without ``/lemonade/``.
     """
 
     def __init__(self, root: Path, **settings: Any) -> None:
