@@ -116,18 +116,23 @@ def test_load_bad_option_is_400_and_loads_nothing(shared_api, default_model_name
     assert shared_api.health()["all_models_loaded"] == []
 
 
-async def test_load_into_a_full_pinned_pool_is_409_and_evicts_nothing(
-    api, default_model_name, default_model_file
+def test_load_into_a_full_pinned_pool_is_409_and_evicts_nothing(
+    shared_api, default_model_name, default_model_file
 ):
-    await api.pull("user.alias", default_model_file)
-    await api.load(default_model_name, pinned=True)
-    before = await api.loaded()
-    answer = await api.post(f"{API}/load", {"model_name": "user.alias"})
+    """On the shared app: the pinned backend is still the same one (its address; an in-memory
+    backend has no pid) and nothing else was started."""
+    pulled = shared_api.post(f"{API}/pull", {"model_name": "user.alias",
+                                            "checkpoint": default_model_file,
+                                            "recipe": "llamacpp"})
+    assert pulled.code == 200, pulled.body
+    shared_api.load(default_model_name, pinned=True)
+    before = shared_api.loaded()
+    answer = shared_api.post(f"{API}/load", {"model_name": "user.alias"})
     assert answer.code == 409
     assert answer.json == slots_pinned_envelope("user.alias")
-    after = await api.loaded()
+    after = shared_api.loaded()
     assert after.keys() == {default_model_name}
-    assert after[default_model_name]["pid"] == before[default_model_name]["pid"]
+    assert after[default_model_name]["backend_url"] == before[default_model_name]["backend_url"]
     assert after[default_model_name]["pinned"] is True
 
 
