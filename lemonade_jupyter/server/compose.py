@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.catalog import Catalog
+from ..core.launcher import BackendLauncher
 from ..core.owners import OwnerRegistry
 from ..core.router import Router
 from ..core.settings import RouterSettings, ServerOptions
@@ -74,11 +75,14 @@ def build_services(
     data_dir: Path,
     keep_state: bool = True,
     note: str = "",
+    launcher: BackendLauncher | None = None,
 ) -> Services:
     """The router on ``data_dir`` and its pools, configured from ``settings`` and ``options``.
 
     ``keep_state`` False: another router holds ``data_dir`` (the router then restores and saves
-    no state); ``note`` says so to the user (``/health``).
+    no state); ``note`` says so to the user (``/health``). ``launcher``: what starts backends,
+    from code only (the test suite runs the whole app on an in-memory one); None starts
+    ``llama-server`` processes.
     """
     router = Router(
         Catalog(data_dir),
@@ -86,6 +90,7 @@ def build_services(
         llama_server_path=options.llama_server_path or None,
         data_dir=data_dir,
         keep_state=keep_state,
+        launcher=launcher,
     )
     if note:
         router.notes.append(note)

@@ -36,6 +36,7 @@ from jupyter_server.auth.identity import IdentityProvider
 from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
+from ..core.launcher import BackendLauncher
 from ..core.persistence import DataDirInUseError, DataDirLock
 from ..core.router import Router
 from ..core.settings import RouterSettings, ServerOptions
@@ -78,6 +79,8 @@ class EmbeddedServer:
     included), so a kernel's router runs as the user configured the server's. The services are
     built by the same ``compose.build_services``. ``llama_server_path`` is a shorthand for
     ``options.llama_server_path``; ``options.data_dir`` is not read (see ``data_dir``).
+    ``launcher`` (code only, never configuration) replaces what starts backends: the test suite
+    runs the whole app on in-memory ones.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class EmbeddedServer:
         options: ServerOptions | None = None,
         llama_server_path: str | None = None,
         port: int = 0,
+        launcher: BackendLauncher | None = None,
     ) -> None:
         self.token = secrets.token_urlsafe(24)
         self.url = ""
@@ -109,6 +113,7 @@ class EmbeddedServer:
             options = replace(options, llama_server_path=llama_server_path)
         self._options = options
         self._port = port
+        self._launcher = launcher  # None: llama-server processes (see build_services)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -193,7 +198,8 @@ class EmbeddedServer:
 
     async def _serve(self) -> None:
         self._stopped = asyncio.Event()
-        services = build_services(self._settings, self._options, data_dir=self._data_dir)
+        services = build_services(self._settings, self._options, data_dir=self._data_dir,
+                                  launcher=self._launcher)
         self.router = services.router
         identity = IdentityProvider(token=self.token)
         app = Application(

@@ -1,5 +1,8 @@
-"""What survives a router restart (pins, with their models reloaded), and what must not survive
-the router's process (its backends)."""
+"""What survives a router restart on real backends (the options reach the new processes), and
+what must not survive the router's process (its backends).
+
+The restore rules themselves (pins, persisted settings, pinned models first, no restore when
+it is off) are in ``test_router_restart_rules.py``, on in-memory backends."""
 
 from __future__ import annotations
 
@@ -19,44 +22,7 @@ from lemonade_jupyter.core.options import LoadOptions
 from lemonade_jupyter.errors import ModelLoadError
 from tests.helpers.processes import gone
 
-from .conftest import events, ready_pid, wait_event
-
-
-async def test_router_restart_reloads_pinned_model_and_keeps_pin(
-    catalog, make_router, data_dir
-):
-    async with make_router(catalog, max_loaded_models=2) as router:
-        await router.load("user.m1", pinned=True)
-        await router.load("user.m2")
-        old_pid = ready_pid(router, "user.m1")
-    assert gone(old_pid)
-    state = json.loads((data_dir / "router_state.json").read_text())
-    assert state["models"] == {"user.m1": {"pinned": True, "options": {}}}
-    assert state["settings"]["max_loaded_models"] == 2
-
-    # a fresh catalog and router on the same data dir, as after a server restart
-    async with make_router(Catalog(data_dir), max_loaded_models=1) as router:
-        await wait_event(router, "reload", "user.m1")
-        assert router.get_live("user.m1").pinned and ready_pid(router, "user.m1")
-        assert router.settings.max_loaded_models == 2  # the runtime setting was persisted
-        [reload] = events(router, "reload", "user.m1")
-        assert reload.reason == "restore" and reload.detail["pinned"] is True
-        # pinned models are restored first
-        first = [e.model for e in events(router) if e.kind in ("load", "reload")][0]
-        assert first == "user.m1"
-
-
-async def test_router_restart_without_restore_keeps_remembered_pin(
-    catalog, make_router, data_dir
-):
-    async with make_router(catalog, max_loaded_models=2) as router:
-        await router.load("user.m1", pinned=True)
-        await router.update_settings({"restore_on_start": False})
-    async with make_router(Catalog(data_dir)) as router:
-        assert router.live_models() == []
-        assert router.remembered_pin("user.m1")
-        m = await router.load("user.m1")  # pin omitted: the remembered pin applies
-        assert m.pinned
+from .conftest import wait_event
 
 
 async def test_router_restart_keeps_every_models_load_options(

@@ -15,6 +15,10 @@ What a test can tell it, per model name:
 * ``missing.add(name)``: its weights are gone (ModelNotFoundError before admission).
 * ``total_slots[name] = n``: the parallel slots its backends report.
 * ``backend.crash(code)``, ``backend.hang()``: the process dies, or stops answering.
+
+``MemoryLauncher(serve_http=True)``: each backend also answers HTTP on a loopback port of its
+own (:mod:`tests.fakes.memory_http`), so the whole app (proxy, handlers, kernel client) runs on
+it; ``launcher.replies`` holds what they answer and what they were sent.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from lemonade_jupyter.core.router import Router
 from lemonade_jupyter.core.settings import RouterSettings
 from lemonade_jupyter.errors import ModelLoadError, ModelNotFoundError
 
+from .memory_http import BackendHTTP, Replies
+
 _generations = itertools.count(1_000_000)
 
 
@@ -43,7 +49,7 @@ class MemoryBackend:
     """What the router reads of a backend, held in memory. Ready once it is returned."""
 
     def __init__(self, spec: ModelSpec, options: LoadOptions, placement: Placement,
-                 total_slots: int | None) -> None:
+                 total_slots: int | None, http: BackendHTTP | None = None) -> None:
         self.spec = spec
         self.options = options
         self.placement = placement
@@ -58,6 +64,11 @@ class MemoryBackend:
         self.answers = True
         self.stops = 0
         self._stop_requested = False
+        #: Its loopback server (None: it answers no HTTP; the router's rules need none).
+        self.http = http
+        #: The key a request must carry, as llama-server's ``--api-key`` (redacted from logs).
+        self.api_key = http.api_key if http is not None else f"memory-key-{self.generation}"
+        self._closing: asyncio.Task[None] | None = None
 
     # What the router reads ------------------------------------------------------------
     @property
@@ -70,14 +81,16 @@ class MemoryBackend:
 
     @property
     def url(self) -> str:
+        if self.http is not None:
+            return f"http://127.0.0.1:{self.http.port}"
         return f"http://127.0.0.1:9/{self.spec.name}/{self.generation}"
 
     @property
     def address(self) -> tuple[str, int]:
-        return "127.0.0.1", 9
+        return "127.0.0.1", self.http.port if self.http is not None else 9
 
     def auth_headers(self) -> dict[str, str]:
-        return {}
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     def log_head(self, max_bytes: int = 0) -> str:
         return ""
@@ -92,6 +105,8 @@ class MemoryBackend:
         self.stops += 1
         self._end(0)
         await asyncio.sleep(0)  # one loop step: the exit's done-callbacks run now
+        if self._closing is not None:
+            await self._closing
 
     # What a test does to it ---------------------------------------------------------
     def crash(self, code: int = 1) -> None:
@@ -104,6 +119,8 @@ class MemoryBackend:
 
     def _end(self, code: int) -> None:
         self.state = BackendState.STOPPED
+        if self.http is not None and self._closing is None:  # a dead process answers nothing
+            self._closing = asyncio.get_running_loop().create_task(self.http.close())
         if not self.exited.done():
             self.exited.set_result(code)
 
@@ -111,7 +128,9 @@ class MemoryBackend:
 class MemoryLauncher:
     """A :class:`~lemonade_jupyter.core.launcher.BackendLauncher` of in-memory backends."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, serve_http: bool = False) -> None:
+        self.serve_http = serve_http
+        self.replies = Replies()
         self.fail_starts: dict[str, int] = {}
         self.missing: set[str] = set()
         self.total_slots: dict[str, int] = {}
@@ -165,8 +184,12 @@ class MemoryLauncher:
         if self.fail_starts.get(spec.name, 0) > 0:
             self.fail_starts[spec.name] -= 1
             raise ModelLoadError(f"'{spec.name}' failed to start (told to)")
+        http = None
+        if self.serve_http:
+            http = BackendHTTP(spec.name, self.replies)
+            await http.open()
         backend = MemoryBackend(spec, options, placement or Placement(),
-                                self.total_slots.get(spec.name))
+                                self.total_slots.get(spec.name), http)
         self.backends.append(backend)
         return backend  # type: ignore[return-value]  # duck-typed: what the router reads
 

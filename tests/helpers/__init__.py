@@ -5,6 +5,7 @@
 * :mod:`tests.helpers.envelope`: assertions on the JSON error envelope.
 * :mod:`tests.helpers.http`: the API prefix, auth headers, request bodies, SSE and stream readers.
 * :mod:`tests.helpers.jupyter`: a ``jupyter server`` (or JupyterLab) subprocess with the extension.
+* :mod:`tests.helpers.memory_app`: the whole app in-process on in-memory backends (no process).
 * :mod:`tests.helpers.artifacts`: figures a test saves under ``test-artifacts/``.
 * :mod:`tests.helpers.llama_help`: llama-server's flags, as recorded in ``tests/data``.
 """

@@ -1,6 +1,10 @@
-"""Fixtures of the notebook-side tests: an IPython shell, the fake router, the real routers.
+"""Fixtures of the notebook-side tests: an IPython shell, the app on memory backends, real routers.
 
-Real routers: ``embedded`` (the kernel's own embedded router, on its thread) and
+``app``: the whole app (real router, real handlers) on in-memory backends, one per test
+(:class:`tests.helpers.memory_app.MemoryApp`: it starts in about 0.1 s and runs no process).
+Its catalog is the built-in default model plus ``user.embedder`` (an embedding model).
+
+With ``llama-server``: ``embedded`` (the kernel's own embedded router, on its thread) and
 ``jupyter_server`` (a ``jupyter server`` subprocess with the extension, in isolated Jupyter
 dirs). Both are module-scoped; ``clean_router`` unloads everything after each test so the
 session's zombie/orphan check sees no backend left behind.
@@ -9,19 +13,25 @@ session's zombie/orphan check sees no backend left behind.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from lemonade_jupyter.core.catalog import DEFAULT_MODEL, Catalog
 from lemonade_jupyter.kernel.client import RouterClient
 from lemonade_jupyter.kernel.embedded_client import embedded_client, shutdown_embedded
 from lemonade_jupyter.kernel.magics import LemonadeMagics
 from tests.helpers.http import loaded
 from tests.helpers.jupyter import JupyterProcess
+from tests.helpers.memory_app import MemoryApp
 from tests.helpers.polling import wait_for
 
-from .fake_router import FakeRouter
+#: The built-in model every app has (its backends are in memory: the weights are never read).
+DEFAULT = DEFAULT_MODEL
+#: The embedding model of ``app``'s catalog.
+EMBEDDER = "user.embedder"
 
 
 @pytest.fixture
@@ -43,14 +53,25 @@ def use_client(shell: InteractiveShell, client: RouterClient, **traits: Any) -> 
     return magics
 
 
-@pytest.fixture
-def fake() -> FakeRouter:
-    return FakeRouter()
+def tiny_gguf(path: Path) -> Path:
+    """A file with a GGUF header (memory backends never read the rest)."""
+    path.write_bytes(b"GGUF" + bytes(60))
+    return path
 
 
 @pytest.fixture
-def fake_magics(ip: InteractiveShell, fake: FakeRouter) -> LemonadeMagics:
-    return use_client(ip, fake.client())
+def app(tmp_path: Path) -> Iterator[MemoryApp]:
+    """The real app on memory backends, one llm and one embedding slot, memory sampled every
+    0.1 s (charts fill in quickly); stopped after."""
+    Catalog(tmp_path / "data").add_user_model(
+        EMBEDDER, str(tiny_gguf(tmp_path / "embedder.gguf")), "llamacpp", ["embeddings"])
+    with MemoryApp(tmp_path, max_loaded_models=1, memory_sample_interval_s=0.1) as running:
+        yield running
+
+
+@pytest.fixture
+def app_magics(ip: InteractiveShell, app: MemoryApp) -> LemonadeMagics:
+    return use_client(ip, app.client())
 
 
 # -- the embedded router ----------------------------------------------------------------------

@@ -34,8 +34,7 @@ from tests.helpers.jupyter import JupyterProcess
 from tests.helpers.polling import wait_for
 from tests.helpers.processes import backend_children
 
-from .conftest import use_client
-from .fake_router import DEFAULT
+from .conftest import DEFAULT, use_client
 
 HUB_ENV = ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_SERVICE_URL", "LEMONADE_EMBEDDED_DATA_DIR")
 

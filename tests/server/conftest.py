@@ -1,4 +1,5 @@
-"""Fixtures for end-to-end tests of the extension inside a real Jupyter server (pytest-jupyter).
+"""Fixtures for end-to-end tests of the extension inside a real Jupyter server (pytest-jupyter),
+and one shared in-process app per module for the tests of request shapes (``shared_api``).
 
 ``jp_serverapp`` builds a real ``ServerApp`` (base_url ``/a%40b/``, so a missing prefix shows)
 with ``lemonade_jupyter`` enabled and a private data dir. pytest-jupyter never runs the server's
@@ -21,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from traitlets.config import Config
 
 from lemonade_jupyter.server.app import LemonadeApp
 from tests.helpers.envelope import assert_envelope
-from tests.helpers.http import API
+from tests.helpers.http import API, auth_headers
+from tests.helpers.memory_app import MemoryApp
 
 #: Fields of a health entry that move on their own.
 VOLATILE = frozenset({"idle_s", "memory_bytes", "memory_freed_bytes", "device"})
@@ -204,3 +207,97 @@ def certificate(tmp_path_factory) -> Path:
          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True)
     return where  # type: ignore[no-any-return]
+
+
+# -- one app for a whole module of request-shape tests -------------------------------------------
+class SyncApi:
+    """What :class:`Api` offers, blocking, for the app of :func:`shared_app` (it runs on a
+    thread of its own, so a blocking client never stalls the loop it talks to)."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self._client = client
+
+    def get(self, path: str, **kwargs: Any) -> Answer:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any = None, *, raw: bytes | str | None = None,
+             **kwargs: Any) -> Answer:
+        data = raw if raw is not None else json.dumps(body if body is not None else {})
+        return self.request("POST", path, content=data, **kwargs)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Answer:
+        resp = self._client.request(method, path, **kwargs)
+        return Answer(resp.status_code, resp.headers, resp.content)
+
+    def health(self) -> dict[str, Any]:
+        answer = self.get(f"{API}/health")
+        assert answer.code == 200, answer.body
+        return answer.json  # type: ignore[no-any-return]
+
+    def loaded(self) -> dict[str, dict[str, Any]]:
+        """As :meth:`Api.loaded`: the loaded models without the fields that move alone."""
+        return {
+            m["model_name"]: {k: v for k, v in m.items() if k not in VOLATILE}
+            for m in self.health()["all_models_loaded"]
+        }
+
+    def load(self, name: str, **body: Any) -> dict[str, Any]:
+        answer = self.post(f"{API}/load", {"model_name": name, **body})
+        assert answer.code == 200, answer.body
+        return answer.json  # type: ignore[no-any-return]
+
+    def state(self) -> tuple[Any, ...]:
+        """What a test may change: loaded models, settings, catalog, aliases."""
+        return (self.loaded(), self.get("lemonade/internal/config").json,
+                self.get(f"{API}/models").json, self.get(f"{API}/alias").json)
+
+
+@dataclass
+class SharedApp:
+    """The module's app and the state each test starts from (:meth:`SyncApi.state`)."""
+
+    app: MemoryApp
+    clean: tuple[Any, ...]
+
+
+def _client(app: MemoryApp) -> httpx.Client:
+    return httpx.Client(base_url=app.url, headers=auth_headers(app.token),
+                        timeout=httpx.Timeout(60.0, connect=10.0))
+
+
+@pytest.fixture(scope="module")
+def shared_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedApp]:
+    """ONE app for a module: the real router and handlers on in-memory backends, one slot per
+    type (started in about 0.1 s; no process, no Jupyter server)."""
+    with MemoryApp(tmp_path_factory.mktemp("shared-app"), max_loaded_models=1) as app:
+        with _client(app) as c:
+            clean = SyncApi(c).state()
+        yield SharedApp(app, clean)
+
+
+@pytest.fixture
+def shared_api(shared_app: SharedApp) -> Iterator[SyncApi]:
+    """A client of :func:`shared_app`; the app is put back as it was after each test (models
+    unloaded, settings, user models and aliases restored), and a test that starts from
+    anything else fails, so no test depends on another's leftovers."""
+    with _client(shared_app.app) as c:
+        api = SyncApi(c)
+        assert api.state() == shared_app.clean, "the shared app was left changed by a test"
+        yield api
+        _restore(api, shared_app.clean)
+
+
+def _restore(api: SyncApi, clean: tuple[Any, ...]) -> None:
+    """Undo what a test changed on the shared app (see :meth:`SyncApi.state`)."""
+    _, config, models, aliases = clean
+    api.post(f"{API}/unload", {})
+    now = api.get("lemonade/internal/config").json
+    changed = {k: config[k] for k in config["settable_keys"] if now[k] != config[k]}
+    if changed:
+        assert api.post("lemonade/internal/set", changed).code == 200
+    for alias in set(api.get(f"{API}/alias").json["aliases"]) - set(aliases["aliases"]):
+        api.post(f"{API}/alias/remove", {"alias": alias})
+    before = {m["id"] for m in models["data"]}
+    for m in api.get(f"{API}/models").json["data"]:
+        if m["id"] not in before:
+            api.post(f"{API}/delete", {"model_name": m["id"]})

@@ -1,7 +1,9 @@
 """The engine's other inference routes through a real Jupyter server and real llama-server
 backends: OpenAI's Responses API with the official ``openai`` client, Anthropic's messages with
 the official ``anthropic`` client, reranking, infill, tokenizing and the chat template, each
-answering what the engine answers; and bodies that cannot succeed refused before any load."""
+answering what the engine answers; and bodies that cannot succeed refused before any load
+(those on ``shared_api``: ONE in-process app for the module, on in-memory backends, as a
+refused body never reaches one)."""
 
 from __future__ import annotations
 
@@ -281,19 +283,19 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize("route,body,param", BAD_BODIES,
                          ids=[f"{r}-{p}" for r, _, p in BAD_BODIES])
-async def test_bodies_that_cannot_succeed_are_refused_before_a_load(
-        api, default_model_name, route, body, param):
-    answer = await api.post(f"{API}/{route}", {"model": default_model_name, **body})
+def test_bodies_that_cannot_succeed_are_refused_before_a_load(
+        shared_api, default_model_name, route, body, param):
+    answer = shared_api.post(f"{API}/{route}", {"model": default_model_name, **body})
     assert answer.code == 400, answer.body
     assert answer.error["param"] == param
-    assert (await api.health())["all_models_loaded"] == []  # nothing loaded or evicted
+    assert shared_api.health()["all_models_loaded"] == []  # nothing loaded or evicted
 
 
 @pytest.mark.parametrize("route", ["responses", "messages", "infill", "completion", "tokenize",
                                    "detokenize", "apply-template", "messages/count_tokens",
                                    "rerank"])
-async def test_unknown_model_is_404_on_every_route(api, route):
-    answer = await api.post(f"{API}/{route}", {"model": "no-such-model"})
+def test_unknown_model_is_404_on_every_route(shared_api, route):
+    answer = shared_api.post(f"{API}/{route}", {"model": "no-such-model"})
     assert answer.code == 404 and answer.error["code"] == "model_not_found"
 
 

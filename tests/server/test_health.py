@@ -1,4 +1,8 @@
-"""``GET lemonade/api/v1/health`` and ``/models``: their exact shapes, with a real backend."""
+"""``GET lemonade/api/v1/health`` and ``/models``: their exact shapes.
+
+With a real backend where the entry describes the process (its pid, its command line); the
+rest (``shared_api``: ONE in-process app for the module, on in-memory backends) checks fields
+the router fills from its own state, which a backend in memory reports the same way."""
 
 from __future__ import annotations
 
@@ -13,8 +17,8 @@ MODEL_KEYS = {
 }
 
 
-async def test_health_empty_router(api):
-    health = await api.health()
+def test_health_empty_router(shared_api):
+    health = shared_api.health()
     assert health["status"] == "ok"
     assert health["all_models_loaded"] == []
     assert health["max_models"] == {"llm": 1}
@@ -65,18 +69,18 @@ async def test_health_shape_with_a_loaded_pinned_model(api, default_model_name, 
         assert isinstance(device["used"], int) and 0 <= device["used"] <= device["total"]
 
 
-async def test_health_polls_do_not_count_as_use(api, default_model_name):
-    await api.load(default_model_name)
-    first = (await api.loaded())[default_model_name]["last_use"]
+def test_health_polls_do_not_count_as_use(shared_api, default_model_name):
+    shared_api.load(default_model_name)
+    first = shared_api.loaded()[default_model_name]["last_use"]
     for _ in range(3):
-        await api.health()
-        await api.get("lemonade/internal/config")
-        await api.get(f"{API}/models")
-    assert (await api.loaded())[default_model_name]["last_use"] == first
+        shared_api.health()
+        shared_api.get("lemonade/internal/config")
+        shared_api.get(f"{API}/models")
+    assert shared_api.loaded()[default_model_name]["last_use"] == first
 
 
-async def test_models_lists_the_catalog_with_its_fields(api, default_model_name, default_model_file):
-    answer = await api.get(f"{API}/models")
+def test_models_lists_the_catalog_with_its_fields(shared_api, default_model_name, default_model_file):
+    answer = shared_api.get(f"{API}/models")
     assert answer.code == 200
     data = answer.json
     assert data["object"] == "list"
@@ -87,8 +91,8 @@ async def test_models_lists_the_catalog_with_its_fields(api, default_model_name,
     assert entry["recipe"] == "llamacpp"
     assert entry["checkpoint"] == default_model_file
     assert entry["loaded"] is False and entry["pinned"] is False
-    await api.load(default_model_name, pinned=True)
-    data = (await api.get(f"{API}/models")).json
+    shared_api.load(default_model_name, pinned=True)
+    data = shared_api.get(f"{API}/models").json
     [entry] = [m for m in data["data"] if m["id"] == default_model_name]
     assert entry["loaded"] is True and entry["pinned"] is True
 

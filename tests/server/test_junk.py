@@ -1,5 +1,8 @@
 """Junk bodies on every POST route give a 4xx JSON error envelope (Ollama's error shape on
-the Ollama API) and change nothing."""
+the Ollama API) and change nothing.
+
+ONE app for the module (``shared_api``: the real handlers and router on in-memory backends):
+junk is refused before any backend is asked, so what a backend is does not matter here."""
 
 from __future__ import annotations
 
@@ -39,40 +42,40 @@ JUNK: dict[str, bytes] = {
 }
 
 
-async def _snapshot(api):
+def _snapshot(api):
     return (
-        await api.loaded(),
-        (await api.get("lemonade/internal/config")).json,
-        (await api.get(f"{API}/models")).json,
-        (await api.health())["pinned_models"],
+        api.loaded(),
+        api.get("lemonade/internal/config").json,
+        api.get(f"{API}/models").json,
+        api.health()["pinned_models"],
     )
 
 
-async def test_junk_bodies_on_every_post_route(api, default_model_name):
+def test_junk_bodies_on_every_post_route(shared_api, default_model_name):
     assert len(POST_PATHS) >= 9, POST_PATHS
-    await api.load(default_model_name)  # something that junk could unload, evict or touch
-    before = await _snapshot(api)
+    shared_api.load(default_model_name)  # something that junk could unload, evict or touch
+    before = _snapshot(shared_api)
     for path in POST_PATHS:
         for case, raw in JUNK.items():
-            answer = await api.post(f"lemonade/{path}", raw=raw)
+            answer = shared_api.post(f"lemonade/{path}", raw=raw)
             assert 400 <= answer.code < 500, (path, case, answer.code, answer.body[:300])
             if path.startswith(OLLAMA_PREFIX):
                 assert_ollama_error(answer)
                 continue
             err = answer.error  # the envelope, never a traceback or HTML
             assert err["type"] == "invalid_request_error", (path, case, err)
-    assert await _snapshot(api) == before
+    assert _snapshot(shared_api) == before
 
 
-async def test_huge_bodies_are_refused_with_413(api, default_model_name):
-    await api.load(default_model_name)
-    before = await _snapshot(api)
+def test_huge_bodies_are_refused_with_413(shared_api, default_model_name):
+    shared_api.load(default_model_name)
+    before = _snapshot(shared_api)
     filler = b"x" * (MAX_BODY_BYTES + 1)
     huge = b'{"model_name": "' + filler + b'", "model": "' + default_model_name.encode() + b'"}'
     for path in POST_PATHS:
-        answer = await api.post(f"lemonade/{path}", raw=huge)
+        answer = shared_api.post(f"lemonade/{path}", raw=huge)
         assert answer.code == 413, (path, answer.code, answer.body[:300])
         message = (assert_ollama_error(answer) if path.startswith(OLLAMA_PREFIX)
                    else answer.error["message"])
         assert "larger than" in message
-    assert await _snapshot(api) == before
+    assert _snapshot(shared_api) == before

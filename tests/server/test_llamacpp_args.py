@@ -4,7 +4,8 @@ A load may set only the flags of the allowlist (``core/engine_flags.py``): a fla
 file, runs a program, reaches an address or is the router's own is a 400 that names it and
 changes nothing (no backend started or restarted, the options in ``/health`` as they were).
 An allowed flag reaches the engine's command line. ``allow_any_llamacpp_args`` (config only)
-lifts the allowlist but never the router's own flags.
+lifts the allowlist but never the router's own flags; that it cannot be set at run time is
+checked on ``shared_api`` (ONE in-process app for the module: a settings-table refusal).
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ async def test_a_sample_of_every_flag_outside_the_allowlist_is_refused(api, defa
     assert backend_pids() == set()
 
 
-async def test_the_any_flag_setting_is_not_settable_at_run_time(api):
-    answer = await api.post("lemonade/internal/set", {"allow_any_llamacpp_args": True})
+def test_the_any_flag_setting_is_not_settable_at_run_time(shared_api):
+    answer = shared_api.post("lemonade/internal/set", {"allow_any_llamacpp_args": True})
     assert answer.code == 400 and answer.error["param"] == "allow_any_llamacpp_args"
 
 

@@ -1,6 +1,8 @@
 """The OpenAI proxy through a real Jupyter server and real llama-server backends, driven by the
 official ``openai`` client: streaming chunk by chunk, ``model`` rewriting, embeddings, the 409 of
-an auto-load into a pinned pool, and a client that goes away mid-stream."""
+an auto-load into a pinned pool, and a client that goes away mid-stream. The refusals of
+unknown models and bad bodies use ``shared_api`` (ONE in-process app for the module, on
+in-memory backends): they are answered before any backend is asked."""
 
 from __future__ import annotations
 
@@ -125,19 +127,19 @@ async def test_auto_load_409_through_the_openai_client(api, client, default_mode
     assert (await api.loaded()).keys() == {default_model_name}
 
 
-async def test_unknown_model_and_bad_requests(api):
+def test_unknown_model_and_bad_requests(shared_api):
     for stream in (False, True):
-        answer = await api.post(f"{API}/chat/completions",
+        answer = shared_api.post(f"{API}/chat/completions",
                                 {"model": "no-such-model", "messages": [], "stream": stream})
         assert answer.code == 404, answer.body
         assert answer.error["code"] == "model_not_found"
     for body in ({"messages": []}, {"model": 5}, {"model": ""},
                  {"model": "SmolLM2-135M-Instruct-GGUF", "stream": "yes"}):
         for route in ("chat/completions", "completions", "embeddings"):
-            answer = await api.post(f"{API}/{route}", body)
+            answer = shared_api.post(f"{API}/{route}", body)
             assert answer.code == 400, (route, body, answer.body)
             assert answer.error["type"] == "invalid_request_error"
-    assert (await api.health())["all_models_loaded"] == []
+    assert shared_api.health()["all_models_loaded"] == []
 
 
 async def test_client_disconnect_mid_stream_frees_the_backend(

@@ -1,5 +1,10 @@
 """REST routes through a real Jupyter server and real llama-server backends, with every error
-they answer: status, ``type``, ``code`` and message."""
+they answer: status, ``type``, ``code`` and message.
+
+The tests of bad requests and settings (``shared_api``) share ONE app for the module, on
+in-memory backends: a refused request never reaches a backend, and the answers (status,
+envelope, "changes nothing") are the real handlers' and router's. What needs a process (pins
+that keep a backend, evictions, reloads, deletes that stop one) stays on llama-server."""
 
 from __future__ import annotations
 
@@ -39,13 +44,13 @@ PIN_CASES = [
 ]
 
 
-async def test_pin_validation_messages(api, default_model_name):
+def test_pin_validation_messages(shared_api, default_model_name):
     """Every validation message verbatim; the loaded model is left as it was."""
     assert default_model_name == M
-    await api.load(default_model_name)
-    before = await api.loaded()
+    shared_api.load(default_model_name)
+    before = shared_api.loaded()
     for case, raw, message in PIN_CASES:
-        answer = await api.post(PIN, raw=raw)
+        answer = shared_api.post(PIN, raw=raw)
         assert answer.code == 400, (case, answer.body)
         err = answer.error
         assert err["type"] == "invalid_request_error", case
@@ -53,18 +58,18 @@ async def test_pin_validation_messages(api, default_model_name):
             assert err["message"].startswith("Invalid JSON body"), (case, err)
         else:
             assert err["message"] == message, case
-    assert await api.loaded() == before  # not pinned, not touched
+    assert shared_api.loaded() == before  # not pinned, not touched
 
 
-async def test_pin_of_a_model_that_is_not_loaded_is_404(api, default_model_name):
-    answer = await api.post(PIN, {"model_name": default_model_name, "pinned": True})
+def test_pin_of_a_model_that_is_not_loaded_is_404(shared_api, default_model_name):
+    answer = shared_api.post(PIN, {"model_name": default_model_name, "pinned": True})
     assert answer.code == 404
     err = answer.error
     assert "not loaded" in err["message"] and default_model_name in err["message"]
     assert err["code"] == "model_not_found"
-    answer = await api.post(PIN, {"model": "no-such-model", "pinned": True})
+    answer = shared_api.post(PIN, {"model": "no-such-model", "pinned": True})
     assert answer.code == 404 and answer.error["code"] == "model_not_found"
-    assert (await api.health())["all_models_loaded"] == []
+    assert shared_api.health()["all_models_loaded"] == []
 
 
 async def test_pin_and_unpin_a_loaded_model_keeps_its_backend(api, default_model_name):
@@ -85,44 +90,49 @@ async def test_pin_and_unpin_a_loaded_model_keeps_its_backend(api, default_model
 
 
 # ---------------------------------------------------------------------------- /load /unload
-async def test_load_unknown_model_is_404(api):
-    answer = await api.post(f"{API}/load", {"model_name": "no-such-model"})
+def test_load_unknown_model_is_404(shared_api):
+    answer = shared_api.post(f"{API}/load", {"model_name": "no-such-model"})
     assert answer.code == 404
     err = answer.error
     assert err["code"] == "model_not_found" and "no-such-model" in err["message"]
-    assert (await api.health())["all_models_loaded"] == []
+    assert shared_api.health()["all_models_loaded"] == []
 
 
 @pytest.mark.parametrize("pinned", ["true", 1, None, [True]])
-async def test_load_with_a_non_boolean_pinned_is_400(api, default_model_name, pinned):
-    answer = await api.post(f"{API}/load", {"model_name": default_model_name, "pinned": pinned})
+def test_load_with_a_non_boolean_pinned_is_400(shared_api, default_model_name, pinned):
+    answer = shared_api.post(f"{API}/load", {"model_name": default_model_name, "pinned": pinned})
     assert answer.code == 400, answer.body
     assert answer.error["type"] == "invalid_request_error"
     assert answer.error["param"] == "pinned"
-    assert (await api.health())["all_models_loaded"] == []
+    assert shared_api.health()["all_models_loaded"] == []
 
 
-async def test_load_bad_option_is_400_and_loads_nothing(api, default_model_name):
+def test_load_bad_option_is_400_and_loads_nothing(shared_api, default_model_name):
     for body in ({"ctx_size": "big"}, {"ctx_size": 1}, {"llamacpp_args": "--port 1"},
                  {"no_such_option": 1}):
-        answer = await api.post(f"{API}/load", {"model_name": default_model_name, **body})
+        answer = shared_api.post(f"{API}/load", {"model_name": default_model_name, **body})
         assert answer.code == 400, (body, answer.body)
         assert answer.error["type"] == "invalid_request_error"
-    assert (await api.health())["all_models_loaded"] == []
+    assert shared_api.health()["all_models_loaded"] == []
 
 
-async def test_load_into_a_full_pinned_pool_is_409_and_evicts_nothing(
-    api, default_model_name, default_model_file
+def test_load_into_a_full_pinned_pool_is_409_and_evicts_nothing(
+    shared_api, default_model_name, default_model_file
 ):
-    await api.pull("user.alias", default_model_file)
-    await api.load(default_model_name, pinned=True)
-    before = await api.loaded()
-    answer = await api.post(f"{API}/load", {"model_name": "user.alias"})
+    """On the shared app: the pinned backend is still the same one (its address; an in-memory
+    backend has no pid) and nothing else was started."""
+    pulled = shared_api.post(f"{API}/pull", {"model_name": "user.alias",
+                                            "checkpoint": default_model_file,
+                                            "recipe": "llamacpp"})
+    assert pulled.code == 200, pulled.body
+    shared_api.load(default_model_name, pinned=True)
+    before = shared_api.loaded()
+    answer = shared_api.post(f"{API}/load", {"model_name": "user.alias"})
     assert answer.code == 409
     assert answer.json == slots_pinned_envelope("user.alias")
-    after = await api.loaded()
+    after = shared_api.loaded()
     assert after.keys() == {default_model_name}
-    assert after[default_model_name]["pid"] == before[default_model_name]["pid"]
+    assert after[default_model_name]["backend_url"] == before[default_model_name]["backend_url"]
     assert after[default_model_name]["pinned"] is True
 
 
@@ -155,28 +165,28 @@ async def test_unload_one_pinned_model_then_all(api, default_model_name, default
     assert gone(pids["user.alias"])
 
 
-async def test_unload_unknown_or_not_loaded_model_is_404(api, default_model_name):
+def test_unload_unknown_or_not_loaded_model_is_404(shared_api, default_model_name):
     for name in ("no-such-model", default_model_name):
-        answer = await api.post(f"{API}/unload", {"model_name": name})
+        answer = shared_api.post(f"{API}/unload", {"model_name": name})
         assert answer.code == 404, answer.body
         assert answer.error["code"] == "model_not_found" and name in answer.error["message"]
 
 
 # ---------------------------------------------------------------------------- config / set
-async def test_config_and_set(api):
-    answer = await api.get("lemonade/internal/config")
+def test_config_and_set(shared_api):
+    answer = shared_api.get("lemonade/internal/config")
     assert answer.code == 200
     config = answer.json
     for key in ("max_loaded_models", "auto_evict", "auto_evict_threshold_pct"):
         assert key in config
     assert config["max_loaded_models"] == 1
-    answer = await api.post("lemonade/internal/set",
+    answer = shared_api.post("lemonade/internal/set",
                             {"max_loaded_models": 2, "auto_evict_threshold_pct": 0.5})
     assert answer.code == 200, answer.body
     assert answer.json["max_loaded_models"] == 2
     assert answer.json["auto_evict_threshold_pct"] == 0.5
-    assert (await api.get("lemonade/internal/config")).json == answer.json
-    assert (await api.health())["max_models"]["llm"] == 2  # two models fit: see the unload test
+    assert shared_api.get("lemonade/internal/config").json == answer.json
+    assert shared_api.health()["max_models"]["llm"] == 2  # two models fit: see the unload test
 
 
 @pytest.mark.parametrize(
@@ -197,12 +207,12 @@ async def test_config_and_set(api):
         {},
     ],
 )
-async def test_set_bad_value_is_400_and_changes_nothing(api, body):
-    before = (await api.get("lemonade/internal/config")).json
-    answer = await api.post("lemonade/internal/set", body)
+def test_set_bad_value_is_400_and_changes_nothing(shared_api, body):
+    before = shared_api.get("lemonade/internal/config").json
+    answer = shared_api.post("lemonade/internal/set", body)
     assert answer.code == 400, answer.body
     assert answer.error["type"] == "invalid_request_error"
-    assert (await api.get("lemonade/internal/config")).json == before
+    assert shared_api.get("lemonade/internal/config").json == before
 
 
 # ---------------------------------------------------------------------------- pull / delete
@@ -213,8 +223,8 @@ def not_gguf(tmp_path):
     return str(path)
 
 
-async def test_pull_rejects_bad_checkpoints(api, tmp_path, not_gguf, default_model_file):
-    before = (await api.get(f"{API}/models")).json
+def test_pull_rejects_bad_checkpoints(shared_api, tmp_path, not_gguf, default_model_file):
+    before = shared_api.get(f"{API}/models").json
     cases = {
         "not a GGUF": not_gguf,
         "missing": str(tmp_path / "missing.gguf"),
@@ -224,7 +234,7 @@ async def test_pull_rejects_bad_checkpoints(api, tmp_path, not_gguf, default_mod
         "empty": "",
     }
     for why, checkpoint in cases.items():
-        answer = await api.post(f"{API}/pull", {"model_name": "user.bad", "checkpoint": checkpoint,
+        answer = shared_api.post(f"{API}/pull", {"model_name": "user.bad", "checkpoint": checkpoint,
                                                 "recipe": "llamacpp"})
         assert answer.code == 400, (why, answer.body)
         assert answer.error["type"] == "invalid_request_error", why
@@ -237,10 +247,10 @@ async def test_pull_rejects_bad_checkpoints(api, tmp_path, not_gguf, default_mod
                               "labels": "llm"},
         "unknown key": {"model_name": "user.x", "checkpoint": default_model_file, "x": 1},
     }.items():
-        answer = await api.post(f"{API}/pull", body)
+        answer = shared_api.post(f"{API}/pull", body)
         assert answer.code == 400, (why, answer.body)
         assert answer.error["type"] == "invalid_request_error", why
-    assert (await api.get(f"{API}/models")).json == before
+    assert shared_api.get(f"{API}/models").json == before
 
 
 async def test_pull_registers_and_persists(api, lemonade, lemonade_data_dir, default_model_file):
@@ -287,14 +297,14 @@ async def test_delete_unloads_first(api, default_model_file):
     assert answer.code == 404 and answer.error["code"] == "model_not_found"
 
 
-async def test_delete_errors(api, default_model_name):
-    answer = await api.post(f"{API}/delete", {"model_name": "user.nope"})
+def test_delete_errors(shared_api, default_model_name):
+    answer = shared_api.post(f"{API}/delete", {"model_name": "user.nope"})
     assert answer.code == 404 and answer.error["code"] == "model_not_found"
-    answer = await api.post(f"{API}/delete", {"model_name": default_model_name})
+    answer = shared_api.post(f"{API}/delete", {"model_name": default_model_name})
     assert answer.code == 400 and answer.error["type"] == "invalid_request_error"
-    answer = await api.post(f"{API}/delete", {})
+    answer = shared_api.post(f"{API}/delete", {})
     assert answer.code == 400 and answer.error["message"] == NAME_REQUIRED
-    assert default_model_name in [m["id"] for m in (await api.get(f"{API}/models")).json["data"]]
+    assert default_model_name in [m["id"] for m in shared_api.get(f"{API}/models").json["data"]]
 
 
 async def test_option_change_reloads_in_place_and_keeps_the_pin(api, default_model_name):

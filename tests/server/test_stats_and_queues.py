@@ -2,7 +2,8 @@
 real llama-server backends: ``GET lemonade/api/v1/stats`` after a chat matches the engine's own
 ``timings``; a one-slot model with ``max_queue: 2`` refuses the fourth of four concurrent
 requests with 429 while the others complete; a cold streaming chat tells its load as
-reasoning content when ``stream_loading_state`` is on."""
+reasoning content when ``stream_loading_state`` is on. The ``max_queue`` setting route uses
+``shared_api`` (ONE in-process app for the module): it checks the settings table, no backend."""
 
 from __future__ import annotations
 
@@ -142,12 +143,12 @@ async def test_parallel_sets_the_engine_slots_and_a_change_reloads(api, lemonade
     assert bad.code == 400 and bad.error["param"] == "llamacpp_args"
 
 
-async def test_max_queue_setting_at_run_time(api):
-    answer = await api.post("lemonade/internal/set", {"max_queue": 3})
+def test_max_queue_setting_at_run_time(shared_api):
+    answer = shared_api.post("lemonade/internal/set", {"max_queue": 3})
     assert answer.code == 200 and answer.json["max_queue"] == 3
-    answer = await api.post("lemonade/internal/set", {"max_queue": -2})
+    answer = shared_api.post("lemonade/internal/set", {"max_queue": -2})
     assert answer.code == 400 and answer.error["param"] == "max_queue"
-    assert (await api.get("lemonade/internal/config")).json["max_queue"] == 3
+    assert shared_api.get("lemonade/internal/config").json["max_queue"] == 3
 
 
 # ---------------------------------------------------------------------------- loading state
