@@ -72,7 +72,8 @@ def test_huge_bodies_are_refused_with_413(shared_api, default_model_name):
     before = _snapshot(shared_api)
     filler = b"x" * (MAX_BODY_BYTES + 1)
     huge = b'{"model_name": "' + filler + b'", "model": "' + default_model_name.encode() + b'"}'
-    for path in POST_PATHS:
+    # The audio routes take uploads up to max_audio_upload_mib (tests/speech checks theirs).
+    for path in [p for p in POST_PATHS if "/audio/" not in p]:
         answer = shared_api.post(f"lemonade/{path}", raw=huge)
         assert answer.code == 413, (path, answer.code, answer.body[:300])
         message = (assert_ollama_error(answer) if path.startswith(OLLAMA_PREFIX)
