@@ -172,11 +172,11 @@ def plan_toolkit(system: str | None, cache: str | os.PathLike[str], major: int) 
 
 
 def pip_install_argv(wheels: Sequence[str], target: str, *,
-                     python: str = sys.executable) -> list[str]:
-    """The ``pip install`` of ``wheels`` into ``target`` (binary wheels only, no
-    dependencies: the list is the whole toolkit)."""
-    return [python, "-m", "pip", "install", "--no-deps", "--only-binary", ":all:",
-            "--target", target, *wheels]
+                     python: str | None = None) -> list[str]:
+    """The ``pip install`` of ``wheels`` into ``target`` by ``python`` (default: this
+    interpreter); binary wheels only, no dependencies: the list is the whole toolkit."""
+    return [python or sys.executable, "-m", "pip", "install", "--no-deps",
+            "--only-binary", ":all:", "--target", target, *wheels]
 
 
 def link_layout(home: str) -> None:
@@ -217,7 +217,7 @@ def has_driver_stub(home: str) -> bool:
 Runner = Callable[[Sequence[str], str], None]
 
 
-def install_toolkit(plan: ToolkitPlan, run: Runner, *, python: str = sys.executable) -> str:
+def install_toolkit(plan: ToolkitPlan, run: Runner, *, python: str | None = None) -> str:
     """Install ``plan.wheels`` into ``plan.target`` and return the toolkit's root.
 
     ``run(argv, what)`` runs one step and raises on failure (the installer's, which shows
