@@ -232,6 +232,18 @@ def test_the_installer_installs_the_wheels_once_and_links_the_binary_to_them(
     assert len(log.read_text().splitlines()) == 1
 
 
+def test_a_build_that_planned_the_wheels_while_another_installed_them_installs_nothing(
+        tmp_path, monkeypatch):
+    python, log = fake_python(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(python))
+    stale = build_plan("cuda", env=no_toolkit_env(tmp_path), nvml=FakeNvml([]),
+                       cuda_archs="90", cache=tmp_path / "cache")
+    assert stale.toolkit.wheels
+    home = wheel_tree(tmp_path / "cache" / "cuda-toolkit-13")  # the other build's
+    ready = install._ensure_toolkit(stale, {}, __import__("io").StringIO())
+    assert not log.exists() and ready.runpath == (os.path.realpath(home / "lib"),)
+
+
 # The build plan and its cmake arguments.
 
 def test_cuda_without_a_toolkit_or_gpu_plans_wheels_for_the_named_archs(tmp_path):
