@@ -200,6 +200,7 @@ def test_install_lays_out_a_toolkit_nvcc_and_cmake_can_use(tmp_path):
     assert not tk.has_driver_stub(str(home))
     # Nothing half-made is left beside it, and a second plan needs nothing.
     assert sorted(os.listdir(tmp_path / "cache")) == ["cuda-toolkit-13"]
+    assert (tmp_path / "cache" / "cuda-toolkit-13").stat().st_mode & 0o777 == 0o755
     assert tk.plan_toolkit(None, tmp_path / "cache", 13).wheels == ()
 
 

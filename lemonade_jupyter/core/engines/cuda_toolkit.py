@@ -241,6 +241,7 @@ def install_toolkit(plan: ToolkitPlan, run: Runner, *, python: str | None = None
         if lacking:
             raise BuildFlavourError("the wheels " + " ".join(plan.wheels) + " did not bring "
                                + ", ".join(COMPONENT_NAMES[c] for c in lacking))
+        os.chmod(staging, 0o755)  # mkdtemp's 0700: whoever runs the binary reads its libraries
         if os.path.lexists(plan.target):
             shutil.rmtree(plan.target)
         os.replace(staging, plan.target)
