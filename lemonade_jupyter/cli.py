@@ -4,9 +4,10 @@ drive a running router (``status``, ``models``, ``load``, ``pull``, ``chat``...;
 
 ``lemonade-jupyter install-llama-server [--gpu auto|cuda|cpu]`` builds llama-server into the
 cache (once per flavour): with ``auto``, for this machine's GPUs when a CUDA toolkit and a GPU
-are found, else for the CPU; ``cuda`` takes what the system's toolkit lacks from NVIDIA's wheels
-(``--cuda-arch 80,90`` without a visible GPU, ``--cuda-home DIR`` for a toolkit of your own). Nothing needs it to get started: the ``[prebuilt]``
-extra's engine runs until a native build exists, which the router then prefers.
+are found, else for the CPU; ``cuda`` installs a toolkit from NVIDIA's wheels into the cache
+when the system's is missing or incomplete (``--cuda-arch 80,90`` without a visible GPU,
+``--cuda-home DIR`` for a toolkit of your own). Nothing needs it to get started: the
+``[prebuilt]`` extra's engine runs until a native build exists, which the router then prefers.
 ``lemonade-jupyter engine`` prints the engine the router would start (JSON), with the backends
 it was built with and the devices it sees (it is asked: ``llama-server --list-devices``).
 ``lemonade-jupyter node [JUPYTER SERVER ARGS]`` runs one router for a whole JupyterHub node, as

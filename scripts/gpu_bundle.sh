@@ -50,7 +50,9 @@ cp "$SRC/models/ggml-vocab-llama-spm.gguf" "$DEST/models/"
   jupyter_server gguf prometheus_client platformdirs huggingface_hub ipython traitlets
 LIMIT=$((64 * 1024 * 1024))
 tar czf "$OUT" -C "$WORK/bundle" .
-CUDA_BINARY="${CUDA_BINARY:-$("$PY" -c 'from lemonade_jupyter.core.engines.install import cached_binary as c; print(c("cuda"))')}"
+DEFAULT_CUDA="$("$PY" -c 'from lemonade_jupyter.core.engines import install
+print(install.cached_binary("cuda"))')"
+CUDA_BINARY="${CUDA_BINARY:-$DEFAULT_CUDA}"
 if [ -x "$CUDA_BINARY" ]; then
   mkdir -p "$WORK/bundle/bin"
   cp "$CUDA_BINARY" "$WORK/bundle/bin/llama-server-cuda"
@@ -62,7 +64,8 @@ if [ -x "$CUDA_BINARY" ]; then
     mv "$WORK/with-cuda.tar.gz" "$OUT"
     echo "carries the CUDA llama-server $CUDA_BINARY"
   else
-    echo "left out the CUDA llama-server $CUDA_BINARY: the bundle would be $((size / 1048576)) MiB"
+    echo "left out the CUDA llama-server $CUDA_BINARY:" \
+      "the bundle would be $((size / 1048576)) MiB"
   fi
 fi
 echo "wrote $OUT ($(du -h "$OUT" | cut -f1))"

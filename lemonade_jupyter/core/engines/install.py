@@ -10,8 +10,9 @@ statically, with CURL off: about 8 minutes on 2 cores for the CPU. With a CUDA t
 GPU, the CUDA flavour is built for the compute capabilities of this machine's GPUs only (see
 :func:`.gpu.build_plan`); ``--gpu cuda`` without a complete toolkit first installs one from
 NVIDIA's wheels into the cache (see :mod:`.cuda_toolkit`), and the binary is linked with a
-RUNPATH to that toolkit's cuBLAS and runtime, so it runs without ``LD_LIBRARY_PATH``. Each flavour has its own folder in the cache, side by side, and a
-cached binary is never rebuilt unless asked (``--force``).
+RUNPATH to that toolkit's cuBLAS and runtime, so it runs without ``LD_LIBRARY_PATH``. Each
+flavour has its own folder in the cache, side by side, and a cached binary is never rebuilt
+unless asked (``--force``).
 
 The cache is ``$LEMONADE_CACHE_DIR``, else platformdirs' user cache folder of
 ``lemonade_jupyter`` (``$XDG_CACHE_HOME/lemonade_jupyter``, by default
