@@ -5,11 +5,13 @@ Two different questions, answered two different ways:
 * *Run time* ("is a GPU visible, so prefer the CUDA build?"): :func:`gpu_visible` looks for
   the NVIDIA device files. That costs a directory listing and no driver call, so the router can
   ask it on its event loop before every start.
-* *Build time* ("which flavour do we build, for which GPUs?"): :func:`build_plan` asks for
-  ``nvcc`` (on ``PATH`` or under ``$CUDA_HOME``) and for the compute capability of every GPU
-  that NVML reports, and builds for those architectures only, which keeps a CUDA build of
-  ``llama-server`` to the one or two architectures the machine has instead of the dozen of a
-  release build.
+* *Build time* ("which flavour do we build, for which GPUs?"): :func:`build_plan` looks for
+  a complete CUDA toolkit (``nvcc`` on ``PATH`` or under ``$CUDA_HOME``; else, for ``--gpu
+  cuda``, one from NVIDIA's wheels, see :mod:`.cuda_toolkit`) and asks NVML for the compute
+  capability of every GPU, and builds for those architectures only, which keeps a CUDA build
+  of ``llama-server`` to the one or two architectures the machine has instead of the dozen of
+  a release build. Architectures a user names (``--cuda-arch``, ``$CUDAARCHS``) reach nvcc's
+  command line, so they are checked against :data:`KNOWN_ARCHS`.
 
 ``nvml`` parameters take a module with pynvml's surface, so tests can hand in a fake.
 """
