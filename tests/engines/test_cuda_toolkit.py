@@ -355,3 +355,12 @@ def test_the_command_refuses_an_unknown_architecture_before_anything_runs(
     assert code == 1
     assert "--cuda-arch: '95' is not a CUDA architecture" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_command_passes_cuda_home_and_names_what_that_toolkit_lacks(
+        bare_world, tmp_path, capsys):
+    mine = make_toolkit(tmp_path / "my-cuda", without=("cublas", "cccl"))
+    code = cli.main(["install-llama-server", "--gpu", "cuda", "--cuda-home", str(mine)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{mine} (--cuda-home) lacks cuBLAS" in err and "CCCL" in err
+    assert not (tmp_path / "cache").exists()
