@@ -227,6 +227,7 @@ def test_the_installer_installs_the_wheels_once_and_links_the_binary_to_them(
     home = tmp_path / "cache" / "cuda-toolkit-13" / "nvidia" / "cu13"
     assert ready.toolkit.wheels == () and ready.runpath == (os.path.realpath(home / "lib"),)
     assert ready.no_vmm and "NVIDIA's wheels" in out.getvalue()
+    assert "installed CUDA 13 in" in out.getvalue() and str(home) in out.getvalue()
     again = build_plan("cuda", env=no_toolkit_env(tmp_path), nvml=FakeNvml([]),
                        cuda_archs="90", cache=tmp_path / "cache")
     assert install._ensure_toolkit(again, {}, out) == again  # already there: no pip

@@ -178,11 +178,14 @@ def _ensure_toolkit(plan: BuildPlan, env: Mapping[str, str], out: TextIO) -> Bui
         fresh = cuda_toolkit.plan_toolkit(toolkit.system, Path(toolkit.target).parent,
                                           toolkit.major)
         if fresh.wheels:  # nobody installed it while we waited
+            started = time.monotonic()
             try:
                 cuda_toolkit.install_toolkit(
                     fresh, lambda argv, what: _run(argv, what, env, out))
             except BuildFlavourError as exc:
                 raise RuntimeError(str(exc)) from exc
+            _say(out, f"installed CUDA {toolkit.major} in {time.monotonic() - started:.0f} s: "
+                      f"{toolkit.home}")
     home = toolkit.home
     return dataclasses.replace(plan, toolkit=dataclasses.replace(toolkit, wheels=()),
                                runpath=tuple(cuda_toolkit.library_dirs(home)),
