@@ -324,7 +324,8 @@ def test_cmake_arguments_name_the_toolkit_the_archs_and_the_runpath(tmp_path):
     assert argv[argv.index("-DGGML_CUDA=ON"):] == [
         "-DGGML_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={home}/bin/nvcc",
         "-DCMAKE_CUDA_ARCHITECTURES=90", f"-DCUDAToolkit_ROOT={home}",
-        "-DGGML_CUDA_NO_VMM=ON", f"-DCMAKE_BUILD_RPATH={lib}", f"-DCMAKE_INSTALL_RPATH={lib}"]
+        "-DGGML_CUDA_NO_VMM=ON", f"-DCMAKE_BUILD_RPATH={lib}", f"-DCMAKE_INSTALL_RPATH={lib}",
+        "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON"]
 
 
 # The architectures a user may name.

@@ -94,8 +94,12 @@ def cmake_configure_argv(source: str, build: str, plan: BuildPlan, *, cmake: str
         if plan.no_vmm:  # no driver stub to link against: libcuda is loaded at run time
             argv.append("-DGGML_CUDA_NO_VMM=ON")
         if plan.runpath:  # the binary finds cuBLAS and the runtime without LD_LIBRARY_PATH
+            # The RUNPATH is set at link time, as it will stay: otherwise CMake pads the build
+            # tree's RUNPATH with an empty entry (for a rewrite at install), which the loader
+            # reads as the current directory.
             dirs = ";".join(plan.runpath)
-            argv += [f"-DCMAKE_BUILD_RPATH={dirs}", f"-DCMAKE_INSTALL_RPATH={dirs}"]
+            argv += [f"-DCMAKE_BUILD_RPATH={dirs}", f"-DCMAKE_INSTALL_RPATH={dirs}",
+                     "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON"]
     return argv
 
 
