@@ -9,7 +9,8 @@
 #   - a CUDA llama-server built here, when there is one ($CUDA_BINARY, default: the cached
 #     `install-llama-server --gpu cuda` build) and the bundle still fits in 64 MiB with it:
 #     bin/llama-server-cuda and its build.json (the architectures it was built for). Only the
-#     binary: cuBLAS alone is 420 MB. The GPU machine needs an NVIDIA driver of 580 or newer
+#     binary: cuBLAS alone is 420 MB. A build for 9.0 alone is 44 MiB gzipped, which with the
+#     42 MiB of the rest does not fit: the GPU machine then builds its own (gpu_check.sh). The GPU machine needs an NVIDIA driver of 580 or newer
 #     (CUDA 13), and libcudart.so.13, libcublas.so.13 and libcublasLt.so.13 either at the
 #     path the binary's RUNPATH names (`readelf -d`: this machine's cuda-toolkit-13) or on its
 #     LD_LIBRARY_PATH; then LEMONADE_LLAMA_SERVER=.../bin/llama-server-cuda runs it.
