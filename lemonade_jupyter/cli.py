@@ -3,9 +3,11 @@ drive a running router (``status``, ``models``, ``load``, ``pull``, ``chat``...;
 ``lemonade_jupyter/client_cli``).
 
 ``lemonade-jupyter install-llama-server [--gpu auto|cuda|cpu]`` builds llama-server into the
-cache (once per flavour): with ``auto``, for this machine's GPUs when a CUDA compiler (nvcc)
-and a GPU are found, else for the CPU. Nothing needs it to get started: the ``[prebuilt]``
-extra's engine runs until a native build exists, which the router then prefers.
+cache (once per flavour): with ``auto``, for this machine's GPUs when a CUDA toolkit and a GPU
+are found, else for the CPU; ``cuda`` installs a toolkit from NVIDIA's wheels into the cache
+when the system's is missing or incomplete (``--cuda-arch 80,90`` without a visible GPU,
+``--cuda-home DIR`` for a toolkit of your own). Nothing needs it to get started: the
+``[prebuilt]`` extra's engine runs until a native build exists, which the router then prefers.
 ``lemonade-jupyter install-whisper-server [--gpu auto|cuda|cpu]`` does the same for
 whisper.cpp's ``whisper-server`` (transcription models); without it they run on the
 ``pywhispercpp`` wheel of the ``[prebuilt]`` extra.
@@ -32,8 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     inst = sub.add_parser("install-llama-server",
                           help="build a native llama-server into the cache (minutes)")
     inst.add_argument("--gpu", choices=("auto", "cuda", "cpu"), default="auto",
-                      help="the flavour: cuda needs nvcc (PATH or $CUDA_HOME) and builds for "
-                           "the GPUs NVML reports; auto picks cuda when it can (default)")
+                      help="the flavour: cuda builds for the GPUs NVML reports, with the "
+                           "system's CUDA toolkit or one from NVIDIA's wheels; auto picks cuda "
+                           "when a toolkit and a GPU are there (default)")
+    inst.add_argument("--cuda-arch", default=None, metavar="80,90",
+                      help="CUDA architectures to build for (compute capabilities without the "
+                           "dot); default: those of the GPUs NVML reports")
+    inst.add_argument("--cuda-home", default=None, metavar="DIR",
+                      help="the CUDA toolkit to build with; default: nvcc's on PATH or "
+                           "$CUDA_HOME when complete, else (with --gpu cuda) NVIDIA's wheels "
+                           "installed into the cache")
     inst.add_argument("--force", action="store_true", help="rebuild even if cached")
     inst.add_argument("--jobs", type=int, default=None, help="parallel build jobs (default: "
                       "every core)")
@@ -72,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         from .core.engines.install import install_llama_server
 
         try:
-            install_llama_server(force=args.force, jobs=args.jobs, gpu=args.gpu)
+            install_llama_server(force=args.force, jobs=args.jobs, gpu=args.gpu,
+                                 cuda_archs=args.cuda_arch, cuda_home=args.cuda_home)
         except RuntimeError as exc:
             print(f"lemonade-jupyter: {exc}", file=sys.stderr)
             return 1

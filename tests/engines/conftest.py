@@ -21,6 +21,33 @@ def make_executable(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:
     return path
 
 
+#: One file for each part of a CUDA toolkit (the layout of a system toolkit, as
+#: ``cuda_toolkit.COMPONENTS`` looks for it), by part.
+TOOLKIT_FILES = {
+    "nvcc": ("bin/nvcc", "bin/ptxas", "bin/fatbinary"),
+    "crt": ("include/crt/host_config.h",),
+    "nvvm": ("nvvm/bin/cicc", "nvvm/libdevice/libdevice.10.bc"),
+    "cudart": ("include/cuda_runtime.h", "lib64/libcudart.so.12"),
+    "cublas": ("include/cublas_v2.h", "lib64/libcublas.so.12"),
+    "cccl": ("include/cub/cub.cuh",),
+}
+
+
+def make_toolkit(root: Path, *, without: tuple[str, ...] = (), nvcc: str | None = None) -> Path:
+    """A fake CUDA toolkit at ``root`` with every part but those in ``without``; ``nvcc`` is
+    the compiler's script (default: one that exits 0). Returns ``root``."""
+    for part, files in TOOLKIT_FILES.items():
+        if part in without:
+            continue
+        for name in files:
+            if name == "bin/nvcc":
+                make_executable(root / name, nvcc or "#!/bin/sh\nexit 0\n")
+            else:
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).touch()
+    return root
+
+
 @pytest.fixture
 def bare_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty cache (``$LEMONADE_CACHE_DIR``), a ``PATH`` of one empty folder, no

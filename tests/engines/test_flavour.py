@@ -14,7 +14,7 @@ from lemonade_jupyter.core.engines.gpu import (
     find_nvcc,
     parse_nvcc_version,
 )
-from tests.engines.conftest import make_executable
+from tests.engines.conftest import make_executable, make_toolkit
 
 NVCC_12_4 = """nvcc: NVIDIA (R) Cuda compiler driver
 Copyright (c) 2005-2024 NVIDIA Corporation
@@ -62,14 +62,10 @@ class FakeNvml:
 
 def fake_nvcc(folder: Path, text: str = NVCC_12_4, *, cublas: bool = True) -> Path:
     """A toolkit in ``folder/..``: an ``nvcc`` that prints ``text`` (whatever it is asked),
-    the runtime's header, and cuBLAS unless told otherwise."""
-    root = folder.parent
-    (root / "include").mkdir(parents=True, exist_ok=True)
-    (root / "include" / "cuda_runtime.h").touch()
-    if cublas:
-        (root / "lib64").mkdir(exist_ok=True)
-        (root / "lib64" / "libcublas.so.12").touch()
-    return make_executable(folder / "nvcc", f"#!/bin/sh\ncat <<'END'\n{text}END\n")
+    and every other part of a toolkit, cuBLAS unless told otherwise."""
+    make_toolkit(folder.parent, without=() if cublas else ("cublas",),
+                 nvcc=f"#!/bin/sh\ncat <<'END'\n{text}END\n")
+    return folder / "nvcc"
 
 
 def env_with(path: Path, **extra: str) -> dict[str, str]:

@@ -6,10 +6,13 @@ this machine's GPUs) and the router prefers it whenever one exists (see :mod:`.l
 
 The package index carries the ``llama-cpp-python`` sdist, whose ``vendor/llama.cpp`` is the
 whole llama.cpp tree (``tools/server`` included). We build only the ``llama-server`` target,
-statically, with CURL off: about 8 minutes on 2 cores for the CPU. With a CUDA compiler and a
+statically, with CURL off: about 8 minutes on 2 cores for the CPU. With a CUDA toolkit and a
 GPU, the CUDA flavour is built for the compute capabilities of this machine's GPUs only (see
-:func:`.gpu.build_plan`). Each flavour has its own folder in the cache, side by side, and a
-cached binary is never rebuilt unless asked (``--force``).
+:func:`.gpu.build_plan`); ``--gpu cuda`` without a complete toolkit first installs one from
+NVIDIA's wheels into the cache (see :mod:`.cuda_toolkit`), and the binary is linked with a
+RUNPATH to that toolkit's cuBLAS and runtime, so it runs without ``LD_LIBRARY_PATH``. Each
+flavour has its own folder in the cache, side by side, and a cached binary is never rebuilt
+unless asked (``--force``).
 
 The cache is ``$LEMONADE_CACHE_DIR``, else platformdirs' user cache folder of
 ``lemonade_jupyter`` (``$XDG_CACHE_HOME/lemonade_jupyter``, by default
@@ -19,6 +22,7 @@ The cache is ``$LEMONADE_CACHE_DIR``, else platformdirs' user cache folder of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import json
@@ -37,6 +41,7 @@ from typing import TextIO
 
 import platformdirs
 
+from . import cuda_toolkit
 from .gpu import FLAVOURS, BuildFlavourError, BuildPlan, build_plan
 from .progress import ProgressPrinter
 
@@ -84,6 +89,17 @@ def cmake_configure_argv(source: str, build: str, plan: BuildPlan, *, cmake: str
             f"-DCMAKE_CUDA_COMPILER={plan.nvcc}",
             f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(plan.archs)}",
         ]
+        if plan.toolkit is not None:  # cuBLAS and the runtime from this toolkit, no other
+            argv.append(f"-DCUDAToolkit_ROOT={plan.toolkit.home}")
+        if plan.no_vmm:  # no driver stub to link against: libcuda is loaded at run time
+            argv.append("-DGGML_CUDA_NO_VMM=ON")
+        if plan.runpath:  # the binary finds cuBLAS and the runtime without LD_LIBRARY_PATH
+            # The RUNPATH is set at link time, as it will stay: otherwise CMake pads the build
+            # tree's RUNPATH with an empty entry (for a rewrite at install), which the loader
+            # reads as the current directory.
+            dirs = ";".join(plan.runpath)
+            argv += [f"-DCMAKE_BUILD_RPATH={dirs}", f"-DCMAKE_INSTALL_RPATH={dirs}",
+                     "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON"]
     return argv
 
 
@@ -117,16 +133,21 @@ def missing_tools(env: Mapping[str, str]) -> list[str]:
 
 
 def install_llama_server(*, force: bool = False, jobs: int | None = None, gpu: str = "auto",
+                         cuda_archs: str | None = None, cuda_home: str | None = None,
                          out: TextIO | None = None) -> Path:
     """Build ``llama-server`` of the flavour ``gpu`` asks for into the cache, unless it is
     already there; return its path.
 
-    Blocking (minutes); meant for the command line, never for the server's event loop. Raises
-    ``RuntimeError`` naming what is missing, or with the failing step's output tail.
+    ``cuda_archs`` (``--cuda-arch 80,90``) names the CUDA architectures when no GPU is
+    visible; ``cuda_home`` (``--cuda-home``) the CUDA toolkit to use. Without a complete
+    system toolkit, ``--gpu cuda`` first installs one from NVIDIA's wheels into the cache
+    (see :mod:`.cuda_toolkit`). Blocking (minutes); meant for the command line, never for the
+    server's event loop. Raises ``RuntimeError`` naming what is missing, or with the failing
+    step's output tail.
     """
     out = out if out is not None else sys.stdout
     try:
-        plan = build_plan(gpu)
+        plan = build_plan(gpu, cuda_archs=cuda_archs, cuda_home=cuda_home, cache=cache_root())
     except BuildFlavourError as exc:
         raise RuntimeError(str(exc)) from exc
     target = cached_binary(plan.flavour)
@@ -145,7 +166,34 @@ def install_llama_server(*, force: bool = False, jobs: int | None = None, gpu: s
         if target.exists() and not force:  # someone else built it while we waited
             _say(out, f"llama-server ({plan.flavour}) already built: {target}")
             return target
+        plan = _ensure_toolkit(plan, env, out)
         return _build(plan, target, env, jobs or os.cpu_count() or 2, out)
+
+
+def _ensure_toolkit(plan: BuildPlan, env: Mapping[str, str], out: TextIO) -> BuildPlan:
+    """Install the wheels ``plan``'s CUDA toolkit still needs (once; later builds find it in
+    the cache) and return the plan with the toolkit's library folders as the binary's
+    RUNPATH. Another build may be installing the same toolkit: one at a time, by a lock."""
+    toolkit = plan.toolkit
+    if toolkit is None or not toolkit.wheels:
+        return plan
+    Path(toolkit.target).parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(Path(f"{toolkit.target}.lock"), out):
+        fresh = cuda_toolkit.plan_toolkit(toolkit.system, Path(toolkit.target).parent,
+                                          toolkit.major)
+        if fresh.wheels:  # nobody installed it while we waited
+            started = time.monotonic()
+            try:
+                cuda_toolkit.install_toolkit(
+                    fresh, lambda argv, what: _run(argv, what, env, out))
+            except BuildFlavourError as exc:
+                raise RuntimeError(str(exc)) from exc
+            _say(out, f"installed CUDA {toolkit.major} in {time.monotonic() - started:.0f} s: "
+                      f"{toolkit.home}")
+    home = toolkit.home
+    return dataclasses.replace(plan, toolkit=dataclasses.replace(toolkit, wheels=()),
+                               runpath=tuple(cuda_toolkit.library_dirs(home)),
+                               no_vmm=not cuda_toolkit.has_driver_stub(home))
 
 
 def _build(plan: BuildPlan, target: Path, env: dict[str, str], jobs: int, out: TextIO) -> Path:
@@ -182,6 +230,7 @@ def _build(plan: BuildPlan, target: Path, env: dict[str, str], jobs: int, out: T
         shutil.copy2(build / "bin" / "llama-server", tmp)
         os.replace(tmp, target)
     info = {"flavour": plan.flavour, "archs": list(plan.archs), "nvcc": plan.nvcc,
+            "runpath": list(plan.runpath), "no_vmm": plan.no_vmm,
             "cuda_version": list(plan.cuda_version) if plan.cuda_version else None,
             "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION, "built_at": time.time(),
             "build_s": round(time.monotonic() - started, 1)}
