@@ -39,7 +39,7 @@ WHEEL_FILES = {
 }
 
 FAKE_PIP = """#!{python}
-# Acts as `python -m pip install ... --target DIR SPEC...`: lays out each wheel's files.
+# Acts as `python -m pip install ... --target DIR REQUIREMENT...`: lays out each wheel's files.
 import json, os, sys
 files = json.loads({files!r})
 skip = os.environ.get("FAKE_PIP_SKIP", "").split(",")

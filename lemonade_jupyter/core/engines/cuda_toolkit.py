@@ -37,7 +37,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .gpu import BuildFlavourError
+from .build_errors import BuildFlavourError
 
 #: What a CUDA build of llama.cpp needs from a toolkit: each part, with the files (globs
 #: relative to the toolkit's root, any one of a tuple) that show it is there.

@@ -27,6 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import cuda_toolkit as tk
+from .build_errors import BuildFlavourError
+
 #: The build flavours the installer knows, in the router's order of preference (given a GPU).
 FLAVOURS = ("cuda", "cpu")
 
@@ -198,10 +201,6 @@ def unsupported_archs(archs: Iterable[str], cuda: tuple[int, int] | None) -> lis
     return bad
 
 
-class BuildFlavourError(RuntimeError):
-    """The requested flavour cannot be built here; the message names what is missing."""
-
-
 @dataclass(frozen=True)
 class BuildPlan:
     """What ``install-llama-server`` builds: the flavour, and for CUDA the compiler,
@@ -245,7 +244,6 @@ def build_plan(gpu: str = "auto", *, env: Mapping[str, str] | None = None,
         raise ValueError(f"gpu must be auto, cuda or cpu, not {gpu!r}")
     if gpu == "cpu":
         return BuildPlan("cpu", "--gpu cpu")
-    from . import cuda_toolkit as tk  # it imports this module's error class
 
     if cuda_archs is not None:
         explicit, source = parse_cuda_archs(cuda_archs), "--cuda-arch"
