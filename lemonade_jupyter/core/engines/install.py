@@ -35,7 +35,7 @@ import tarfile
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -197,47 +197,72 @@ def _ensure_toolkit(plan: BuildPlan, env: Mapping[str, str], out: TextIO) -> Bui
 
 
 def _build(plan: BuildPlan, target: Path, env: dict[str, str], jobs: int, out: TextIO) -> Path:
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="lemonade-llama-build-") as work:
-        workdir = Path(work)
-        # Only this package as a source archive: pip still prepares its metadata, and with
-        # ":all:" the build backend's own needs (cmake, ninja) were built from source too
-        # when the ones on PATH did not suit it, which took many minutes.
-        _run(
-            [
-                sys.executable, "-m", "pip", "download", "--no-deps",
-                "--no-binary", "llama-cpp-python",
-                f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(workdir),
-            ],
-            "download the llama-cpp-python sdist", env, out,
-        )
-        sdists = glob.glob(str(workdir / "llama_cpp_python-*.tar.gz"))
-        if not sdists:
-            raise RuntimeError("pip download produced no llama-cpp-python sdist")
-        with tarfile.open(sdists[0]) as tar:
-            tar.extractall(workdir, filter="data")
-        source = next(workdir.glob("llama_cpp_python-*/vendor/llama.cpp"))
-        build = workdir / "build"
-        cmake = shutil.which("cmake", path=env["PATH"]) or "cmake"
-        generator = "Ninja" if shutil.which("ninja", path=env["PATH"]) else None
-        _run(cmake_configure_argv(str(source), str(build), plan, cmake=cmake,
-                                  generator=generator),
-             f"configure llama.cpp ({plan.flavour})", env, out)
-        _run(cmake_build_argv(str(build), jobs, cmake=cmake),
-             f"build llama-server ({plan.flavour}, {jobs} jobs; this takes minutes)", env, out,
-             progress=ProgressPrinter("lemonade-jupyter: building llama-server", out))
-        tmp = target.with_suffix(".tmp")
-        shutil.copy2(build / "bin" / "llama-server", tmp)
-        os.replace(tmp, target)
+    seconds = compile_from_sdist(LLAMA_CPP_SOURCES, plan, target, env, jobs, out)
     info = {"flavour": plan.flavour, "archs": list(plan.archs), "nvcc": plan.nvcc,
             "runpath": list(plan.runpath), "no_vmm": plan.no_vmm,
             "cuda_version": list(plan.cuda_version) if plan.cuda_version else None,
             "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION, "built_at": time.time(),
-            "build_s": round(time.monotonic() - started, 1)}
+            "build_s": round(seconds, 1)}
     (target.parent / "build.json").write_text(json.dumps(info, indent=1) + "\n")
-    _say(out, f"built llama-server ({plan.flavour}) in {time.monotonic() - started:.0f} s: "
-              f"{target}")
+    _say(out, f"built llama-server ({plan.flavour}) in {seconds:.0f} s: {target}")
     return target
+
+
+@dataclasses.dataclass(frozen=True)
+class SdistSources:
+    """An engine built from the C++ tree inside a pinned sdist on PyPI: which sdist, where the
+    tree is in it, and the cmake command lines of its one server target.
+
+    ``configure(source, build, plan, cmake=..., generator=...)`` and
+    ``build(build, jobs, cmake=...)`` are the pure command-line builders of each engine."""
+
+    program: str            # the binary the build makes and the cache keeps: "llama-server"
+    project: str            # the tree, for messages: "llama.cpp"
+    package: str            # the pip name of the sdist: "llama-cpp-python"
+    version: str
+    archive_glob: str       # the downloaded archive: "llama_cpp_python-*.tar.gz"
+    tree_glob: str          # the sources inside it: "llama_cpp_python-*/vendor/llama.cpp"
+    configure: Callable[..., list[str]]
+    build: Callable[..., list[str]]
+
+    def download_argv(self, dest: str) -> list[str]:
+        """``pip download`` of the pinned sdist only. Only this package as a source archive:
+        pip still prepares its metadata, and with ":all:" the build backend's own needs
+        (cmake, ninja) were built from source too when the ones on PATH did not suit it,
+        which took many minutes."""
+        return [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                self.package, f"{self.package}=={self.version}", "-d", dest]
+
+
+def compile_from_sdist(sources: SdistSources, plan: BuildPlan, target: Path,
+                       env: dict[str, str], jobs: int, out: TextIO) -> float:
+    """Download and unpack ``sources``' sdist, configure and build its server for ``plan``,
+    and put the binary at ``target`` (atomically: a reader never sees half a file). Returns
+    the seconds it took; each step's failure is a RuntimeError naming the step."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"lemonade-{sources.program}-build-") as work:
+        workdir = Path(work)
+        _run(sources.download_argv(str(workdir)), f"download the {sources.package} sdist",
+             env, out)
+        archives = glob.glob(str(workdir / sources.archive_glob))
+        if not archives:
+            raise RuntimeError(f"pip download produced no {sources.package} sdist")
+        with tarfile.open(archives[0]) as tar:
+            tar.extractall(workdir, filter="data")
+        source = next(workdir.glob(sources.tree_glob))
+        build = workdir / "build"
+        cmake = shutil.which("cmake", path=env["PATH"]) or "cmake"
+        generator = "Ninja" if shutil.which("ninja", path=env["PATH"]) else None
+        _run(sources.configure(str(source), str(build), plan, cmake=cmake, generator=generator),
+             f"configure {sources.project} ({plan.flavour})", env, out)
+        _run(sources.build(str(build), jobs, cmake=cmake),
+             f"build {sources.program} ({plan.flavour}, {jobs} jobs; this takes minutes)",
+             env, out,
+             progress=ProgressPrinter(f"lemonade-jupyter: building {sources.program}", out))
+        tmp = target.with_suffix(".tmp")
+        shutil.copy2(build / "bin" / sources.program, tmp)
+        os.replace(tmp, target)
+    return time.monotonic() - started
 
 
 @contextlib.contextmanager
@@ -278,3 +303,11 @@ def _run(cmd: Sequence[str], what: str, env: Mapping[str, str], out: TextIO, *,
         progress.done()
     if code != 0:
         raise RuntimeError(f"Could not {what} (exit {code}):\n" + "\n".join(tail))
+
+
+#: llama.cpp's server from the tree vendored in the llama-cpp-python sdist.
+LLAMA_CPP_SOURCES = SdistSources(
+    program="llama-server", project="llama.cpp", package="llama-cpp-python",
+    version=LLAMA_CPP_PYTHON_VERSION, archive_glob="llama_cpp_python-*.tar.gz",
+    tree_glob="llama_cpp_python-*/vendor/llama.cpp", configure=cmake_configure_argv,
+    build=cmake_build_argv)

