@@ -22,16 +22,15 @@ from ..errors import InvalidRequestError
 from . import names
 from .hub import HubRef
 from .hub_fetch import Checks
+from .whisper_models import MAGIC_BYTES, is_whisper_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct-GGUF"
 GGUF_MAGIC = b"GGUF"
 #: whisper.cpp's model files (``ggml-*.bin``) start with 0x67676d6c ("ggml") little-endian.
-GGML_MAGIC = (0x67676D6C).to_bytes(4, "little")
 #: ``llamacpp``: a GGUF served by llama-server; ``whispercpp``: a whisper.cpp ``ggml-*.bin``
 #: served by a whisper-server (:mod:`.engines.whispercpp`), always of type ``transcription``.
 KNOWN_RECIPES = ("llamacpp", "whispercpp")
 #: The magic bytes each recipe's weights file starts with.
-MAGIC_BY_RECIPE = {"llamacpp": GGUF_MAGIC, "whispercpp": GGML_MAGIC}
 #: The labels a model of each recipe gets when it names none.
 DEFAULT_LABELS = {"llamacpp": ("llm",), "whispercpp": ("transcription",)}
 #: A user model's name, a label, and an mmproj file of a hub repository (an allowlist each).
@@ -138,11 +137,6 @@ def is_gguf(path: str) -> bool:
     return _starts_with(path, GGUF_MAGIC)
 
 
-def is_whisper_ggml(path: str) -> bool:
-    """True for an existing regular file starting with whisper.cpp's ``ggml`` magic."""
-    return _starts_with(path, GGML_MAGIC)
-
-
 def _starts_with(path: str, magic: bytes) -> bool:
     try:
         if not os.path.isfile(path):
@@ -203,7 +197,7 @@ def check_local_file(checkpoint: Any, recipe: str = "llamacpp") -> None:
             f"Checkpoint '{checkpoint}' is not an existing regular file", param="checkpoint"
         )
     if recipe == "whispercpp":
-        if not is_whisper_ggml(checkpoint):
+        if not is_whisper_file(checkpoint):
             raise InvalidRequestError(
                 f"Checkpoint '{checkpoint}' is not a whisper.cpp ggml model (bad magic bytes)",
                 param="checkpoint",

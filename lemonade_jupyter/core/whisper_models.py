@@ -17,8 +17,8 @@ label.
 
 from __future__ import annotations
 
+import os
 import re
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,8 +34,11 @@ WHISPER_REPOS = frozenset({"ggerganov/whisper.cpp"})
 VARIANT = re.compile(
     r"(?:(?:tiny|base|small|medium)(?:\.en)?|large-v1|large-v2|large-v3|large-v3-turbo)"
     r"(?:-q5_0|-q5_1|-q8_0)?")
-#: The first four bytes of a whisper.cpp model file: ``ggml`` as a little-endian uint32.
+#: The first four bytes of a whisper.cpp model file: ``ggml`` as a little-endian uint32
+#: (the one definition: the catalog, the hub checks, the memory estimate and the engine's
+#: header check all read it from here).
 MAGIC = 0x67676D6C
+MAGIC_BYTES = MAGIC.to_bytes(4, "little")
 _FILE = re.compile(r"ggml-(?P<variant>.+)\.bin")
 _EXAMPLES = "tiny, tiny.en, base, base.en, small, small.en, medium, large-v3, large-v3-turbo"
 
@@ -109,10 +112,12 @@ def pull_fields(recipe: Any, labels: Any) -> tuple[str, Any]:
 
 
 def is_whisper_file(path: str) -> bool:
-    """Whether the file at ``path`` opens with whisper.cpp's model magic (reads four bytes)."""
+    """Whether ``path`` is a regular file that opens with whisper.cpp's model magic (reads
+    four bytes)."""
     try:
+        if not os.path.isfile(path):
+            return False
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            return fh.read(4) == MAGIC_BYTES
     except OSError:
         return False
-    return len(head) == 4 and struct.unpack("<I", head)[0] == MAGIC

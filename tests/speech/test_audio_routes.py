@@ -26,7 +26,7 @@ import openai
 import psutil
 import pytest
 
-from lemonade_jupyter.core.model_spec import GGML_MAGIC
+from lemonade_jupyter.core.whisper_models import MAGIC_BYTES as GGML_MAGIC
 from tests.helpers.http import API
 from tests.helpers.polling import wait_until
 from tests.server.conftest import (  # noqa: F401 - fixtures shared with the server tests

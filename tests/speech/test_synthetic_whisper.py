@@ -17,7 +17,7 @@ from lemonade_jupyter.core.engines.whisper_model import (
     WhisperModel,
     check_header,
 )
-from lemonade_jupyter.core.model_spec import is_whisper_ggml
+from lemonade_jupyter.core.whisper_models import is_whisper_file
 from tests.fakes import synthetic_whisper as sw
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def read_tensors(path: str) -> dict[str, tuple[tuple[int, ...], int, bytes]]:
 def test_synthetic_whisper_layout(whisper_model_file):
     header = sw.read_header(whisper_model_file)
     assert header == (sw.MAGIC, 51865, 1500, 16, 2, 1, 448, 16, 2, 1, 80, 1)
-    assert is_whisper_ggml(whisper_model_file) and not is_gguf(whisper_model_file)
+    assert is_whisper_file(whisper_model_file) and not is_gguf(whisper_model_file)
     assert check_header(whisper_model_file)["n_text_state"] == 16
     assert Path(whisper_model_file).stat().st_size < 3 * 2**20
     tensors = read_tensors(whisper_model_file)

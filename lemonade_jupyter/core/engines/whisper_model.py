@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..whisper_models import MAGIC
 from .whisper_audio import SAMPLE_RATE
 from .whisper_formats import Segment, Transcript
 
@@ -26,7 +27,6 @@ class ModelLoadFailed(RuntimeError):
 
 #: The magic and the eleven hyperparameters that open a whisper.cpp model file.
 HEADER = struct.Struct("<I11i")
-MAGIC = 0x67676D6C
 #: What whisper.cpp logs when a load returns NULL.
 _LOAD_FAILED = re.compile(r"^.*(failed to (load|open|init|allocate)|ERROR).*$", re.M)
 _NAMES = ("n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer",
