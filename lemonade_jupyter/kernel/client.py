@@ -15,8 +15,10 @@ The client is sync on purpose: magics run inside ipykernel's loop, where
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -369,13 +371,16 @@ class RouterClient:
             return response.text
 
     def events(
-        self, last_event_id: int | None = None, read_timeout: float = 5.0
+        self, last_event_id: int | None = None, read_timeout: float = 5.0,
+        on_open: Callable[[Callable[[], None]], None] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Follow ``GET api/v1/events`` (SSE); yield each router event as a dict.
 
         Resumes after ``last_event_id`` when given. Returns when the server ends the stream;
         raises ``ClientError`` (504 ``timeout`` when nothing, not even a keep-alive, arrived within
-        ``read_timeout``; 404 when the server has no event stream).
+        ``read_timeout``; 404 when the server has no event stream). ``on_open`` gets, once the
+        stream is open, a function that hangs it up from another thread: the reading thread's
+        blocked read then ends at once instead of at its read timeout.
         """
         headers = {"Accept": "text/event-stream"}
         if last_event_id:
@@ -388,6 +393,8 @@ class RouterClient:
             if response.status_code >= 400:
                 response.read()
                 raise error_from_response(response)
+            if on_open is not None:
+                on_open(_hangup(response))
             for event in iter_sse(response.iter_lines()):
                 try:
                     item = json.loads(event.get("data") or "null")
@@ -397,3 +404,17 @@ class RouterClient:
                     if "id" not in item and event.get("id", "").isdigit():
                         item["id"] = int(event["id"])
                     yield item
+
+
+def _hangup(response: httpx.Response) -> Callable[[], None]:
+    """A function that shuts down ``response``'s socket. ``shutdown`` (not ``close``) is what
+    wakes a ``recv`` blocked in another thread on Linux; without a socket (another transport)
+    it does nothing and the reader ends at its read timeout as before."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+
+    def hangup() -> None:
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+    return hangup

@@ -4,13 +4,15 @@ The dashboard shows the recent events with their reasons. ``EventFeed`` owns one
 reads the SSE stream into a bounded deque and reconnects with ``Last-Event-ID`` after a read
 timeout or a dropped connection, so it never replays what it already has. A server without the
 route (404) ends the thread and sets ``available = False``; the dashboard then says so instead
-of showing an error. ``stop()`` returns within about one read timeout.
+of showing an error. ``stop()`` hangs up the open stream, so the thread ends at once (within a
+read timeout where the transport gives no socket to shut down).
 """
 
 from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ClientError
@@ -44,6 +46,7 @@ class EventFeed:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._hangup: Callable[[], None] | None = None  # of the stream open now, if any
 
     @property
     def running(self) -> bool:
@@ -58,8 +61,12 @@ class EventFeed:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask the thread to end and wait for it (at most a read timeout plus a second)."""
+        """Ask the thread to end, hang up its stream, and wait for it (at most a read timeout
+        plus a second)."""
         self._stop.set()
+        hangup = self._hangup
+        if hangup is not None:
+            hangup()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.read_timeout + 1.0 if timeout is None else timeout)
@@ -72,7 +79,8 @@ class EventFeed:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                for event in self.client.events(self._last_id, read_timeout=self.read_timeout):
+                for event in self.client.events(self._last_id, read_timeout=self.read_timeout,
+                                                on_open=self._opened):
                     self.available, self.error = True, ""
                     with self._lock:
                         self._events.append(event)
@@ -83,6 +91,8 @@ class EventFeed:
                 self.available = True  # the server ended a healthy stream: reconnect soon
                 self._stop.wait(self.retry_s / 4)
             except ClientError as exc:
+                if self._stop.is_set():
+                    return  # hung up by stop()
                 if exc.status_code == 404:
                     self.available = False
                     return
@@ -90,3 +100,8 @@ class EventFeed:
                     continue
                 self.error = str(exc)
                 self._stop.wait(self.retry_s)
+
+    def _opened(self, hangup: Callable[[], None]) -> None:
+        self._hangup = hangup
+        if self._stop.is_set():  # stop() came between the connect and now
+            hangup()
