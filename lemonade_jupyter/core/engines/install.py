@@ -150,24 +150,32 @@ def install_llama_server(*, force: bool = False, jobs: int | None = None, gpu: s
         plan = build_plan(gpu, cuda_archs=cuda_archs, cuda_home=cuda_home, cache=cache_root())
     except BuildFlavourError as exc:
         raise RuntimeError(str(exc)) from exc
-    target = cached_binary(plan.flavour)
+    return install_once("llama-server", plan, cached_binary(plan.flavour), build_env(), _build,
+                        force=force, jobs=jobs, out=out)
+
+
+def install_once(program: str, plan: BuildPlan, target: Path, env: dict[str, str],
+                 build: Callable[[BuildPlan, Path, dict[str, str], int, TextIO], Path], *,
+                 force: bool, jobs: int | None, out: TextIO) -> Path:
+    """What every engine build does around its compile: say the flavour, reuse the cached
+    binary, name the missing tools, build one at a time (a lock; a build that waited finds
+    the other's binary), install a CUDA toolkit from wheels where the plan asks for one."""
     _say(out, f"flavour {plan.flavour}: {plan.reason}")
     if target.exists() and not force:
-        _say(out, f"llama-server ({plan.flavour}) already built: {target}")
+        _say(out, f"{program} ({plan.flavour}) already built: {target}")
         return target
-    env = build_env()
     missing = missing_tools(env)
     if missing:
-        raise RuntimeError("Building llama-server needs " + " and ".join(missing)
+        raise RuntimeError(f"Building {program} needs " + " and ".join(missing)
                            + ". The prebuilt engine works without a build: "
                            "pip install 'lemonade_jupyter[prebuilt]'.")
     target.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(target.parent / ".build.lock", out):
         if target.exists() and not force:  # someone else built it while we waited
-            _say(out, f"llama-server ({plan.flavour}) already built: {target}")
+            _say(out, f"{program} ({plan.flavour}) already built: {target}")
             return target
         plan = _ensure_toolkit(plan, env, out)
-        return _build(plan, target, env, jobs or os.cpu_count() or 2, out)
+        return build(plan, target, env, jobs or os.cpu_count() or 2, out)
 
 
 def _ensure_toolkit(plan: BuildPlan, env: Mapping[str, str], out: TextIO) -> BuildPlan:
@@ -197,7 +205,8 @@ def _ensure_toolkit(plan: BuildPlan, env: Mapping[str, str], out: TextIO) -> Bui
 
 
 def _build(plan: BuildPlan, target: Path, env: dict[str, str], jobs: int, out: TextIO) -> Path:
-    seconds = compile_from_sdist(LLAMA_CPP_SOURCES, plan, target, env, jobs, out)
+    seconds = compile_from_sdist(LLAMA_CPP_SOURCES, plan, target, env, jobs, out,
+                                 download=_download_argv)
     info = {"flavour": plan.flavour, "archs": list(plan.archs), "nvcc": plan.nvcc,
             "runpath": list(plan.runpath), "no_vmm": plan.no_vmm,
             "cuda_version": list(plan.cuda_version) if plan.cuda_version else None,
@@ -219,30 +228,32 @@ class SdistSources:
     program: str            # the binary the build makes and the cache keeps: "llama-server"
     project: str            # the tree, for messages: "llama.cpp"
     package: str            # the pip name of the sdist: "llama-cpp-python"
-    version: str
     archive_glob: str       # the downloaded archive: "llama_cpp_python-*.tar.gz"
     tree_glob: str          # the sources inside it: "llama_cpp_python-*/vendor/llama.cpp"
     configure: Callable[..., list[str]]
     build: Callable[..., list[str]]
 
-    def download_argv(self, dest: str) -> list[str]:
-        """``pip download`` of the pinned sdist only. Only this package as a source archive:
-        pip still prepares its metadata, and with ":all:" the build backend's own needs
-        (cmake, ninja) were built from source too when the ones on PATH did not suit it,
-        which took many minutes."""
-        return [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
-                self.package, f"{self.package}=={self.version}", "-d", dest]
+
+def sdist_download_argv(package: str, version: str, dest: str) -> list[str]:
+    """``pip download`` of one pinned sdist only. Only this package as a source archive: pip
+    still prepares its metadata, and with ":all:" the build backend's own needs (cmake, ninja)
+    were built from source too when the ones on PATH did not suit it, which took many
+    minutes."""
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", package,
+            f"{package}=={version}", "-d", dest]
 
 
 def compile_from_sdist(sources: SdistSources, plan: BuildPlan, target: Path,
-                       env: dict[str, str], jobs: int, out: TextIO) -> float:
+                       env: dict[str, str], jobs: int, out: TextIO,
+                       download: Callable[[str], list[str]]) -> float:
     """Download and unpack ``sources``' sdist, configure and build its server for ``plan``,
     and put the binary at ``target`` (atomically: a reader never sees half a file). Returns
-    the seconds it took; each step's failure is a RuntimeError naming the step."""
+    the seconds it took; each step's failure is a RuntimeError naming the step.
+    ``download(dest)`` is the ``pip download`` command line of the sdist."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"lemonade-{sources.program}-build-") as work:
         workdir = Path(work)
-        _run(sources.download_argv(str(workdir)), f"download the {sources.package} sdist",
+        _run(download(str(workdir)), f"download the {sources.package} sdist",
              env, out)
         archives = glob.glob(str(workdir / sources.archive_glob))
         if not archives:
@@ -305,9 +316,13 @@ def _run(cmd: Sequence[str], what: str, env: Mapping[str, str], out: TextIO, *,
         raise RuntimeError(f"Could not {what} (exit {code}):\n" + "\n".join(tail))
 
 
+def _download_argv(dest: str) -> list[str]:
+    return sdist_download_argv("llama-cpp-python", LLAMA_CPP_PYTHON_VERSION, dest)
+
+
 #: llama.cpp's server from the tree vendored in the llama-cpp-python sdist.
 LLAMA_CPP_SOURCES = SdistSources(
     program="llama-server", project="llama.cpp", package="llama-cpp-python",
-    version=LLAMA_CPP_PYTHON_VERSION, archive_glob="llama_cpp_python-*.tar.gz",
+    archive_glob="llama_cpp_python-*.tar.gz",
     tree_glob="llama_cpp_python-*/vendor/llama.cpp", configure=cmake_configure_argv,
     build=cmake_build_argv)

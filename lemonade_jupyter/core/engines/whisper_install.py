@@ -14,7 +14,6 @@ its own wrapper, which checks one (:mod:`.whisper_native`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import TextIO
 
 from .gpu import FLAVOURS, BuildFlavourError, BuildPlan, build_plan
 from .install import (
-    SdistSources, _build_lock, _say, build_env, cache_root, compile_from_sdist, missing_tools,
+    SdistSources, _say, build_env, cache_root, compile_from_sdist, install_once,
+    sdist_download_argv,
 )
 
 #: The sdist whose whisper.cpp we build (whisper.cpp 1.8.x); pinned so every machine builds
@@ -64,14 +64,14 @@ def whisper_build_argv(build: str, jobs: int, *, cmake: str = "cmake") -> list[s
 #: whisper.cpp's server from the tree inside the pywhispercpp sdist.
 WHISPER_CPP_SOURCES = SdistSources(
     program="whisper-server", project="whisper.cpp", package="pywhispercpp",
-    version=PYWHISPERCPP_VERSION, archive_glob="pywhispercpp-*.tar.gz",
+    archive_glob="pywhispercpp-*.tar.gz",
     tree_glob="pywhispercpp-*/whisper.cpp", configure=whisper_configure_argv,
     build=whisper_build_argv)
 
 
 def download_argv(dest: str) -> list[str]:
     """``pip download`` of the pinned sdist only (not its dependencies, not as wheels)."""
-    return WHISPER_CPP_SOURCES.download_argv(dest)
+    return sdist_download_argv("pywhispercpp", PYWHISPERCPP_VERSION, dest)
 
 
 def install_whisper_server(*, force: bool = False, jobs: int | None = None, gpu: str = "auto",
@@ -84,27 +84,13 @@ def install_whisper_server(*, force: bool = False, jobs: int | None = None, gpu:
         plan = build_plan(gpu)
     except BuildFlavourError as exc:
         raise RuntimeError(str(exc)) from exc
-    target = cached_whisper_server(plan.flavour)
-    _say(out, f"flavour {plan.flavour}: {plan.reason}")
-    if target.exists() and not force:
-        _say(out, f"whisper-server ({plan.flavour}) already built: {target}")
-        return target
-    env = build_env()
-    missing = missing_tools(env)
-    if missing:
-        raise RuntimeError("Building whisper-server needs " + " and ".join(missing)
-                           + ". The prebuilt engine works without a build: "
-                           "pip install 'lemonade_jupyter[prebuilt]'.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target.parent / ".build.lock", out):
-        if target.exists() and not force:
-            _say(out, f"whisper-server ({plan.flavour}) already built: {target}")
-            return target
-        return _build(plan, target, env, jobs or os.cpu_count() or 2, out)
+    return install_once("whisper-server", plan, cached_whisper_server(plan.flavour),
+                        build_env(), _build, force=force, jobs=jobs, out=out)
 
 
 def _build(plan: BuildPlan, target: Path, env: dict[str, str], jobs: int, out: TextIO) -> Path:
-    seconds = compile_from_sdist(WHISPER_CPP_SOURCES, plan, target, env, jobs, out)
+    seconds = compile_from_sdist(WHISPER_CPP_SOURCES, plan, target, env, jobs, out,
+                                 download=download_argv)
     info = {"flavour": plan.flavour, "archs": list(plan.archs), "nvcc": plan.nvcc,
             "pywhispercpp": PYWHISPERCPP_VERSION, "built_at": time.time(),
             "build_s": round(seconds, 1)}
