@@ -24,7 +24,14 @@ if ! command -v configurable-http-proxy >/dev/null && [ "$(id -u)" = 0 ]; then
 fi
 # Two tiers: the main suite (setup.cfg leaves out the tests marked slow), then the slow tier
 # (load, long concurrency and fault runs, deep fuzzing), so a broken build fails in minutes.
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+# The main tier runs on one worker per core (pytest-xdist, 2 to 4; $LEMONADE_TEST_WORKERS
+# overrides), a test file per worker so that a module's shared server is started once: most
+# of its time is spent waiting on processes (servers starting, models loading), and on 2 cores
+# two workers take it from about 12 to about 6.5 minutes. The slow tier stays on one worker:
+# its load and concurrency runs must not compete with other tests for the cores.
+WORKERS="${LEMONADE_TEST_WORKERS:-$("$VENV/bin/python" -c \
+  'import os; print(min(4, max(2, len(os.sched_getaffinity(0)))))')}"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "$WORKERS" --dist loadfile "$@"
 # Exit status 5: the arguments named no slow test, which is not a failure.
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m slow "$@" || [ $? -eq 5 ]
 if [ -f benchmarks/__main__.py ]; then

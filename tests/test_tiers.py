@@ -45,4 +45,8 @@ def test_the_ci_script_runs_the_slow_tier_after_the_main_one():
     assert len(runs) == 2, runs
     assert " -m " not in runs[0].split("pytest", 1)[1]  # the config's default: not slow
     assert " -m slow " in runs[1]
+    # The main tier on a worker per core, a file per worker (its module-scoped servers start
+    # once); the slow tier's load runs alone.
+    assert ' -n "$WORKERS" --dist loadfile ' in runs[0]
+    assert " -n " not in runs[1]
     assert "bash scripts/test.sh" in (REPO / ".ci" / "run").read_text(encoding="utf-8")
