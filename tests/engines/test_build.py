@@ -18,14 +18,17 @@ from lemonade_jupyter.core.engines.install import (
     cached_binary,
     cmake_build_argv,
     cmake_configure_argv,
+    native_cpu_argv,
 )
 from lemonade_jupyter.core.engines.progress import ProgressPrinter, parse_progress
+from lemonade_jupyter.core.engines.whisper_install import whisper_configure_argv
 from tests.engines.conftest import make_executable
 
 #: The flags the cached CPU build was made with; they must not drift (a different configure
 #: would be a different binary under the same cache path).
 CPU_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
-             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF",
+             *native_cpu_argv()]
 
 NINJA_LINES = """\
 -- Configuring done (2.1s)
@@ -61,8 +64,8 @@ def test_cuda_configure_targets_the_planned_architectures_only():
                      archs=("86", "90"))
     argv = cmake_configure_argv("/src", "/b", plan)
     assert argv[:5] == ["cmake", "-S", "/src", "-B", "/b"]
-    assert argv[5:11] == CPU_FLAGS
-    assert argv[11:] == ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc",
+    assert argv[5:5 + len(CPU_FLAGS)] == CPU_FLAGS
+    assert argv[5 + len(CPU_FLAGS):] == ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc",
                          "-DCMAKE_CUDA_ARCHITECTURES=86;90"]
     with pytest.raises(ValueError):
         cmake_configure_argv("/src", "/b", BuildPlan("cuda", "no archs", nvcc="/nvcc"))
@@ -181,3 +184,20 @@ def test_cli_engine_prints_the_backends_and_devices_the_engine_sees(monkeypatch,
     assert printed["devices"] == [{"name": "Vulkan0",
                                    "description": "AMD Radeon RX 7900 XTX (RADV NAVI31)",
                                    "total": 24560 * 1024 * 1024, "free": 23012 * 1024 * 1024}]
+
+
+def test_native_builds_leave_amx_out_on_x86_only(monkeypatch):
+    """ggml's AMX matrix multiply crashes on Sapphire Rapids class CPUs (the build of this
+    machine died on its first decode): every native x86 build compiles without it."""
+    no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    assert native_cpu_argv("x86_64") == [f"-DCMAKE_C_FLAGS={no_amx}",
+                                         f"-DCMAKE_CXX_FLAGS={no_amx}"]
+    assert native_cpu_argv("AMD64") == native_cpu_argv("x86_64")
+    assert native_cpu_argv("aarch64") == [] and native_cpu_argv("arm64") == []
+    monkeypatch.setattr(install.platform, "machine", lambda: "x86_64")
+    for argv in (cmake_configure_argv("/src", "/b", BuildPlan("cpu", "test")),
+                 whisper_configure_argv("/src", "/b", BuildPlan("cpu", "test"))):
+        assert f"-DCMAKE_CXX_FLAGS={no_amx}" in argv and f"-DCMAKE_C_FLAGS={no_amx}" in argv
+    monkeypatch.setattr(install.platform, "machine", lambda: "aarch64")
+    assert not any("amx" in a for a in cmake_configure_argv("/src", "/b",
+                                                            BuildPlan("cpu", "test")))

@@ -27,6 +27,7 @@ import fcntl
 import glob
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,25 @@ def cached_binary(flavour: str = "cpu") -> Path:
     return cache_root() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}{suffix}" / "bin" / "llama-server"
 
 
+#: Compiler flags that keep ggml's AMX code out of a native x86 build. ``GGML_NATIVE`` compiles
+#: for every extension the CPU reports, AMX included, and ggml's AMX matrix multiply crashes
+#: (SIGSEGV in ``ggml_backend_amx_mul_mat`` during the warm-up decode) on Sapphire Rapids class
+#: CPUs; llama.cpp issue 20824, closed without a fix. Seen here: the CPU build of
+#: llama-cpp-python 0.3.36's tree died loading the default model on a Xeon that reports
+#: ``amx_int8`` (the kernel grants AMX), and the same build with these flags serves. An
+#: explicit ``-mno-*`` wins over ``-march=native`` in GCC and Clang whatever the order.
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def native_cpu_argv(machine: str | None = None) -> list[str]:
+    """CMake arguments every ggml build (llama.cpp, whisper.cpp) gets for its CPU code: AMX
+    left out on x86 (see :data:`NO_AMX_FLAGS`); nothing elsewhere (the flags are x86 only)."""
+    arch = (machine if machine is not None else platform.machine()).lower()
+    if arch not in ("x86_64", "amd64"):
+        return []
+    return [f"-DCMAKE_C_FLAGS={NO_AMX_FLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_FLAGS}"]
+
+
 def cmake_configure_argv(source: str, build: str, plan: BuildPlan, *, cmake: str = "cmake",
                          generator: str | None = None) -> list[str]:
     """The ``cmake`` configure command line for ``plan``'s flavour (pure; nothing runs)."""
@@ -78,6 +98,7 @@ def cmake_configure_argv(source: str, build: str, plan: BuildPlan, *, cmake: str
         "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
         "-DBUILD_SHARED_LIBS=OFF",
+        *native_cpu_argv(),
     ]
     if generator:
         argv += ["-G", generator]

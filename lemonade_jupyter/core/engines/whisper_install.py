@@ -21,7 +21,7 @@ from typing import TextIO
 
 from .gpu import FLAVOURS, BuildFlavourError, BuildPlan, build_plan
 from .install import (
-    SdistSources, _say, build_env, cache_root, compile_from_sdist, install_once,
+    SdistSources, _say, build_env, cache_root, compile_from_sdist, install_once, native_cpu_argv,
     sdist_download_argv,
 )
 
@@ -45,7 +45,8 @@ def whisper_configure_argv(source: str, build: str, plan: BuildPlan, *, cmake: s
     argv = [cmake, "-S", source, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
             "-DBUILD_SHARED_LIBS=OFF", "-DWHISPER_BUILD_TESTS=OFF",
             "-DWHISPER_BUILD_EXAMPLES=ON", "-DWHISPER_BUILD_SERVER=ON",
-            "-DWHISPER_SDL2=OFF", "-DWHISPER_CURL=OFF", "-DWHISPER_FFMPEG=OFF"]
+            "-DWHISPER_SDL2=OFF", "-DWHISPER_CURL=OFF", "-DWHISPER_FFMPEG=OFF",
+            *native_cpu_argv()]
     if generator:
         argv += ["-G", generator]
     if plan.flavour == "cuda":
