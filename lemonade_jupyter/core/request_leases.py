@@ -90,6 +90,18 @@ class RequestLeases:
                     continue  # it stopped serving meanwhile: ask for it again
             return Lease(m, self._table.take_lease(m, slot=slot), slot)
 
+    def serves_now(self, name: str, *, slot: bool) -> bool:
+        """Whether :meth:`acquire` of ``name`` would return without waiting: loaded and ready
+        (no transition, a running backend) and, with ``slot``, a parallel slot free.
+
+        Only a hint for what a caller does while it waits (a stream's pings): it is true only
+        where :meth:`acquire` takes no await that suspends, and :meth:`acquire` decides."""
+        m = self._table.get(name)
+        return (m is not None and m.stored_state is ModelState.READY
+                and m.backend is not None and not m.backend.exited.done()
+                and self._table.transitions.current(name) is None
+                and (not slot or request_slots.has_free_slot(m)))
+
     def release(self, lease: Lease, *, ok: bool) -> None:
         """End a lease; ``ok`` means the backend answered, which ends a crash streak."""
         self._table.end_lease(lease.model, slot=lease.slot)

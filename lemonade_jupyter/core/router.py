@@ -200,6 +200,11 @@ class Router:
         return await self._leases.acquire(self.resolve(name), slot=slot, options=options,
                                           given=given)
 
+    def serves_now(self, name: str, *, slot: bool = True) -> bool:
+        """Whether :meth:`acquire` of local model ``name`` would not wait (a hint for what the
+        caller does while waiting: :meth:`RequestLeases.serves_now`)."""
+        return self._leases.serves_now(self.resolve(name), slot=slot)
+
     def release(self, lease: Lease, *, ok: bool = True) -> None:
         """End a lease; ``ok`` means the backend answered, which ends a crash streak."""
         self._leases.release(lease, ok=ok)

@@ -74,7 +74,9 @@ class OpenAIProxyHandler(LemonadeHandler):
         self._engine_body = b""
         #: Load options the body carried, for a load this request causes.
         self._load = RequestLoadOptions()
-        self._pump: asyncio.Task[None] | None = None
+        #: The task relaying a stream (this request's own), cancelled if the client leaves.
+        self._pump: asyncio.Task[Any] | None = None
+        self._client_left = False
         self.relay = AnswerRelay(
             self, float(self.settings.get("lemonade_ping_interval_s", DEFAULT_PING_INTERVAL_S)),
             self._record_stats if route.records_stats else None)
@@ -93,6 +95,7 @@ class OpenAIProxyHandler(LemonadeHandler):
     def on_connection_close(self) -> None:
         """The client went away: stop pumping, which closes the backend request."""
         if self._pump is not None and not self._pump.done():
+            self._client_left = True
             self._pump.cancel()
 
     @web.authenticated
@@ -132,15 +135,22 @@ class OpenAIProxyHandler(LemonadeHandler):
             await self._forward(model)
 
     async def _pumped(self, work: Awaitable[None]) -> None:
-        """Run a streamed answer as the pump a client that goes away cancels; an error after
-        the first byte becomes an SSE error event."""
-        self._pump = asyncio.ensure_future(self._stream_errors(work))
+        """Run a streamed answer in this request's task, which a client that goes away
+        cancels; an error after the first byte becomes an SSE error event.
+
+        The request's own task, not one of its own: a task more is a turn of the event loop
+        before the backend is even asked, on every stream."""
+        self._pump = asyncio.current_task()
         try:
-            await self._pump
+            await self._stream_errors(work)
         except asyncio.CancelledError:
-            if self._pump.cancelled():  # cancelled by on_connection_close
-                return
-            raise
+            if not self._client_left:  # the server is stopping: not ours to swallow
+                raise
+            uncancel = getattr(self._pump, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+        finally:
+            self._pump = None
 
     async def _stream_errors(self, work: Awaitable[None]) -> None:
         try:
@@ -184,7 +194,12 @@ class OpenAIProxyHandler(LemonadeHandler):
 
     async def _acquire_with_pings(self, model: str) -> Lease:
         """Acquire a lease; if that takes long (cold load, a full model), commit SSE headers
-        and ping, or tell the load's progress (``stream_loading_state``)."""
+        and ping, or tell the load's progress (``stream_loading_state``).
+
+        A model that serves now with a slot free is leased at once, in this task: the pings'
+        task, wait and timer would only cost the first token turns of the event loop."""
+        if self.router.serves_now(model, slot=self.route.uses_slot):
+            return await self._acquire(model)
         task = asyncio.ensure_future(self._acquire(model))
         events = self._subscribe_to_load(model)
         try:

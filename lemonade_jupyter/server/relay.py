@@ -91,7 +91,11 @@ class AnswerRelay:
         self._handler.finish()
 
     async def _first_with_pings(self, chunks: ChunkStream) -> bytes | None:
-        """The first chunk, pinging while the engine is silent (prefill)."""
+        """The first chunk, pinging while the engine is silent (prefill); taken at once when
+        it came with the headers (no task, wait or timer for the pings)."""
+        first = chunks.arrived()
+        if first:
+            return first
         nxt = asyncio.ensure_future(chunks.__anext__())
         try:
             return await self.pinging(nxt)

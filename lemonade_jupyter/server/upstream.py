@@ -34,6 +34,8 @@ says what its errors mean:
   are already here are passed on in one write.
 * No ``Accept-Encoding`` (nor ``Accept``, ``User-Agent``): a backend must not compress what the
   proxy passes on byte for byte.
+* No cookie jar (aiohttp's own refuses cookies from IP addresses, and backends are IP
+  literals, so it only cost a lookup per request). Each backend address's URL is parsed once.
 * :meth:`UpstreamPool.close` closes every connection at once, idle or in flight, so shutdown
   does not wait for a backend that keeps streaming (llama-server ignores SIGTERM then).
 * Every transport failure, aiohttp's or the OS's, becomes :class:`UpstreamTransportError` here
@@ -51,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from ..errors import BackendTransportError
 from .warm_connections import StreamConnector, WarmConnections, open_connection
@@ -60,6 +63,8 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 #: The backend closed or reset a connection before any answer: resent once, on a fresh one.
 _CLOSED_BEFORE_ANSWER = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                          aiohttp.ClientConnectionResetError)
+#: Parsed backend URLs kept at most (backends come and go with their ports).
+_MOST_URLS = 256
 #: Headers aiohttp would add on its own.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
 
@@ -118,6 +123,14 @@ class ChunkStream:
         except _TRANSPORT_ERRORS as exc:
             raise self._failure(exc) from exc
 
+    def arrived(self) -> bytes:
+        """What has arrived and was not taken yet, without waiting (``b""``: nothing yet, or
+        the end)."""
+        try:
+            return self._content.read_nowait()
+        except _TRANSPORT_ERRORS as exc:
+            raise self._failure(exc) from exc
+
     async def read(self) -> bytes:
         """The rest of the body at once (for error answers)."""
         return b"".join([chunk async for chunk in self])
@@ -170,6 +183,16 @@ class UpstreamPool:
         self._streams: set[aiohttp.ClientResponse] = set()
         #: Counts :meth:`close` calls: a connection closed by our own shutdown is no stale one.
         self._closes = 0
+        #: Parsed URLs by ``(host, port, path)``: few (backends times routes), parsed once.
+        self._urls: dict[tuple[str, int, str], URL] = {}
+
+    def _url(self, host: str, port: int, path: str) -> URL:
+        url = self._urls.get((host, port, path))
+        if url is None:
+            if len(self._urls) >= _MOST_URLS:
+                self._urls.clear()
+            url = self._urls[(host, port, path)] = URL(f"http://{host}:{port}{path}")
+        return url
 
     def _session(self, pooled: bool, stream: bool = False) -> aiohttp.ClientSession:
         session = (self._streams_session if stream else
@@ -180,7 +203,7 @@ class UpstreamPool:
                          if pooled else aiohttp.TCPConnector(limit=0, force_close=True))
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, read_bufsize=self.read_bufsize,
-                skip_auto_headers=_SKIP_AUTO_HEADERS,
+                skip_auto_headers=_SKIP_AUTO_HEADERS, cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
             )
             if stream:
@@ -195,7 +218,7 @@ class UpstreamPool:
                    headers: dict[str, str]) -> UpstreamResponse:
         """Send a POST and read the whole answer."""
         try:
-            response = await self._send(self._session(True), f"http://{host}:{port}{path}",
+            response = await self._send(self._session(True), self._url(host, port, path),
                                         body, headers)
             async with response:
                 return UpstreamResponse(response.status, response.headers, await response.read())
@@ -207,7 +230,7 @@ class UpstreamPool:
         """Send a POST on a connection of its own; return once the answer's headers are in."""
         try:
             response = await self._send(self._session(False, stream=True),
-                                        f"http://{host}:{port}{path}", body, headers)
+                                        self._url(host, port, path), body, headers)
         except _TRANSPORT_ERRORS as exc:
             raise _transport_error(exc, "the backend request failed") from exc
         self._streams.add(response)
@@ -219,7 +242,7 @@ class UpstreamPool:
         self.warm.open_ahead((host, port),
                              lambda: open_connection(host, port, self.connect_timeout_s))
 
-    async def _send(self, session: aiohttp.ClientSession, url: str, body: bytes,
+    async def _send(self, session: aiohttp.ClientSession, url: URL, body: bytes,
                     headers: dict[str, str]) -> aiohttp.ClientResponse:
         """POST on ``session``'s connection (kept or opened ahead); if the backend closed that
         connection before any answer, once more on a fresh one (it never saw the request)."""

@@ -114,3 +114,27 @@ async def test_cancelled_wait_leaves_the_queue_and_stopped_model_sends_waiters_b
         assert not m.slot_queue and lease.model is not m  # served by a fresh load
         assert len(launcher.backends) == 2
         router.release(lease)
+
+
+async def test_serves_now_is_true_only_where_acquire_would_not_wait(tmp_path):
+    """A stream skips its ping machinery when the router says the lease comes at once; that
+    must never be said of a model that is absent, loading, full or dead."""
+    launcher = MemoryLauncher()
+    launcher.total_slots[NAME] = 1
+    async with memory_router(memory_catalog(tmp_path, [NAME]), launcher, tmp_path) as router:
+        assert not router.serves_now(NAME)  # not loaded: acquiring it loads it
+        loading = asyncio.ensure_future(router.load(NAME))
+        await asyncio.sleep(0)
+        assert not router.serves_now(NAME)  # admitted, still starting
+        await loading
+        assert router.serves_now(NAME) and router.serves_now(NAME, slot=False)
+        busy = await router.acquire(NAME)
+        assert not router.serves_now(NAME)  # its one slot is taken: a request would queue
+        assert router.serves_now(NAME, slot=False)  # tokenizing needs no slot
+        router.release(busy)
+        assert router.serves_now(NAME)
+        launcher.backend(NAME).crash(-9)
+        assert not router.serves_now(NAME, slot=False)  # dead until the supervisor acts
+        lease = await asyncio.wait_for(router.acquire(NAME), 10)  # reloaded on the way
+        router.release(lease)
+        assert router.serves_now(NAME)
