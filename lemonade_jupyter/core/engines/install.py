@@ -74,8 +74,8 @@ def cached_binary(flavour: str = "cpu") -> Path:
 #: Compiler flags that keep ggml's AMX code out of a native x86 build. ``GGML_NATIVE`` compiles
 #: for every extension the CPU reports, AMX included, and ggml's AMX matrix multiply crashes
 #: (SIGSEGV in ``ggml_backend_amx_mul_mat`` during the warm-up decode) on Sapphire Rapids class
-#: CPUs; llama.cpp issue 20824, closed without a fix. Seen here: the CPU build of
-#: llama-cpp-python 0.3.36's tree died loading the default model on a Xeon that reports
+#: CPUs, a llama.cpp bug reported upstream and closed without a fix. Seen here: the CPU build
+#: of llama-cpp-python 0.3.36's tree died loading the default model on a Xeon that reports
 #: ``amx_int8`` (the kernel grants AMX), and the same build with these flags serves. An
 #: explicit ``-mno-*`` wins over ``-march=native`` in GCC and Clang whatever the order.
 NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
