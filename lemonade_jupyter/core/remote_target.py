@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
 
+from ..errors import InvalidRequestError
 from .remote import RemoteRegistry
 from .remote_replicas import RemoteModel
 
@@ -32,3 +33,12 @@ def choose_target(name: str, remote: RemoteRegistry, resolve: Callable[[str], st
     """The target ``name`` stands for; ``resolve`` maps an alias to its model."""
     model = remote.get(name)
     return model if model is not None else LocalTarget(resolve(name))
+
+
+def refuse_remote(target: Target, name: str, what: str) -> None:
+    """Remote models run on their upstream: there is nothing here to pin or unload (400)."""
+    if not isinstance(target, LocalTarget):
+        raise InvalidRequestError(
+            f"'{name}' is a remote model: it runs on its upstream and is not loaded here "
+            f"(it takes no slot and is never evicted), so it cannot be {what}",
+            param="model")

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..errors import InvalidRequestError
 from . import eviction
 from .aliases import ModelAliases
 from .catalog import Catalog
@@ -40,7 +39,7 @@ from .options import LoadOptions
 from .preferences import ModelPreferences
 from .remote import RemoteRegistry
 from .remote_metrics import RemoteCollector
-from .remote_target import LocalTarget, Target, choose_target
+from .remote_target import Target, choose_target, refuse_remote
 from .request_leases import RequestLeases
 from .request_stats import RequestStats
 from .runtime import RouterPhase, RouterRuntime
@@ -233,13 +232,13 @@ class Router:
         end; forgets their pins and options. ModelNotFoundError for one that is not loaded."""
         if name is not None:
             name = self.resolve(name)
-            self.refuse_remote(name, "unloaded")
+            refuse_remote(self.target(name), name, "unloaded")
         await self._table.unload(name)
 
     async def set_pinned(self, name: str, pinned: bool) -> LiveModel:
         """Pin or unpin a loaded model (no reload). Pinning a downsized model restores it."""
         name = self.resolve(name)
-        self.refuse_remote(name, "pinned" if pinned else "unpinned")
+        refuse_remote(self.target(name), name, "pinned" if pinned else "unpinned")
         return self._table.pin(name, pinned)
 
     async def update_settings(self, updates: Mapping[str, Any]) -> RouterSettings:
@@ -251,14 +250,6 @@ class Router:
     def replace_settings(self, **changes: Any) -> None:
         """Start-up only: set non-runtime settings (used by the server layer and tests)."""
         self._runtime.replace_settings(**changes)
-
-    def refuse_remote(self, name: str, what: str) -> None:
-        """Remote models run on their upstream: there is nothing here to pin or unload."""
-        if not isinstance(self.target(name), LocalTarget):
-            raise InvalidRequestError(
-                f"'{name}' is a remote model: it runs on its upstream and is not loaded here "
-                f"(it takes no slot and is never evicted), so it cannot be {what}",
-                param="model")
 
     # ------------------------------------------------------------------ eviction and hangs
     async def downsize(self, m: LiveModel, reason: str = "idle") -> int | None:

@@ -20,6 +20,7 @@ from typing import Any
 from ..core.remote import RemoteModel
 from ..core.remote_rules import key_env_allowed
 from ..core.remote_spec import RECIPE, RemoteSpec, parse_remote_pull
+from ..core.remote_target import refuse_remote
 from ..core.router import Router
 from ..errors import InvalidRequestError, RemoteUnreachableError
 from .remote_hosts import OwnServer, check_replica_hosts, host_rules, refusal
@@ -80,7 +81,7 @@ async def load_remote(router: Router, name: str, body: dict[str, Any]) -> dict[s
 
     502 ``upstream_unreachable`` when none answers."""
     if body.get("pinned") is True:
-        router.refuse_remote(name, "pinned")
+        refuse_remote(router.target(name), name, "pinned")
     extra = set(body) - {"model_name", "model", "pinned"}
     if extra:
         raise InvalidRequestError(
