@@ -12,7 +12,8 @@ GPU, the CUDA flavour is built for the compute capabilities of this machine's GP
 NVIDIA's wheels into the cache (see :mod:`.cuda_toolkit`), and the binary is linked with a
 RUNPATH to that toolkit's cuBLAS and runtime, so it runs without ``LD_LIBRARY_PATH``. Each
 flavour has its own folder in the cache, side by side, and a cached binary is never rebuilt
-unless asked (``--force``).
+unless asked (``--force``). A new ``llama-server`` is started once on the default model before
+it goes into the cache (:mod:`.first_start`): one that crashes on this CPU is kept out.
 
 The cache is ``$LEMONADE_CACHE_DIR``, else platformdirs' user cache folder of
 ``lemonade_jupyter`` (``$XDG_CACHE_HOME/lemonade_jupyter``, by default
@@ -42,7 +43,9 @@ from typing import TextIO
 
 import platformdirs
 
+from ..model_spec import default_model_path
 from . import cuda_toolkit
+from .first_start import check_first_start
 from .gpu import FLAVOURS, BuildFlavourError, BuildPlan, build_plan
 from .progress import ProgressPrinter
 
@@ -253,6 +256,9 @@ class SdistSources:
     tree_glob: str          # the sources inside it: "llama_cpp_python-*/vendor/llama.cpp"
     configure: Callable[..., list[str]]
     build: Callable[..., list[str]]
+    #: Tries the new binary before it goes into the cache (``check(binary, say)``): raises to
+    #: keep it out. None: installed as built.
+    check: Callable[[Path, Callable[[str], None]], None] | None = None
 
 
 def sdist_download_argv(package: str, version: str, dest: str) -> list[str]:
@@ -293,7 +299,12 @@ def compile_from_sdist(sources: SdistSources, plan: BuildPlan, target: Path,
              progress=ProgressPrinter(f"lemonade-jupyter: building {sources.program}", out))
         tmp = target.with_suffix(".tmp")
         shutil.copy2(build / "bin" / sources.program, tmp)
-        os.replace(tmp, target)
+        try:
+            if sources.check is not None:
+                sources.check(tmp, lambda text: _say(out, text))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return time.monotonic() - started
 
 
@@ -346,4 +357,5 @@ LLAMA_CPP_SOURCES = SdistSources(
     program="llama-server", project="llama.cpp", package="llama-cpp-python",
     archive_glob="llama_cpp_python-*.tar.gz",
     tree_glob="llama_cpp_python-*/vendor/llama.cpp", configure=cmake_configure_argv,
-    build=cmake_build_argv)
+    build=cmake_build_argv,
+    check=lambda binary, say: check_first_start(binary, default_model_path(), say))
