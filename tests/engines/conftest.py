@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from lemonade_jupyter.core.engines import install
+
 
 def make_executable(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,3 +65,10 @@ def bare_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("CUDA_PATH", raising=False)
     assert not os.listdir(bin_dir)
     return bin_dir
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's CPU does not decide these tests (``test_stale_builds.py`` sets AMX on):
+    fake cached builds have no ``build.json``, which on an AMX CPU passes them over."""
+    monkeypatch.setattr(install, "_cpu_has_amx", lambda: False)

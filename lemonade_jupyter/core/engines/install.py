@@ -93,6 +93,31 @@ def native_cpu_argv(machine: str | None = None) -> list[str]:
     return [f"-DCMAKE_C_FLAGS={NO_AMX_FLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_FLAGS}"]
 
 
+def _cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU reports AMX (Linux's flags; False where they cannot be read)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def may_crash_here(binary: Path) -> bool:
+    """Whether a cached build may crash on this CPU: made before x86 builds left ggml's AMX
+    code out (its ``build.json`` lacks ``amx_left_out``) on a CPU that has AMX (see
+    :data:`NO_AMX_FLAGS`). The lookup passes over such a build and the installer rebuilds it."""
+    if not native_cpu_argv() or not _cpu_has_amx():
+        return False
+    try:
+        info = json.loads((binary.parent / "build.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(info, dict) and info.get("amx_left_out") is True)
+
+
 def cmake_configure_argv(source: str, build: str, plan: BuildPlan, *, cmake: str = "cmake",
                          generator: str | None = None) -> list[str]:
     """The ``cmake`` configure command line for ``plan``'s flavour (pure; nothing runs)."""
@@ -185,6 +210,10 @@ def install_once(program: str, plan: BuildPlan, target: Path, env: dict[str, str
     binary, name the missing tools, build one at a time (a lock; a build that waited finds
     the other's binary), install a CUDA toolkit from wheels where the plan asks for one."""
     _say(out, f"flavour {plan.flavour}: {plan.reason}")
+    if target.exists() and not force and may_crash_here(target):
+        _say(out, f"the cached {program} was built with ggml's AMX code, which crashes on "
+                  "this CPU: building it again")
+        force = True
     if target.exists() and not force:
         _say(out, f"{program} ({plan.flavour}) already built: {target}")
         return target
@@ -235,6 +264,7 @@ def _build(plan: BuildPlan, target: Path, env: dict[str, str], jobs: int, out: T
             "runpath": list(plan.runpath), "no_vmm": plan.no_vmm,
             "cuda_version": list(plan.cuda_version) if plan.cuda_version else None,
             "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION, "built_at": time.time(),
+            "amx_left_out": bool(native_cpu_argv()),
             "build_s": round(seconds, 1)}
     (target.parent / "build.json").write_text(json.dumps(info, indent=1) + "\n")
     _say(out, f"built llama-server ({plan.flavour}) in {seconds:.0f} s: {target}")

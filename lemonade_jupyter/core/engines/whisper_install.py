@@ -94,7 +94,7 @@ def _build(plan: BuildPlan, target: Path, env: dict[str, str], jobs: int, out: T
                                  download=download_argv)
     info = {"flavour": plan.flavour, "archs": list(plan.archs), "nvcc": plan.nvcc,
             "pywhispercpp": PYWHISPERCPP_VERSION, "built_at": time.time(),
-            "build_s": round(seconds, 1)}
+            "amx_left_out": bool(native_cpu_argv()), "build_s": round(seconds, 1)}
     (target.parent / "build.json").write_text(json.dumps(info, indent=1) + "\n")
     _say(out, f"built whisper-server ({plan.flavour}) in {seconds:.0f} s: {target}")
     return target
