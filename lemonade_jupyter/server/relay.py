@@ -138,8 +138,11 @@ class AnswerRelay:
                 await flushed
         except StreamClosedError as exc:
             raise ClientGone() from exc
-        if self._record is not None:
-            self._record(model, before_last + last + pending)
+        finally:
+            # Also when the client left or was cancelled after the last event: a client that
+            # hangs up on ``[DONE]`` (before the backend's end of stream) still had its answer.
+            if self._record is not None:
+                self._record(model, before_last + last + pending)
 
     # ------------------------------------------------------------------ pings and errors
     async def pinging(self, task: asyncio.Future[T]) -> T:
