@@ -48,6 +48,7 @@ tornado needs no upper bound; aiohttp's is its next major version.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -63,8 +64,6 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 #: The backend closed or reset a connection before any answer: resent once, on a fresh one.
 _CLOSED_BEFORE_ANSWER = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                          aiohttp.ClientConnectionResetError)
-#: Parsed backend URLs kept at most (backends come and go with their ports).
-_MOST_URLS = 256
 #: Headers aiohttp would add on its own.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
 
@@ -73,6 +72,12 @@ class UpstreamTransportError(BackendTransportError):
     """The connection to a backend failed before a complete answer (refused, reset, closed).
 
     A :class:`BackendTransportError`, so ``Router.call`` reports the backend and replays."""
+
+
+@functools.lru_cache(maxsize=256)
+def _backend_url(host: str, port: int, path: str) -> URL:
+    """A backend route's URL, parsed once (few: backends times routes; immutable, shared)."""
+    return URL(f"http://{host}:{port}{path}")
 
 
 def _transport_error(exc: BaseException, what: str) -> UpstreamTransportError:
@@ -183,16 +188,6 @@ class UpstreamPool:
         self._streams: set[aiohttp.ClientResponse] = set()
         #: Counts :meth:`close` calls: a connection closed by our own shutdown is no stale one.
         self._closes = 0
-        #: Parsed URLs by ``(host, port, path)``: few (backends times routes), parsed once.
-        self._urls: dict[tuple[str, int, str], URL] = {}
-
-    def _url(self, host: str, port: int, path: str) -> URL:
-        url = self._urls.get((host, port, path))
-        if url is None:
-            if len(self._urls) >= _MOST_URLS:
-                self._urls.clear()
-            url = self._urls[(host, port, path)] = URL(f"http://{host}:{port}{path}")
-        return url
 
     def _session(self, pooled: bool, stream: bool = False) -> aiohttp.ClientSession:
         session = (self._streams_session if stream else
@@ -218,7 +213,7 @@ class UpstreamPool:
                    headers: dict[str, str]) -> UpstreamResponse:
         """Send a POST and read the whole answer."""
         try:
-            response = await self._send(self._session(True), self._url(host, port, path),
+            response = await self._send(self._session(True), _backend_url(host, port, path),
                                         body, headers)
             async with response:
                 return UpstreamResponse(response.status, response.headers, await response.read())
@@ -230,7 +225,7 @@ class UpstreamPool:
         """Send a POST on a connection of its own; return once the answer's headers are in."""
         try:
             response = await self._send(self._session(False, stream=True),
-                                        self._url(host, port, path), body, headers)
+                                        _backend_url(host, port, path), body, headers)
         except _TRANSPORT_ERRORS as exc:
             raise _transport_error(exc, "the backend request failed") from exc
         self._streams.add(response)

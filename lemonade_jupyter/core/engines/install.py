@@ -108,14 +108,19 @@ def _cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
 def may_crash_here(binary: Path) -> bool:
     """Whether a cached build may crash on this CPU: made before x86 builds left ggml's AMX
     code out (its ``build.json`` lacks ``amx_left_out``) on a CPU that has AMX (see
-    :data:`NO_AMX_FLAGS`). The lookup passes over such a build and the installer rebuilds it."""
-    if not native_cpu_argv() or not _cpu_has_amx():
+    :data:`NO_AMX_FLAGS`). The lookup passes over such a build and the installer rebuilds it.
+
+    The small ``build.json`` is read first: a build that records the change never costs a read
+    of ``/proc/cpuinfo`` (hundreds of KiB on a large GPU node) on each backend start."""
+    if not native_cpu_argv():
         return False
     try:
         info = json.loads((binary.parent / "build.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return True
-    return not (isinstance(info, dict) and info.get("amx_left_out") is True)
+        info = None
+    if isinstance(info, dict) and info.get("amx_left_out") is True:
+        return False
+    return _cpu_has_amx()
 
 
 def cmake_configure_argv(source: str, build: str, plan: BuildPlan, *, cmake: str = "cmake",
