@@ -5,6 +5,7 @@ lays out what each wheel holds); nothing is downloaded or compiled."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -101,7 +102,14 @@ def no_toolkit_env(tmp_path: Path) -> dict[str, str]:
     return {"PATH": str(empty), "CUDA_HOME": str(tmp_path / "no-cuda")}
 
 
+def _no_toolkit_plan(tmp_path, archs: str):
+    """The CUDA plan on a machine without a toolkit or a visible GPU, for ``archs``."""
+    return build_plan("cuda", env=no_toolkit_env(tmp_path), nvml=FakeNvml([]),
+                      cuda_archs=archs, cache=tmp_path / "cache")
+
+
 # The plan, from file trees.
+
 
 def test_plan_a_complete_system_toolkit_is_used_as_it_is(tmp_path):
     system = make_toolkit(tmp_path / "cuda-12.4")
@@ -219,17 +227,15 @@ def test_the_installer_installs_the_wheels_once_and_links_the_binary_to_them(
         tmp_path, monkeypatch):
     python, log = fake_python(tmp_path)
     monkeypatch.setattr(sys, "executable", str(python))
-    plan = build_plan("cuda", env=no_toolkit_env(tmp_path), nvml=FakeNvml([]),
-                      cuda_archs="90", cache=tmp_path / "cache")
+    plan = _no_toolkit_plan(tmp_path, "90")
     assert plan.runpath == ()  # nothing there yet
-    out = __import__("io").StringIO()
+    out = io.StringIO()
     ready = install._ensure_toolkit(plan, {"PATH": os.environ["PATH"]}, out)
     home = tmp_path / "cache" / "cuda-toolkit-13" / "nvidia" / "cu13"
     assert ready.toolkit.wheels == () and ready.runpath == (os.path.realpath(home / "lib"),)
     assert ready.no_vmm and "NVIDIA's wheels" in out.getvalue()
     assert "installed CUDA 13 in" in out.getvalue() and str(home) in out.getvalue()
-    again = build_plan("cuda", env=no_toolkit_env(tmp_path), nvml=FakeNvml([]),
-                       cuda_archs="90", cache=tmp_path / "cache")
+    again = _no_toolkit_plan(tmp_path, "90")
     assert install._ensure_toolkit(again, {}, out) == again  # already there: no pip
     assert len(log.read_text().splitlines()) == 1
 
@@ -238,19 +244,17 @@ def test_a_build_that_planned_the_wheels_while_another_installed_them_installs_n
         tmp_path, monkeypatch):
     python, log = fake_python(tmp_path)
     monkeypatch.setattr(sys, "executable", str(python))
-    stale = build_plan("cuda", env=no_toolkit_env(tmp_path), nvml=FakeNvml([]),
-                       cuda_archs="90", cache=tmp_path / "cache")
+    stale = _no_toolkit_plan(tmp_path, "90")
     assert stale.toolkit.wheels
     home = wheel_tree(tmp_path / "cache" / "cuda-toolkit-13")  # the other build's
-    ready = install._ensure_toolkit(stale, {}, __import__("io").StringIO())
+    ready = install._ensure_toolkit(stale, {}, io.StringIO())
     assert not log.exists() and ready.runpath == (os.path.realpath(home / "lib"),)
 
 
 # The build plan and its cmake arguments.
 
 def test_cuda_without_a_toolkit_or_gpu_plans_wheels_for_the_named_archs(tmp_path):
-    plan = build_plan("cuda", env=no_toolkit_env(tmp_path), nvml=FakeNvml([]),
-                      cuda_archs="80,90", cache=tmp_path / "cache")
+    plan = _no_toolkit_plan(tmp_path, "80,90")
     home = tmp_path / "cache" / "cuda-toolkit-13" / "nvidia" / "cu13"
     assert (plan.flavour, plan.archs, plan.cuda_version) == ("cuda", ("80", "90"), (13, 0))
     assert plan.nvcc == str(home / "bin" / "nvcc") and plan.toolkit.from_wheels
@@ -295,8 +299,7 @@ def test_an_old_driver_cannot_use_the_wheels(tmp_path):
 
 def test_cuda_13_wheels_refuse_the_architectures_it_dropped(tmp_path):
     with pytest.raises(BuildFlavourError, match="70.*CUDA 13 dropped"):
-        build_plan("cuda", env=no_toolkit_env(tmp_path), nvml=FakeNvml([]), cuda_archs="70",
-                   cache=tmp_path / "cache")
+        _no_toolkit_plan(tmp_path, "70")
 
 
 def test_cuda_home_names_the_toolkit_and_must_be_complete(tmp_path):
@@ -317,8 +320,7 @@ def test_cuda_home_names_the_toolkit_and_must_be_complete(tmp_path):
 
 def test_cmake_arguments_name_the_toolkit_the_archs_and_the_runpath(tmp_path):
     home = wheel_tree(tmp_path / "cache" / "cuda-toolkit-13")
-    plan = build_plan("cuda", env=no_toolkit_env(tmp_path), nvml=FakeNvml([]),
-                      cuda_archs="90", cache=tmp_path / "cache")
+    plan = _no_toolkit_plan(tmp_path, "90")
     argv = install.cmake_configure_argv("/src", "/b", plan)
     lib = os.path.realpath(home / "lib")
     assert argv[argv.index("-DGGML_CUDA=ON"):] == [
