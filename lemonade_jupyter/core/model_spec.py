@@ -22,7 +22,7 @@ from ..errors import InvalidRequestError
 from . import names
 from .hub import HubRef
 from .hub_fetch import Checks
-from .whisper_models import MAGIC_BYTES, is_whisper_file
+from .whisper_models import is_whisper_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct-GGUF"
 GGUF_MAGIC = b"GGUF"

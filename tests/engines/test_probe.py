@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import time
-from pathlib import Path
 
 import psutil
 import pytest

@@ -8,7 +8,7 @@ import errno
 import httpx
 import pytest
 
-from lemonade_jupyter.core import hub, hub_fetch
+from lemonade_jupyter.core import hub_fetch
 from lemonade_jupyter.core.catalog import Catalog, ModelSpec, load_curated
 from lemonade_jupyter.core.engines.llamacpp import LlamaCppEngine
 from lemonade_jupyter.core.hub import HubEnv, HubRef, RepoFile, parse_checkpoint, plan_pull
