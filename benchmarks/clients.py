@@ -6,8 +6,10 @@ connection, and a streamed POST read chunk by chunk as the chunks come (the prox
 on a fresh connection each time (llama-server closes it after a stream). Measured in this
 process, in thread CPU time, interleaved with the order rotating:
 
-* aiohttp, through ``UpstreamPool`` (``lemonade_jupyter/server/upstream.py``): what the proxy
-  uses;
+* ``UpstreamPool`` (``lemonade_jupyter/server/upstream.py``): what the proxy uses, aiohttp for
+  plain requests and its own httptools reader for streams (``backend_stream.py``);
+* aiohttp for streams too, as the proxy had it before (``ClientSession.post`` on a connection
+  of its own);
 * tornado's ``CurlAsyncHTTPClient`` (pycurl; chunks through its ``streaming_callback``; skipped
   when pycurl is not installed, it is no dependency);
 * tornado's HTTP/1.1 parser on the hand-written pool the proxy used before
@@ -15,8 +17,10 @@ process, in thread CPU time, interleaved with the order rotating:
 * httpx, the client before that;
 * asyncio streams with the least HTTP a client can do (``proxy._RawHTTP``): a floor, no library.
 
-Per streamed event at 1,000 tokens/s (one event per read, as from a GPU at c=1) and per plain
-request.
+Per streamed event at 1,000 tokens/s (one event per read, as from a GPU at c=1), per plain
+request, and per short stream (two tokens on a fresh connection: what a stream costs before its
+events, its request and the answer's head, connect included; the pool opens no connection ahead
+here, so every candidate connects itself).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from .report import Row
 
 S8 = "8. Upstream clients"
 PATH = "/v1/chat/completions"
-ADOPTED = "aiohttp (UpstreamPool, adopted)"
+ADOPTED = "UpstreamPool (adopted: aiohttp plain, httptools streams)"
 
 
 class _Candidate:
@@ -60,7 +64,7 @@ class _Adopted(_Candidate):
     def __init__(self) -> None:
         from lemonade_jupyter.server.upstream import UpstreamPool
 
-        self.pool = UpstreamPool()
+        self.pool = UpstreamPool(warm_streams=0)
 
     async def post(self, port: int, body: bytes, headers: dict[str, str]) -> bytes:
         r = await self.pool.post("127.0.0.1", port, PATH, body, headers)
@@ -78,6 +82,44 @@ class _Adopted(_Candidate):
 
     async def close(self) -> None:
         self.pool.close()
+
+
+class _AiohttpStreams(_Candidate):
+    """aiohttp as the proxy used it for streams before: a session whose connections are used
+    once (llama-server closes them), no cookies, compression or automatic headers."""
+
+    label = "aiohttp streams (the proxy's stream client before)"
+
+    def __init__(self) -> None:
+        self._sessions: dict[bool, Any] = {}
+
+    def _session(self, once: bool) -> Any:
+        import aiohttp
+
+        if once not in self._sessions:
+            self._sessions[once] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=once),
+                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0))
+        return self._sessions[once]
+
+    async def post(self, port: int, body: bytes, headers: dict[str, str]) -> bytes:
+        async with self._session(False).post(f"http://127.0.0.1:{port}{PATH}", data=body,
+                                             headers=headers) as r:
+            return await r.read()  # type: ignore[no-any-return]
+
+    async def stream(self, port: int, body: bytes, headers: dict[str, str]) -> int:
+        events = 0
+        async with self._session(True).post(f"http://127.0.0.1:{port}{PATH}", data=body,
+                                            headers=headers) as r:
+            while chunk := await r.content.readany():
+                events += chunk.count(b"\n\n")
+        return events
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
 
 
 class _TornadoPool(_Candidate):
@@ -198,7 +240,8 @@ class _Raw(_Candidate):
 
 
 def _candidates() -> list[_Candidate]:
-    found: list[_Candidate] = [_Adopted(), _TornadoPool(), _Httpx(), _Raw()]
+    found: list[_Candidate] = [_Adopted(), _AiohttpStreams(), _TornadoPool(), _Httpx(),
+                               _Raw()]
     try:
         found.insert(1, _Curl())
     except ImportError:  # pycurl is no dependency
@@ -214,8 +257,10 @@ async def _measure(ctx: Context, up: FastUpstream) -> tuple[dict[str, dict[str, 
                            "x_tokens_per_s": 1000}).encode()
     headers = up.headers
     close = {**headers, "Connection": "close"}
+    short = json.dumps({"model": "m", "messages": [], "max_tokens": 2, "stream": True,
+                        "x_tokens_per_s": 1000}).encode()
     cands = _candidates()
-    out = {c.label: {"plain": [], "event": []} for c in cands}
+    out = {c.label: {"plain": [], "event": [], "short": []} for c in cands}
     reps = ctx.reps(Reps(5, 8, 40), Reps(2, 2, 0))
     n = 10 if ctx.smoke else 50
     try:
@@ -239,6 +284,12 @@ async def _measure(ctx: Context, up: FastUpstream) -> tuple[dict[str, dict[str, 
                 if got != events + 2:  # the content events, the final one, [DONE]
                     raise BenchmarkError(f"{c.label}: {got} events, expected {events + 2}")
                 out[c.label]["event"].append((time.thread_time() - t0) * 1000 / got)
+            for c in order:
+                t0 = time.thread_time()
+                for _ in range(n):
+                    if await c.stream(up.port, short, close) != 4:
+                        raise BenchmarkError(f"{c.label}: a short stream lost events")
+                out[c.label]["short"].append((time.thread_time() - t0) * 1000 / n)
     finally:
         for c in cands:
             await c.close()
@@ -263,7 +314,9 @@ def run_clients(ctx: Context) -> None:
             ("event", "client CPU per streamed event, 1,000 tok/s",
              "one stream of events at 1,000 tok/s read chunk by chunk, / its events"),
             ("plain", "client CPU per plain request",
-             "POST of a 16-token chat, answer read whole, kept connection")):
+             "POST of a 16-token chat, answer read whole, kept connection"),
+            ("short", "client CPU per short stream",
+             "a 2-token stream on a fresh connection (connect, request, head, 4 events)")):
         for label in labels[1:]:
             ctx.add(Row(S8, f"{figure}: vs {label.split(' (')[0]}", "ms", ADOPTED,
                         adopted[what], label, got[label][what], "median",

@@ -24,7 +24,7 @@ from tornado.iostream import StreamClosedError
 
 from ..errors import LemonadeError
 from .answers import ClientGone, Renamer, upstream_error
-from .upstream import ChunkStream, UpstreamResponse
+from .upstream import UpstreamResponse
 
 if TYPE_CHECKING:
     from .base import LemonadeHandler
@@ -32,6 +32,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 #: Bytes at the end of a plain answer where the engine's ``timings`` are (its last key).
 STATS_TAIL_BYTES = 4096
+
+
+class StreamedAnswer(Protocol):
+    """A streamed answer as the relay reads it: a local backend's (``upstream.UpstreamStream``)
+    or a replica's (``remote_upstream.RemoteStream``). A chunk is everything that arrived since
+    the last one, cut anywhere; ``b""`` is the end; a failure raises the caller's error."""
+
+    code: int
+
+    def __aiter__(self) -> StreamedAnswer: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def next_chunk(self) -> bytes: ...
+
+    def arrived(self) -> bytes: ...
+
+    async def read(self) -> bytes: ...
 
 
 class StatsSink(Protocol):
@@ -73,7 +91,7 @@ class AnswerRelay:
         self._handler.finish(Renamer(model)(resp.body))
 
     # ------------------------------------------------------------------ streamed answers
-    async def stream(self, resp: ChunkStream, model: str,
+    async def stream(self, resp: StreamedAnswer, model: str,
                      clean: Callable[[bytes], bytes] = _same) -> None:
         """Relay a streamed answer, or its error answer in our shape."""
         if resp.code >= 400:
@@ -90,7 +108,7 @@ class AnswerRelay:
             await self._relay(first, resp, model)
         self._handler.finish()
 
-    async def _first_with_pings(self, chunks: ChunkStream) -> bytes | None:
+    async def _first_with_pings(self, chunks: StreamedAnswer) -> bytes | None:
         """The first chunk, pinging while the engine is silent (prefill); taken at once when
         it came with the headers (no task, wait or timer for the pings)."""
         first = chunks.arrived()
@@ -105,7 +123,7 @@ class AnswerRelay:
             if not nxt.done():
                 nxt.cancel()
 
-    async def _relay(self, first: bytes, chunks: ChunkStream, model: str) -> None:
+    async def _relay(self, first: bytes, chunks: StreamedAnswer, model: str) -> None:
         """Pass the events on as they complete, ``model`` renamed, everything that arrived in one
         write; the previous write must have gone out before the next one starts."""
         handler = self._handler

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from collections.abc import Mapping
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -42,7 +42,7 @@ from ..errors import (
     RemoteAnswerTooLargeError, RemoteRedirectError, ReplicaTimeoutError, ReplicaTransportError,
     ReplicaUnreachableError,
 )
-from .upstream import ChunkStream, UpstreamResponse
+from .upstream import UpstreamResponse
 
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
 #: Redirects followed per request at most.
@@ -51,6 +51,8 @@ MAX_REDIRECTS = 3
 #: the origin) sends the request once; 303 means it did act, and names where the result is.
 _FOLLOWED = frozenset({301, 302, 307, 308})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: What a transport failure can look like mid-answer (aiohttp's own errors, the OS's, a timeout).
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 #: Bytes of an error answer of a stream read at most (the message passed back).
 MAX_ERROR_BYTES = 64 << 10
 
@@ -79,17 +81,47 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
-class RemoteStream(ChunkStream):
-    """A replica's streamed answer, relayed like a local backend's; a failure mid-answer is a
-    ReplicaTransportError."""
+class RemoteStream:
+    """A replica's streamed answer, relayed like a local backend's (``code``, ``headers``, then
+    ``async for chunk in stream``); a failure mid-answer is a ReplicaTransportError.
+
+    Each chunk is everything that has arrived since the last one, cut anywhere (not at event
+    boundaries)."""
 
     def __init__(self, response: aiohttp.ClientResponse, url: str, deadline: float) -> None:
-        super().__init__(response)
+        self._response = response
+        self._content = response.content
+        self.code: int = response.status
+        self.headers: Mapping[str, str] = response.headers
         self._url = url
         self._deadline = deadline
 
     def _failure(self, exc: BaseException) -> Exception:
         return _failure(exc, self._url, self._deadline)
+
+    def __aiter__(self) -> RemoteStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.next_chunk()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    async def next_chunk(self) -> bytes:
+        """Everything that has arrived (waiting for something); ``b""`` at the end."""
+        try:
+            return await self._content.readany()
+        except _TRANSPORT_ERRORS as exc:
+            raise self._failure(exc) from exc
+
+    def arrived(self) -> bytes:
+        """What has arrived and was not taken yet, without waiting (``b""``: nothing yet, or
+        the end)."""
+        try:
+            return self._content.read_nowait()
+        except _TRANSPORT_ERRORS as exc:
+            raise self._failure(exc) from exc
 
     async def read(self) -> bytes:
         """The error answer, up to :data:`MAX_ERROR_BYTES` (the rest is not read)."""

@@ -21,15 +21,17 @@ says what its errors mean:
   backend closed or reset the connection is sent once more, on a fresh connection: that is the
   race of a pooled connection the backend closed just as we reused it, so the backend never saw
   the request. aiohttp resends by itself only for idempotent methods, and these are POSTs.
-* A stream goes on a connection of its own, closed at its end: llama-server closes the
-  connection after a stream although its answer advertises keep-alive, so one put back in the
-  pool would fail the next request. That connection is opened ahead: as a stream ends, one is
-  opened for the backend's next stream (``warm_connections.py``: at most ``warm_streams`` per
-  backend, dropped once idle for ``idle_s`` or closed by the backend), so a stream does not
-  wait for a TCP connect; one the backend closed just as the stream went on it is resent once,
-  on a fresh connection, as for plain requests.
-* Backpressure is aiohttp's: its reader stops reading the socket while more than twice
-  ``read_bufsize`` bytes wait to be taken, so a client that reads slowly slows the backend down
+* A stream goes on a connection of its own, closed at its end, and not through aiohttp:
+  ``backend_stream.py`` writes its request at once and reads the answer with httptools (half a
+  millisecond less before the first token; the figures are there). llama-server closes the
+  connection after a stream although its answer advertises keep-alive, so it could not be
+  pooled anyway. That connection is opened ahead: as a stream ends, one is opened for the
+  backend's next stream (``warm_connections.py``: at most ``warm_streams`` per backend, dropped
+  once idle for ``idle_s`` or closed by the backend), so a stream does not wait for a TCP
+  connect; one the backend closed just as the stream went on it is resent once, on a fresh
+  connection, as for plain requests.
+* Backpressure: a reader stops reading the socket while more than twice ``read_bufsize``
+  bytes wait to be taken (aiohttp's rule, kept for streams), so a client that reads slowly slows the backend down
   instead of filling our memory. A read returns everything that has arrived, so events that
   are already here are passed on in one write.
 * No ``Accept-Encoding`` (nor ``Accept``, ``User-Agent``): a backend must not compress what the
@@ -57,7 +59,9 @@ import aiohttp
 from yarl import URL
 
 from ..errors import BackendTransportError
-from .warm_connections import StreamConnector, WarmConnections, open_connection
+from . import backend_stream
+from .backend_stream import ClosedBeforeAnswer, StreamConnection
+from .warm_connections import WarmConnections
 
 #: What a transport failure can look like (aiohttp's own errors, the OS's, a connect timeout).
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
@@ -96,23 +100,25 @@ class UpstreamResponse:
     body: bytes
 
 
-class ChunkStream:
-    """A streamed answer: ``code``, ``headers``, then ``async for chunk in stream``.
+class UpstreamStream:
+    """A local backend's streamed answer: ``code``, ``headers``, then ``async for chunk in
+    stream``. Its connection is never reused; closing it opens the connection for the backend's
+    next stream ahead.
 
     Each chunk is everything that has arrived since the last one, cut anywhere (not at event
-    boundaries). A transport failure mid-answer becomes the exception :meth:`_failure` gives,
-    which is what tells a local backend's stream from a remote replica's."""
+    boundaries); a transport failure mid-answer is an :class:`UpstreamTransportError`."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self._content = response.content
-        self.code: int = response.status
-        self.headers: Mapping[str, str] = response.headers
+    def __init__(self, pool: UpstreamPool, conn: StreamConnection,
+                 backend: tuple[str, int]) -> None:
+        self._pool = pool
+        self._conn = conn
+        self.code: int = conn.code
+        self.headers: Mapping[str, str] = conn.headers
+        #: Where the next stream's connection is opened when this one closes (None: done).
+        self._backend: tuple[str, int] | None = backend
+        self._closes = pool._closes
 
-    def _failure(self, exc: BaseException) -> Exception:
-        raise NotImplementedError
-
-    def __aiter__(self) -> ChunkStream:
+    def __aiter__(self) -> UpstreamStream:
         return self
 
     async def __anext__(self) -> bytes:
@@ -124,43 +130,30 @@ class ChunkStream:
     async def next_chunk(self) -> bytes:
         """Everything that has arrived (waiting for something); ``b""`` at the end."""
         try:
-            return await self._content.readany()
-        except _TRANSPORT_ERRORS as exc:
-            raise self._failure(exc) from exc
+            return await self._conn.next_chunk()
+        except ConnectionError as exc:
+            raise _transport_error(exc, "the backend's stream broke off") from exc
 
     def arrived(self) -> bytes:
         """What has arrived and was not taken yet, without waiting (``b""``: nothing yet, or
         the end)."""
         try:
-            return self._content.read_nowait()
-        except _TRANSPORT_ERRORS as exc:
-            raise self._failure(exc) from exc
+            return self._conn.arrived()
+        except ConnectionError as exc:
+            raise _transport_error(exc, "the backend's stream broke off") from exc
 
     async def read(self) -> bytes:
-        """The rest of the body at once (for error answers)."""
-        return b"".join([chunk async for chunk in self])
-
-
-class UpstreamStream(ChunkStream):
-    """A local backend's streamed answer; its connection is never reused. Closing it opens the
-    connection for the backend's next stream ahead."""
-
-    def __init__(self, pool: UpstreamPool, response: aiohttp.ClientResponse,
-                 backend: tuple[str, int]) -> None:
-        super().__init__(response)
-        self._pool = pool
-        #: Where the next stream's connection is opened when this one closes (None: done).
-        self._backend: tuple[str, int] | None = backend
-        self._closes = pool._closes
-
-    def _failure(self, exc: BaseException) -> Exception:
-        return _transport_error(exc, "the backend closed the connection mid-answer")
+        """The rest of the body at once (an error answer; bounded)."""
+        try:
+            return await self._conn.read()
+        except ConnectionError as exc:
+            raise _transport_error(exc, "the backend's answer failed") from exc
 
     async def aclose(self) -> None:
         """Close the stream's connection (it is never reused); open one for the backend's next
         stream, unless the pool was closed meanwhile (the server is stopping)."""
-        self._pool._streams.discard(self._response)
-        self._response.close()
+        self._pool._streams.discard(self._conn)
+        self._conn.close()
         backend, self._backend = self._backend, None
         if backend is not None and self._closes == self._pool._closes:
             self._pool.open_ahead(*backend)
@@ -169,10 +162,11 @@ class UpstreamStream(ChunkStream):
 class UpstreamPool:
     """Connections to the backends, by ``(host, port)``, over three aiohttp sessions.
 
-    ``_pooled`` keeps connections for plain requests; ``_streams_session`` gives each stream a
-    connection of its own, opened ahead (``warm``); ``_once`` opens one for each request and
-    closes it after (the resend after a stale connection). All are made on first use, on the
-    loop that uses them (aiohttp binds a session to its loop)."""
+    Plain requests go over two aiohttp sessions: ``_pooled`` keeps connections; ``_once`` opens
+    one for each request and closes it after (the resend after a stale connection); both are
+    made on first use, on the loop that uses them (aiohttp binds a session to its loop). Each
+    stream has a connection of its own (``backend_stream.py``), opened ahead when it can be
+    (``warm``); ``_streams`` holds those in use, so :meth:`close` can end them."""
 
     def __init__(self, *, idle_s: float = 3.0, connect_timeout_s: float = 5.0,
                  read_bufsize: int = 1 << 16, warm_streams: int = 1) -> None:
@@ -183,27 +177,22 @@ class UpstreamPool:
         self.warm = WarmConnections(warm_streams, idle_s)
         self._pooled: aiohttp.ClientSession | None = None
         self._once: aiohttp.ClientSession | None = None
-        self._streams_session: aiohttp.ClientSession | None = None
-        #: Streams whose headers arrived and that are not closed yet.
-        self._streams: set[aiohttp.ClientResponse] = set()
+        #: Streams' connections in use (sent, or answering), not closed yet.
+        self._streams: set[StreamConnection] = set()
         #: Counts :meth:`close` calls: a connection closed by our own shutdown is no stale one.
         self._closes = 0
 
-    def _session(self, pooled: bool, stream: bool = False) -> aiohttp.ClientSession:
-        session = (self._streams_session if stream else
-                   self._pooled if pooled else self._once)
+    def _session(self, pooled: bool) -> aiohttp.ClientSession:
+        session = self._pooled if pooled else self._once
         if session is None or session.closed:
-            connector = (StreamConnector(self.warm) if stream else
-                         aiohttp.TCPConnector(limit=0, keepalive_timeout=self.idle_s)
+            connector = (aiohttp.TCPConnector(limit=0, keepalive_timeout=self.idle_s)
                          if pooled else aiohttp.TCPConnector(limit=0, force_close=True))
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, read_bufsize=self.read_bufsize,
                 skip_auto_headers=_SKIP_AUTO_HEADERS, cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
             )
-            if stream:
-                self._streams_session = session
-            elif pooled:
+            if pooled:
                 self._pooled = session
             else:
                 self._once = session
@@ -222,20 +211,47 @@ class UpstreamPool:
 
     async def stream(self, host: str, port: int, path: str, body: bytes,
                      headers: dict[str, str]) -> UpstreamStream:
-        """Send a POST on a connection of its own; return once the answer's headers are in."""
+        """Send a POST on a connection of its own; return once the answer's headers are in.
+
+        On a connection opened ahead if one is kept; if the backend closed that one before any
+        answer, once more on a fresh connection (it never saw the request)."""
+        data = backend_stream.request_bytes(host, port, path, body, headers)
+        closes = self._closes
+        kept = self.warm.take((host, port))
+        if kept is not None:
+            try:
+                return await self._stream_on(kept, data, (host, port))
+            except ClosedBeforeAnswer as exc:
+                if closes != self._closes:
+                    raise _transport_error(exc, "the backend request failed") from exc
+            except ConnectionError as exc:
+                raise _transport_error(exc, "the backend request failed") from exc
         try:
-            response = await self._send(self._session(False, stream=True),
-                                        _backend_url(host, port, path), body, headers)
-        except _TRANSPORT_ERRORS as exc:
+            conn = await backend_stream.connect(host, port, self.connect_timeout_s,
+                                                2 * self.read_bufsize)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise UpstreamTransportError(
+                f"cannot connect to {host}:{port}: {exc or type(exc).__name__}") from exc
+        try:
+            return await self._stream_on(conn, data, (host, port))
+        except ConnectionError as exc:
             raise _transport_error(exc, "the backend request failed") from exc
-        self._streams.add(response)
-        return UpstreamStream(self, response, (host, port))
+
+    async def _stream_on(self, conn: StreamConnection, data: bytes,
+                         backend: tuple[str, int]) -> UpstreamStream:
+        self._streams.add(conn)
+        try:
+            await conn.request(data)
+        except BaseException:
+            self._streams.discard(conn)
+            raise
+        return UpstreamStream(self, conn, backend)
 
     def open_ahead(self, host: str, port: int) -> None:
         """Open a connection for the next stream to ``host:port`` in the background (up to
         ``warm.per_backend`` are kept; see ``warm_connections.py``)."""
-        self.warm.open_ahead((host, port),
-                             lambda: open_connection(host, port, self.connect_timeout_s))
+        self.warm.open_ahead((host, port), lambda: backend_stream.connect(
+            host, port, self.connect_timeout_s, 2 * self.read_bufsize))
 
     async def _send(self, session: aiohttp.ClientSession, url: URL, body: bytes,
                     headers: dict[str, str]) -> aiohttp.ClientResponse:
@@ -259,13 +275,12 @@ class UpstreamPool:
         The pool stays usable: a later request opens new connections.
         """
         self._closes += 1
-        for response in list(self._streams):
-            response.close()
+        for conn in list(self._streams):
+            conn.close()
         self._streams.clear()
         self.warm.close()
-        sessions = [s for s in (self._pooled, self._once, self._streams_session)
-                    if s is not None and not s.closed]
-        self._pooled = self._once = self._streams_session = None
+        sessions = [s for s in (self._pooled, self._once) if s is not None and not s.closed]
+        self._pooled = self._once = None
         for session in sessions:
             # Closing the connector closes its connections now, the ones in flight too; what
             # it returns (and the session's own close) only waits for the sockets to go.

@@ -24,11 +24,11 @@ proxy had it against 0.20 ms, in the same profile. While streams keep coming, ea
 leaves the connection for the next, at any concurrency; only the first stream after a quiet
 spell of ``idle_s`` connects itself.
 
-How: :class:`StreamConnector` is the aiohttp connector of the stream session; through aiohttp's
-``_create_connection`` hook it takes a kept connection to the backend, else connects the way
-aiohttp does. aiohttp's own keep-alive pool cannot do this: it never opens a connection before a
-request, has no way to drop one backend's connections, and a stream's connection must never go
-back into it. What is kept here is bounded and never stale:
+How: a stream asks :meth:`WarmConnections.take` for a connection to its backend before it
+connects itself (``upstream.py``). aiohttp's keep-alive pool cannot do this: it never opens a
+connection before a request, has no way to drop one backend's connections, and a stream's
+connection must never go back into it (streams do not go through aiohttp any more:
+``backend_stream.py``). What is kept here is bounded and never stale:
 
 * at most ``per_backend`` connections per backend, counting those being opened: each idle one
   holds one of llama-server's HTTP threads (the prebuilt engine here, 1 thread, default
@@ -46,10 +46,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import aiohttp
-from aiohttp.client_proto import ResponseHandler
+from .backend_stream import StreamConnection
 
 #: A backend: ``(host, port)``.
 Key = tuple[str, int]
@@ -67,7 +65,7 @@ class WarmConnections:
     def __init__(self, per_backend: int = 1, idle_s: float = 3.0) -> None:
         self.per_backend = per_backend
         self.idle_s = idle_s
-        self._idle: dict[Key, deque[tuple[ResponseHandler, asyncio.TimerHandle]]] = {}
+        self._idle: dict[Key, deque[tuple[StreamConnection, asyncio.TimerHandle]]] = {}
         self._opening: dict[Key, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: Streams that found a connection kept for them (a running count).
@@ -79,7 +77,7 @@ class WarmConnections:
             return len(self._idle.get(key, ()))
         return sum(len(q) for q in self._idle.values())
 
-    def kept(self, key: Key) -> list[ResponseHandler]:
+    def kept(self, key: Key) -> list[StreamConnection]:
         """The connections kept for ``key``, oldest first: a snapshot (still ours)."""
         return [proto for proto, _ in self._idle.get(key, ())]
 
@@ -87,7 +85,7 @@ class WarmConnections:
         """Openings in flight, for all backends: a snapshot."""
         return sum(self._opening.values())
 
-    def take(self, key: Key) -> ResponseHandler | None:
+    def take(self, key: Key) -> StreamConnection | None:
         """A kept connection to ``key`` that is still open, or None (it is ours to use now)."""
         queue = self._idle.get(key)
         while queue:
@@ -102,7 +100,7 @@ class WarmConnections:
         self._idle.pop(key, None)
         return None
 
-    def open_ahead(self, key: Key, opener: Callable[[], Awaitable[ResponseHandler]]) -> None:
+    def open_ahead(self, key: Key, opener: Callable[[], Awaitable[StreamConnection]]) -> None:
         """Open one more connection to ``key`` in the background, unless ``per_backend`` are
         already kept or being opened. A failed opening is dropped silently: the next stream
         simply connects itself, and reports the failure if there is one."""
@@ -115,10 +113,10 @@ class WarmConnections:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _open(self, key: Key, opener: Callable[[], Awaitable[ResponseHandler]]) -> None:
+    async def _open(self, key: Key, opener: Callable[[], Awaitable[StreamConnection]]) -> None:
         try:
             proto = await opener()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (OSError, asyncio.TimeoutError):
             return
         finally:
             self._opening[key] -= 1
@@ -126,24 +124,17 @@ class WarmConnections:
                 del self._opening[key]
         self._keep(key, proto)
 
-    def _keep(self, key: Key, proto: ResponseHandler) -> None:
+    def _keep(self, key: Key, proto: StreamConnection) -> None:
         if not proto.is_connected():
             proto.close()
             return
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.idle_s, self._drop, key, proto)
         self._idle.setdefault(key, deque()).append((proto, timer))
-        closed = proto.closed
-        if closed is not None:  # the backend closed it (exit, eviction, its own timeout)
-            closed.add_done_callback(lambda f: self._closed_by_peer(f, key, proto))
+        # The backend closed it (exit, eviction, its own timeout): forgotten at once.
+        proto.closed.add_done_callback(lambda _: self._drop(key, proto))
 
-    def _closed_by_peer(self, done: asyncio.Future[None], key: Key,
-                        proto: ResponseHandler) -> None:
-        if not done.cancelled():
-            done.exception()  # retrieved: a lost connection is expected here, not an error
-        self._drop(key, proto)
-
-    def _drop(self, key: Key, proto: ResponseHandler) -> None:
+    def _drop(self, key: Key, proto: StreamConnection) -> None:
         """Close ``proto`` and forget it, if it is still kept (idle too long, or closed)."""
         queue = self._idle.get(key)
         if not queue:
@@ -166,29 +157,3 @@ class WarmConnections:
             for proto, timer in queue:
                 timer.cancel()
                 proto.close()
-
-
-class StreamConnector(aiohttp.TCPConnector):
-    """aiohttp's TCP connector, each connection used once, taken from :class:`WarmConnections`
-    when one to the backend is kept (plain http, no proxy: a local backend)."""
-
-    def __init__(self, warm: WarmConnections, **kwargs: Any) -> None:
-        super().__init__(limit=0, force_close=True, **kwargs)
-        self.warm = warm
-
-    async def _create_connection(self, req: aiohttp.ClientRequest, traces: list[Any],
-                                 timeout: aiohttp.ClientTimeout) -> ResponseHandler:
-        if not req.is_ssl() and req.proxy is None:
-            proto = self.warm.take((req.host, req.port))
-            if proto is not None:
-                return proto
-        return await super()._create_connection(req, traces, timeout)
-
-
-async def open_connection(host: str, port: int, timeout_s: float) -> ResponseHandler:
-    """A new plain-http connection to ``host:port``, ready for aiohttp to send a request on
-    (its protocol, with TCP_NODELAY set as aiohttp sets it)."""
-    loop = asyncio.get_running_loop()
-    _, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: ResponseHandler(loop), host, port), timeout_s)
-    return proto
