@@ -1,6 +1,7 @@
 """A native build cached before x86 builds left ggml's AMX code out crashes on CPUs with AMX
-(every load, SIGSEGV in the warm-up): on such a CPU the lookup passes over it and the installer
-builds it again; elsewhere, and for builds that record the change, nothing differs."""
+(every load, SIGSEGV in the warm-up): on such a CPU the lookups (llama-server's and
+whisper-server's) pass over it and the installer builds it again; elsewhere, and for builds
+that record the change, nothing differs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import json
 
 import pytest
 
-from lemonade_jupyter.core.engines import install, lookup
+from lemonade_jupyter.core.engines import install, lookup, whispercpp
 from lemonade_jupyter.core.engines.gpu import BuildPlan
 from lemonade_jupyter.core.engines.install import _cpu_has_amx as cpu_has_amx  # the real one
 from lemonade_jupyter.core.engines.install import cached_binary, may_crash_here
 from lemonade_jupyter.core.engines.llamacpp import find_engine
+from lemonade_jupyter.core.engines.whisper_install import cached_whisper_server
+from lemonade_jupyter.core.engines.whispercpp import find_whisper_engine
 from tests.engines.conftest import make_executable
 
 
@@ -47,6 +50,16 @@ def test_a_build_without_its_record_counts_as_old_and_a_new_one_is_used(amx_cpu)
     assert may_crash_here(_cached("cpu"))  # no build.json at all
     new = _cached("cpu", flavour="cpu", amx_left_out=True)
     assert not may_crash_here(new) and find_engine(gpu=False).path == str(new)
+
+
+def test_an_old_whisper_build_is_passed_over_too(amx_cpu, caplog, monkeypatch):
+    monkeypatch.delenv("LEMONADE_WHISPER_SERVER", raising=False)
+    monkeypatch.setattr(whispercpp, "pywhispercpp_available", lambda: True)
+    old = make_executable(cached_whisper_server("cpu"))  # no build.json: built before
+    assert find_whisper_engine(gpu=False).flavour == "pywhispercpp"
+    assert "install-whisper-server --force" in caplog.text
+    (old.parent / "build.json").write_text(json.dumps({"amx_left_out": True}))
+    assert find_whisper_engine(gpu=False).native == str(old)
 
 
 def test_nothing_changes_without_amx_or_off_x86(bare_world, monkeypatch):

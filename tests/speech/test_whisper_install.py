@@ -30,7 +30,8 @@ from lemonade_jupyter.core.engines.whispercpp import (
 )
 from lemonade_jupyter.core.options import LoadOptions
 from lemonade_jupyter.errors import EngineMissingError
-from tests.engines.conftest import bare_world, make_executable  # noqa: F401 - a fixture
+# Fixtures: a bare machine, and (autouse) a CPU whose AMX does not decide the lookup.
+from tests.engines.conftest import bare_world, cpu_without_amx, make_executable  # noqa: F401
 
 CPU = BuildPlan("cpu", "no GPU")
 CUDA = BuildPlan("cuda", "a GPU", nvcc="/usr/local/cuda/bin/nvcc", cuda_version=(12, 4),

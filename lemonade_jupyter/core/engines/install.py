@@ -27,6 +27,7 @@ import dataclasses
 import fcntl
 import glob
 import json
+import logging
 import os
 import platform
 import shutil
@@ -48,6 +49,8 @@ from . import cuda_toolkit
 from .first_start import check_first_start
 from .gpu import FLAVOURS, BuildFlavourError, BuildPlan, build_plan
 from .progress import ProgressPrinter
+
+_log = logging.getLogger(__name__)
 
 #: The sdist version whose vendored llama.cpp we build. Pinned so that every machine builds
 #: (and caches) the same server; bump it deliberately.
@@ -121,6 +124,17 @@ def may_crash_here(binary: Path) -> bool:
     if isinstance(info, dict) and info.get("amx_left_out") is True:
         return False
     return _cpu_has_amx()
+
+
+def passed_over(binary: Path, install_command: str) -> bool:
+    """Whether a lookup must skip the cached ``binary`` (:func:`may_crash_here`); if so the
+    server log says why and names ``install_command --force``, and the next engine in the
+    lookup's order is used. One rule for llama-server and whisper-server builds."""
+    if not may_crash_here(binary):
+        return False
+    _log.warning("Not using %s: it was built with ggml's AMX code, which crashes on this CPU; "
+                 "`%s --force` builds it again", binary, install_command)
+    return True
 
 
 def cmake_configure_argv(source: str, build: str, plan: BuildPlan, *, cmake: str = "cmake",

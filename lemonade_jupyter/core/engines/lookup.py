@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import logging
 import os
 import shutil
 import sys
@@ -49,10 +48,9 @@ from typing import Any
 from ...errors import EngineMissingError
 from . import probe
 from .gpu import gpu_visible
-from .install import INSTALL_COMMAND, cache_root, cached_binary, may_crash_here
+from .install import INSTALL_COMMAND, cache_root, cached_binary, passed_over
 from .prebuilt_server import PROG as PREBUILT_COMMAND
 
-log = logging.getLogger(__name__)
 
 #: How to get the prebuilt engine (named in messages).
 PREBUILT_HINT = "pip install 'lemonade_jupyter[prebuilt]'"
@@ -222,16 +220,6 @@ def classify(path: str, *, gpu: bool) -> tuple[str, bool]:
     return "custom", False
 
 
-def _passed_over(binary: Path) -> bool:
-    """A cached build that may crash on this CPU (:func:`.install.may_crash_here`): said in
-    the log, and the next engine in the order is used."""
-    if not may_crash_here(binary):
-        return False
-    log.warning("Not using %s: it was built with ggml's AMX code, which crashes on this CPU; "
-                "`%s --force` builds it again", binary, INSTALL_COMMAND)
-    return True
-
-
 def find_engine(configured: str | None = None, *, gpu: bool | None = None) -> EngineInfo:
     """The engine the next backend starts with (see the module's docstring for the order).
 
@@ -255,10 +243,10 @@ def find_engine(configured: str | None = None, *, gpu: bool | None = None) -> En
     if on_path:
         return _engine(on_path, *classify(on_path, gpu=has_gpu), "PATH")
     cuda = cached_binary("cuda")
-    if has_gpu and _executable(cuda) and not _passed_over(cuda):
+    if has_gpu and _executable(cuda) and not passed_over(cuda, INSTALL_COMMAND):
         return _engine(str(cuda), "cuda", True, "cache")
     cpu = cached_binary("cpu")
-    if _executable(cpu) and not _passed_over(cpu):
+    if _executable(cpu) and not passed_over(cpu, INSTALL_COMMAND):
         return _engine(str(cpu), "cpu", False, "cache")
     launcher = prebuilt_launcher()
     if launcher:

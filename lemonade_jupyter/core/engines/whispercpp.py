@@ -8,7 +8,9 @@ without spawning). The process is always our wrapper, ``lemonade-whisper-server`
 1. whisper.cpp's native ``whisper-server`` at ``$LEMONADE_WHISPER_SERVER``, when set (an
    explicit choice: pointing nowhere is an error naming it);
 2. the native build in the cache (:func:`.whisper_install.cached_whisper_server`), CUDA
-   first when a GPU is visible, made by ``lemonade-jupyter install-whisper-server``;
+   first when a GPU is visible, made by ``lemonade-jupyter install-whisper-server`` (passed
+   over, with a warning, when it was built with ggml's AMX code on a CPU where that crashes:
+   :func:`.install.passed_over`);
 3. in process, through the ``pywhispercpp`` wheel (the ``prebuilt`` extra): the CPU engine
    that makes a fresh machine work without a compiler.
 
@@ -30,6 +32,7 @@ from ..options import LoadOptions
 from ..ports import LOOPBACK
 from .gpu import gpu_visible
 from .whisper_args import API_KEY_ENV
+from .install import passed_over
 from .whisper_install import INSTALL_WHISPER_COMMAND, cached_whisper_server
 
 #: The module our wrapper runs as (``python -m``), so it is always this very package's copy.
@@ -78,7 +81,8 @@ def find_whisper_engine(*, gpu: bool | None = None) -> WhisperEngineInfo:
     has_gpu = gpu_visible() if gpu is None else gpu
     for flavour in (("cuda", "cpu") if has_gpu else ("cpu",)):
         binary = cached_whisper_server(flavour)
-        if os.path.isfile(binary) and os.access(binary, os.X_OK):
+        if (os.path.isfile(binary) and os.access(binary, os.X_OK)
+                and not passed_over(binary, INSTALL_WHISPER_COMMAND)):
             return WhisperEngineInfo(flavour, str(binary), "cache")
     if pywhispercpp_available():
         return WhisperEngineInfo("pywhispercpp", "", "prebuilt")
