@@ -1,4 +1,5 @@
-"""HTTP/1.1 from the proxy to its backends, on aiohttp's client.
+"""HTTP/1.1 from the proxy to its local backends: plain requests on aiohttp's client, streams
+on a connection of their own read by httptools (``backend_stream.py``).
 
 Every proxied request, and every streamed token, costs the Jupyter server CPU. The client was
 chosen by measurement: section 8 of ``benchmarks/RESULTS.md`` (``python -m benchmarks --only
@@ -12,9 +13,11 @@ can do. Per plain request the hand-written pool was cheaper (0.104 ms against 0.
 starts that task at once), and a plain request through the proxy took 0.1–0.4 ms longer than
 with the hand-written pool, measured side by side (time to first token too). Per streamed
 token aiohttp halves the client's cost (with the proxy renaming on the bytes, one Jupyter
-server core relays about three times as many tokens as before). Streaming is what the proxy does most, so nothing here parses HTTP or keeps
-connections by hand; this module only sets aiohttp up for a backend that is llama-server, and
-says what its errors mean:
+server core relays about three times as many tokens as before). Then the time to first token
+showed aiohttp's per-request Python (0.4-0.5 ms of it inside the Jupyter server), so streams
+left it for a protocol of their own whose parsing is httptools'; keep-alive pooling stays
+aiohttp's. This module sets both up for a backend that is llama-server, and says what their
+errors mean:
 
 * Plain requests share keep-alive connections, dropped once idle for ``idle_s`` (llama-server
   closes idle connections after 5 s). A request that fails before any answer because the
@@ -31,8 +34,8 @@ says what its errors mean:
   connect; one the backend closed just as the stream went on it is resent once, on a fresh
   connection, as for plain requests.
 * Backpressure: a reader stops reading the socket while more than twice ``read_bufsize``
-  bytes wait to be taken (aiohttp's rule, kept for streams), so a client that reads slowly slows the backend down
-  instead of filling our memory. A read returns everything that has arrived, so events that
+  bytes wait to be taken (aiohttp's rule, kept for streams), so a client that reads slowly
+  slows the backend down instead of filling our memory. A read returns everything that has arrived, so events that
   are already here are passed on in one write.
 * No ``Accept-Encoding`` (nor ``Accept``, ``User-Agent``): a backend must not compress what the
   proxy passes on byte for byte.
