@@ -42,7 +42,7 @@ from ..errors import (
     RemoteAnswerTooLargeError, RemoteRedirectError, ReplicaTimeoutError, ReplicaTransportError,
     ReplicaUnreachableError,
 )
-from .upstream import UpstreamResponse
+from .upstream import ChunkIteration, UpstreamResponse
 
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
 #: Redirects followed per request at most.
@@ -81,7 +81,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
-class RemoteStream:
+class RemoteStream(ChunkIteration):
     """A replica's streamed answer, relayed like a local backend's (``code``, ``headers``, then
     ``async for chunk in stream``); a failure mid-answer is a ReplicaTransportError.
 
@@ -98,15 +98,6 @@ class RemoteStream:
 
     def _failure(self, exc: BaseException) -> Exception:
         return _failure(exc, self._url, self._deadline)
-
-    def __aiter__(self) -> RemoteStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self.next_chunk()
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
 
     async def next_chunk(self) -> bytes:
         """Everything that has arrived (waiting for something); ``b""`` at the end."""

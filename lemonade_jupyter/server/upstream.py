@@ -103,7 +103,24 @@ class UpstreamResponse:
     body: bytes
 
 
-class UpstreamStream:
+class ChunkIteration:
+    """``async for chunk in stream`` over ``next_chunk`` (``b""`` ends it): what a local
+    backend's streamed answer and a replica's (``remote_upstream.RemoteStream``) share."""
+
+    async def next_chunk(self) -> bytes:
+        raise NotImplementedError
+
+    def __aiter__(self) -> ChunkIteration:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.next_chunk()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+
+class UpstreamStream(ChunkIteration):
     """A local backend's streamed answer: ``code``, ``headers``, then ``async for chunk in
     stream``. Its connection is never reused; closing it opens the connection for the backend's
     next stream ahead.
@@ -120,15 +137,6 @@ class UpstreamStream:
         #: Where the next stream's connection is opened when this one closes (None: done).
         self._backend: tuple[str, int] | None = backend
         self._closes = pool._closes
-
-    def __aiter__(self) -> UpstreamStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self.next_chunk()
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
 
     async def next_chunk(self) -> bytes:
         """Everything that has arrived (waiting for something); ``b""`` at the end."""
