@@ -124,8 +124,10 @@ class StreamConnection(asyncio.Protocol):
         return self._transport
 
     def is_connected(self) -> bool:
+        """Open, and nothing came on it yet (bytes before a request, such as a server's
+        timeout answer, make a connection unusable)."""
         return (self._transport is not None and not self._transport.is_closing()
-                and not self.closed.done())
+                and not self.closed.done() and not self.answered)
 
     async def request(self, data: bytes) -> None:
         """Send ``data`` (a whole request) and wait for the answer's head (``code``,
@@ -133,8 +135,10 @@ class StreamConnection(asyncio.Protocol):
         if self._transport is None or self._head is not None:
             raise RuntimeError("one request per connection, once connected")
         self._head = self._loop.create_future()
-        if self._error is not None or self.closed.done():
-            self._head.set_exception(self._error or ClosedBeforeAnswer("connection closed"))
+        if self._error is not None or self.closed.done() or self.answered:
+            # Closed, or it carried bytes before any request: not an answer to this one.
+            self._head.set_exception(ClosedBeforeAnswer(
+                "the connection closed, or spoke, before the request"))
         else:
             self._transport.write(data)
         try:

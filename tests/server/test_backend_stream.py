@@ -195,3 +195,70 @@ async def test_a_stream_cancelled_while_waiting_for_its_answer_closes_its_connec
         await asyncio.wait_for(seen.closed.wait(), 5)  # the backend saw it go
         assert not pool._streams  # nothing left to close at shutdown
         pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _speaks_first() -> AsyncIterator[dict[str, list[int]]]:
+    """A server whose first connection says something before any request (a timeout answer, a
+    moment after the connect) and then waits; the others answer a request with ``ok``."""
+    seen: dict[str, list[int]] = {"accepted": [], "requests_on": [], "port": []}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen["accepted"].append(len(seen["accepted"]) + 1)
+        number = seen["accepted"][-1]
+        try:
+            if number == 1:
+                await asyncio.sleep(0.2)
+                writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            seen["requests_on"].append(number)
+            writer.write(_SSE_HEAD + b"Content-Length: 2\r\n\r\nok")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    seen["port"].append(server.sockets[0].getsockname()[1])
+    async with server:
+        yield seen
+
+
+async def _until(check, what: str) -> None:
+    for _ in range(500):  # bounded: 5 s
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_kept_connection_that_spoke_before_its_request_is_not_used():
+    """Bytes on a connection opened ahead before any request (a server's timeout answer) are no
+    answer to the stream: it goes on a fresh connection."""
+    async with _speaks_first() as seen:
+        port = seen["port"][0]
+        pool = UpstreamPool(warm_streams=1)
+        pool.open_ahead("127.0.0.1", port)
+        await _until(lambda: pool.warm.count() == 1, "the connection to be kept")
+        (kept,) = pool.warm.kept(("127.0.0.1", port))
+        await _until(lambda: kept.answered, "the server's early bytes")
+        resp = await asyncio.wait_for(
+            pool.stream("127.0.0.1", port, "/v1/chat/completions", b"{}", {}), 10)
+        assert (resp.code, await resp.read()) == (200, b"ok")
+        await resp.aclose()
+        assert seen["requests_on"] == [2] and not kept.is_connected()
+        assert pool.warm.used == 0  # never handed out
+        pool.close()
+
+
+async def test_a_request_on_a_connection_that_spoke_first_is_refused_unsent():
+    async with _speaks_first() as seen:
+        conn = await backend_stream.connect("127.0.0.1", seen["port"][0], 5, 1 << 17)
+        await _until(lambda: conn.answered, "the server's early bytes")
+        with pytest.raises(backend_stream.ClosedBeforeAnswer):
+            await asyncio.wait_for(
+                conn.request(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"), 5)
+        await _until(lambda: conn.closed.done(), "the connection to close")
+        assert seen["requests_on"] == []
