@@ -21,7 +21,7 @@ from ..core.owners import OwnerRegistry
 from ..core.router import Router
 from ..core.settings import RouterSettings, ServerOptions
 from .node_access import server_user
-from .remote_hosts import OwnServer
+from .remote_hosts import OwnServer, host_rules
 from .remote_rest import drop_refused
 from .remote_upstream import RemoteUpstream
 from .upstream import UpstreamPool
@@ -58,6 +58,8 @@ class Services:
         """Start the router once the server's own address is known (``own``): remote models kept
         from looser rules, or pointing back at this server, are dropped first."""
         await drop_refused(self.router, own)
+        # And each connection to a remote host again, with the rules as they are then.
+        self.remote_upstream.check_hosts(lambda: host_rules(self.router.settings, own))
         await self.router.start()
 
     async def stop(self) -> None:

@@ -10,6 +10,11 @@ A host name is resolved on the loop's resolver (never blocking the loop) with a 
 and on the addresses considered; a name that does not resolve now is judged by its name alone
 (the replica is then simply down). Whether an address is this machine's is asked of the
 operating system: only a local address can be bound.
+
+A name is checked when a remote model is registered, and again each time a connection to it
+is opened (:class:`CheckedResolver`, the resolver of the remote connection pool): a name that
+resolved to a public address then may resolve to this machine later (DNS rebinding), and the
+connection is refused by the same rules.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from ..core.remote_rules import HostRules, IPAddress, canonical_address, ip_literal
 from ..core.remote_spec import ReplicaSpec, url_endpoint
@@ -118,3 +126,35 @@ def is_local_address(address: IPAddress) -> bool:
     except OSError:
         return False
     return True
+
+
+class HostRefusedAtConnect(OSError):
+    """A remote host resolved, when connecting, to where the host rules refuse."""
+
+
+class CheckedResolver(AbstractResolver):
+    """aiohttp's resolver, with the host rules applied to the addresses a name resolves to
+    right before a connection is opened (``rules`` is called each time: this server's own
+    port and the admin's lists as they are now). IP literals never reach a resolver; they
+    were checked at registration and cannot change."""
+
+    def __init__(self, rules: Callable[[], HostRules],
+                 inner: AbstractResolver | None = None) -> None:
+        self._rules = rules
+        self._inner = inner if inner is not None else aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        found = (await self._inner.resolve(host, port, family))[:MAX_ADDRESSES]
+        addresses: list[IPAddress] = []
+        for entry in found:
+            with contextlib.suppress(ValueError):
+                addresses.append(ipaddress.ip_address(str(entry["host"]).split("%")[0]))
+        local = [a for a in addresses if is_local_address(a)]
+        why = self._rules().refusal(host, port, addresses, local)
+        if why is not None:
+            raise HostRefusedAtConnect(f"refused when connecting: {why}")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -32,16 +32,18 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import yarl
 
+from ..core.remote_rules import HostRules
 from ..errors import (
     RemoteAnswerTooLargeError, RemoteRedirectError, ReplicaTimeoutError, ReplicaTransportError,
     ReplicaUnreachableError,
 )
+from .remote_hosts import CheckedResolver
 from .upstream import ChunkIteration, UpstreamResponse
 
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
@@ -132,16 +134,33 @@ class RemoteStream(ChunkIteration):
 
 
 class RemoteUpstream:
-    """Connections to remote replicas: one pooled aiohttp session, made on first use."""
+    """Connections to remote replicas: one pooled aiohttp session, made on first use.
+
+    Once :meth:`check_hosts` has the host rules (the server knows its own port when it starts),
+    each name is checked again by them when a connection to it is opened
+    (``remote_hosts.CheckedResolver``: DNS rebinding)."""
 
     def __init__(self, *, idle_s: float = 4.0) -> None:
         self.idle_s = idle_s
         self._session: aiohttp.ClientSession | None = None
+        self._rules: Callable[[], HostRules] | None = None
+
+    def check_hosts(self, rules: Callable[[], HostRules]) -> None:
+        """Check every connection's resolved addresses with ``rules()`` from now on (a session
+        made before is closed, so no connection escapes the check)."""
+        self._rules = rules
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            task = asyncio.ensure_future(session.close())
+            _CLOSING.add(task)
+            task.add_done_callback(_CLOSING.discard)
 
     def _get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            resolver = CheckedResolver(self._rules) if self._rules is not None else None
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=self.idle_s),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=self.idle_s,
+                                               resolver=resolver),
                 auto_decompress=False, skip_auto_headers=_SKIP_AUTO_HEADERS,
                 cookie_jar=aiohttp.DummyCookieJar())
         return self._session
@@ -224,3 +243,7 @@ class RemoteUpstream:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+#: Sessions being closed, referenced until done (the loop keeps only weak references to tasks).
+_CLOSING: set[asyncio.Future[None]] = set()

@@ -10,11 +10,15 @@ settings (``remote_allowed_hosts``, ``remote_denied_hosts``, ``remote_key_envs``
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 
 import pytest
+from aiohttp.abc import AbstractResolver
 
+from lemonade_jupyter.core.remote_rules import HostRules
+from lemonade_jupyter.server import remote_hosts
 from tests.fakes.fake_openai_upstream import FakeUpstream
 from tests.helpers.http import API
 
@@ -213,6 +217,31 @@ async def test_remote_denied_hosts_refuses_by_address_and_by_name(api, lemonade_
     assert fake.seen == []
 
 
+@pytest.mark.parametrize("lemonade_traits", [{"remote_denied_hosts": ["127.0.0.0/8", "::1"]}],
+                         indirect=True)
+async def test_a_name_that_resolves_to_a_refused_address_when_connecting_is_refused(
+        api, fake, monkeypatch):
+    """DNS rebinding: the name resolved to a public address when the model was registered,
+    and resolves to a refused one when the router connects. The request fails as an
+    unreachable replica, naming the rule, and does not reach the upstream."""
+    real = remote_hosts.resolve
+
+    async def public_then(host: str) -> list:
+        return [ipaddress.ip_address("93.184.216.34")] if host == "localhost" else await real(host)
+
+    monkeypatch.setattr(remote_hosts, "resolve", public_then)
+    answer = await api.post(f"{API}/pull", body(f"http://localhost:{fake.port}/v1",
+                                                upstream_model="ok"))
+    assert answer.code == 200, answer.body  # registered: "localhost" looked public then
+    probed = list(fake.seen)  # the registration's probe (GET /models) is not this check's
+    chat = await api.post(f"{API}/chat/completions", {
+        "model": NAME, "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.code == 502, chat.body
+    assert "refused when connecting" in chat.error["message"]
+    assert "remote_denied_hosts" in chat.error["message"]
+    assert fake.seen == probed  # the chat never reached it
+
+
 # ----------------------------------------------------------------------------- names
 @pytest.mark.parametrize("change, param, message", [
     ({"model_name": NAME + "\n"}, "model_name", "must look like 'user.NAME'"),
@@ -287,3 +316,30 @@ def test_the_embedded_router_refuses_its_own_port(tmp_path):
     assert answer.json()["error"]["param"] == "base_url"
     assert "this Jupyter server itself" in answer.json()["error"]["message"]
     assert health["remote_models"] == []
+
+
+class _Answers(AbstractResolver):
+    """A resolver that answers every name with ``addresses``."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = addresses
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        return [{"hostname": host, "host": a, "port": port, "family": family, "proto": 0,
+                 "flags": 0} for a in self.addresses]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_connect_time_check_applies_the_rules_to_every_address():
+    node = HostRules(node=True)
+    public = remote_hosts.CheckedResolver(lambda: node, _Answers("93.184.216.34"))
+    assert [r["host"] for r in await public.resolve("replica.example", 443)] == ["93.184.216.34"]
+    for answers in (_Answers("127.0.0.1"), _Answers("93.184.216.34", "::1")):
+        with pytest.raises(remote_hosts.HostRefusedAtConnect, match="on this node"):
+            await remote_hosts.CheckedResolver(lambda: node, answers).resolve(
+                "replica.example", 443)
+    allowed = HostRules(node=True, allowed=("replica.example",))  # the admin's choice
+    assert await remote_hosts.CheckedResolver(lambda: allowed, _Answers("127.0.0.1")).resolve(
+        "replica.example", 443)
