@@ -32,6 +32,7 @@ an answer, which is the only case a request may be sent again (the backend never
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 
 import httptools
@@ -43,6 +44,10 @@ MAX_HEAD_BYTES = 64 << 10
 MAX_ERROR_BODY_BYTES = 1 << 20
 #: Headers the request line and body decide; a caller's own are not sent twice.
 _OURS = frozenset({"host", "content-length", "transfer-encoding"})
+#: What may not appear in a request path, a header name, a header value.
+_NOT_IN_PATH = re.compile(r"[\x00-\x20\x7f]")
+_NOT_IN_NAME = re.compile(r"[\x00-\x20:\x7f]")
+_NOT_IN_VALUE = re.compile(r"[\r\n\x00]")
 
 
 class ClosedBeforeAnswer(ConnectionError):
@@ -59,13 +64,12 @@ def request_bytes(host: str, port: int, path: str, body: bytes,
 
     ``path`` and the headers are the proxy's own (a route's path, the backend's key), never a
     client's; a space or control character where it would change the request is refused."""
-    if not path.startswith("/") or any(c <= " " or c == "\x7f" for c in path):
+    if not path.startswith("/") or _NOT_IN_PATH.search(path):
         raise ValueError(f"not a request path: {path!r}")
     host_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     lines = [f"POST {path} HTTP/1.1", f"Host: {host_port}", f"Content-Length: {len(body)}"]
     for name, value in headers.items():
-        if not name or any(c <= " " or c in ':\x7f' for c in name) or any(
-                c in "\r\n\0" for c in value):
+        if not name or _NOT_IN_NAME.search(name) or _NOT_IN_VALUE.search(value):
             raise ValueError(f"not a request header: {name!r}: {value!r}")
         if name.lower() not in _OURS:
             lines.append(f"{name}: {value}")

@@ -92,9 +92,24 @@ async def check_replica_hosts(replicas: tuple[ReplicaSpec, ...], rules: HostRule
 async def refusal(base_url: str, rules: HostRules) -> str | None:
     """Why a (rebuilt) ``base_url`` may not be an upstream, in words; None when it may."""
     host, port = url_endpoint(base_url)
-    addresses = await resolve(host)
+    return _judged(rules, host, port, await resolve(host))
+
+
+def _judged(rules: HostRules, host: str, port: int, addresses: list[IPAddress]) -> str | None:
+    """``rules``' refusal of ``host:port`` resolving to ``addresses`` (which of them are this
+    machine's asked of the system), None when it may be an upstream."""
     local = [a for a in addresses if is_local_address(a)]
     return rules.refusal(host, port, addresses, local)
+
+
+def _addresses(found: list[str]) -> list[IPAddress]:
+    """The IP addresses among a resolver's answers (a scope suffix dropped), at most
+    :data:`MAX_ADDRESSES` of them looked at."""
+    addresses: list[IPAddress] = []
+    for text in found[:MAX_ADDRESSES]:
+        with contextlib.suppress(ValueError):
+            addresses.append(ipaddress.ip_address(text.split("%")[0]))
+    return addresses
 
 
 async def resolve(host: str) -> list[IPAddress]:
@@ -109,11 +124,7 @@ async def resolve(host: str) -> list[IPAddress]:
             loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S)
     except (OSError, UnicodeError, asyncio.TimeoutError):
         return []
-    found: list[IPAddress] = []
-    for info in infos[:MAX_ADDRESSES]:
-        with contextlib.suppress(ValueError):
-            found.append(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
-    return found
+    return _addresses([str(info[4][0]) for info in infos])
 
 
 def is_local_address(address: IPAddress) -> bool:
@@ -146,12 +157,7 @@ class CheckedResolver(AbstractResolver):
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         found = (await self._inner.resolve(host, port, family))[:MAX_ADDRESSES]
-        addresses: list[IPAddress] = []
-        for entry in found:
-            with contextlib.suppress(ValueError):
-                addresses.append(ipaddress.ip_address(str(entry["host"]).split("%")[0]))
-        local = [a for a in addresses if is_local_address(a)]
-        why = self._rules().refusal(host, port, addresses, local)
+        why = _judged(self._rules(), host, port, _addresses([str(r["host"]) for r in found]))
         if why is not None:
             raise HostRefusedAtConnect(f"refused when connecting: {why}")
         return found

@@ -53,7 +53,7 @@ MAX_REDIRECTS = 3
 #: the origin) sends the request once; 303 means it did act, and names where the result is.
 _FOLLOWED = frozenset({301, 302, 307, 308})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-#: What a transport failure can look like mid-answer (aiohttp's own errors, the OS's, a timeout).
+#: What a transport failure can look like (aiohttp's own errors, the OS's, a timeout).
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 #: Bytes of an error answer of a stream read at most (the message passed back).
 MAX_ERROR_BYTES = 64 << 10
@@ -146,14 +146,11 @@ class RemoteUpstream:
         self._rules: Callable[[], HostRules] | None = None
 
     def check_hosts(self, rules: Callable[[], HostRules]) -> None:
-        """Check every connection's resolved addresses with ``rules()`` from now on (a session
-        made before is closed, so no connection escapes the check)."""
+        """Check every connection's resolved addresses with ``rules()``; before the first
+        request (``Services.start``), so no connection escapes the check."""
+        if self._session is not None:
+            raise RuntimeError("check_hosts comes before the first remote request")
         self._rules = rules
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            task = asyncio.ensure_future(session.close())
-            _CLOSING.add(task)
-            task.add_done_callback(_CLOSING.discard)
 
     def _get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -183,7 +180,7 @@ class RemoteUpstream:
                 response = await self._get().post(
                     yarl.URL(url, encoded=True), data=body, headers=headers, ssl=tls,
                     allow_redirects=False, timeout=timeout)
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except _TRANSPORT_ERRORS as exc:
                 raise _failure(exc, url, deadline) from exc
             if response.status not in _REDIRECTS:
                 return response
@@ -218,7 +215,7 @@ class RemoteUpstream:
                     if len(data) > max_bytes:
                         raise self._too_large(response, url, max_bytes)
                 return UpstreamResponse(response.status, response.headers, bytes(data))
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise _failure(exc, url, deadline) from exc
 
     @staticmethod
@@ -243,7 +240,3 @@ class RemoteUpstream:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-#: Sessions being closed, referenced until done (the loop keeps only weak references to tasks).
-_CLOSING: set[asyncio.Future[None]] = set()

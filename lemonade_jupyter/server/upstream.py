@@ -35,8 +35,8 @@ errors mean:
   connection, as for plain requests.
 * Backpressure: a reader stops reading the socket while more than twice ``read_bufsize``
   bytes wait to be taken (aiohttp's rule, kept for streams), so a client that reads slowly
-  slows the backend down instead of filling our memory. A read returns everything that has arrived, so events that
-  are already here are passed on in one write.
+  slows the backend down instead of filling our memory. A read returns everything that
+  has arrived, so events that are already here are passed on in one write.
 * No ``Accept-Encoding`` (nor ``Accept``, ``User-Agent``): a backend must not compress what the
   proxy passes on byte for byte.
 * No cookie jar (aiohttp's own refuses cookies from IP addresses, and backends are IP
@@ -238,8 +238,7 @@ class UpstreamPool:
             except ConnectionError as exc:
                 raise _transport_error(exc, "the backend request failed") from exc
         try:
-            conn = await backend_stream.connect(host, port, self.connect_timeout_s,
-                                                2 * self.read_bufsize)
+            conn = await self._connect(host, port)
         except (OSError, asyncio.TimeoutError) as exc:
             raise UpstreamTransportError(
                 f"cannot connect to {host}:{port}: {exc or type(exc).__name__}") from exc
@@ -261,8 +260,12 @@ class UpstreamPool:
     def open_ahead(self, host: str, port: int) -> None:
         """Open a connection for the next stream to ``host:port`` in the background (up to
         ``warm.per_backend`` are kept; see ``warm_connections.py``)."""
-        self.warm.open_ahead((host, port), lambda: backend_stream.connect(
-            host, port, self.connect_timeout_s, 2 * self.read_bufsize))
+        self.warm.open_ahead((host, port), lambda: self._connect(host, port))
+
+    async def _connect(self, host: str, port: int) -> StreamConnection:
+        """A new connection for a stream (it buffers at most twice ``read_bufsize``)."""
+        return await backend_stream.connect(host, port, self.connect_timeout_s,
+                                            2 * self.read_bufsize)
 
     async def _send(self, session: aiohttp.ClientSession, url: URL, body: bytes,
                     headers: dict[str, str]) -> aiohttp.ClientResponse:

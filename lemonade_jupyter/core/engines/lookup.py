@@ -51,7 +51,6 @@ from .gpu import gpu_visible
 from .install import INSTALL_COMMAND, cache_root, cached_binary, passed_over
 from .prebuilt_server import PROG as PREBUILT_COMMAND
 
-
 #: How to get the prebuilt engine (named in messages).
 PREBUILT_HINT = "pip install 'lemonade_jupyter[prebuilt]'"
 

@@ -31,8 +31,8 @@ from ..catalog import ModelSpec
 from ..options import LoadOptions
 from ..ports import LOOPBACK
 from .gpu import gpu_visible
-from .whisper_args import API_KEY_ENV
 from .install import passed_over
+from .whisper_args import API_KEY_ENV
 from .whisper_install import INSTALL_WHISPER_COMMAND, cached_whisper_server
 
 #: The module our wrapper runs as (``python -m``), so it is always this very package's copy.
