@@ -242,4 +242,6 @@ def test_whisper_engine_answers_health_while_it_transcribes(start_engine, whispe
     assert done and done[0].status_code == 200, done
     assert len(probes) >= 5, probes  # it was busy for a while, and /health answered meanwhile
     assert all(code == 200 for code, _ in probes)
-    assert max(seconds for _, seconds in probes) < 1.0, probes
+    # A loop that transcribed itself would hold a probe for the whole file (about 4 s here,
+    # 44 s of audio); 2 s leaves room for a loaded machine (one probe took 1.05 s in CI).
+    assert max(seconds for _, seconds in probes) < 2.0, probes
